@@ -1,0 +1,259 @@
+r"""``MemoryLM``: a small decoder-only transformer whose every layer attends through a memory.
+
+Each layer ``l`` computes ``q_i, k_i, v_i`` from its input, rotates ``q_i`` and ``k_i`` by
+their *absolute* position ``i`` (rotary embeddings, so cached keys never need recomputing),
+and returns ``Att(q_i, Mem_l)`` where ``Mem_l`` is that layer's own copy of the memory::
+
+    h   = x + W_o Att(q_i, Mem_l)         Mem_l = Update(S_kv, Mem_l_pre)
+    out = h + MLP(LayerNorm(h))
+
+The model's state is the token position reached so far plus one memory state per layer,
+so a long text can be processed chunk by chunk (or token by token) with exactly the same
+result as in one pass, for every memory whose semantics do not depend on the chunking.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_positive_int, check_tensor, describe
+from .attention import repeat_kv
+from .memory import FullMemory, Memory
+
+__all__ = ["MemoryLM", "LMState", "Rotary", "apply_rotary"]
+
+
+@dataclass
+class LMState:
+    """Where a :class:`MemoryLM` stands: ``pos`` tokens seen, one memory state per layer."""
+
+    pos: int
+    batch: int
+    layers: list = field(default_factory=list)
+
+    def nbytes(self, model: "MemoryLM") -> int:
+        return model.state_nbytes(self)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs ``(x_j, x_{j+D/2})`` by angle ``pos * theta_j``: ``x*cos + rotate_half(x)*sin``."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for rotary position embeddings, grown on demand (positions are unbounded)."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {head_dim}")
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cos = self._sin = None
+
+    def tables(self, end: int, device, dtype):
+        if self._cos is None or self._cos.shape[0] < end or self._cos.device != device or self._cos.dtype != dtype:
+            size = 256
+            while size < end:
+                size *= 2
+            t = torch.arange(size, dtype=torch.float64, device=self.inv_freq.device)
+            angles = torch.outer(t, self.inv_freq)  # [T, D/2]
+            angles = torch.cat([angles, angles], dim=-1)  # [T, D]
+            self._cos = angles.cos().to(device=device, dtype=dtype)
+            self._sin = angles.sin().to(device=device, dtype=dtype)
+        return self._cos, self._sin
+
+    def forward(self, q, k, start: int):
+        t = q.shape[2]
+        cos, sin = self.tables(start + t, q.device, q.dtype)
+        cos, sin = cos[start:start + t], sin[start:start + t]  # [T, D]
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+class MemoryAttention(nn.Module):
+    """Multi-head attention through a memory: ``Att(q_i, Mem)`` with ``Mem`` in the state."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, memory: Memory):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.memory = memory
+        # memories that cannot take fewer key/value heads see them repeated per query head
+        self.mem_heads = n_kv_heads if memory.supports_gqa else n_heads
+
+    def forward(self, x, rotary: Rotary, pos: int, mem_state):
+        b, t, _ = x.shape
+        h, g, d = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv(x).view(b, t, h + 2 * g, d).transpose(1, 2)  # [B, h+2g, T, d_h]
+        q, k, v = qkv.split([h, g, g], dim=1)
+        q, k = rotary(q, k, pos)
+        if self.mem_heads != g:
+            k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
+        out, mem_state = self.memory(q, k, v, mem_state)  # [B, H, T, d_h]
+        return self.out(out.transpose(1, 2).reshape(b, t, h * d)), mem_state
+
+
+class Block(nn.Module):
+    def __init__(self, d_model, n_heads, n_kv_heads, d_ff, memory, dropout):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = MemoryAttention(d_model, n_heads, n_kv_heads, memory)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, rotary, pos, mem_state):
+        a, mem_state = self.attn(self.ln1(x), rotary, pos, mem_state)
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return x, mem_state
+
+
+class MemoryLM(nn.Module):
+    """A decoder-only language model with a pluggable memory in every layer.
+
+    Args:
+        vocab_size, d_model, n_layers, n_heads: the usual sizes (``tau = n_heads`` heads of
+            ``d_h = d_model / n_heads``).
+        memory: a :class:`~course_lib.memory.Memory`; every layer gets its own deep copy.
+        n_kv_heads: key/value heads ``n_g`` (GQA); defaults to ``n_heads`` (MHA).
+        d_ff: MLP width (default ``4 * d_model``); dropout; rope_base.
+
+    >>> lm = MemoryLM(vocab_size=16, d_model=32, n_layers=2, n_heads=4)
+    >>> logits, state = lm(torch.zeros(1, 5, dtype=torch.long))
+    >>> tuple(logits.shape), state.pos
+    ((1, 5, 16), 5)
+    """
+
+    def __init__(self, vocab_size, d_model, n_layers, n_heads, memory: Memory | None = None, *,
+                 n_kv_heads=None, d_ff=None, dropout=0.0, rope_base=10000.0, tie_weights=True):
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("d_model", d_model),
+                            ("n_layers", n_layers), ("n_heads", n_heads)):
+            check_positive_int(name, value)
+        n_kv_heads = n_heads if n_kv_heads is None else check_positive_int("n_kv_heads", n_kv_heads)
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}")
+        memory = FullMemory() if memory is None else memory
+        if not isinstance(memory, Memory):
+            raise TypeError(f"memory must be a course_lib.memory.Memory, got {describe(memory)}")
+        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        d_ff = 4 * d_model if d_ff is None else d_ff
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.rotary = Rotary(self.head_dim, rope_base)
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, n_kv_heads, d_ff, copy.deepcopy(memory), dropout) for _ in range(n_layers)
+        )
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        if tie_weights:
+            self.head.weight = self.embed.weight
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    @property
+    def memories(self) -> list[Memory]:
+        return [block.attn.memory for block in self.blocks]
+
+    def init_state(self, batch: int = 1) -> LMState:
+        """An empty state: position 0 and an empty memory in every layer."""
+        check_positive_int("batch", batch)
+        p = self.embed.weight
+        layers = [
+            block.attn.memory.init_state(batch, block.attn.mem_heads, self.head_dim, device=p.device, dtype=p.dtype)
+            for block in self.blocks
+        ]
+        return LMState(0, batch, layers)
+
+    def state_nbytes(self, state: LMState) -> int:
+        """Bytes held by all layers' memories."""
+        return sum(m.nbytes(s) for m, s in zip(self.memories, state.layers))
+
+    def _check_input(self, idx, state):
+        check_tensor("idx", idx, ndim=2)
+        if idx.dtype not in (torch.long, torch.int32, torch.int64):
+            raise TypeError(f"idx must hold token ids (torch.long), got {describe(idx)}")
+        if idx.shape[1] < 1:
+            raise ValueError(f"idx must hold at least one token per row, got shape {tuple(idx.shape)}")
+        if idx.device != self.embed.weight.device:
+            raise ValueError(f"idx is on {idx.device} but the model is on {self.embed.weight.device}; use idx.to(...)")
+        if state is not None:
+            if not isinstance(state, LMState):
+                raise TypeError(f"state must be an LMState from init_state() or forward(), got {describe(state)}")
+            if state.batch != idx.shape[0]:
+                raise ValueError(
+                    f"state was made for batch {state.batch} but idx has batch {idx.shape[0]}; "
+                    f"use model.init_state({idx.shape[0]})"
+                )
+            if len(state.layers) != self.n_layers:
+                raise ValueError(f"state has {len(state.layers)} layer states, expected {self.n_layers}")
+
+    def forward(self, idx: torch.Tensor, state: LMState | None = None):
+        """``idx [B, T]`` token ids -> ``(logits [B, T, vocab], new_state)``."""
+        self._check_input(idx, state)
+        if state is None:
+            state = self.init_state(idx.shape[0])
+        x = self.embed(idx)
+        new_layers = []
+        for block, mem_state in zip(self.blocks, state.layers):
+            x, mem_state = block(x, self.rotary, state.pos, mem_state)
+            new_layers.append(mem_state)
+        logits = self.head(self.ln_f(x))
+        return logits, LMState(state.pos + idx.shape[1], state.batch, new_layers)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=0.0, state=None, *, top_k=None, generator=None,
+                 return_state=False):
+        """Continue ``idx [B, T]`` by ``max_new_tokens`` tokens; returns ``[B, T + max_new_tokens]``.
+
+        ``temperature=0`` is greedy decoding; otherwise sample from ``softmax(logits / T)``,
+        optionally restricted to the ``top_k`` most likely tokens. ``state`` continues from an
+        earlier call (then ``idx`` holds only the new tokens); ``return_state=True`` returns
+        ``(tokens, state)`` with the state after the last generated token, ready to continue.
+        """
+        check_positive_int("max_new_tokens", max_new_tokens, minimum=0)
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        if top_k is not None:
+            check_positive_int("top_k", top_k)
+        self._check_input(idx, state)
+        if state is None:
+            state = self.init_state(idx.shape[0])
+        total = idx.shape[1] + max_new_tokens
+        state = LMState(state.pos, state.batch,
+                        [m.reserve(s, total) for m, s in zip(self.memories, state.layers)])
+        out = torch.empty(idx.shape[0], total, dtype=idx.dtype, device=idx.device)
+        out[:, : idx.shape[1]] = idx
+        logits, state = self(idx, state)
+        for step in range(max_new_tokens):
+            nxt = self._sample(logits[:, -1], temperature, top_k, generator)  # [B, 1]
+            out[:, idx.shape[1] + step] = nxt[:, 0]
+            if step + 1 < max_new_tokens or return_state:
+                logits, state = self(nxt, state)
+        return (out, state) if return_state else out
+
+    @staticmethod
+    def _sample(logits, temperature, top_k, generator):
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
