@@ -21,7 +21,7 @@ lab: env
 	$(VENV)/bin/jupyter lab notebooks/00_welcome.ipynb
 
 test: env
-	$(PY) -m pytest $(PYTEST_ARGS)
+	COURSE_DEVICE=cpu COURSE_QUIET=1 PYTHONHASHSEED=0 $(PY) -m pytest $(PYTEST_ARGS)
 
 # Regenerate exercises/ from the single source in solutions/.
 exercises: env

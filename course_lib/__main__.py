@@ -1,0 +1,62 @@
+"""Command line: ``python -m course_lib doctor | grade | bench``.
+
+* ``doctor``: versions, device, widget support; exits non-zero when the environment is
+  broken, and says how to fix it.
+* ``grade NOTEBOOK.ipynb [--json]``: run a learner's notebook in a fresh kernel and score it.
+* ``bench decode | recall | compare``: benchmarks that print a table and save a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# each benchmark lives in course_lib/bench/<name>.py with add_arguments(parser) and run(args)
+BENCHMARKS = {
+    "decode": "ms/token and bytes against context length, for any memory",
+    "recall": "MQAR accuracy against memory bytes, for every memory model",
+    "compare": "course_lib side by side with Hugging Face GPT-2 and compressive-transformer-pytorch",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    doctor = sub.add_parser("doctor", help="check the environment: versions, device, widgets")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    grade = sub.add_parser("grade", help="run a learner's notebook in a fresh kernel and score it")
+    grade.add_argument("notebook", help="path to an exercises notebook (.ipynb); it is never modified")
+    grade.add_argument("--json", action="store_true", help="print the report as JSON")
+    grade.add_argument("--timeout", type=float, default=120.0, help="seconds per cell (default 120)")
+
+    bench = sub.add_parser("bench", help="benchmarks: print a table, save a PNG")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    for name, text in BENCHMARKS.items():
+        p = bench_sub.add_parser(name, help=text)
+        p.set_defaults(bench_module=name)
+        _bench_module(name).add_arguments(p)
+    return parser
+
+
+def _bench_module(name: str):
+    return importlib.import_module(f"course_lib.bench.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        from .doctor import main as doctor_main
+
+        return doctor_main(as_json=args.json)
+    if args.command == "grade":
+        from .grading.cli import main as grade_main
+
+        return grade_main(args.notebook, as_json=args.json, timeout=args.timeout)
+    return _bench_module(args.bench_module).run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Maintenance tools for the course (executing notebooks in place)."""
