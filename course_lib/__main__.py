@@ -20,7 +20,8 @@ BENCHMARKS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only the chosen benchmark's module is imported (they are heavy)."""
     parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in BENCHMARKS.items():
         p = bench_sub.add_parser(name, help=text)
         p.set_defaults(bench_module=name)
-        _bench_module(name).add_arguments(p)
+        if name == bench_name:
+            _bench_module(name).add_arguments(p)
     return parser
 
 
@@ -46,7 +48,9 @@ def _bench_module(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    bench_name = argv[1] if len(argv) > 1 and argv[0] == "bench" and argv[1] in BENCHMARKS else None
+    args = build_parser(bench_name).parse_args(argv)
     if args.command == "doctor":
         from .doctor import main as doctor_main
 
