@@ -1,0 +1,209 @@
+r"""Key/value slots written in place: the storage of window, sink, segment, compressive and kNN memories.
+
+A :class:`SlotBuffer` is preallocated once: ``k [B, H, P, D]``, ``v [B, H, P, D_v]`` and the
+absolute position each slot holds, ``pos [P]`` (``-1`` = empty). Memories use parts of it
+as ring buffers: position ``p`` goes to slot ``offset + p % capacity``, so a new pair
+overwrites the oldest one in place -- no concatenation per token, no roll-and-copy -- and
+the stored positions say which queries may see which slot.
+
+A :class:`SlotMemory` attends to ``[slots held from before the chunk, the chunk]`` in one
+softmax. Subclasses say which slots each query sees (``slots``) and how the chunk is
+written (``update``); :class:`~course_lib.memory.MultiMemory` uses the same two hooks to
+concatenate memories.
+
+Keeping states. ``forward`` never changes what an input state means: by default it writes
+the chunk into a copy of the buffer (copy-on-write), so every state can be kept, inspected
+and continued from. A decoding loop that only ever continues from the newest state calls
+``state = memory.reserve(state, n_tokens)`` first: the reserved state owns its buffer, and
+forwards from it write in place (no allocation per step; ``state.buffer.k.data_ptr()``
+stays the same). Such a stream of states is single-use: only its newest state can be
+continued or read, an older one raises ``ValueError``; ``memory.snapshot(state)`` gives a
+copy that later forwards never touch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ._state import StateMeta, check_input, new_meta
+from .base import Memory
+
+__all__ = ["SlotBuffer", "SlotState", "SlotMemory", "ring_ranges", "write_ring", "attend", "causal_chunk_mask"]
+
+
+class SlotBuffer:
+    """Preallocated slots: ``k [B, H, P, D]``, ``v [B, H, P, D_v]``, ``pos [P]`` (``-1`` = empty).
+
+    ``mass [B, H, P]`` (optional) is the attention each slot has received (``most_used``).
+    ``written`` is the length of the newest state that wrote into this buffer.
+    """
+
+    __slots__ = ("k", "v", "pos", "mass", "written")
+
+    def __init__(self, k, v, pos, mass=None, written=0):
+        self.k, self.v, self.pos, self.mass, self.written = k, v, pos, mass, written
+
+    @classmethod
+    def empty(cls, batch, heads, n_slots, head_dim, v_dim, *, device, dtype, mass=False) -> SlotBuffer:
+        # zeros, not garbage: an empty slot is masked out, and 0 * NaN would still be NaN
+        k = torch.zeros(batch, heads, n_slots, head_dim, device=device, dtype=dtype)
+        v = torch.zeros(batch, heads, n_slots, v_dim, device=device, dtype=dtype)
+        pos = torch.full((n_slots,), -1, dtype=torch.long, device=device)
+        m = torch.zeros(batch, heads, n_slots, device=device, dtype=dtype) if mass else None
+        return cls(k, v, pos, m)
+
+    def clone(self, written: int) -> SlotBuffer:
+        mass = None if self.mass is None else self.mass.clone()
+        return SlotBuffer(self.k.clone(), self.v.clone(), self.pos.clone(), mass, written)
+
+
+def ring_ranges(offset: int, capacity: int, index: int, t: int):
+    """Where ``t <= capacity`` consecutive items starting at ring index ``index`` go.
+
+    Yields ``(dst_start, dst_stop, src_start, src_stop)``: one range, or two when the
+    ring wraps around. Slot of ring index ``j`` = ``offset + j % capacity``.
+
+    >>> list(ring_ranges(0, 4, 3, 2))
+    [(3, 4, 0, 1), (0, 1, 1, 2)]
+    """
+    s = index % capacity
+    a = min(t, capacity - s)
+    yield offset + s, offset + s + a, 0, a
+    if a < t:
+        yield offset, offset + t - a, a, t
+
+
+def write_ring(buf: SlotBuffer, offset, capacity, index, k, v, first_pos, pos_step=1) -> None:
+    """Write ``k, v [B, H, t, D]`` (``t <= capacity``) at ring index ``index`` of ``buf``'s ring
+    ``[offset, offset + capacity)``; item ``a`` stands for position ``first_pos + a * pos_step``."""
+    for d0, d1, s0, s1 in ring_ranges(offset, capacity, index, k.shape[2]):
+        buf.k[:, :, d0:d1].copy_(k[:, :, s0:s1])
+        buf.v[:, :, d0:d1].copy_(v[:, :, s0:s1])
+        if d1 - d0 == 1:
+            buf.pos[d0:d1].fill_(first_pos + s0 * pos_step)
+        else:
+            torch.arange(first_pos + s0 * pos_step, first_pos + s1 * pos_step, pos_step, out=buf.pos[d0:d1])
+
+
+def attend(q, keys, values, mask=None):
+    """``Softmax(q K^T / sqrt(d) + Mask) V`` through the fused kernel (GQA when K has fewer heads)."""
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=q.shape[1] != keys.shape[1])
+
+
+def causal_chunk_mask(t: int, device) -> torch.Tensor:
+    """``[t, t]``: query ``r`` of the chunk sees the chunk's keys ``0..r``."""
+    return torch.ones(t, t, dtype=torch.bool, device=device).tril()
+
+
+@dataclass
+class SlotState(StateMeta):
+    """``length`` tokens seen; their pairs (as many as the memory keeps) in ``buffer``."""
+
+    buffer: SlotBuffer
+    length: int
+    inplace: bool = False
+
+
+def _live(x: torch.Tensor) -> bool:
+    return x.requires_grad and torch.is_grad_enabled()
+
+
+class SlotMemory(Memory):
+    """A memory of key/value slots in one :class:`SlotBuffer` of ``n_slots`` slots.
+
+    Subclasses implement ``n_slots``, ``slots(q, state)`` and ``update(state, k, v, mass=None)``.
+    """
+
+    holds_slots = True
+    supports_gqa = True
+    state_type = SlotState
+    track_mass = False  # most_used compression needs the attention each slot received
+
+    @property
+    def n_slots(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
+        meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
+        buf = SlotBuffer.empty(batch, n_heads, self.n_slots, head_dim, meta["v_dim"],
+                               device=meta["device"], dtype=meta["dtype"], mass=self.track_mass)
+        return self.state_type(**meta, buffer=buf, length=0)
+
+    # -- the two hooks -------------------------------------------------------------------
+    def slots(self, q, state):  # pragma: no cover - abstract
+        """``(K [B, H, P, D], V [B, H, P, D_v], mask)`` held from before the chunk of queries ``q``.
+
+        ``mask`` (bool, broadcastable to ``[B, H, T, P + T]``) says which of the ``P`` slots
+        and then the ``T`` chunk keys each query sees.
+        """
+        raise NotImplementedError
+
+    def update(self, state, k, v, mass=None):  # pragma: no cover - abstract
+        """``Mem = Update(S_kv, Mem_pre)``: the state after the chunk ``k, v``.
+
+        ``mass [B, H, P + T]``: attention received by each slot and chunk key (if tracked).
+        """
+        raise NotImplementedError
+
+    # -- protocol ------------------------------------------------------------------------
+    def forward(self, q, k, v, state):
+        check_input(self, q, k, v, state, self.state_type)
+        out, mass = self._attend(q, k, v, state)
+        return out, self.update(state, k, v, mass)
+
+    def _attend(self, q, k, v, state):
+        """One softmax over ``[held slots, chunk]``; also the attention mass each key received."""
+        keys, values, mask = self.slots(q, state)
+        # the memory is stored detached; the chunk's own k, v keep their gradients
+        keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        if not self.track_mass:
+            return attend(q, keys, values, mask), None
+        scores = (q @ keys.transpose(-2, -1) * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)  # [B, H, T, P + T]
+        return weights @ values, weights.detach().sum(2)
+
+    def nbytes(self, state) -> int:
+        """Bytes of the key/value slots, ``B * H * n_slots * (d_h + d_v) * bytes_per_value`` (plus ``mass``)."""
+        buf = state.buffer
+        extra = 0 if buf.mass is None else buf.mass.numel() * buf.mass.element_size()
+        return buf.k.numel() * buf.k.element_size() + buf.v.numel() * buf.v.element_size() + extra
+
+    def reserve(self, state, n_tokens: int = 0):
+        """A state that owns its buffer: forwards from it write in place (a decoding stream)."""
+        if state.inplace:
+            self._read(state)
+            return state
+        return dataclasses.replace(state, buffer=state.buffer.clone(state.length), inplace=True)
+
+    def snapshot(self, state):
+        """A copy of ``state`` that later forwards never write into (keep it, branch from it)."""
+        return dataclasses.replace(state, buffer=self._read(state).clone(state.length), inplace=False)
+
+    # -- copy-on-write -------------------------------------------------------------------
+    def _read(self, state) -> SlotBuffer:
+        buf = state.buffer
+        if state.inplace and buf.written != state.length:
+            raise ValueError(
+                f"this {type(self).__name__} state (after {state.length} tokens) is out of date: a later "
+                f"forward (at {buf.written} tokens) wrote over its buffer in place. States after "
+                "memory.reserve() form one decoding stream and only the newest can be used; keep "
+                "memory.snapshot(state) to branch or inspect later"
+            )
+        return buf
+
+    def _writable(self, state) -> SlotBuffer:
+        """The buffer to write the chunk into: in place for a reserved state, else a copy."""
+        buf = self._read(state)
+        return buf if state.inplace else buf.clone(state.length)
+
+    def _successor(self, state, buf: SlotBuffer, length: int, **changes):
+        buf.written = length
+        return dataclasses.replace(state, buffer=buf, length=length, **changes)
+
+    @staticmethod
+    def _needs_grad(q, k, v) -> bool:
+        return _live(q) or _live(k) or _live(v)

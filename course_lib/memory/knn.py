@@ -1,0 +1,95 @@
+r"""k-nearest-neighbour memory (Memorizing Transformers): exact recall by retrieval.
+
+A large FIFO store keeps the last ``N`` pairs from before the chunk. Each query retrieves
+the ``k`` stored pairs with the highest ``q . k`` (``Mem_knn``) and attends, in one softmax,
+to them and to the chunk's own keys causally::
+
+    Mem_knn(q_i) = top-k_{j in store} (q_i . k_j)        out_i = Att(q_i, [Mem_knn(q_i), S_kv])
+
+The search is brute force on the device (one matrix product and ``topk``); retrieved pairs
+are stored detached, so gradients reach only the chunk. Storage: a ring of ``N`` slots,
+position ``p`` in slot ``p % N``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_positive_int
+from ._slots import SlotMemory, SlotState, causal_chunk_mask, write_ring
+from ._state import check_input
+
+__all__ = ["KNNMemory", "KNNState"]
+
+
+class KNNState(SlotState):
+    """State of a :class:`KNNMemory`: the store of ``N`` slots after ``length`` tokens."""
+
+
+class KNNMemory(SlotMemory):
+    """Top-``k`` retrieval by ``q . k`` over the last ``capacity`` pairs, plus the chunk causally.
+
+    Args:
+        capacity: ``N``, pairs stored.
+        top_k: ``k``, pairs retrieved per query (all stored pairs when ``k >= N``).
+    """
+
+    state_type = KNNState
+    supports_gqa = False
+
+    def __init__(self, capacity: int, top_k: int):
+        super().__init__()
+        self.capacity = check_positive_int("capacity", capacity)
+        self.top_k = check_positive_int("top_k", top_k)
+
+    def extra_repr(self) -> str:
+        return f"capacity={self.capacity}, top_k={self.top_k}"
+
+    @property
+    def n_slots(self) -> int:
+        return self.capacity
+
+    def _search(self, q, buf):
+        """``(scores, slots) [B, H, T, k]``: the ``k`` best stored slots per query (empty ones score ``-inf``)."""
+        scores = (q @ buf.k.transpose(-2, -1)).masked_fill(buf.pos < 0, float("-inf"))  # [B, H, T, N]
+        return scores.topk(min(self.top_k, self.capacity), dim=-1)
+
+    def retrieve(self, q, state) -> torch.Tensor:
+        """Positions of the pairs each query retrieves, ``[B, H, T, k]`` (``-1`` where fewer are stored)."""
+        buf = self._read(state)
+        scores, slots = self._search(q, buf)
+        return buf.pos[slots].masked_fill(scores == float("-inf"), -1)
+
+    def slots(self, q, state):
+        buf = self._read(state)
+        b, h, t, _ = q.shape
+        _, slots = self._search(q, buf)
+        picked = torch.zeros(b, h, t, self.capacity, dtype=torch.bool, device=q.device).scatter_(-1, slots, True)
+        picked &= buf.pos >= 0
+        return buf.k, buf.v, torch.cat([picked, causal_chunk_mask(t, q.device).expand(b, h, t, t)], dim=-1)
+
+    def update(self, state, k, v, mass=None):
+        n, t, cap = state.length, k.shape[2], self.capacity
+        buf = self._writable(state)
+        a = max(0, t - cap)
+        write_ring(buf, 0, cap, n + a, k[:, :, a:].detach(), v[:, :, a:].detach(), n + a)
+        return self._successor(state, buf, n + t)
+
+    def forward(self, q, k, v, state):
+        check_input(self, q, k, v, state, self.state_type)
+        buf = self._read(state)
+        b, h, t, d = q.shape
+        scale = d ** -0.5
+        scores, slots = self._search(q, buf)  # [B, H, T, k]
+        chunk = (q @ k.transpose(-2, -1)).masked_fill(~causal_chunk_mask(t, q.device), float("-inf"))
+        weights = torch.softmax(torch.cat([scores, chunk], dim=-1) * scale, dim=-1)  # one softmax
+        w_mem, w_chunk = weights.split([scores.shape[-1], t], dim=-1)
+        dv = buf.v.shape[-1]
+        picked_v = buf.v[:, :, None].expand(b, h, t, -1, dv).gather(3, slots[..., None].expand(-1, -1, -1, -1, dv))
+        out = (w_mem[..., None] * picked_v).sum(3) + w_chunk @ v  # [B, H, T, D_v]
+        return out, self.update(state, k, v)
+
+    def spans(self, state) -> list[tuple[int, int]]:
+        """Positions stored, oldest first."""
+        n = state.length
+        return [(p, p) for p in range(max(0, n - self.capacity), n)]

@@ -1,0 +1,265 @@
+r"""Recurrent matrix memories: linear attention (fast weights) and the delta rule.
+
+Both keep a fixed ``d_h x d_v`` matrix ``S`` whatever the length of the text.
+
+Linear attention (Katharopoulos et al., 2020), ``phi(x) = elu(x) + 1``::
+
+    S_i = S_{i-1} + phi(k_i)^T v_i        z_i = z_{i-1} + phi(k_i)
+    out_i = phi(q_i) S_i / (phi(q_i) . z_i)
+
+Every association is added on top of the others, so they interfere once there are more
+than about ``d_h`` of them. The delta rule (DeltaNet) first reads what the memory holds for
+``k_i`` and writes only the correction, with normalised keys and queries::
+
+    S_i = S_{i-1} + beta_i k^_i^T (v_i - k^_i S_{i-1})        out_i = q^_i S_i
+
+Each comes three ways (the same numbers):
+
+* ``*_recurrent``: the loop over tokens, the equation as written (the reference; decoding);
+* ``linear_attention_parallel``: the quadratic causal form ``(phi(Q) phi(K)^T masked) V``;
+* ``*_chunked``: chunks of ``C`` tokens, quadratic inside a chunk and the recurrence across
+  chunks. For the delta rule the chunk's writes are found at once with the WY/UT transform:
+  ``U = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta) (V - K S_0)`` (a triangular solve).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_positive_int, check_tensor, describe
+from ._state import StateMeta, check_input, meta_of, new_meta
+from .base import Memory
+
+__all__ = [
+    "LinearMemory", "DeltaMemory", "LinearState", "DeltaState", "phi",
+    "linear_attention_recurrent", "linear_attention_parallel", "linear_attention_chunked",
+    "delta_rule_recurrent", "delta_rule_chunked",
+]
+
+
+def phi(x: torch.Tensor) -> torch.Tensor:
+    """The feature map of linear attention, ``elu(x) + 1 > 0``."""
+    return F.elu(x) + 1
+
+
+def _initial(q, v, S, z):
+    b, h, _, d = q.shape
+    if S is None:
+        S = q.new_zeros(b, h, d, v.shape[-1])
+    if z is None:
+        z = q.new_zeros(b, h, d)
+    return S, z
+
+
+# -- linear attention ------------------------------------------------------------------------
+def linear_attention_recurrent(q, k, v, S=None, z=None):
+    """The token loop: returns ``(out [B, H, T, D_v], S [B, H, D, D_v], z [B, H, D])``."""
+    S, z = _initial(q, v, S, z)
+    fq, fk = phi(q), phi(k)
+    outs = []
+    for i in range(q.shape[2]):
+        S = S + fk[:, :, i, :, None] * v[:, :, i, None, :]  # + phi(k_i)^T v_i
+        z = z + fk[:, :, i]
+        num = (fq[:, :, i, :, None] * S).sum(-2)  # phi(q_i) S_i   [B, H, D_v]
+        den = (fq[:, :, i] * z).sum(-1, keepdim=True)  # phi(q_i) . z_i
+        outs.append(num / den)
+    return torch.stack(outs, dim=2), S, z
+
+
+def linear_attention_parallel(q, k, v, S=None, z=None):
+    """The quadratic causal form: ``out = (phi(Q) S_0 + A V) / (phi(Q) z_0 + A 1)``, ``A = tril(phi(Q) phi(K)^T)``."""
+    S, z = _initial(q, v, S, z)
+    fq, fk = phi(q), phi(k)
+    a = (fq @ fk.transpose(-2, -1)).tril()  # [B, H, T, T]
+    num = fq @ S + a @ v
+    den = fq @ z[..., None] + a.sum(-1, keepdim=True)
+    return num / den, S + fk.transpose(-2, -1) @ v, z + fk.sum(2)
+
+
+def linear_attention_chunked(q, k, v, S=None, z=None, chunk_size=64):
+    """Chunks of ``C`` tokens: quadratic inside, the state carried across (all chunks at once)."""
+    S, z = _initial(q, v, S, z)
+    b, h, t, d = q.shape
+    c = chunk_size
+    n = -(-t // c)
+    pad = n * c - t
+    fq, fk = phi(q), phi(k)
+    if pad:  # zero features after phi: padded keys add nothing, padded queries are dropped
+        fq, fk, v = (F.pad(x, (0, 0, 0, pad)) for x in (fq, fk, v))
+    fq, fk, vc = (x.unflatten(2, (n, c)) for x in (fq, fk, v))  # [B, H, N, C, D]
+    kv = fk.transpose(-2, -1) @ vc  # [B, H, N, D, D_v]: each chunk's sum of phi(k)^T v
+    ks = fk.sum(3)  # [B, H, N, D]
+    # state before each chunk: S_0 plus the sums of the earlier chunks
+    s_before = S[:, :, None] + torch.cat([torch.zeros_like(kv[:, :, :1]), kv[:, :, :-1].cumsum(2)], 2)
+    z_before = z[:, :, None] + torch.cat([torch.zeros_like(ks[:, :, :1]), ks[:, :, :-1].cumsum(2)], 2)
+    a = (fq @ fk.transpose(-2, -1)).tril()  # [B, H, N, C, C]
+    num = fq @ s_before + a @ vc  # [B, H, N, C, D_v]
+    den = fq @ z_before[..., None] + a.sum(-1, keepdim=True)
+    out = (num / den).flatten(2, 3)[:, :, :t]
+    return out, S + kv.sum(2), z + ks.sum(2)
+
+
+# -- delta rule --------------------------------------------------------------------------------
+def _beta(beta, b, h, t, like):
+    """``beta`` as a ``[B, H, T]`` tensor."""
+    if isinstance(beta, torch.Tensor):
+        return beta.to(like.dtype).expand(b, h, t)
+    return like.new_full((b, h, t), float(beta))
+
+
+def delta_rule_recurrent(q, k, v, beta, S=None):
+    """The token loop: ``S_i = S_{i-1} + beta_i k^_i^T (v_i - k^_i S_{i-1})``, ``out_i = q^_i S_i``."""
+    S, _ = _initial(q, v, S, None)
+    b, h, t, _ = q.shape
+    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    beta = _beta(beta, b, h, t, q)
+    outs = []
+    for i in range(t):
+        ki = kn[:, :, i, None, :]  # [B, H, 1, D]
+        u = beta[:, :, i, None, None] * (v[:, :, i, None, :] - ki @ S)  # [B, H, 1, D_v]
+        S = S + ki.transpose(-2, -1) @ u
+        outs.append(qn[:, :, i, None, :] @ S)
+    return torch.cat(outs, dim=2), S
+
+
+def delta_rule_chunked(q, k, v, beta, S=None, chunk_size=64):
+    """Chunks of ``C`` tokens; inside a chunk the writes come from one triangular solve (WY/UT).
+
+    With ``K, V, beta`` of one chunk and ``S_0`` the state before it, the writes ``u_t``
+    satisfy ``u_t + beta_t sum_{s<t} (k^_t . k^_s) u_s = beta_t (v_t - k^_t S_0)``, so
+    ``U = W_v - W_k S_0`` with ``[W_k, W_v] = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta) [K, V]``;
+    then ``O = Q S_0 + tril(Q K^T) U`` and ``S = S_0 + K^T U``.
+    """
+    S, _ = _initial(q, v, S, None)
+    b, h, t, d = q.shape
+    c = chunk_size
+    n = -(-t // c)
+    pad = n * c - t
+    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    beta = _beta(beta, b, h, t, q)
+    if pad:  # beta = 0 on padding: padded tokens write nothing
+        qn, kn, v = (F.pad(x, (0, 0, 0, pad)) for x in (qn, kn, v))
+        beta = F.pad(beta, (0, pad))
+    qn, kn, vc = (x.unflatten(2, (n, c)) for x in (qn, kn, v))  # [B, H, N, C, D]
+    bc = beta.unflatten(2, (n, c))[..., None]  # [B, H, N, C, 1]
+    eye = torch.eye(c, dtype=q.dtype, device=q.device)
+    a = eye + ((bc * kn) @ kn.transpose(-2, -1)).tril(-1)  # [B, H, N, C, C] unit lower triangular
+    w = torch.linalg.solve_triangular(a, torch.cat([bc * kn, bc * vc], -1), upper=False, unitriangular=True)
+    w_k, w_v = w.split([d, vc.shape[-1]], dim=-1)
+    qk = (qn @ kn.transpose(-2, -1)).tril()  # [B, H, N, C, C]
+    outs = []
+    for j in range(n):
+        u = w_v[:, :, j] - w_k[:, :, j] @ S  # [B, H, C, D_v]
+        outs.append(qn[:, :, j] @ S + qk[:, :, j] @ u)
+        S = S + kn[:, :, j].transpose(-2, -1) @ u
+    return torch.cat(outs, dim=2)[:, :, :t], S
+
+
+# -- memories ------------------------------------------------------------------------------------
+@dataclass
+class LinearState(StateMeta):
+    """``S [B, H, D, D_v]`` and ``z [B, H, D]`` after ``length`` tokens."""
+
+    S: torch.Tensor
+    z: torch.Tensor
+    length: int
+
+
+@dataclass
+class DeltaState(StateMeta):
+    """``S [B, H, D, D_v]`` after ``length`` tokens."""
+
+    S: torch.Tensor
+    length: int
+
+
+def _check_chunk_size(chunk_size):
+    return check_positive_int("chunk_size", chunk_size)
+
+
+class LinearMemory(Memory):
+    """Linear-attention memory (fast weights): ``S_i = S_{i-1} + phi(k_i)^T v_i``.
+
+    Args:
+        chunk_size: ``C``, chunk length of the chunked form used for chunks of ``T > 1`` tokens.
+    """
+
+    def __init__(self, chunk_size: int = 64):
+        super().__init__()
+        self.chunk_size = _check_chunk_size(chunk_size)
+
+    def extra_repr(self) -> str:
+        return f"chunk_size={self.chunk_size}"
+
+    def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
+        meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
+        kw = dict(device=meta["device"], dtype=meta["dtype"])
+        return LinearState(**meta, S=torch.zeros(batch, n_heads, head_dim, meta["v_dim"], **kw),
+                           z=torch.zeros(batch, n_heads, head_dim, **kw), length=0)
+
+    def forward(self, q, k, v, state):
+        check_input(self, q, k, v, state, LinearState)
+        t = q.shape[2]
+        if t == 1:
+            out, S, z = linear_attention_recurrent(q, k, v, state.S, state.z)
+        else:
+            out, S, z = linear_attention_chunked(q, k, v, state.S, state.z, self.chunk_size)
+        return out, LinearState(**meta_of(state), S=S.detach(), z=z.detach(), length=state.length + t)
+
+
+class DeltaMemory(Memory):
+    """Delta-rule memory: ``S_i = S_{i-1} + beta k^_i^T (v_i - k^_i S_{i-1})``, ``out_i = q^_i S_i``.
+
+    Args:
+        beta: writing strength in ``[0, 2]`` (``1`` replaces what the memory held for ``k^_i``).
+            ``forward(..., beta=...)`` may override it per call with a float or a ``[B, H, T]`` tensor.
+        chunk_size: ``C``, chunk length of the chunked (WY/UT) form used for ``T > 1``.
+    """
+
+    def __init__(self, beta: float = 1.0, chunk_size: int = 64):
+        super().__init__()
+        self.beta = _check_beta_float(beta)
+        self.chunk_size = _check_chunk_size(chunk_size)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, chunk_size={self.chunk_size}"
+
+    def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
+        meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
+        S = torch.zeros(batch, n_heads, head_dim, meta["v_dim"], device=meta["device"], dtype=meta["dtype"])
+        return DeltaState(**meta, S=S, length=0)
+
+    def forward(self, q, k, v, state, beta=None):
+        check_input(self, q, k, v, state, DeltaState)
+        beta = self.beta if beta is None else _check_beta(beta, k)
+        t = q.shape[2]
+        if t == 1:
+            out, S = delta_rule_recurrent(q, k, v, beta, state.S)
+        else:
+            out, S = delta_rule_chunked(q, k, v, beta, state.S, self.chunk_size)
+        return out, DeltaState(**meta_of(state), S=S.detach(), length=state.length + t)
+
+
+def _check_beta_float(beta):
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta):
+        raise TypeError(f"beta must be a float in [0, 2], got {describe(beta)}")
+    if not 0 <= beta <= 2:
+        raise ValueError(f"beta must be in [0, 2] (1 overwrites fully), got {beta}")
+    return float(beta)
+
+
+def _check_beta(beta, k):
+    if not isinstance(beta, torch.Tensor):
+        return _check_beta_float(beta)
+    check_tensor("beta", beta, ndim=3, floating=True)
+    b, h, t = k.shape[:3]
+    if tuple(beta.shape) != (b, h, t):
+        raise ValueError(f"beta must be a float or a [B, H, T] = [{b}, {h}, {t}] tensor, got {describe(beta)}")
+    if beta.device != k.device:
+        raise ValueError(f"beta is on {beta.device} but k is on {k.device}")
+    return beta

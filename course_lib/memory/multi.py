@@ -1,0 +1,182 @@
+r"""Several memories in one layer: local detail plus long reach.
+
+``combine="gate"`` runs both memories and mixes their outputs with a learned gate per
+head (Infini-attention's combination)::
+
+    out_i = g * Att(q_i, Mem_a) + (1 - g) * Att(q_i, Mem_b)        g = sigmoid(w_h), w_h = 0 at first
+
+``combine="concat"`` attends once over the slots of every memory together (Memorizing
+Transformers' ``Att(q_i, [Mem, Mem_knn])``): one softmax over their key/value slots and the
+current chunk, counted once. It needs memories that hold key/value slots (window, sink,
+segment, compressive, kNN, full); a linear or average memory has none.
+
+Infini-attention = ``MultiMemory([WindowMemory(n_c), LinearMemory()], combine="gate", n_heads=tau)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._checks import check_positive_int, describe
+from ._slots import attend, causal_chunk_mask
+from ._state import StateMeta, check_input, meta_of, new_meta
+from .base import Memory
+from .full import FullMemory
+
+__all__ = ["MultiMemory", "MultiState"]
+
+COMBINES = ("gate", "concat")
+
+
+@dataclass
+class MultiState(StateMeta):
+    """One state per memory, in order, after ``length`` tokens."""
+
+    states: list
+    length: int
+
+
+class MultiMemory(Memory):
+    """Two or more memories combined by a learned per-head ``gate`` or by ``concat``.
+
+    Args:
+        memories: the memories (``gate`` takes exactly two: ``a``, then ``b``).
+        combine: ``"gate"`` or ``"concat"``.
+        n_heads: query heads ``tau`` (``gate`` learns one ``w_h`` per head).
+    """
+
+    def __init__(self, memories, combine: str = "gate", n_heads: int | None = None):
+        super().__init__()
+        memories = list(memories)
+        for i, m in enumerate(memories):
+            if not isinstance(m, Memory):
+                raise TypeError(f"memories[{i}] must be a course_lib.memory.Memory, got {describe(m)}")
+        if len(memories) < 2:
+            raise ValueError(f"memories must hold at least two memories, got {len(memories)}")
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be 'gate' or 'concat', got {combine!r}")
+        self.memories = nn.ModuleList(memories)
+        self.combine = combine
+        self.n_heads = n_heads
+        self.supports_gqa = all(m.supports_gqa for m in memories)
+        self.holds_slots = combine == "concat"
+        self.track_mass = False
+        if combine == "gate":
+            if len(memories) != 2:
+                raise ValueError(
+                    f"combine='gate' mixes two memories (g * out_a + (1 - g) * out_b), got {len(memories)}"
+                )
+            if n_heads is None:
+                raise ValueError("combine='gate' needs n_heads (one learned gate w_h per query head)")
+            check_positive_int("n_heads", n_heads)
+            self.gate_logit = nn.Parameter(torch.zeros(n_heads))  # w_h; g = sigmoid(w_h) = 1/2 at first
+        else:
+            for i, m in enumerate(memories):
+                if not (m.holds_slots and (isinstance(m, FullMemory) or hasattr(m, "slots"))):
+                    raise ValueError(
+                        f"combine='concat' attends over key/value slots, but memories[{i}] "
+                        f"({type(m).__name__}) holds no slots; use combine='gate' for it"
+                    )
+            self.track_mass = any(getattr(m, "track_mass", False) for m in memories)
+
+    def extra_repr(self) -> str:
+        return f"combine={self.combine!r}" + (f", n_heads={self.n_heads}" if self.n_heads else "")
+
+    @property
+    def gate(self) -> torch.Tensor:
+        """``g = sigmoid(w_h)`` per head (``combine="gate"``)."""
+        return torch.sigmoid(self.gate_logit)
+
+    def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
+        meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
+        kw = dict(device=meta["device"], dtype=meta["dtype"])
+        if v_dim is not None:
+            kw["v_dim"] = v_dim
+        return MultiState(**meta, states=[m.init_state(batch, n_heads, head_dim, **kw) for m in self.memories],
+                          length=0)
+
+    def forward(self, q, k, v, state):
+        check_input(self, q, k, v, state, MultiState)
+        if self.combine == "gate":
+            if q.shape[1] != self.n_heads:
+                raise ValueError(f"q has {q.shape[1]} heads but this gate was made for n_heads={self.n_heads}")
+            (out_a, s_a), (out_b, s_b) = (m(q, k, v, s) for m, s in zip(self.memories, state.states))
+            g = self.gate.to(out_a.dtype)[None, :, None, None]  # [1, H, 1, 1]
+            return g * out_a + (1 - g) * out_b, self._next(state, [s_a, s_b], q.shape[2])
+        keys, values, mask = self.slots(q, state)
+        keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        if not self.track_mass:
+            return attend(q, keys, values, mask), self.update(state, k, v)
+        scores = (q @ keys.transpose(-2, -1) * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)  # [B, H, T, P + T]
+        return weights @ values, self.update(state, k, v, mass=weights.detach().sum(2))
+
+    # -- concat hooks ----------------------------------------------------------------------------
+    def slots(self, q, state):
+        """All memories' slots, in order, and one mask; a chunk key is visible if any memory shows it."""
+        parts = [_slots_of(m, q, s) for m, s in zip(self.memories, state.states)]
+        lead = torch.broadcast_shapes(*(mask.shape[:-1] for _, _, mask in parts))
+        masks = [mask.expand(*lead, mask.shape[-1]) for _, _, mask in parts]
+        sizes = [keys.shape[2] for keys, _, _ in parts]
+        chunk = masks[0][..., sizes[0]:]
+        for mask, p in zip(masks[1:], sizes[1:]):
+            chunk = chunk | mask[..., p:]
+        mask = torch.cat([m[..., :p] for m, p in zip(masks, sizes)] + [chunk], dim=-1)
+        return torch.cat([p[0] for p in parts], 2), torch.cat([p[1] for p in parts], 2), mask
+
+    def update(self, state, k, v, mass=None):
+        new, offset = [], 0
+        n_slots = [_n_slots(m, s) for m, s in zip(self.memories, state.states)]
+        total = sum(n_slots)
+        for m, s, p in zip(self.memories, state.states, n_slots):
+            mass_m = None if mass is None else torch.cat([mass[..., offset:offset + p], mass[..., total:]], -1)
+            new.append(_update_of(m, s, k, v, mass_m))
+            offset += p
+        return self._next(state, new, k.shape[2])
+
+    def _next(self, state, states, t):
+        return MultiState(**meta_of(state), states=states, length=state.length + t)
+
+    # -- protocol ----------------------------------------------------------------------------------
+    def nbytes(self, state) -> int:
+        return sum(m.nbytes(s) for m, s in zip(self.memories, state.states))
+
+    def spans(self, state) -> list[tuple[int, int]]:
+        if self.combine != "concat":
+            return super().spans(state)
+        return [span for m, s in zip(self.memories, state.states) for span in m.spans(s)]
+
+    def reserve(self, state, n_tokens: int = 0):
+        return dataclasses.replace(state, states=[m.reserve(s, n_tokens) for m, s in zip(self.memories, state.states)])
+
+    def snapshot(self, state):
+        """A copy that later forwards never write into (see ``SlotMemory.snapshot``)."""
+        return dataclasses.replace(state, states=[
+            m.snapshot(s) if hasattr(m, "snapshot") else s for m, s in zip(self.memories, state.states)
+        ])
+
+
+def _slots_of(memory, q, state):
+    if isinstance(memory, FullMemory):  # every cached pair is visible
+        t = q.shape[2]
+        held = torch.ones(t, state.length, dtype=torch.bool, device=q.device)
+        return state.keys, state.values, torch.cat([held, causal_chunk_mask(t, q.device)], dim=1)
+    return memory.slots(q, state)
+
+
+def _update_of(memory, state, k, v, mass):
+    if isinstance(memory, FullMemory):
+        return memory.append(state, k, v)
+    return memory.update(state, k, v, mass)
+
+
+def _n_slots(memory, state) -> int:
+    if isinstance(memory, FullMemory):
+        return state.length
+    if isinstance(memory, MultiMemory):
+        return sum(_n_slots(m, s) for m, s in zip(memory.memories, state.states))
+    return memory.n_slots

@@ -1,0 +1,78 @@
+r"""Segment-level recurrence (Transformer-XL): the last ``M`` pairs from before the chunk.
+
+The text is processed segment by segment. Each segment's queries attend to the memory of
+the previous segments' last ``M`` pairs (stored with a stop-gradient) and to their own
+segment causally; then the memory moves on::
+
+    Mem = FIFO(S_kv^k, Mem_pre)          keep the newest M pairs
+
+Unlike a window, what a query sees depends on where the segments start: the first query
+of a segment sees ``M + 1`` keys, the last one ``M + n_s``. Decoding one token at a time
+it equals a window of ``M + 1``.
+
+Storage: a ring of ``M`` slots; position ``p`` lives in slot ``p % M``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_positive_int
+from ._slots import SlotMemory, SlotState, attend, causal_chunk_mask, write_ring
+from ._state import check_input
+
+__all__ = ["SegmentMemory", "SegmentState"]
+
+
+class SegmentState(SlotState):
+    """State of a :class:`SegmentMemory`: a ring of ``M`` slots after ``length`` tokens."""
+
+
+class SegmentMemory(SlotMemory):
+    """Transformer-XL memory: each chunk sees the last ``mem_len`` pairs before it, plus itself causally.
+
+    Args:
+        mem_len: ``M >= 1`` pairs carried from one segment to the next.
+    """
+
+    state_type = SegmentState
+
+    def __init__(self, mem_len: int):
+        super().__init__()
+        self.mem_len = check_positive_int("mem_len", mem_len)
+
+    def extra_repr(self) -> str:
+        return f"mem_len={self.mem_len}"
+
+    @property
+    def n_slots(self) -> int:
+        return self.mem_len
+
+    def slots(self, q, state):
+        buf = self._read(state)
+        t = q.shape[2]
+        held = (buf.pos >= 0)[None, :].expand(t, -1)  # [T, M]: every held pair is visible
+        return buf.k, buf.v, torch.cat([held, causal_chunk_mask(t, q.device)], dim=1)
+
+    def update(self, state, k, v, mass=None):
+        n, t, m = state.length, k.shape[2], self.mem_len
+        buf = self._writable(state)
+        a = max(0, t - m)
+        write_ring(buf, 0, m, n + a, k[:, :, a:].detach(), v[:, :, a:].detach(), n + a)
+        return self._successor(state, buf, n + t)
+
+    def forward(self, q, k, v, state):
+        if q.shape[2] != 1 or self._needs_grad(q, k, v):
+            return super().forward(q, k, v, state)
+        # decoding: slots [0, min(i, M)) hold the last M keys before position i -- no mask needed
+        check_input(self, q, k, v, state, self.state_type)
+        m = min(state.length, self.mem_len)
+        buf = self._read(state)
+        keys = torch.cat([buf.k[:, :, :m], k], dim=2)
+        values = torch.cat([buf.v[:, :, :m], v], dim=2)
+        return attend(q, keys, values), self.update(state, k, v)
+
+    def spans(self, state) -> list[tuple[int, int]]:
+        """Positions held, oldest first."""
+        n = state.length
+        return [(p, p) for p in range(max(0, n - self.mem_len), n)]
