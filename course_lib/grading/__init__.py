@@ -1,0 +1,59 @@
+"""Graded exercises: ``check(exercise_id, answer)`` runs an exercise's extended checks.
+
+In an exercise notebook::
+
+    from course_lib.grading import check
+    check("01.scaled_attention", scaled_attention)
+
+prints one line per check, with a mark and, when it fails, a hint that names the likely
+mistake, then the score. The checks compare the answer with the tested reference in
+``course_lib`` on random inputs and on edge cases (length 1, lengths that are not a
+multiple of a window, batch > 1, float32 and float64, non-contiguous tensors). Passing
+them is strong evidence, not a proof: the summary says "extended checks passed".
+
+An answer that still raises ``NotImplementedError`` is reported as "not attempted yet",
+so an untouched exercise notebook runs from top to bottom. Each check runs under a
+timeout (``COURSE_CHECK_TIMEOUT`` seconds, default 10), so an endless loop cannot hang it.
+
+Exercise ids are ``NN.name`` (``NN`` the lesson). :data:`EXERCISES` holds them all; the
+known-wrong implementations that each must reject live in :mod:`course_lib.grading.mutants`.
+"""
+
+from __future__ import annotations
+
+from . import lesson01, lesson02
+from .core import CheckResult, Exercise, run_exercise, write_record
+
+__all__ = ["check", "CheckResult", "Exercise", "EXERCISES", "get_exercise"]
+
+EXERCISES: dict[str, Exercise] = {ex.id: ex for ex in lesson01.EXERCISES + lesson02.EXERCISES}
+
+
+def get_exercise(exercise_id: str) -> Exercise:
+    if not isinstance(exercise_id, str):
+        raise TypeError(f"exercise_id must be a str such as '01.scaled_attention', got {exercise_id!r}")
+    try:
+        return EXERCISES[exercise_id]
+    except KeyError:
+        known = ", ".join(EXERCISES)
+        raise ValueError(f"exercise_id {exercise_id!r} is not a known exercise; expected one of: {known}") from None
+
+
+def check(exercise_id: str, answer, *, timeout: float | None = None, quiet: bool = False) -> CheckResult:
+    """Run the extended checks of ``exercise_id`` on ``answer`` and print what they found.
+
+    Args:
+        exercise_id: ``"NN.name"``, as given in the exercise notebook.
+        answer: your function or class (code exercises), or your answer to a question
+            (a value, or a function of no arguments that returns it).
+        timeout: seconds per check (default ``COURSE_CHECK_TIMEOUT`` or 10).
+        quiet: print nothing (the result still holds every line).
+
+    Returns:
+        a :class:`CheckResult` with ``score``, ``max_score`` and one line per check.
+    """
+    result = run_exercise(get_exercise(exercise_id), answer, timeout=timeout)
+    if not quiet:
+        print(result.render())
+    write_record(result)
+    return result

@@ -1,0 +1,100 @@
+"""Helpers for writing checks: seeded inputs, output validation, and naming the mistake.
+
+A check computes the reference result and, when the learner's result differs, the results
+of the known mistakes on the same inputs (``mistake models``); the first model that the
+learner's result matches names the hint. Nothing here ever prints a value.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping
+
+import torch
+
+from .core import Mistake
+
+__all__ = ["seeded", "randn", "heads_view", "expect_tensor", "close", "expect_close", "expect_number"]
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(gen: torch.Generator, *shape: int, dtype=torch.float64, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).mul_(scale).to(dtype)
+
+
+def heads_view(gen: torch.Generator, b: int, h: int, t: int, d: int, dtype=torch.float64) -> torch.Tensor:
+    """A non-contiguous ``[B, H, T, D]`` tensor laid out as ``[B, T, H, D]`` (what splitting
+    heads produces): ``.view`` across the B, H, T axes fails on it, ``.reshape`` works."""
+    x = randn(gen, b, t, h, d, dtype=dtype).transpose(1, 2)
+    assert not x.is_contiguous()
+    return x
+
+
+def tolerance(dtype: torch.dtype) -> dict:
+    return {"rtol": 1e-9, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+
+
+def close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Same shape and values (NaN equal to NaN, so a NaN-producing mistake can be recognised)."""
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return False
+    if want.dtype == torch.bool or got.dtype == torch.bool:
+        return got.dtype == want.dtype and bool(torch.equal(got, want))
+    tol = tolerance(want.dtype if want.dtype == got.dtype else torch.float32)
+    return bool(torch.allclose(got.detach().to(torch.float64).cpu(), want.to(torch.float64).cpu(),
+                               equal_nan=True, **tol))
+
+
+def expect_tensor(got, shape: tuple, dtype: torch.dtype | None = None, *, shape_text: str = "") -> torch.Tensor:
+    """Raise :class:`Mistake` unless ``got`` is a tensor of ``shape`` (and ``dtype``)."""
+    if not isinstance(got, torch.Tensor):
+        raise Mistake("not_tensor", f"got {type(got).__name__}")
+    if tuple(got.shape) != tuple(shape):
+        want = f"expected {shape_text} = {tuple(shape)}" if shape_text else f"expected {tuple(shape)}"
+        raise Mistake("shape", f"got {tuple(got.shape)}, {want}")
+    if dtype is not None and got.dtype != dtype:
+        raise Mistake("dtype", f"got {got.dtype} for {dtype} inputs")
+    return got
+
+
+def expect_close(got: torch.Tensor, want: torch.Tensor, models: Mapping[str, Callable[[], torch.Tensor]] = (),
+                 fallback: str = "wrong_values") -> None:
+    """Pass when ``got`` matches ``want``; otherwise raise the key of the first mistake model
+    that ``got`` matches, then ``nonfinite`` for inf/NaN, then ``fallback``. Several models
+    may share one hint: ``"key#variant"`` raises ``key``."""
+    if close(got, want):
+        return
+    for key, model in dict(models).items():
+        try:
+            candidate = model()
+        except Exception:  # a model that cannot run on these inputs simply does not match
+            continue
+        if close(got, candidate):
+            raise Mistake(key.split("#")[0])
+    if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+        raise Mistake("nonfinite")
+    raise Mistake(fallback)
+
+
+def expect_number(got, want: float, models: Mapping[str, float] = (), *, integer: bool = False,
+                  fallback: str = "wrong_number") -> None:
+    """Numeric answers: pass when equal to ``want`` (relative 1e-9), else name the mistake.
+
+    With ``integer=True`` the answer must also be an int (hint ``not_int``)."""
+    if isinstance(got, bool) or not isinstance(got, numbers.Real):
+        raise Mistake("not_number", f"got {type(got).__name__}")
+    value = float(got)
+    if math.isclose(value, want, rel_tol=1e-9, abs_tol=0.0) or (want == 0 and value == 0):
+        if integer and not isinstance(got, numbers.Integral):
+            raise Mistake("not_int", f"got {type(got).__name__}")
+        return
+    for key, candidate in dict(models).items():
+        if math.isclose(value, candidate, rel_tol=1e-9, abs_tol=1e-12):
+            raise Mistake(key.split("#")[0])
+    if integer and not isinstance(got, numbers.Integral):
+        raise Mistake("not_int", f"got {type(got).__name__}")
+    raise Mistake(fallback)

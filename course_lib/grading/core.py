@@ -1,0 +1,296 @@
+"""The engine behind :func:`course_lib.grading.check`: exercises, checks, timeouts, results.
+
+An :class:`Exercise` is a list of :class:`Check` s. Each check calls the learner's answer on
+inputs it builds itself, compares the result with the reference in ``course_lib`` and
+raises :class:`Mistake` with a hint key when it differs. The hint text names the likely
+mistake; it never contains the reference's values or the check's code.
+
+Every check runs under a timeout: on the main thread a ``SIGALRM`` timer interrupts an
+endless loop; elsewhere the check runs in a daemon thread that is abandoned when it
+overstays. Either way the notebook moves on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Mistake", "Check", "Exercise", "CheckResult", "CheckLine", "run_exercise", "RECORD_ENV", "TIMEOUT_ENV"]
+
+RECORD_ENV = "COURSE_GRADE_RECORD"  # path of a JSON-lines file that receives one record per check() call
+TIMEOUT_ENV = "COURSE_CHECK_TIMEOUT"  # seconds per check (default DEFAULT_TIMEOUT)
+DEFAULT_TIMEOUT = 10.0
+PASS, FAIL = "\u2713", "\u2717"  # check mark, ballot x
+
+# hints shared by every exercise; an exercise's own hints take precedence
+COMMON_HINTS = {
+    "not_attempted": "not attempted yet: replace the `raise NotImplementedError()` line with your code.",
+    "timed_out": "The check ran out of time: look for a loop that never ends (or one over every element "
+                 "where a tensor operation would do).",
+    "not_tensor": "Return a torch.Tensor.",
+    "shape": "The result has the wrong shape.",
+    "dtype": "Keep the input dtype: no .float()/.double() and no fixed dtype= inside your code.",
+    "nonfinite": "The result holds inf or NaN: a softmax must subtract each row's max before exp "
+                 "(torch.softmax does), and every query must be allowed at least one key.",
+    "non_contiguous": ".view() fails on non-contiguous tensors (for example a transposed view): use "
+                      ".reshape() instead, or transpose after reshaping.",
+    "raised": "Read the error: it names the operation that failed on this input.",
+}
+COMMON_ERROR_HINTS = {r"view size is not compatible": "non_contiguous"}
+
+
+class Mistake(Exception):
+    """Raised by a check when the answer is wrong. ``key`` selects the exercise's hint;
+    ``detail`` adds a short learner-safe fact (such as the shape it got)."""
+
+    def __init__(self, key: str, detail: str = ""):
+        super().__init__(key)
+        self.key, self.detail = key, detail
+
+
+class CheckTimeout(BaseException):
+    """Raised inside the learner's code when a check overstays (a BaseException, so a bare
+    ``except Exception`` in the learner's code cannot swallow it)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One extended check: ``name`` says what is checked, ``run(answer)`` raises on failure."""
+
+    name: str
+    run: Callable
+
+
+@dataclass
+class Exercise:
+    """A graded item ``NN.name``: checks, the hints they may give, and the points it is worth.
+
+    ``kind`` is ``"code"`` (the answer is a function or class, called by the checks) or
+    ``"question"`` (the answer is a value, or a function of no arguments returning it).
+    """
+
+    id: str
+    title: str
+    kind: str
+    checks: list[Check]
+    hints: dict[str, str]
+    points: float = 1.0
+    error_hints: dict[str, str] = field(default_factory=dict)  # regex on an exception's message -> hint key
+    options: dict[str, str] = field(default_factory=dict)  # multiple choice: letter -> text
+
+    def hint(self, key: str) -> str:
+        if key in self.hints:
+            return self.hints[key]
+        if key in COMMON_HINTS:
+            return COMMON_HINTS[key]
+        raise KeyError(f"exercise {self.id} has no hint {key!r}")
+
+    @property
+    def lesson(self) -> str:
+        return self.id.split(".", 1)[0]
+
+
+@dataclass
+class CheckLine:
+    name: str
+    status: str  # "passed", "failed", "timed out", "not implemented"
+    hint: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def render(self) -> str:
+        if self.passed:
+            return f"  {PASS} {self.name}"
+        return f"  {FAIL} {self.name}: {self.hint}"
+
+
+@dataclass
+class CheckResult:
+    """What :func:`check` found: ``score`` out of ``max_score`` and one line per check."""
+
+    exercise_id: str
+    score: float
+    max_score: float
+    status: str  # "passed", "failed", "not attempted"
+    lines: list[CheckLine] = field(default_factory=list)
+    kind: str = "code"
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def n_passed(self) -> int:
+        return sum(line.passed for line in self.lines)
+
+    @property
+    def summary(self) -> str:
+        score = f"score {_fmt(self.score)}/{_fmt(self.max_score)}"
+        if self.status == "not attempted":
+            return f"not attempted yet; {score}"
+        if self.kind == "question":
+            return f"answer accepted; {score}" if self.passed else f"answer not accepted yet; {score}"
+        if self.passed:
+            return f"extended checks passed ({len(self.lines)} of {len(self.lines)}); {score}"
+        return f"{self.n_passed} of {len(self.lines)} extended checks passed; {score}"
+
+    def _failed_lines(self):
+        """``(line, first)`` for each failed line; ``first`` is False when its hint was given above."""
+        seen = set()
+        for line in self.lines:
+            if not line.passed:
+                yield line, line.hint not in seen
+                seen.add(line.hint)
+
+    @property
+    def feedback(self) -> str:
+        """One line for a report: the summary, then each distinct hint with the first check that gave it."""
+        if self.status == "not attempted":
+            return "not attempted yet"
+        hints = [f"{line.name}: {line.hint}" for line, first in self._failed_lines() if first]
+        return "; ".join([self.summary] + hints)
+
+    def render(self) -> str:
+        if self.status == "not attempted":
+            return f"{self.exercise_id}: not attempted yet (your code still raises NotImplementedError); " \
+                   f"score 0/{_fmt(self.max_score)}"
+        first = {id(line): is_first for line, is_first in self._failed_lines()}
+        rows = [line.render() if first.get(id(line), True) else f"  {FAIL} {line.name}: same mistake as above"
+                for line in self.lines]
+        return "\n".join([self.exercise_id, *rows, f"  {self.summary}"])
+
+    def record(self) -> dict:
+        return {"id": self.exercise_id, "score": self.score, "max_score": self.max_score,
+                "status": self.status, "feedback": self.feedback}
+
+    def __repr__(self) -> str:
+        return f"CheckResult({self.exercise_id!r}, score={_fmt(self.score)}, max_score={_fmt(self.max_score)})"
+
+    def _ipython_display_(self):
+        """Display nothing: check() has already printed its lines."""
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if float(x).is_integer() else f"{x:.2f}"
+
+
+def run_exercise(exercise: Exercise, answer, *, timeout: float | None = None) -> CheckResult:
+    """Run every check of ``exercise`` on ``answer``; never raises for a wrong answer.
+
+    After a check times out the remaining ones are skipped, so an endless loop costs one
+    timeout per exercise, not one per check."""
+    timeout = default_timeout() if timeout is None else float(timeout)
+    lines: list[CheckLine] = []
+    for check in exercise.checks:
+        if lines and lines[-1].status in ("timed out", "skipped"):
+            lines.append(CheckLine(check.name, "skipped", "not run: an earlier check timed out"))
+        else:
+            lines.append(_run_check(exercise, check, answer, timeout))
+    if all(line.status == "not implemented" for line in lines):
+        return CheckResult(exercise.id, 0.0, exercise.points, "not attempted", lines, exercise.kind)
+    passed = sum(line.passed for line in lines)
+    score = round(exercise.points * passed / len(lines), 2)
+    status = "passed" if passed == len(lines) else "failed"
+    return CheckResult(exercise.id, score, exercise.points, status, lines, exercise.kind)
+
+
+def default_timeout() -> float:
+    value = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        return float(value) if value else DEFAULT_TIMEOUT
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+def _run_check(exercise: Exercise, check: Check, answer, timeout: float) -> CheckLine:
+    try:
+        call_with_timeout(lambda: check.run(answer), timeout)
+    except Mistake as m:
+        hint = exercise.hint(m.key)
+        return CheckLine(check.name, "failed", f"{hint} ({m.detail})" if m.detail else hint)
+    except NotImplementedError:
+        return CheckLine(check.name, "not implemented", "not implemented yet (raises NotImplementedError)")
+    except CheckTimeout:
+        return CheckLine(check.name, "timed out", f"timed out after {timeout:g} s. {exercise.hint('timed_out')}")
+    except Exception as err:  # the learner's code raised: name the error, hint when we recognise it
+        message = _one_line(err).rstrip(".")
+        return CheckLine(check.name, "failed",
+                         f"raised {type(err).__name__}: {message}. {exercise.hint(_error_key(exercise, err))}")
+    return CheckLine(check.name, "passed")
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_key(exercise: Exercise, err: BaseException) -> str:
+    text = str(err)
+    for pattern, key in {**COMMON_ERROR_HINTS, **exercise.error_hints}.items():
+        if re.search(pattern, text):
+            return key
+    return "raised"
+
+
+def call_with_timeout(fn: Callable[[], object], timeout: float):
+    """``fn()``, stopped with :class:`CheckTimeout` after ``timeout`` seconds.
+
+    On the main thread of a POSIX process (a Jupyter kernel, pytest) an interval timer
+    raises inside ``fn``, and any timer that was already running is re-armed afterwards.
+    Elsewhere ``fn`` runs in a daemon thread that is abandoned if it overstays.
+    """
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        return _call_with_alarm(fn, timeout)
+    return _call_in_thread(fn, timeout)
+
+
+def _call_with_alarm(fn, timeout):
+    def on_alarm(signum, frame):
+        raise CheckTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, timeout)
+    start = time.monotonic()
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if old_delay > 0:  # someone else's timer (pytest-timeout, say) keeps running
+            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
+
+
+def _call_in_thread(fn, timeout):
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # handed back to the caller's thread
+            box["error"] = err
+
+    worker = threading.Thread(target=target, name="course_lib check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise CheckTimeout()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def write_record(result: CheckResult) -> None:
+    """Append the result to the file named by ``COURSE_GRADE_RECORD`` (set by the grade command)."""
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(result.record()) + "\n")

@@ -1,0 +1,335 @@
+r"""Exercises of lesson 02, the KV cache.
+
+* ``02.growing_cache``: a cache that appends ``(k_i, v_i)`` and never evicts
+* ``02.cached_attention``: ``Att(q_i, Mem)`` with ``Mem = (K_{<=i}, V_{<=i})`` from a cache,
+  one decoding step or a chunk of new tokens
+* ``02.kv_cache_bytes``: ``2 * L * n_g * d_h * m * batch * bytes_per_value``
+* ``02.llama3_bytes``: the cache of a published GQA model (a number)
+* ``02.growth_cost``: what a growing cache costs a long conversation (multiple choice)
+
+The references are :class:`course_lib.KVCache`, :func:`course_lib.attention_reference`,
+:func:`course_lib.causal_mask` and :func:`course_lib.kv_cache_bytes`.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from .. import KVCache, StaticKVCache, attention_reference, causal_mask, kv_cache_bytes
+from .compare import close, expect_close, expect_number, expect_tensor, randn, seeded
+from .core import Check, Exercise, Mistake
+from .questions import choice_exercise, number_exercise
+
+# ---------------------------------------------------------------- 02.growing_cache
+
+CACHE_HINTS = {
+    "never_grows": "The cache never grows: update must append the new pairs to the stored ones "
+                   "(torch.cat along dim 2) and keep the result, not replace them.",
+    "wrong_axis": "Grow along the time axis: torch.cat([...], dim=2) for [B, H, T, D] tensors.",
+    "prepends": "The newest pairs go at the end, oldest first: torch.cat([self.k, k], dim=2).",
+    "evicts": "A plain KV cache never evicts: Mem = (K_{<=i}, V_{<=i}) keeps every pair (dropping "
+              "old pairs makes a window memory, lesson 04).",
+    "swapped": "update returns (K, V): the keys first, then the values.",
+    "counts_updates": "seq_len counts cached tokens (positions along dim 2), not calls to update.",
+    "seq_len_wrong": "seq_len must be the number of cached tokens, K.shape[2].",
+    "seq_len_not_int": "seq_len must be an int attribute or @property (for example self.k.shape[2]), "
+                       "not a method or a tensor.",
+    "shared": "A new cache already holds tokens: each cache needs its own storage, created in __init__ "
+              "(self.k = None), not a class attribute or a default argument.",
+    "not_pair": "update must return a pair (K, V) of tensors.",
+    "shape": "K and V must have shape [B, H, m, D]: every pair cached so far.",
+    "wrong_values": "K and V must hold every pair passed so far, oldest first, along dim 2.",
+}
+
+
+def _seq_len(cache) -> int:
+    n = cache.seq_len
+    if callable(n) or isinstance(n, torch.Tensor) or isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise Mistake("seq_len_not_int", f"got {type(n).__name__}")
+    return int(n)
+
+
+def _fresh(cls):
+    cache = cls()
+    if _seq_len(cache) != 0:
+        raise Mistake("shared")
+    return cache
+
+
+def _update(cache, k, v):
+    out = cache.update(k, v)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise Mistake("not_pair", f"got {type(out).__name__}")
+    K, V = out
+    if not isinstance(K, torch.Tensor) or not isinstance(V, torch.Tensor):
+        raise Mistake("not_pair", f"got ({type(K).__name__}, {type(V).__name__})")
+    return K, V
+
+
+def _expect_cached(K, V, ks, vs, n_updates, seq_len):
+    """``K, V`` must be the concatenation of the chunks ``ks, vs`` along time."""
+    want_k, want_v = torch.cat(ks, 2), torch.cat(vs, 2)
+    m = want_k.shape[2]
+    if K.shape != want_k.shape:
+        if close(K, ks[-1]):
+            raise Mistake("never_grows")
+        if K.numel() == want_k.numel():
+            raise Mistake("wrong_axis")
+        if K.dim() == 4 and K.shape[2] < m and close(K, want_k[:, :, m - K.shape[2]:]):
+            raise Mistake("evicts", f"it holds {K.shape[2]} of {m} tokens")
+        raise Mistake("shape", f"got {tuple(K.shape)}, expected [B, H, m, D] = {tuple(want_k.shape)}")
+    if close(K, want_v) and close(V, want_k):
+        raise Mistake("swapped")
+    expect_close(K, want_k, {"prepends": lambda: torch.cat(ks[::-1], 2)})
+    expect_close(V, want_v, {"prepends": lambda: torch.cat(vs[::-1], 2)})
+    if seq_len != m:
+        raise Mistake("counts_updates" if seq_len == n_updates else "seq_len_wrong", f"got {seq_len}, m = {m}")
+
+
+def _feed_check(seed, b, h, d, chunks, *, dtype=torch.float64, transposed=False):
+    def run(cls):
+        gen = seeded(seed)
+        cache = _fresh(cls)
+        ks, vs = [], []
+        for n_updates, n in enumerate(chunks, start=1):
+            if transposed:  # non-contiguous views of [B, H, D, T] tensors
+                k, v = (randn(gen, b, h, d, n, dtype=dtype).transpose(2, 3) for _ in range(2))
+            else:
+                k, v = randn(gen, b, h, n, d, dtype=dtype), randn(gen, b, h, n, d, dtype=dtype)
+            ks.append(k)
+            vs.append(v)
+            K, V = _update(cache, k, v)
+            _expect_cached(K, V, ks, vs, n_updates, _seq_len(cache))
+    return run
+
+
+def _empty_check(cls):
+    cache = cls()
+    if _seq_len(cache) != 0:
+        raise Mistake("shared")
+
+
+def _independent_check(cls):
+    gen = seeded(36)
+    a, b = _fresh(cls), _fresh(cls)
+    _update(a, randn(gen, 1, 1, 2, 3), randn(gen, 1, 1, 2, 3))
+    if _seq_len(b) != 0:
+        raise Mistake("shared")
+    k, v = randn(gen, 1, 1, 1, 3), randn(gen, 1, 1, 1, 3)
+    K, V = _update(b, k, v)
+    if K.shape != k.shape:
+        raise Mistake("shared")
+
+
+GROWING_CACHE = Exercise(
+    id="02.growing_cache",
+    title="A KV cache that grows",
+    kind="code",
+    points=2,
+    hints=CACHE_HINTS,
+    error_hints={r"must match except in dimension [013]": "wrong_axis"},
+    checks=[
+        Check("a new cache holds 0 tokens", _empty_check),
+        Check("the first update of 3 tokens returns them, seq_len == 3", _feed_check(31, 1, 2, 3, [3])),
+        Check("one more token goes after them along time (dim 2)", _feed_check(32, 1, 2, 4, [3, 1])),
+        Check("chunks of 3, 1, 2 and 5 tokens, B = 2, H = 3, D = 4", _feed_check(33, 2, 3, 4, [3, 1, 2, 5])),
+        Check("length 1: a single token", _feed_check(34, 1, 1, 2, [1])),
+        Check("40 tokens one at a time: every one is kept", _feed_check(35, 1, 2, 2, [1] * 40)),
+        Check("two caches do not share storage", _independent_check),
+        Check("non-contiguous new k, v (transposed views), float32",
+              _feed_check(37, 2, 2, 3, [2, 3], dtype=torch.float32, transposed=True)),
+    ],
+)
+
+# ---------------------------------------------------------------- 02.cached_attention
+
+CACHED_HINTS = {
+    "chunk_mask": "Inside a chunk of several new tokens, query r must not see the chunk's later tokens: "
+                  "pass causal_mask(T, m) for T new queries over m cached keys.",
+    "first_aligned": "The T new queries are the LAST T of the m cached positions: use causal_mask(T, m) "
+                     "(torch's is_causal=True aligns the queries to the first positions when T != m).",
+    "ignores_cache": "Attend over everything cache.update returns, K_{<=i} and V_{<=i}, not only the "
+                     "new chunk's keys and values.",
+    "no_scale": "Divide the scores by sqrt(d) (course_lib.attention does it for you): the 1/sqrt(d) "
+                "scale is missing.",
+    "double_update": "Call cache.update(k, v) exactly once per call: the cache now holds some tokens twice.",
+    "not_appended": "Append the new pairs with cache.update(k, v): afterwards the cache must hold "
+                    "every token seen so far.",
+    "shape": "Return one output row per new query: shape [B, H, T, D].",
+    "wrong_values": "Each new query at position i must get Att(q_i, K_{<=i}, V_{<=i}): the same output as "
+                    "causal attention over the whole sequence.",
+}
+
+
+def _per_chunk(q, chunks, attend):
+    """Concatenate ``attend(q_chunk, end, n)`` over the chunks (``end`` = tokens cached after it)."""
+    outs, end = [], 0
+    for n in chunks:
+        end += n
+        outs.append(attend(q[:, :, end - n:end], end, n))
+    return torch.cat(outs, 2)
+
+
+def _cached_models(q, k, v, chunks):
+    def first_aligned(qc, end, n):
+        mask = torch.arange(end).unsqueeze(0) <= torch.arange(n).unsqueeze(1)  # [n, end], top-left aligned
+        return attention_reference(qc, k[:, :, :end], v[:, :, :end], mask)
+
+    return {
+        "chunk_mask": lambda: _per_chunk(q, chunks, lambda qc, end, n: attention_reference(
+            qc, k[:, :, :end], v[:, :, :end])),
+        "first_aligned": lambda: _per_chunk(q, chunks, first_aligned),
+        "ignores_cache": lambda: _per_chunk(q, chunks, lambda qc, end, n: attention_reference(
+            qc, k[:, :, end - n:end], v[:, :, end - n:end], causal_mask(n, n))),
+        "no_scale": lambda: _per_chunk(q, chunks, lambda qc, end, n: attention_reference(
+            qc, k[:, :, :end], v[:, :, :end], causal_mask(n, end), scale=1.0)),
+    }
+
+
+def _cached_check(seed, b, h, d, chunks, *, dtype=torch.float64, static=False):
+    def run(fn):
+        gen = seeded(seed)
+        t = sum(chunks)
+        q, k, v = (randn(gen, b, h, t, d, dtype=dtype) for _ in range(3))
+        cache = StaticKVCache(b, h, 2 * t, d, dtype=dtype) if static else KVCache()
+        outs, seen = [], 0
+        for n in chunks:
+            out = fn(q[:, :, seen:seen + n], k[:, :, seen:seen + n], v[:, :, seen:seen + n], cache)
+            expect_tensor(out, (b, h, n, d), dtype, shape_text="[B, H, T, D]")
+            outs.append(out)
+            seen += n
+            if cache.seq_len != seen:
+                key = "double_update" if cache.seq_len > seen else "not_appended"
+                raise Mistake(key, f"it holds {cache.seq_len} tokens after {seen}")
+        mask = causal_mask(t, t)
+        expect_close(torch.cat(outs, 2), attention_reference(q, k, v, mask), _cached_models(q, k, v, chunks))
+    return run
+
+
+CACHED_ATTENTION = Exercise(
+    id="02.cached_attention",
+    title="Attention over a KV cache",
+    kind="code",
+    points=2,
+    hints=CACHED_HINTS,
+    checks=[
+        Check("decoding 6 tokens one at a time equals causal attention over all 6",
+              _cached_check(41, 1, 2, 8, [1] * 6)),
+        Check("length 1: the first token alone", _cached_check(42, 1, 1, 4, [1])),
+        Check("a prompt of 4 tokens, then 3 decoding steps", _cached_check(43, 1, 2, 8, [4, 1, 1, 1])),
+        Check("chunks of 3, 2 and 4 tokens (causal inside each chunk)", _cached_check(44, 1, 2, 8, [3, 2, 4])),
+        Check("batch 2, float32", _cached_check(45, 2, 3, 8, [2, 1, 3], dtype=torch.float32)),
+        Check("a StaticKVCache (its K, V are views into a preallocated buffer)",
+              _cached_check(46, 2, 2, 8, [3, 1, 2], static=True)),
+    ],
+)
+
+# ---------------------------------------------------------------- 02.kv_cache_bytes
+
+BYTES_HINTS = {
+    "no_factor_two": "Count keys AND values: the cache stores two tensors per layer, hence the factor 2.",
+    "no_batch": "Each sequence in the batch has its own cache: multiply by batch.",
+    "no_bytes": "Multiply by bytes_per_value: as written you count stored numbers, not bytes.",
+    "default_bytes": "bytes_per_value must default to 2 (fp16 / bf16) and be used as given.",
+    "no_layers": "Every layer keeps its own cache: multiply by n_layers.",
+    "bits": "Return bytes, not bits: no factor 8.",
+    "gib": "Return the number of bytes, not GiB: no division by 1024**3.",
+    "not_int": "Return an int number of bytes: use integer arithmetic (*, no /) and no tensors.",
+    "not_number": "Return an int number of bytes.",
+    "wrong_number": "bytes = 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value.",
+}
+
+
+def _bytes_check(*args, **kwargs):
+    def run(fn):
+        want = kv_cache_bytes(*args, **kwargs)
+        n_layers, batch, per = args[0], kwargs.get("batch", 1), kwargs.get("bytes_per_value", 2)
+        mistakes = {
+            "no_factor_two": want / 2,
+            "no_batch": want / batch,
+            "no_bytes": want / per,
+            "default_bytes": want / per * 4,
+            "no_layers": want / n_layers,
+            "bits": want * 8,
+            "gib": want / 2**30,
+        }
+        expect_number(fn(*args, **kwargs), want, _unambiguous(mistakes, want), integer=True)
+    return run
+
+
+def _unambiguous(mistakes: dict, want: float) -> dict:
+    """Keep the mistakes whose number no other mistake (nor the right answer) shares on these
+    inputs, so a hint is only given when the number identifies the mistake."""
+    values = [v for v in mistakes.values()]
+    return {key: v for key, v in mistakes.items()
+            if v != want and sum(abs(v - w) <= 1e-9 * max(abs(v), 1) for w in values) == 1}
+
+
+KV_CACHE_BYTES = Exercise(
+    id="02.kv_cache_bytes",
+    title="The size of a KV cache",
+    kind="code",
+    points=2,
+    hints=BYTES_HINTS,
+    checks=[
+        Check("one layer, head, dimension and token in fp16 (an int number of bytes)", _bytes_check(1, 1, 1, 1)),
+        Check("L = 3, n_g = 5, d_h = 7, m = 11, batch = 13, 4 bytes per value",
+              _bytes_check(3, 5, 7, 11, batch=13, bytes_per_value=4)),
+        Check("Llama-2-7B at 4,096 tokens with the defaults (batch 1, fp16)", _bytes_check(32, 32, 128, 4096)),
+        Check("GQA: L = 32, n_g = 8, d_h = 128, m = 8,192, batch = 3, fp16",
+              _bytes_check(32, 8, 128, 8192, batch=3, bytes_per_value=2)),
+        Check("int8 values (1 byte), batch of 4", _bytes_check(3, 4, 64, 100, batch=4, bytes_per_value=1)),
+        Check("an empty cache (m = 0) holds 0 bytes", _bytes_check(6, 2, 16, 0, batch=3)),
+    ],
+)
+
+# ---------------------------------------------------------------- conceptual questions
+
+LLAMA3 = dict(n_layers=32, n_kv_heads=8, head_dim=128, seq_len=8192)  # Llama 3 8B: 32 query heads, 8 KV heads
+LLAMA3_BYTES = number_exercise(
+    id="02.llama3_bytes",
+    title="The KV cache of Llama 3 8B at 8,192 tokens",
+    correct=kv_cache_bytes(**LLAMA3),
+    mistakes={
+        "mha": kv_cache_bytes(**{**LLAMA3, "n_kv_heads": 32}),
+        "no_factor_two": kv_cache_bytes(**LLAMA3) // 2,
+        "fp32": kv_cache_bytes(**LLAMA3, bytes_per_value=4),
+        "gib": kv_cache_bytes(**LLAMA3) / 2**30,
+        "gib#mib": kv_cache_bytes(**LLAMA3) / 2**20,
+    },
+    hints={
+        "mha": "Llama 3 8B uses grouped-query attention: only the n_g = 8 key/value heads are cached, "
+               "not all 32 query heads.",
+        "no_factor_two": "Count keys AND values: the factor 2.",
+        "fp32": "fp16 stores 2 bytes per value, not 4.",
+        "gib": "Give the answer in bytes, not GiB or MiB.",
+        "wrong_number": "bytes = 2 * L * n_g * d_h * m * bytes_per_value, with the numbers of the question.",
+    },
+    unit="bytes",
+)
+
+GROWTH_COST = choice_exercise(
+    id="02.growth_cost",
+    title="What does a growing KV cache cost a long conversation?",
+    options={
+        "A": "Nothing extra: the cache has a fixed size once the model is loaded.",
+        "B": "Its memory grows linearly with the number of tokens m (2 L n_g d_h bytes_per_value bytes per "
+             "token), and each new token's attention reads all m cached pairs, so the time per step "
+             "grows as O(m) and the whole conversation costs O(m^2).",
+        "C": "Its memory grows quadratically with m, because every token stores its attention weights "
+             "over all earlier tokens.",
+        "D": "Its memory grows linearly, but the time per token stays constant, because cached keys "
+             "and values need not be recomputed.",
+    },
+    correct="B",
+    wrong_hints={
+        "A": "The cache gains one (k_i, v_i) pair per layer for every token: Mem = (K_{<=i}, V_{<=i}) grows with i.",
+        "C": "The cache keeps keys and values, not attention weights: it grows linearly with m.",
+        "D": "Caching saves recomputing k and v, but q_i still attends to all i + 1 cached keys, so each "
+             "step costs O(i).",
+    },
+)
+
+EXERCISES = [GROWING_CACHE, CACHED_ATTENTION, KV_CACHE_BYTES, LLAMA3_BYTES, GROWTH_COST]
