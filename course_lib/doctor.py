@@ -34,7 +34,7 @@ def collect() -> dict:
         if packages[name] is None:
             problems.append(f"{name} is missing or fails to import; {FIX}")
     optional = {name: _version(name) for name in OPTIONAL}
-    if sys.version_info < (3, 10):
+    if sys.version_info[:2] < (3, 10):  # the package refuses to install there, but a kernel can be older
         problems.append(f"Python {platform.python_version()} is too old; the course needs Python >= 3.10")
 
     device = {"name": "unknown", "cuda": False, "mps": False}
@@ -83,7 +83,8 @@ def format_report(report: dict) -> str:
     lines.append(f"device: {dev.get('description', dev['name'])}  (cuda: {dev['cuda']}, mps: {dev['mps']}; "
                  "set COURSE_DEVICE=cpu to force the CPU)")
     w = report["widgets"]
-    lines.append(f"widgets: ipywidgets {w['ipywidgets'] or 'MISSING'}, jupyterlab_widgets {w['jupyterlab_widgets'] or 'MISSING'}")
+    lines.append(f"widgets: ipywidgets {w['ipywidgets'] or 'MISSING'}, "
+                 f"jupyterlab_widgets {w['jupyterlab_widgets'] or 'MISSING'}")
     if report["problems"]:
         lines.append("problems:")
         lines.extend(f"  ✗ {p}" for p in report["problems"])

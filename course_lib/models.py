@@ -36,7 +36,7 @@ class LMState:
     batch: int
     layers: list = field(default_factory=list)
 
-    def nbytes(self, model: "MemoryLM") -> int:
+    def nbytes(self, model: MemoryLM) -> int:
         return model.state_nbytes(self)
 
 

@@ -29,7 +29,7 @@ class _Buffer:
     def __init__(self, k: torch.Tensor, v: torch.Tensor, length: int):
         self.k, self.v, self.length = k, v, length
 
-    def grown(self, length: int, capacity: int) -> "_Buffer":
+    def grown(self, length: int, capacity: int) -> _Buffer:
         b, h, _, d = self.k.shape
         k = self.k.new_empty(b, h, capacity, d)
         v = self.v.new_empty(b, h, capacity, self.v.shape[-1])
