@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import platform
-import sys
 
 REQUIRED = ["torch", "numpy", "matplotlib", "ipywidgets", "jupyterlab", "tqdm"]
 OPTIONAL = ["nbval", "pytest", "hypothesis", "playwright"]
@@ -34,8 +33,6 @@ def collect() -> dict:
         if packages[name] is None:
             problems.append(f"{name} is missing or fails to import; {FIX}")
     optional = {name: _version(name) for name in OPTIONAL}
-    if sys.version_info[:2] < (3, 10):  # the package refuses to install there, but a kernel can be older
-        problems.append(f"Python {platform.python_version()} is too old; the course needs Python >= 3.10")
 
     device = {"name": "unknown", "cuda": False, "mps": False}
     if packages["torch"] is not None:
