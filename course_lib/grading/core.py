@@ -146,7 +146,7 @@ class CheckResult:
         """``(line, first)`` for each failed line; ``first`` is False when its hint was given above."""
         seen = set()
         for line in self.lines:
-            if not line.passed:
+            if line.status == "failed":
                 yield line, line.hint not in seen
                 seen.add(line.hint)
 
@@ -156,6 +156,7 @@ class CheckResult:
         if self.status == "not attempted":
             return "not attempted yet"
         hints = [f"{line.name}: {line.hint}" for line, first in self._failed_lines() if first]
+        hints += [f"{line.name}: {line.hint}" for line in self.lines if line.status in ("timed out", "not implemented")]
         return "; ".join([self.summary] + hints)
 
     def render(self) -> str:

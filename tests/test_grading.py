@@ -1,0 +1,235 @@
+"""The graders: every known-wrong answer is rejected with its own hint, the course_lib
+references pass, a stub is "not attempted yet", and nothing can hang or leak the checks."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from course_lib import KVCache, attention, attention_reference, causal_mask, kv_cache_bytes
+from course_lib.grading import EXERCISES, check, get_exercise
+from course_lib.grading.core import PASS, RECORD_ENV, CheckResult
+from course_lib.grading.mutants import MUTANTS, mutants_for
+
+# ---------------------------------------------------------------- the mutation registry
+
+
+@pytest.mark.parametrize("exercise_id", list(EXERCISES))
+def test_every_exercise_has_at_least_three_mutants_with_known_hints(exercise_id):
+    mutants = mutants_for(exercise_id)
+    assert len(mutants) >= 3, f"{exercise_id} has {len(mutants)} mutants; every exercise needs at least 3"
+    for m in mutants:
+        assert get_exercise(exercise_id).hint(m.hint)  # raises KeyError for an unknown hint key
+
+
+def test_every_mutant_belongs_to_a_registered_exercise_and_has_a_unique_name():
+    assert {m.exercise_id for m in MUTANTS} == set(EXERCISES)
+    names = [(m.exercise_id, m.name) for m in MUTANTS]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("m", MUTANTS, ids=[f"{m.exercise_id}-{m.name}" for m in MUTANTS])
+def test_mutant_is_rejected_with_the_hint_for_its_mistake(m, capsys):
+    result = check(m.exercise_id, m.answer, timeout=5)
+    out = capsys.readouterr().out
+    hint = get_exercise(m.exercise_id).hint(m.hint)
+    assert result.score < result.max_score, f"{m.name} was not rejected:\n{out}"
+    assert result.status == "failed"
+    assert hint in out, f"{m.name} should get the hint {m.hint!r}, got:\n{out}"
+    assert "extended checks passed (" not in out and "answer accepted" not in out
+
+
+# ---------------------------------------------------------------- the references pass
+
+
+def _cached_with_course_lib(q, k, v, cache):
+    K, V = cache.update(k, v)
+    return attention(q, K, V, causal_mask(q.shape[2], K.shape[2]))
+
+
+REFERENCES = {
+    "01.scaled_attention": lambda q, k, v, mask=None: attention_reference(q, k, v, mask),
+    "01.causal_mask": lambda t_q, t_k, window=None: causal_mask(t_q, t_k, window=window),
+    "01.split_heads": lambda x, n: x.reshape(x.shape[0], x.shape[1], n, -1).transpose(1, 2),
+    "01.why_sqrt_d": "b",  # lower case is accepted
+    "01.causal_scores": lambda: sum(8 * (i + 1) for i in range(1024)),
+    "02.growing_cache": KVCache,
+    "02.cached_attention": _cached_with_course_lib,
+    "02.kv_cache_bytes": kv_cache_bytes,
+    "02.llama3_bytes": float(kv_cache_bytes(32, 8, 128, 8192)),  # a float of the right value is accepted
+    "02.growth_cost": lambda: " B ",
+}
+
+
+def test_every_exercise_has_a_reference_here():
+    assert set(REFERENCES) == set(EXERCISES)
+
+
+@pytest.mark.parametrize("exercise_id", list(EXERCISES))
+def test_course_lib_reference_scores_full_marks(exercise_id, capsys):
+    result = check(exercise_id, REFERENCES[exercise_id])
+    out = capsys.readouterr().out
+    assert result.passed and result.score == result.max_score, out
+    assert out.count(PASS) == len(EXERCISES[exercise_id].checks)
+    wording = "answer accepted" if EXERCISES[exercise_id].kind == "question" else "extended checks passed"
+    assert wording in out and "all correct" not in out
+
+
+# ---------------------------------------------------------------- stubs and partial answers
+
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+class _StubClass:
+    def __init__(self):
+        raise NotImplementedError()
+
+
+@pytest.mark.parametrize("exercise_id", list(EXERCISES))
+def test_a_stub_is_not_attempted_and_scores_zero(exercise_id, capsys):
+    stub = _StubClass if exercise_id == "02.growing_cache" else _stub
+    result = check(exercise_id, stub)
+    out = capsys.readouterr().out
+    assert (result.score, result.status) == (0, "not attempted")
+    assert out.strip() == f"{exercise_id}: not attempted yet (your code still raises NotImplementedError); " \
+                          f"score 0/{EXERCISES[exercise_id].points:g}"
+
+
+def test_a_partial_answer_is_graded_and_its_missing_case_named(capsys):
+    def no_mask_yet(q, k, v, mask=None):
+        if mask is not None:
+            raise NotImplementedError("the mask comes later")
+        return attention_reference(q, k, v)
+
+    result = check("01.scaled_attention", no_mask_yet)
+    out = capsys.readouterr().out
+    assert result.status == "failed" and 0 < result.score < result.max_score
+    assert "not implemented yet (raises NotImplementedError)" in out
+    assert "a causal mask [T, T] broadcast over B = 2, H = 2" in out
+
+
+def test_an_error_in_the_learners_code_is_named_without_a_traceback(capsys):
+    def broken(q, k, v, mask=None):
+        raise ValueError("boom")
+
+    check("01.scaled_attention", broken)
+    out = capsys.readouterr().out
+    assert "raised ValueError: boom." in out and "Traceback" not in out
+
+
+def test_repeated_hints_are_printed_once(capsys):
+    result = check("01.scaled_attention", mutants_for("01.scaled_attention")[0].answer)
+    out = capsys.readouterr().out
+    hint = get_exercise("01.scaled_attention").hint("no_scale")
+    assert out.count(hint) == 1 and "same mistake as above" in out
+    assert result.feedback.count(hint) == 1
+
+
+def test_output_never_shows_tensors_reference_values_or_check_code(capsys):
+    for m in mutants_for("01.scaled_attention") + mutants_for("02.cached_attention"):
+        check(m.exercise_id, m.answer)
+    out = capsys.readouterr().out
+    for leak in ("tensor(", "Traceback", "def ", "lambda", "assert", "expect_close", "attention_reference("):
+        assert leak not in out
+    assert not re.search(r"\d\.\d{4}", out), "no long decimals (values) in the feedback"
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+def test_an_endless_loop_times_out_and_skips_the_remaining_checks(capsys):
+    def endless(q, k, v, mask=None):
+        while True:
+            pass
+
+    start = time.monotonic()
+    result = check("01.scaled_attention", endless, timeout=0.2)
+    assert time.monotonic() - start < 5
+    out = capsys.readouterr().out
+    assert result.score == 0 and "timed out after 0.2 s" in out
+    assert out.count("not run: an earlier check timed out") == len(EXERCISES["01.scaled_attention"].checks) - 1
+
+
+def test_catching_every_exception_cannot_hide_a_timeout(capsys):
+    def swallowing(q, k, v, mask=None):
+        try:
+            while True:
+                pass
+        except Exception:
+            return q
+
+    result = check("01.scaled_attention", swallowing, timeout=0.2)
+    assert result.lines[0].status == "timed out"
+
+
+def test_a_timer_that_was_already_running_is_restored():
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 100.0)
+        check("01.why_sqrt_d", "B", quiet=True)
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 90 < remaining <= 100 and fired == []
+        assert signal.getsignal(signal.SIGALRM) is not previous  # still our test handler
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_off_the_main_thread_a_loop_times_out_in_a_worker_thread():
+    stop = threading.Event()
+
+    def spins_until_stopped(q, k, v, mask=None):
+        while not stop.is_set():
+            time.sleep(0.01)
+
+    box = {}
+    caller = threading.Thread(target=lambda: box.update(r=check("01.scaled_attention", spins_until_stopped,
+                                                                   timeout=0.2, quiet=True)))
+    caller.start()
+    caller.join(10)
+    stop.set()
+    assert not caller.is_alive()
+    assert box["r"].lines[0].status == "timed out" and box["r"].score == 0
+
+
+# ---------------------------------------------------------------- the result and its record
+
+
+def test_the_result_records_itself_for_the_grade_command(tmp_path, monkeypatch):
+    record = tmp_path / "records.jsonl"
+    monkeypatch.setenv(RECORD_ENV, str(record))
+    check("01.why_sqrt_d", "C", quiet=True)
+    check("01.why_sqrt_d", "B", quiet=True)
+    first, second = (json.loads(line) for line in record.read_text().splitlines())
+    assert first["id"] == "01.why_sqrt_d" and first["score"] == 0 and first["max_score"] == 1
+    assert "Causality comes from the mask" in first["feedback"]
+    assert second["score"] == 1 and second["feedback"] == "answer accepted; score 1/1"
+
+
+def test_the_result_displays_nothing_in_a_notebook_but_has_a_short_repr():
+    result = check("01.causal_scores", 8 * 1024 * 1025 // 2, quiet=True)
+    assert isinstance(result, CheckResult)
+    assert result._ipython_display_() is None
+    assert repr(result) == "CheckResult('01.causal_scores', score=1, max_score=1)"
+
+
+def test_an_unknown_exercise_id_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"'01.nope' is not a known exercise; expected one of: 01.scaled_attention"):
+        check("01.nope", None)
+    with pytest.raises(TypeError, match="exercise_id must be a str"):
+        check(1, None)
+
+
+def test_a_question_answer_must_be_a_letter_or_a_number(capsys):
+    assert check("02.growth_cost", 2).score == 0
+    assert "Answer with one letter: 'A', 'B', 'C', 'D'. (got 2)" in capsys.readouterr().out
+    assert check("02.llama3_bytes", "1 GiB").score == 0
+    assert "Answer with a number (in bytes). (got str)" in capsys.readouterr().out

@@ -1,0 +1,129 @@
+"""``python -m course_lib grade``: a fresh kernel, a report whatever happens, the notebook untouched.
+
+The scenarios use small synthetic notebooks: one that crashes halfway (an exception, then
+a dead kernel) and one that loops forever. Items the run never reached score 0 with
+feedback "not reached".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from course_lib.__main__ import main as course_main
+from course_lib.grading import EXERCISES
+from course_lib.grading.cli import Item, Report, _expected_items, grade_notebook
+
+LESSON_01 = [i for i in EXERCISES if i.startswith("01.")]
+
+
+def write_notebook(path, *sources):
+    cells = [new_markdown_cell("# a synthetic notebook")] + [new_code_cell(s) for s in sources]
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    nbformat.write(nb, path)
+    return path
+
+
+def untouched(path):
+    """The file's bytes and modification time, to compare before and after grading."""
+    return path.read_bytes(), os.stat(path).st_mtime_ns
+
+
+@pytest.mark.slow
+def test_a_notebook_that_crashes_halfway_still_gets_a_full_report(tmp_path, capsys):
+    path = write_notebook(
+        tmp_path / "01_crashes.ipynb",
+        "from course_lib.grading import check",
+        'check("01.why_sqrt_d", "B")',  # graded: 1/1
+        '1 / 0\ncheck("01.causal_scores", 4198400)',  # the cell raises before check runs
+        'check("02.growth_cost", "A")',  # after the error the run goes on: graded 0/1 with a hint
+        "import os\nos._exit(1)",  # the kernel dies
+        'check("02.llama3_bytes", 2**30)',  # never reached
+    )
+    before = untouched(path)
+    assert course_main(["grade", str(path), "--json", "--timeout", "60"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert untouched(path) == before, "grading must never write to the notebook"
+
+    assert set(report) == {"notebook", "score", "max_score", "exercises"}
+    items = {item["id"]: item for item in report["exercises"]}
+    assert all(set(item) == {"id", "score", "max_score", "feedback"} for item in items.values())
+    assert items["01.why_sqrt_d"] == {"id": "01.why_sqrt_d", "score": 1.0, "max_score": 1.0,
+                                      "feedback": "answer accepted; score 1/1"}
+    assert items["01.causal_scores"]["score"] == 0
+    assert items["01.causal_scores"]["feedback"] == \
+        "not reached: cell 4 raised ZeroDivisionError: division by zero before check finished"
+    assert items["02.growth_cost"]["score"] == 0
+    assert "The cache gains one (k_i, v_i) pair per layer" in items["02.growth_cost"]["feedback"]
+    assert items["02.llama3_bytes"]["feedback"] == \
+        "not reached: the run stopped before cell 7 (the kernel died in cell 6)"
+    # the rest of lesson 01 (from the file name) is listed, with no cell calling check for it
+    for exercise_id in ("01.scaled_attention", "01.causal_mask", "01.split_heads"):
+        assert items[exercise_id]["feedback"] == "not reached: no cell calls check for this exercise"
+        assert items[exercise_id]["max_score"] == EXERCISES[exercise_id].points
+    assert (report["score"], report["max_score"]) == (1.0, sum(i["max_score"] for i in items.values()))
+
+
+@pytest.mark.slow
+def test_a_notebook_that_loops_forever_is_interrupted_and_still_reported(tmp_path):
+    # no imports, so that every cell but the loops is quick; a 2 s limit per cell
+    path = write_notebook(
+        tmp_path / "01_loops.ipynb",
+        'while True:\n    pass\ncheck("01.why_sqrt_d", "B")',
+        "after_the_loop = 1",
+        "while True:\n    pass",
+        "while True:\n    pass",  # a second timeout in a row: the run gives up
+        'check("01.causal_scores", 1)',
+    )
+    before = untouched(path)
+    report = grade_notebook(path, timeout=2)
+    assert untouched(path) == before
+    items = {item.id: item for item in report.items}
+    assert items["01.why_sqrt_d"].score == 0
+    assert items["01.why_sqrt_d"].feedback == "not reached: cell 2 ran longer than 2 s and was interrupted"
+    assert items["01.causal_scores"].feedback == \
+        "not reached: the run stopped before cell 6 (two cells in a row ran past 2 s)"
+    assert [number for number, _ in report.cell_errors] == [2, 4, 5]  # the cell after the first loop ran clean
+    assert report.stopped == "two cells in a row ran past 2 s"
+
+
+def test_a_missing_or_broken_notebook_exits_2_with_the_reason(tmp_path, capsys):
+    assert course_main(["grade", str(tmp_path / "nowhere.ipynb")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{not json")
+    assert course_main(["grade", str(broken)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_expected_items_come_from_check_calls_and_the_lesson_in_the_file_name(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("check( '02.growth_cost', f)")])
+    found = _expected_items(nb, tmp_path / "01_mine.ipynb", EXERCISES)
+    assert found == {"02.growth_cost": 1, **{i: None for i in LESSON_01}}
+    assert _expected_items(nb, tmp_path / "homework.ipynb", EXERCISES) == {"02.growth_cost": 1}
+
+
+def test_the_table_lists_every_item_the_total_and_the_errors():
+    report = Report("ex.ipynb", [Item("01.why_sqrt_d", 1.0, 1.0, "answer accepted; score 1/1"),
+                                 Item("01.scaled_attention", 0.67, 2.0, "3 of 9 extended checks passed")],
+                    cell_errors=[(4, "ZeroDivisionError: division by zero")])
+    assert report.table().splitlines() == [
+        "Grading ex.ipynb",
+        "exercise              score  feedback",
+        "01.why_sqrt_d           1/1  answer accepted; score 1/1",
+        "01.scaled_attention  0.67/2  3 of 9 extended checks passed",
+        "total                1.67/3",
+        "cell 4 raised ZeroDivisionError: division by zero",
+    ]
+
+
+@pytest.mark.parametrize("timeout", [0, -1])
+def test_a_timeout_must_be_positive(tmp_path, timeout, capsys):
+    path = write_notebook(tmp_path / "x.ipynb", "x = 1")
+    assert course_main(["grade", str(path), "--timeout", str(timeout)]) == 2
+    assert "timeout must be a positive number" in capsys.readouterr().err
