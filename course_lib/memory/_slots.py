@@ -172,6 +172,12 @@ class SlotMemory(Memory):
         extra = 0 if buf.mass is None else buf.mass.numel() * buf.mass.element_size()
         return buf.k.numel() * buf.k.element_size() + buf.v.numel() * buf.v.element_size() + extra
 
+    def held(self, state):
+        """The pairs held, ``(K [B, H, n, D], V [B, H, n, D_v])``, in the order of ``spans(state)``."""
+        buf = self._read(state)
+        order = buf.pos.argsort()[int((buf.pos < 0).sum()):]  # held slots by stored position
+        return buf.k[:, :, order], buf.v[:, :, order]
+
     def reserve(self, state, n_tokens: int = 0):
         """A state that owns its buffer: forwards from it write in place (a decoding stream)."""
         if state.inplace:

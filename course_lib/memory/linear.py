@@ -100,7 +100,7 @@ def linear_attention_chunked(q, k, v, S=None, z=None, chunk_size=64):
     a = (fq @ fk.transpose(-2, -1)).tril()  # [B, H, N, C, C]
     num = fq @ s_before + a @ vc  # [B, H, N, C, D_v]
     den = fq @ z_before[..., None] + a.sum(-1, keepdim=True)
-    out = (num / den).flatten(2, 3)[:, :, :t]
+    out = num.flatten(2, 3)[:, :, :t] / den.flatten(2, 3)[:, :, :t]  # padded rows (0 / 0) dropped first
     return out, S + kv.sum(2), z + ks.sum(2)
 
 

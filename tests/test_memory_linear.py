@@ -1,0 +1,151 @@
+"""Linear attention and the delta rule: the token loop, the parallel and the chunked forms agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_lib.memory import (
+    DeltaMemory,
+    LinearMemory,
+    delta_rule_chunked,
+    delta_rule_recurrent,
+    linear_attention_chunked,
+    linear_attention_parallel,
+    linear_attention_recurrent,
+)
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+@st.composite
+def chunkings(draw, max_len=40):
+    left, sizes = draw(st.integers(1, max_len)), []
+    while left:
+        sizes.append(draw(st.integers(1, left)))
+        left -= sizes[-1]
+    return sizes
+
+
+def tensors(seed, b, h, t, d, dv):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(b, h, t, d, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(b, h, t, dv, generator=g, dtype=torch.float64)
+    S = torch.randn(b, h, d, dv, generator=g, dtype=torch.float64)
+    z = torch.rand(b, h, d, generator=g, dtype=torch.float64) * 3
+    beta = torch.rand(b, h, t, generator=g, dtype=torch.float64)
+    return q, k, v, S, z, beta
+
+
+def run(memory, q, k, v, sizes, beta=None):
+    state = memory.init_state(k.shape[0], k.shape[1], k.shape[3], dtype=k.dtype, v_dim=v.shape[3])
+    outs, p = [], 0
+    for c in sizes:
+        kw = {} if beta is None else {"beta": beta[:, :, p:p + c]}
+        out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state, **kw)
+        outs.append(out)
+        p += c
+    return torch.cat(outs, dim=2), state
+
+
+shapes = dict(b=st.integers(1, 2), h=st.integers(1, 3), t=st.integers(1, 40), d=st.integers(1, 6),
+              dv=st.integers(1, 5), chunk=st.integers(1, 16), seed=st.integers(0, 2**16))
+
+
+@SETTINGS
+@given(**shapes)
+def test_linear_recurrent_equals_parallel_equals_chunked(b, h, t, d, dv, chunk, seed):
+    q, k, v, S, z, _ = tensors(seed, b, h, t, d, dv)
+    reference = linear_attention_recurrent(q, k, v, S, z)
+    for result in (linear_attention_parallel(q, k, v, S, z), linear_attention_chunked(q, k, v, S, z, chunk)):
+        for got, want in zip(result, reference):
+            torch.testing.assert_close(got, want)
+
+
+@SETTINGS
+@given(**shapes, float_beta=st.booleans())
+def test_delta_recurrent_equals_chunked(b, h, t, d, dv, chunk, seed, float_beta):
+    q, k, v, S, _, beta = tensors(seed, b, h, t, d, dv)
+    beta = 0.6 if float_beta else beta * 2
+    for got, want in zip(delta_rule_chunked(q, k, v, beta, S, chunk), delta_rule_recurrent(q, k, v, beta, S)):
+        torch.testing.assert_close(got, want)
+
+
+@SETTINGS
+@given(sizes=chunkings(), chunk=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_linear_memory_gives_the_same_result_for_any_chunking(sizes, chunk, seed):
+    q, k, v, *_ = tensors(seed, 2, 2, sum(sizes), 4, 3)
+    out, state = run(LinearMemory(chunk_size=chunk), q, k, v, sizes)
+    want, S, z = linear_attention_recurrent(q, k, v)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(state.S, S)
+    torch.testing.assert_close(state.z, z)
+
+
+@SETTINGS
+@given(sizes=chunkings(), chunk=st.integers(1, 9), seed=st.integers(0, 2**16), per_token=st.booleans())
+def test_delta_memory_gives_the_same_result_for_any_chunking(sizes, chunk, seed, per_token):
+    q, k, v, _, _, beta = tensors(seed, 1, 3, sum(sizes), 5, 4)
+    if per_token:
+        out, state = run(DeltaMemory(chunk_size=chunk), q, k, v, sizes, beta=beta)
+    else:
+        out, state = run(DeltaMemory(beta=0.8, chunk_size=chunk), q, k, v, sizes)
+    want, S = delta_rule_recurrent(q, k, v, beta if per_token else 0.8)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(state.S, S)
+
+
+@pytest.mark.parametrize("form", ["linear", "delta"])
+def test_chunked_gradients_equal_the_loop_gradients(form):
+    q, k, v, S, z, beta = tensors(7, 1, 2, 19, 4, 3)
+    leaves = [x.requires_grad_() for x in (q, k, v, beta)]
+    if form == "linear":
+        fast, slow = linear_attention_chunked(q, k, v, S, z, 5), linear_attention_recurrent(q, k, v, S, z)
+    else:
+        fast, slow = delta_rule_chunked(q, k, v, beta, S, 5), delta_rule_recurrent(q, k, v, beta, S)
+    grads = [torch.autograd.grad(sum((x * x).sum() for x in r), leaves, allow_unused=True) for r in (fast, slow)]
+    for g_fast, g_slow in zip(*grads):
+        if g_slow is None:
+            assert g_fast is None
+        else:
+            torch.testing.assert_close(g_fast, g_slow)
+
+
+def one_hot(*rows, d=3):
+    return torch.eye(d, dtype=torch.float64)[list(rows)].view(1, 1, len(rows), d)
+
+
+def test_the_delta_rule_overwrites_where_linear_attention_piles_up():
+    # write e0 -> 1, e1 -> 0, then e0 -> 9; each query reads right after its token is written
+    k = one_hot(0, 1, 0)
+    v = torch.tensor([1.0, 0.0, 9.0], dtype=torch.float64).view(1, 1, 3, 1)
+    q = one_hot(1, 0, 0)
+    out, _ = run(DeltaMemory(beta=1.0), q, k, v, [3])
+    # q0 = e1: nothing stored under e1 yet; q1 = e0 reads 1; q2 = e0 reads 9, the 1 is overwritten
+    assert out.flatten().tolist() == pytest.approx([0.0, 1.0, 9.0])
+    # linear attention (large one-hot keys, so phi is nearly one-hot): e0 holds both 1 and 9
+    out, _ = run(LinearMemory(), 30 * q, 30 * k, v, [1, 1, 1])
+    assert out[0, 0, 2, 0].item() == pytest.approx(5.0, abs=0.2)
+
+
+def test_a_single_token_is_read_back():
+    q, k, v, *_ = tensors(1, 1, 2, 1, 4, 3)
+    out, _ = run(LinearMemory(), q, k, v, [1])  # phi(q) phi(k)^T v / (phi(q) . phi(k)) = v
+    torch.testing.assert_close(out, v)
+    out, _ = run(DeltaMemory(beta=1.0), q, k, v, [1])  # q^ k^^T v = cos(q, k) v
+    torch.testing.assert_close(out, torch.nn.functional.cosine_similarity(q, k, dim=-1)[..., None] * v)
+
+
+def test_bad_beta_and_chunk_size_are_refused():
+    with pytest.raises(ValueError, match="beta must be in \\[0, 2\\]"):
+        DeltaMemory(beta=3.0)
+    with pytest.raises(TypeError, match="beta must be a float"):
+        DeltaMemory(beta="big")
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        LinearMemory(chunk_size=0)
+    memory = DeltaMemory()
+    q = torch.zeros(1, 2, 3, 4)
+    with pytest.raises(ValueError, match="beta must be a float or a \\[B, H, T\\]"):
+        memory(q, q, q, memory.init_state(1, 2, 4), beta=torch.ones(1, 2, 5))

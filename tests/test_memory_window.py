@@ -1,0 +1,171 @@
+"""WindowMemory and SinkMemory: ring buffers that equal masked attention whatever the chunking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_lib.attention import attention_reference, causal_mask
+from course_lib.memory import SinkMemory, WindowMemory
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+@st.composite
+def chunkings(draw, max_len=40):
+    """Chunk sizes of a random sequence, e.g. [3, 1, 7]."""
+    left, sizes = draw(st.integers(1, max_len)), []
+    while left:
+        sizes.append(draw(st.integers(1, left)))
+        left -= sizes[-1]
+    return sizes
+
+
+def qkv(seed, b, h, t, d, h_kv=None):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, t, d, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(b, h_kv or h, t, d, generator=g, dtype=torch.float64) for _ in range(2))
+    return q, k, v
+
+
+def run(memory, q, k, v, sizes, state=None, reserve=False):
+    """Stream q, k, v through ``memory`` in chunks of ``sizes``; the outputs concatenated and the state."""
+    if state is None:
+        state = memory.init_state(k.shape[0], k.shape[1], k.shape[3], dtype=k.dtype)
+    if reserve:
+        state = memory.reserve(state, sum(sizes))
+    outs, p = [], 0
+    for c in sizes:
+        out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state)
+        outs.append(out)
+        p += c
+    return torch.cat(outs, dim=2), state
+
+
+def positions(t):
+    """``[1, 1, t, 2]`` rows that spell their position: row ``j`` is ``[j, j]``."""
+    return torch.arange(float(t)).view(1, 1, t, 1).expand(1, 1, t, 2)
+
+
+@SETTINGS
+@given(sizes=chunkings(), window=st.integers(1, 12), sinks=st.integers(0, 5), b=st.integers(1, 2),
+       h=st.integers(1, 3), d=st.integers(1, 5), seed=st.integers(0, 2**16), reserve=st.booleans())
+def test_sink_and_window_equal_masked_attention_for_any_chunking(sizes, window, sinks, b, h, d, seed, reserve):
+    t = sum(sizes)
+    q, k, v = qkv(seed, b, h, t, d)
+    memory = SinkMemory(sinks=sinks, window=window) if sinks else WindowMemory(window=window)
+    out, _ = run(memory, q, k, v, sizes, reserve=reserve)
+    expected = attention_reference(q, k, v, causal_mask(t, t, window=window, sinks=sinks))
+    torch.testing.assert_close(out, expected)
+
+
+@SETTINGS
+@given(sizes=chunkings(), extra=st.integers(0, 5), seed=st.integers(0, 2**16))
+def test_window_at_least_the_text_is_full_attention(sizes, extra, seed):
+    t = sum(sizes)
+    q, k, v = qkv(seed, 1, 2, t, 3)
+    out, _ = run(WindowMemory(window=t + extra), q, k, v, sizes)
+    torch.testing.assert_close(out, attention_reference(q, k, v, causal_mask(t, t)))
+
+
+@SETTINGS
+@given(sizes=chunkings(), sinks=st.integers(0, 8), extra=st.integers(0, 3), seed=st.integers(0, 2**16))
+def test_sinks_plus_window_covering_the_text_is_full_attention(sizes, sinks, extra, seed):
+    t = sum(sizes)
+    q, k, v = qkv(seed, 2, 1, t, 4)
+    window = max(1, t - sinks + extra)
+    out, _ = run(SinkMemory(sinks=sinks, window=window), q, k, v, sizes)
+    torch.testing.assert_close(out, attention_reference(q, k, v, causal_mask(t, t)))
+
+
+@SETTINGS
+@given(sizes=chunkings(30), window=st.integers(1, 9), sinks=st.integers(0, 3), seed=st.integers(0, 2**16))
+def test_grouped_query_heads_see_their_key_value_group(sizes, window, sinks, seed):
+    t = sum(sizes)
+    q, k, v = qkv(seed, 1, 4, t, 3, h_kv=2)
+    out, _ = run(SinkMemory(sinks=sinks, window=window), q, k, v, sizes)
+    torch.testing.assert_close(out, attention_reference(q, k, v, causal_mask(t, t, window=window, sinks=sinks)))
+
+
+def test_a_window_of_4_holding_1_to_4_holds_2_to_5_after_one_more_token():
+    memory = WindowMemory(window=4)
+    x = positions(6)
+    _, state = run(memory, x[:, :, :5], x[:, :, :5], x[:, :, :5], [5])
+    assert memory.spans(state) == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert memory.held(state)[0][0, 0, :, 0].tolist() == [1, 2, 3, 4]
+    _, state = memory(x[:, :, 5:], x[:, :, 5:], x[:, :, 5:], state)
+    assert memory.spans(state) == [(2, 2), (3, 3), (4, 4), (5, 5)]
+    assert memory.held(state)[0][0, 0, :, 0].tolist() == [2, 3, 4, 5]
+
+
+def test_sinks_keep_the_first_tokens_and_the_window_the_last():
+    memory = SinkMemory(sinks=2, window=3)
+    x = positions(8)
+    for sizes in ([8], [1] * 8, [3, 5]):
+        _, state = run(memory, x, x, x, sizes)
+        assert memory.spans(state) == [(0, 0), (1, 1), (5, 5), (6, 6), (7, 7)]
+        assert memory.held(state)[1][0, 0, :, 0].tolist() == [0, 1, 5, 6, 7]
+
+
+def test_a_chunk_longer_than_the_window_keeps_its_last_pairs_and_stays_exact():
+    memory = WindowMemory(window=3)
+    x = positions(10)
+    out, state = run(memory, x, x, x, [10])
+    assert memory.held(state)[0][0, 0, :, 0].tolist() == [7, 8, 9]
+    # with equal scores (q = 0) each output is the mean of the window's values
+    zero = torch.zeros_like(x)
+    out, _ = run(memory, zero, zero, x, [10])
+    assert out[0, 0, :, 0].tolist() == [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+
+
+def test_states_keep_their_meaning_and_can_be_branched():
+    memory = SinkMemory(sinks=1, window=3)
+    q, k, v = qkv(0, 1, 2, 9, 4)
+    _, s5 = run(memory, q[:, :, :5], k[:, :, :5], v[:, :, :5], [2, 3])
+    held5 = [t.clone() for t in memory.held(s5)]
+    out_a, _ = run(memory, q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], [1, 1, 2], state=s5)
+    out_b, _ = run(memory, q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], [4], state=s5)
+    torch.testing.assert_close(out_a, out_b)
+    for before, after in zip(held5, memory.held(s5)):
+        assert torch.equal(before, after)
+
+
+def test_decoding_after_reserve_writes_in_place():
+    memory = WindowMemory(window=4)
+    q, k, v = qkv(1, 1, 2, 12, 4)
+    state = memory.reserve(memory.init_state(1, 2, 4, dtype=torch.float64), 12)
+    pointers = (state.buffer.k.data_ptr(), state.buffer.v.data_ptr(), state.buffer.pos.data_ptr())
+    first = state
+    kept = None
+    for i in range(12):
+        _, state = memory(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1], state)
+        assert (state.buffer.k.data_ptr(), state.buffer.v.data_ptr(), state.buffer.pos.data_ptr()) == pointers
+        if i == 5:
+            kept = memory.snapshot(state)
+    assert memory.spans(kept) == [(2, 2), (3, 3), (4, 4), (5, 5)]
+    assert memory.held(kept)[0].equal(k[:, :, 2:6])
+    with pytest.raises(ValueError, match="out of date"):
+        memory(q[:, :, :1], k[:, :, :1], v[:, :, :1], first)
+
+
+def test_gradients_reach_the_chunk_but_the_state_is_detached():
+    memory = WindowMemory(window=3)
+    q, k, v = (x.requires_grad_() for x in qkv(2, 1, 1, 6, 2))
+    state = memory.init_state(1, 1, 2, dtype=torch.float64)
+    for c in (1, 5):  # a single token too: it must not take the no-grad decoding path
+        out, state = memory(q[:, :, :c], k[:, :, :c], v[:, :, :c], state)
+        assert out.requires_grad
+    assert not state.buffer.k.requires_grad and not state.buffer.v.requires_grad
+    out.sum().backward()
+    assert k.grad[:, :, 1:5].abs().sum() > 0
+
+
+def test_bad_window_and_sinks_are_refused():
+    with pytest.raises(ValueError, match="window must be >= 1, got 0"):
+        WindowMemory(window=0)
+    with pytest.raises(ValueError, match="sinks must be >= 0"):
+        SinkMemory(sinks=-1, window=2)
+    with pytest.raises(TypeError, match="window must be an int"):
+        WindowMemory(window=2.5)
