@@ -15,7 +15,8 @@ import torch
 
 from .core import Mistake
 
-__all__ = ["seeded", "randn", "heads_view", "expect_tensor", "close", "expect_close", "expect_number"]
+__all__ = ["seeded", "randn", "heads_view", "expect_tensor", "close", "expect_close", "expect_number",
+           "call_keeping_inputs"]
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -59,6 +60,18 @@ def expect_tensor(got, shape: tuple, dtype: torch.dtype | None = None, *, shape_
     if dtype is not None and got.dtype != dtype:
         raise Mistake("dtype", f"got {got.dtype} for {dtype} inputs")
     return got
+
+
+def call_keeping_inputs(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, raising ``modified_input`` if it changed a tensor argument in place
+    (the checks compute the reference from the same tensors afterwards)."""
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    before = [t.clone() for t in tensors]
+    out = fn(*args, **kwargs)
+    for t, b in zip(tensors, before):
+        if not torch.equal(t, b):
+            raise Mistake("modified_input")
+    return out
 
 
 def expect_close(got: torch.Tensor, want: torch.Tensor, models: Mapping[str, Callable[[], torch.Tensor]] = (),

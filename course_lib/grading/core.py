@@ -40,6 +40,8 @@ COMMON_HINTS = {
                  "(torch.softmax does), and every query must be allowed at least one key.",
     "non_contiguous": ".view() fails on non-contiguous tensors (for example a transposed view): use "
                       ".reshape() instead, or transpose after reshaping.",
+    "modified_input": "Your code changed an input tensor in place (such as q /= ... or x.mul_(...)): "
+                      "compute new tensors and leave the inputs as they were.",
     "raised": "Read the error: it names the operation that failed on this input.",
 }
 COMMON_ERROR_HINTS = {r"view size is not compatible": "non_contiguous"}

@@ -17,7 +17,7 @@ import torch
 
 from .. import attention_reference
 from .. import causal_mask as ref_causal_mask
-from .compare import expect_close, expect_tensor, heads_view, randn, seeded
+from .compare import call_keeping_inputs, expect_close, expect_tensor, heads_view, randn, seeded
 from .core import Check, Exercise, Mistake
 from .questions import choice_exercise, number_exercise
 
@@ -81,7 +81,7 @@ def _attention_check(seed, b, h, t_q, t_k, d, d_v=None, *, masked=False, dtype=t
             q = randn(gen, b, h, t_q, d, dtype=dtype, scale=scale)
             k, v = randn(gen, b, h, t_k, d, dtype=dtype, scale=scale), randn(gen, b, h, t_k, dv, dtype=dtype)
         mask = ref_causal_mask(t_q, t_k) if masked else None
-        out = fn(q, k, v) if mask is None else fn(q, k, v, mask)
+        out = call_keeping_inputs(fn, q, k, v) if mask is None else call_keeping_inputs(fn, q, k, v, mask)
         expect_tensor(out, (b, h, t_q, dv), dtype, shape_text="[B, H, T_q, d_v]")
         expect_close(out, attention_reference(q, k, v, mask), _attention_models(q, k, v, mask))
     return run
@@ -210,7 +210,7 @@ def _split_check(seed, b, t, d_model, n_heads, *, dtype=torch.float64, transpose
         x = randn(gen, t, b, d_model, dtype=dtype).transpose(0, 1) if transposed else \
             randn(gen, b, t, d_model, dtype=dtype)
         d_h = d_model // n_heads
-        got = fn(x, n_heads)
+        got = call_keeping_inputs(fn, x, n_heads)
         expect_tensor(got, (b, n_heads, t, d_h), dtype, shape_text="[B, tau, T, d_h]")
         expect_close(got, _split_reference(x, n_heads), {
             "no_transpose": lambda: x.reshape(b, n_heads, t, d_h),

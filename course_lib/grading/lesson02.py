@@ -18,7 +18,7 @@ import numbers
 import torch
 
 from .. import KVCache, StaticKVCache, attention_reference, causal_mask, kv_cache_bytes
-from .compare import close, expect_close, expect_number, expect_tensor, randn, seeded
+from .compare import call_keeping_inputs, close, expect_close, expect_number, expect_tensor, randn, seeded
 from .core import Check, Exercise, Mistake
 from .questions import choice_exercise, number_exercise
 
@@ -196,7 +196,7 @@ def _cached_check(seed, b, h, d, chunks, *, dtype=torch.float64, static=False):
         cache = StaticKVCache(b, h, 2 * t, d, dtype=dtype) if static else KVCache()
         outs, seen = [], 0
         for n in chunks:
-            out = fn(q[:, :, seen:seen + n], k[:, :, seen:seen + n], v[:, :, seen:seen + n], cache)
+            out = call_keeping_inputs(fn, q[:, :, seen:seen + n], k[:, :, seen:seen + n], v[:, :, seen:seen + n], cache)
             expect_tensor(out, (b, h, n, d), dtype, shape_text="[B, H, T, D]")
             outs.append(out)
             seen += n

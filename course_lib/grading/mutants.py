@@ -113,6 +113,15 @@ def softmax_without_max(q, k, v, mask=None):
     return e / e.sum(dim=-1, keepdim=True) @ v
 
 
+@mutant("01.scaled_attention", hint="modified_input")
+def scales_q_in_place(q, k, v, mask=None):
+    q /= math.sqrt(q.shape[-1])  # changes the caller's tensor
+    scores = q @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
 # ---------------------------------------------------------------- 01.causal_mask
 
 def _positions(t_q, t_k):
