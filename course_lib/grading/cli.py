@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import RECORD_ENV, _fmt
+from .core import RECORD_ENV, format_score
 
 __all__ = ["main", "grade_notebook", "Report", "Item"]
 
@@ -63,12 +63,13 @@ class Report:
 
     def table(self) -> str:
         width = max([len("exercise"), *(len(item.id) for item in self.items)])
-        scores = [f"{_fmt(i.score)}/{_fmt(i.max_score)}" for i in self.items]
-        swidth = max([len("score"), len(f"{_fmt(self.score)}/{_fmt(self.max_score)}"), *map(len, scores)])
+        scores = [f"{format_score(i.score)}/{format_score(i.max_score)}" for i in self.items]
+        total = f"{format_score(self.score)}/{format_score(self.max_score)}"
+        swidth = max([len("score"), len(total), *map(len, scores)])
         lines = [f"Grading {self.notebook}", f"{'exercise':<{width}}  {'score':>{swidth}}  feedback"]
         for item, score in zip(self.items, scores):
             lines.append(f"{item.id:<{width}}  {score:>{swidth}}  {item.feedback}")
-        lines.append(f"{'total':<{width}}  {_fmt(self.score) + '/' + _fmt(self.max_score):>{swidth}}")
+        lines.append(f"{'total':<{width}}  {total:>{swidth}}")
         for number, error in self.cell_errors:
             lines.append(f"cell {number} raised {error}")
         if self.stopped:
@@ -223,7 +224,7 @@ def _not_reached(cell_index: int | None, ran, stopped: str) -> str:
     if cell.get("metadata", {}).get("course_unrun"):
         return f"not reached: the run stopped before cell {number} ({stopped})"
     if cell.get("metadata", {}).get("course_timed_out"):
-        return f"not reached: cell {number} ran longer than {_fmt(float(cell.metadata.course_timed_out))} s " \
+        return f"not reached: cell {number} ran longer than {format_score(float(cell.metadata.course_timed_out))} s " \
                "and was interrupted"
     if _error_output(cell) is not None:
         return f"not reached: cell {number} raised {_error_text(cell)} before check finished"

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Mistake", "Check", "Exercise", "CheckResult", "CheckLine", "run_exercise", "RECORD_ENV", "TIMEOUT_ENV"]
+__all__ = ["Mistake", "Check", "Exercise", "CheckResult", "CheckLine", "run_exercise", "format_score",
+           "RECORD_ENV", "TIMEOUT_ENV"]
 
 RECORD_ENV = "COURSE_GRADE_RECORD"  # path of a JSON-lines file that receives one record per check() call
 TIMEOUT_ENV = "COURSE_CHECK_TIMEOUT"  # seconds per check (default DEFAULT_TIMEOUT)
@@ -101,7 +102,7 @@ class Exercise:
 @dataclass
 class CheckLine:
     name: str
-    status: str  # "passed", "failed", "timed out", "not implemented"
+    status: str  # "passed", "failed", "timed out", "skipped", "not implemented"
     hint: str = ""
 
     @property
@@ -135,7 +136,7 @@ class CheckResult:
 
     @property
     def summary(self) -> str:
-        score = f"score {_fmt(self.score)}/{_fmt(self.max_score)}"
+        score = f"score {format_score(self.score)}/{format_score(self.max_score)}"
         if self.status == "not attempted":
             return f"not attempted yet; {score}"
         if self.kind == "question":
@@ -164,7 +165,7 @@ class CheckResult:
     def render(self) -> str:
         if self.status == "not attempted":
             return f"{self.exercise_id}: not attempted yet (your code still raises NotImplementedError); " \
-                   f"score 0/{_fmt(self.max_score)}"
+                   f"score 0/{format_score(self.max_score)}"
         first = {id(line): is_first for line, is_first in self._failed_lines()}
         rows = [line.render() if first.get(id(line), True) else f"  {FAIL} {line.name}: same mistake as above"
                 for line in self.lines]
@@ -175,13 +176,14 @@ class CheckResult:
                 "status": self.status, "feedback": self.feedback}
 
     def __repr__(self) -> str:
-        return f"CheckResult({self.exercise_id!r}, score={_fmt(self.score)}, max_score={_fmt(self.max_score)})"
+        score, max_score = format_score(self.score), format_score(self.max_score)
+        return f"CheckResult({self.exercise_id!r}, score={score}, max_score={max_score})"
 
     def _ipython_display_(self):
         """Display nothing: check() has already printed its lines."""
 
 
-def _fmt(x: float) -> str:
+def format_score(x: float) -> str:
     return f"{x:g}" if float(x).is_integer() else f"{x:.2f}"
 
 
