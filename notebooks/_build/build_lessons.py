@@ -186,28 +186,39 @@ def lesson_00():
         md(r"""
         ## 4. Exercises and grading
 
-        Each lesson `NN_topic` comes with two notebooks:
+        Each lesson `NN_topic` comes with two more notebooks:
 
         - `solutions/NN_topic_solutions.ipynb`: the worked solutions, the single source of
           the exercises;
         - `exercises/NN_topic_exercises.ipynb`: generated from the solutions with the
           answers taken out. This is the one you work in.
 
-        An exercise is a function to complete, followed by a **check cell**:
+        An exercise is a function to complete where it says `# YOUR CODE HERE` (delete the
+        `raise NotImplementedError()` line), followed by a **check cell** such as
+        `check("01.scaled_attention", scaled_attention)`. Running it gives instant feedback:
+        it calls your function on inputs of its own (random tensors, edge cases such as a
+        single token, float32 and float64, non-contiguous tensors), compares the results with
+        `course_lib`'s tested implementation and prints one line per check, with a hint that
+        names the likely mistake when one fails, then your score.
 
-        ```python
-        def attention_weights(q, K):
-            # your code here
-            ...
+        Here is a check cell at work on an answer to exercise `01.scaled_attention` that
+        forgets the $1/\sqrt{d}$ scale (you will write the correct version in the exercise):
+        """),
+        code(r"""
+        from course_lib.grading import check
 
-        check("01.weights", attention_weights)
-        ```
 
-        Running the check cell gives instant feedback: it calls your function on small
-        cases with known answers and on random inputs compared with `course_lib`'s tested
-        implementation, and it prints either a pass or a hint about the most likely mistake
-        (a missing $1/\sqrt{d}$, a mask off by one, ...). When you are done, grade the whole
-        notebook from a terminal:
+        def scaled_attention(q, k, v, mask=None):
+            scores = q @ k.transpose(-2, -1)  # the mistake: no division by sqrt(d)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            return torch.softmax(scores, dim=-1) @ v
+
+
+        check("01.scaled_attention", scaled_attention);
+        """),
+        md(r"""
+        When you are done, grade the whole notebook from a terminal:
 
         ```
         python -m course_lib grade exercises/01_attention_exercises.ipynb
@@ -851,6 +862,10 @@ def lesson_02():
         launching kernels hides the growth at these small sizes, but not at the lengths of
         real models. Nothing in the full cache stops either line from rising: that is the
         problem the fixed-size memories of lessons 04-06 solve.
+
+        The same measurement for longer contexts, larger models and any memory of the course is
+        a command: `python -m course_lib bench decode --contexts 1024,4096,16384` prints the
+        table and saves the plot (it uses `course_lib.cost.measure_decode`).
 
         ## 5. Static vs dynamic cache
 
