@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 import numpy as np
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.figure import Figure as _MplFigure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullFormatter
@@ -126,7 +127,7 @@ def _format_context(n: float) -> str:
 # ----------------------------------------------------------------------------- attention
 
 def attention_heatmap(weights, segments=None, *, mask=None, query_labels=None, key_labels=None,
-                      highlight_query: int | None = None, title: str | None = None, ax=None):
+                      highlight_query: int | None = None, gamma: float = 1.0, title: str | None = None, ax=None):
     r"""Attention weights ``[T_q, T_k]`` as an image; rows are queries, columns key slots.
 
     Args:
@@ -137,6 +138,8 @@ def attention_heatmap(weights, segments=None, *, mask=None, query_labels=None, k
         mask: optional boolean ``[T_q, T_k]``, ``True`` = may attend; hidden cells are grey.
         query_labels, key_labels: tick labels (token text or positions).
         highlight_query: row to outline (the current query ``q_i``).
+        gamma: colour scale ``weight ** gamma``; ``0.5`` makes small weights visible beside a
+            dominant one (the colour bar says so).
     """
     w = _as_array("weights", weights, ndim=2)
     t_q, t_k = w.shape
@@ -148,9 +151,12 @@ def attention_heatmap(weights, segments=None, *, mask=None, query_labels=None, k
         shown[~m] = np.nan
     fig, ax = _figure_and_axes(ax, figsize=(min(12, max(4.5, 0.32 * t_k + 2.5)), min(8, max(2.6, 0.3 * t_q + 2))))
     vmax = np.nanmax(shown) if np.isfinite(shown).any() else 1.0
-    image = ax.imshow(shown, cmap=WEIGHTS_CMAP, vmin=0.0, vmax=max(float(vmax), 1e-12), aspect="auto",
-                      interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="attention weight", shrink=0.9)
+    vmax = max(float(vmax), 1e-12)
+    norm = Normalize(0.0, vmax) if gamma == 1.0 else PowerNorm(gamma, 0.0, vmax)
+    image = ax.imshow(shown, cmap=WEIGHTS_CMAP, norm=norm, aspect="auto", interpolation="nearest")
+    label = {1.0: "attention weight", 0.5: "attention weight (\u221a colour scale)"}.get(
+        gamma, f"attention weight (colour \u221d w^{gamma:g})")
+    fig.colorbar(image, ax=ax, label=label, shrink=0.9)
     ax.set_xlabel("key slot j")
     ax.set_ylabel("query")
     _tick_labels(ax.xaxis, key_labels, t_k, "key_labels", rotate=True)

@@ -46,8 +46,7 @@ __all__ = [
     "CompressionState", "update_compression", "compression_view", "CompressionPlayground",
 ]
 
-FRONTEND_NOTE = ("static picture: this frontend shows no widgets, so the controls are not live here; "
-                 "run the notebook in JupyterLab to move them")
+FRONTEND_NOTE = "static picture: no live widgets in this frontend; run the notebook in JupyterLab to move the controls"
 
 
 def has_widget_frontend() -> bool:
@@ -190,16 +189,24 @@ class Explorer:
         """The readout in plain text (what the widget shows under the picture)."""
         return "\n".join(self.readout_lines())
 
+    def static_figure(self):
+        """The picture of the current state with a line on top saying that it is not live."""
+        fig = self.figure()
+        fig.suptitle(f"{type(self).__name__}, {FRONTEND_NOTE}", fontsize=9, fontstyle="italic", color="0.3")
+        return fig
+
     def _repr_mimebundle_(self, include=None, exclude=None):
-        png = base64.b64encode(self.go_live().png()).decode("ascii")
+        """The live widget, and for frontends without widgets a static picture and the readout.
+
+        A frontend shows the richest it can: JupyterLab the widget, nbconvert and GitHub the
+        PNG, a terminal the text. Only the text is compared by nbval; it is the readout, so it
+        is the same on every machine.
+        """
+        self.go_live()
         name = type(self).__name__
-        readout = self.readout_text()
         bundle = {
-            "text/plain": f"{name} ({FRONTEND_NOTE})\n{readout}",
-            "image/png": png,
-            "text/html": (f'<figure style="margin:0"><img src="data:image/png;base64,{png}" alt="{name}">'
-                          f'<figcaption><em>{name}: {html.escape(FRONTEND_NOTE)}.</em><br>'
-                          f'{html.escape(readout).replace(chr(10), "<br>")}</figcaption></figure>'),
+            "text/plain": f"{name} ({FRONTEND_NOTE})\n{self.readout_text()}",
+            "image/png": base64.b64encode(viz.figure_png(self.static_figure(), self.dpi)).decode("ascii"),
         }
         widget_bundle = self.widget._repr_mimebundle_() or {}
         view = "application/vnd.jupyter.widget-view+json"
@@ -215,7 +222,7 @@ class Explorer:
             display(self)
             return None
         print(f"{type(self).__name__}: no Jupyter kernel here, so no live widget; returning a static figure.")
-        return self.figure()
+        return self.static_figure()
 
     def __repr__(self):
         return f"{type(self).__name__}({self.state})"
@@ -408,6 +415,10 @@ COST_MEMORIES = {  # label -> (cost model name, size argument that the "size" co
 }
 
 
+SINKS, TOP_K = 4, 32  # the fixed sizes of the sink and k-NN memories in the cost explorer
+MAX_MEASURED_PARAMETERS = 300_000_000  # bigger models are for the analytic curves only
+
+
 @dataclass(frozen=True)
 class CostState:
     """A model configuration (``L``, ``tau``, ``d_h``, ``n_g``, dtype) and a memory choice."""
@@ -450,6 +461,10 @@ def _sizes(state: CostState) -> dict:
     sizes = {} if size_arg is None else {size_arg: state.size}
     if name == "compressive":
         sizes.update(cmem_len=state.size, ratio=state.ratio)
+    elif name == "sink":
+        sizes.update(sinks=SINKS)
+    elif name == "knn":
+        sizes.update(top_k=TOP_K)
     return sizes
 
 
@@ -489,6 +504,13 @@ def build_cost_model(state: CostState, *, vocab_size: int = 256, device=None):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(state.dtype)
     if dtype is None:
         raise ValueError(f"dtype={state.dtype!r} is analytic only (no int8 model); measure with float32/16 or bfloat16")
+    d_model = state.n_heads * state.head_dim
+    params = state.n_layers * 12 * d_model**2  # attention 4 d^2 (at most) + MLP 8 d^2 per layer
+    if params > MAX_MEASURED_PARAMETERS:
+        raise ValueError(
+            f"this model has about {params / 1e6:,.0f}M parameters (L = {state.n_layers}, d_model = {d_model}); "
+            f"measuring it here would take too long: keep it under {MAX_MEASURED_PARAMETERS / 1e6:,.0f}M "
+            "(fewer layers, heads or a smaller d_h) -- the analytic curves hold for any size")
     memory = _make_memory(state)
     model = MemoryLM(vocab_size, state.n_heads * state.head_dim, state.n_layers, state.n_heads, memory,
                      n_kv_heads=state.n_kv_heads)
@@ -933,6 +955,7 @@ class MemoryInspector(Explorer):
                                                                      for j in range(first, last + 1)]
         viz.attention_heatmap(v["weights"], v["segments"], mask=v["mask"], key_labels=keys,
                               query_labels=[self._slot_label(j, j) for j in range(first, last + 1)], ax=bottom,
+                              gamma=0.5,  # a query's own key dominates; the square root shows the memory's share
                               title=f"step {s.step}: the chunk's queries, "
                                     f"$\\mathrm{{Att}}(q_i, [{parts}])$")
         return fig
@@ -1058,11 +1081,12 @@ def train_compressor(compressor, q, k, v, steps: int, lr: float = 0.05):
         return compressor
     compressor.double()
     opt = torch.optim.Adam(params, lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = attention_reconstruction_loss(q, k, v, compressor)
-        loss.backward()
-        opt.step()
+    with torch.enable_grad():  # also where a notebook turned gradients off
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = attention_reconstruction_loss(q, k, v, compressor)
+            loss.backward()
+            opt.step()
     return compressor
 
 
@@ -1079,14 +1103,14 @@ def error_curves(q, k, v, ratios=(1, 2, 3, 4, 6, 8)) -> dict:
 
     mass = _attention_mass(q, k)
     n = k.shape[2]
-    return {name + (" (untrained)" if name in LEARNED else ""):
+    return {name + {"conv": " (untrained = mean)", "dilated_conv": " (untrained)"}.get(name, ""):
             [(c, compression_error(q, k, v, _compressor(name, c), mass)[0]) for c in ratios if n % c == 0]
             for name in COMPRESSIONS}
 
 
 def compression_view(state: CompressionState, q, k, v, curves: dict | None = None) -> dict:
     """Keys before and after ``f_c`` and the relative error of attention outputs; ``curves``
-    (from :func:`error_curves`, computed when not given) for the error against ``c``."""
+    (from :func:`error_curves`, computed when ``None``; pass ``{}`` to skip) for the error against ``c``."""
     current = train_compressor(_compressor(state.compress, state.ratio), q, k, v, state.train_steps)
     error, ck = compression_error(q, k, v, current, _attention_mass(q, k))
     curves = error_curves(q, k, v) if curves is None else curves
@@ -1114,10 +1138,13 @@ class CompressionPlayground(Explorer):
         return playground_data(self.state.signal, self.n_pairs, self.n_queries, self.d, self.seed)
 
     def _compute_view(self) -> dict:
-        data = self.data()
-        if self.state.signal not in self._curves:  # the curves depend on the keys only
-            self._curves[self.state.signal] = error_curves(*data)
-        return compression_view(self.state, *data, curves=self._curves[self.state.signal])
+        return compression_view(self.state, *self.data(), curves={})
+
+    def curves(self) -> dict:
+        """:func:`error_curves` for the current keys (they depend on nothing else: computed once)."""
+        if self.state.signal not in self._curves:
+            self._curves[self.state.signal] = error_curves(*self.data())
+        return self._curves[self.state.signal]
 
     def _controls(self):
         s = self.state
@@ -1154,7 +1181,7 @@ class CompressionPlayground(Explorer):
         for ax in (left, mid):
             ax.set_xlabel("token position j")
             ax.set_ylabel("dimension of $k_j$")
-        viz.error_vs_ratio(v["curves"], current=(s.compress, s.ratio, v["error"]), ax=right)
+        viz.error_vs_ratio(self.curves(), current=(s.compress, s.ratio, v["error"]), ax=right)
         return fig
 
     def readout_lines(self):

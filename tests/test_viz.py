@@ -50,6 +50,14 @@ def test_heatmap_shows_the_weights_and_greys_out_masked_cells():
     assert np.isnan(shown.filled(np.nan)[~mask.numpy()]).all()  # hidden keys are not drawn as weight 0
 
 
+def test_heatmap_can_stretch_small_weights_and_says_so():
+    fig = viz.attention_heatmap(np.array([[0.04, 0.96]]), gamma=0.5)
+    image = fig.axes[0].images[0]
+    np.testing.assert_allclose(image.get_array(), [[0.04, 0.96]])  # the data stay the weights
+    assert image.norm(0.04) == pytest.approx((0.04 / 0.96) ** 0.5)  # only the colours are stretched
+    assert "\u221a colour scale" in fig.axes[1].get_ylabel()
+
+
 def test_heatmap_marks_cmem_mem_and_chunk_segments():
     w = np.full((3, 9), 1 / 9)
     fig = viz.attention_heatmap(w, [("CMem", 2), ("Mem", 4), ("chunk", 3)])
