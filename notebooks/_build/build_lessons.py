@@ -497,8 +497,10 @@ def lesson_01():
 
         We time both for a few lengths. The measurement runs on the CPU on purpose: on a GPU
         these sizes take microseconds and the time is dominated by launching the kernel, not
-        by the work. Your numbers will differ from the stored ones (and from run to run),
-        but the slope should not.
+        by the work. It also runs on **one CPU thread**, so that it times the work rather than
+        the coordination between threads (which, when other programs keep the cores busy, can
+        cost more than the work itself). Your numbers will differ from the stored ones (and
+        from run to run), but the slope should not.
         """),
         code(r"""
         def fastest_seconds(fn, repeat=3):
@@ -512,6 +514,7 @@ def lesson_01():
             return min(times)
 
 
+        torch.set_num_threads(1)  # time the work, not the threads' coordination
         sizes, d = [256, 512, 1024, 2048, 4096], 64
         t_reference, t_fused = [], []
         for m in sizes:
@@ -520,13 +523,15 @@ def lesson_01():
             t_reference.append(fastest_seconds(lambda: attention_reference(q, k, v, mask)))
             t_fused.append(fastest_seconds(lambda: attention(q, k, v, causal=True)))
             print(f"m = {m:4d}: attention_reference {t_reference[-1] * 1e3:.2f} ms, attention {t_fused[-1] * 1e3:.2f} ms")
-        growth = t_reference[-1] / t_reference[-2]
-        print(f"m {sizes[-2]} -> {sizes[-1]}: the time grew {growth:.1f}× (measured); m^2 predicts 4×")
+        print(f"m {sizes[-2]} -> {sizes[-1]}: attention_reference grew {t_reference[-1] / t_reference[-2]:.1f}× (measured), "
+              f"attention {t_fused[-1] / t_fused[-2]:.1f}× (measured); m^2 predicts 4×")
         """),
         md(r"""
         On log-log axes a cost $\propto m^2$ is a straight line of slope 2 (the dashed
         reference). At small $m$ the fixed overhead of a call flattens the curves; as $m$
-        grows they bend towards the slope of the reference.
+        grows they bend towards the slope of the reference. The explicit version can even grow
+        faster than $4\times$ per doubling: it writes and reads the whole $m \times m$ matrix
+        (64 MiB in float32 at $m = 4096$), which no longer fits in the CPU's caches.
         """),
         code(r"""
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -653,10 +658,16 @@ def lesson_02():
         seed_everything(0)
         """),
         md(r"""
-        We will time things. On a GPU, work runs asynchronously, so the timer waits for it
-        before reading the clock:
+        We will time things, so two precautions. On a GPU, work runs asynchronously: the timer
+        waits for it before reading the clock. On the CPU, decoding one token is a chain of
+        many tiny operations, and splitting each over several threads costs more in
+        coordination than it saves (and much more when other programs keep the cores busy), so
+        this lesson runs torch on one CPU thread; the measurements then show the work itself.
         """),
         code(r"""
+        torch.set_num_threads(1)  # tiny operations: one thread times them steadily
+
+
         def sync():
             # GPU work is asynchronous: wait for it before reading the clock
             if device.type == "cuda":
@@ -688,7 +699,7 @@ def lesson_02():
         code(r"""
         seed_everything(0)
         model = MemoryLM(vocab_size=256, d_model=128, n_layers=4, n_heads=4).to(device).eval()
-        prompt = torch.randint(0, 256, (1, 64)).to(device)  # [B, T] token ids
+        prompt = torch.randint(0, 256, (1, 256)).to(device)  # [B, T]: a prompt of 256 token ids
 
 
         def generate_without_cache(model, idx, max_new_tokens):
@@ -699,7 +710,7 @@ def lesson_02():
             return idx
         """),
         md(r"""
-        Generate 64 tokens both ways, check that they are the same tokens, and compare the time.
+        Continue the prompt by 64 tokens both ways, check that they are the same tokens, and compare the time.
         A model with random weights soon repeats itself: the tokens are meaningless, only their
         equality matters here.
         """),
@@ -709,7 +720,7 @@ def lesson_02():
         t_cached, tokens_cached = seconds(lambda: model.generate(prompt, n_new))
         assert torch.equal(tokens_recompute, tokens_cached)
         print("identical tokens:", torch.equal(tokens_recompute, tokens_cached))
-        print("first new tokens:", tokens_cached[0, 64:76].tolist())
+        print("first new tokens:", tokens_cached[0, prompt.shape[1] :][:12].tolist())
         print(f"without cache {t_recompute / n_new * 1e3:.2f} ms/token, with cache {t_cached / n_new * 1e3:.2f} ms/token")
         print(f"speed-up: {t_recompute / t_cached:.1f}× (measured)")
         """),
@@ -826,7 +837,7 @@ def lesson_02():
         code(r"""
         seed_everything(0)
         lm = MemoryLM(vocab_size=256, d_model=64, n_layers=2, n_heads=4).to(device).eval()  # small: prefill is O(m^2)
-        contexts, n_steps = [256, 1024, 2048, 4096, 8192], 16
+        contexts, n_steps = [256, 1024, 2048, 3072, 4096, 6144, 8192], 16
         ms_per_token, cache_mib = [], []
         state = lm.init_state(1)
         for m in contexts:
@@ -917,7 +928,7 @@ def lesson_02():
         capacity when full, so $n$ tokens cost only $O(\log n)$ reallocations.)
         """),
         code(r"""
-        n, H, D = 512, 8, 64
+        n, H, D = 1024, 8, 64
         stream = torch.randn(2, 1, H, n, D).to(device)
 
 
