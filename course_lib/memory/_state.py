@@ -56,6 +56,10 @@ def check_input(memory, q, k, v, state, state_type) -> None:
             f"got {describe(state)}"
         )
     check_state(name, q, k, v, state)
+    if q.shape[2] != k.shape[2] or k.shape[2] < 1:
+        raise ValueError(
+            f"q and k must hold the same T >= 1 consecutive positions, got q {tuple(q.shape)} and k {tuple(k.shape)}"
+        )
     if not memory.supports_gqa and q.shape[1] != k.shape[1]:
         raise ValueError(
             f"q has {q.shape[1]} heads but k has {k.shape[1]}; {name} needs one key/value head per "

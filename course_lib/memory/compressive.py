@@ -82,22 +82,14 @@ class CompressiveMemory(SlotMemory):
             raise ValueError(f"compress must be one of {', '.join(COMPRESSIONS)}; got {compress!r}")
         self.compress = compress
         self.track_mass = compress == "most_used"
-        if compress == "conv":  # starts as mean pooling
-            self.k_conv, self.v_conv = (self._conv(ratio, ratio, [1.0 / ratio] * ratio) for _ in range(2))
+        if compress == "conv":  # a kernel of c taps per tensor (keys, values), starting as mean pooling
+            self.k_weight, self.v_weight = (nn.Parameter(torch.full((ratio,), 1.0 / ratio)) for _ in range(2))
+            self.k_bias, self.v_bias = (nn.Parameter(torch.zeros(())) for _ in range(2))
         elif compress == "dilated_conv":  # kernel 2, dilations 1, 2, 4, ... until the group is covered
             depth = math.ceil(math.log2(ratio)) if ratio > 1 else 0
-            self.k_layers, self.v_layers = (
-                nn.ModuleList(self._conv(2, 1, [0.5, 0.5], dilation=2**j) for j in range(depth)) for _ in range(2)
-            )
+            self.k_weight, self.v_weight = (nn.Parameter(torch.full((depth, 2), 0.5)) for _ in range(2))
+            self.k_bias, self.v_bias = (nn.Parameter(torch.zeros(depth)) for _ in range(2))
         self.last_reconstruction_loss = None
-
-    @staticmethod
-    def _conv(kernel, stride, init, dilation=1) -> nn.Conv1d:
-        conv = nn.Conv1d(1, 1, kernel, stride=stride, dilation=dilation)
-        with torch.no_grad():
-            conv.weight.copy_(torch.tensor(init).view(1, 1, kernel))
-            conv.bias.zero_()
-        return conv
 
     def extra_repr(self) -> str:
         return f"mem_len={self.mem_len}, cmem_len={self.cmem_len}, ratio={self.ratio}, compress={self.compress!r}"
@@ -124,9 +116,9 @@ class CompressiveMemory(SlotMemory):
         if self.compress == "max":
             return _groups(k, c).amax(3), _groups(v, c).amax(3)
         if self.compress == "conv":
-            return _conv_time(k, self.k_conv), _conv_time(v, self.v_conv)
+            return _conv(k, self.k_weight, self.k_bias, c), _conv(v, self.v_weight, self.v_bias, c)
         if self.compress == "dilated_conv":
-            return _dilated(k, self.k_layers, c), _dilated(v, self.v_layers, c)
+            return _dilated(k, self.k_weight, self.k_bias, c), _dilated(v, self.v_weight, self.v_bias, c)
         mass = k.new_zeros(k.shape[:3]) if mass is None else mass
         best = _groups(mass[..., None], c).argmax(3, keepdim=True)  # [B, H, G, 1, 1]: most attended of each group
         return (_groups(x, c).gather(3, best.expand(-1, -1, -1, 1, x.shape[-1])).squeeze(3) for x in (k, v))
@@ -203,22 +195,21 @@ def _groups(x, c):
     return x.unflatten(2, (-1, c))
 
 
-def _conv_time(x, conv: nn.Conv1d):
-    """``Conv1d`` over time, kernel = stride = ``c``, the same filter for every head dimension."""
-    b, h, n, d = x.shape
-    y = x.transpose(2, 3).reshape(b * h * d, 1, n)  # every (batch, head, dim) is a 1-channel signal
-    y = F.conv1d(y, conv.weight.to(x), conv.bias.to(x), stride=conv.stride)
-    return y.view(b, h, d, -1).transpose(2, 3)
+def _conv(x, weight, bias, c):
+    """1-D convolution over time, kernel = stride = ``c``, the same filter for every head dimension:
+    each group of ``c`` becomes ``sum_a w_a x_a + b``."""
+    return torch.einsum("bhgcd,c->bhgd", _groups(x, c), weight.to(x)) + bias.to(x)
 
 
-def _dilated(x, layers, c):
-    """Kernel-2 dilated convolutions (dilation 1, 2, 4, ...) over each group; its last output."""
-    b, h, n, d = x.shape
-    y = _groups(x, c).permute(0, 1, 2, 4, 3).reshape(-1, 1, c)  # [B*H*G*D, 1, c]
-    for conv in layers:
-        dil = conv.dilation[0]
-        y = F.conv1d(F.pad(y, (dil, 0)), conv.weight.to(x), conv.bias.to(x), dilation=dil)  # causal, length c
-    return y[..., -1].view(b, h, n // c, d)
+def _dilated(x, weight, bias, c):
+    """Kernel-2 convolutions with dilations 1, 2, 4, ... inside each group (zeros before its start);
+    the output at the group's last position: ``y_t <- w_0 y_{t-dil} + w_1 y_t + b`` per layer."""
+    y = _groups(x, c)  # [B, H, G, c, D]
+    for j, (w, b) in enumerate(zip(weight.to(x), bias.to(x))):
+        dil = 2**j
+        shifted = F.pad(y, (0, 0, dil, 0))[:, :, :, :c]  # y_{t - dil}, zero before the group starts
+        y = w[0] * shifted + w[1] * y + b
+    return y[:, :, :, -1]
 
 
 def attention_reconstruction_loss(q, old_k, old_v, compress):
