@@ -588,9 +588,9 @@ def lesson_01():
            <details><summary>Answer</summary>
 
            Adding $0$ changes nothing: the future keys would keep their weight. $e^{-\infty} = 0$
-           removes them exactly. $-10^4$ removes them only approximately, and in float16 (largest
-           value about 65504) sums of large numbers can overflow to $\pm\infty$ and give NaN; a
-           boolean mask (`True` = may attend) lets the kernel handle it exactly.
+           removes them exactly. $-10^4$ works only while the real scores stay far from it, and a
+           "safer" $-10^9$ does not even fit in float16 (largest value 65504). A boolean mask
+           (`True` = may attend) avoids choosing a number: the kernel drops those keys exactly.
            </details>
 
         4. In `causal_mask(2, 6)`, which absolute positions are the two queries, and which keys
@@ -822,7 +822,7 @@ def lesson_02():
         """),
         md(r"""
         Read the table: Llama-2-7B needs 2 GiB per sequence at 4k tokens and 16 GiB at 32k,
-        more than its own 13 GB of fp16 weights; a batch of 8 such sequences needs 128 GiB.
+        more than its own weights (6.7 billion parameters, about 13.5 GB in fp16); a batch of 8 such sequences needs 128 GiB.
         Llama-2-70B has 2.5 times more layers yet a smaller cache, because GQA with $n_g = 8$
         divides it by $\tau / n_g = 8$. Falcon-7B's MQA divides it by 71. The cache is linear
         in $m$: whatever the model, doubling the context doubles the bytes.
