@@ -420,7 +420,7 @@ def cost_curves(analytic: Mapping, measured: Mapping | None = None, *, ms_panel:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _, f=fmt: f(v)))
             ax.yaxis.set_minor_formatter(NullFormatter())
         else:  # plain numbers (0.5, 2, 10), minor ticks labelled when the range is narrow
-            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
         ax.set_xlabel("context length m (tokens)")
         ax.set_ylabel(ylabel)
@@ -428,8 +428,7 @@ def cost_curves(analytic: Mapping, measured: Mapping | None = None, *, ms_panel:
     if ax_ms is not None and not any(measured.values()):
         ax_ms.text(0.5, 0.5, "press \u201cmeasure\u201d to time\nthe real model here", transform=ax_ms.transAxes,
                    ha="center", va="center", color="0.35", gid="measure-hint")
-        ax_ms.set_xlim(256, 8192)
-        ax_ms.set_ylim(0.1, 10)
+        ax_ms.set_ylim(0.1, 10)  # x follows the analytic panels (shared)
     ax_bytes.set_title("bytes: $2 L n_g d_h m b$ (full cache)", loc="left", fontsize=10)
     ax_flops.set_title("FLOPs: $4 L \\tau d_h m$ (full cache)", loc="left", fontsize=10)
     if ax_ms is not None:

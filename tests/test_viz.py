@@ -174,6 +174,10 @@ def test_cost_curves_leave_room_for_a_measurement_to_come():
     assert len(fig.axes) == 3
     assert "measure" in artist(fig, "measure-hint")[0].get_text()
     assert len(viz.cost_curves({"full": cost_curve(cfg, [256], "full")}).axes) == 2
+    # the empty panel shares x with the others and must not cut their curves short
+    wide = viz.cost_curves({"full": cost_curve(cfg, [256, 65536], "full")}, ms_panel=True)
+    for ax in wide.axes:
+        assert ax.get_xlim()[0] <= 256 and ax.get_xlim()[1] >= 65536
 
 
 def test_byte_and_count_labels_read_like_a_person_writes_them():

@@ -24,7 +24,17 @@ HERE = Path(__file__).resolve().parent
 NOTEBOOKS = HERE.parent
 
 # Cells that other parts of the course add after "Explore it yourself" (lesson -> list of code sources).
-WIDGET_CELLS: dict[str, list[str]] = {}
+WIDGET_CELLS: dict[str, list[str]] = {
+    "01": ["""from course_lib.widgets import AttentionExplorer
+
+# move the query position i, switch the mask (causal, window n_c, sinks) and watch the weights
+AttentionExplorer("the cat sat on the mat and the dog sat on the cat", mask="window", window=4)"""],
+    "02": ["""from course_lib.widgets import CostExplorer
+
+# bytes and FLOPs per token against the context length m; "measure" times the real model here.
+# Try Llama-2-7B: L = 32, tau = 32, d_h = 128, n_g = 32 (too big to measure here, not to compute)
+CostExplorer()"""],
+}
 
 
 def md(text: str):
