@@ -167,10 +167,11 @@ class Explorer:
     def refresh(self):
         """Update the readout, and the picture once the explorer has been displayed (until then
         drawing would be wasted: :meth:`go_live` or displaying it draws the current state)."""
-        self.readout.value = "<br>".join(html.escape(line) for line in self.readout_lines())
         self._stale = True
         if self._live:
             self.png()
+        # the readout last: once it shows the new state, the new picture has been sent too
+        self.readout.value = "<br>".join(html.escape(line) for line in self.readout_lines())
 
     def png(self) -> bytes:
         """The picture of the current state as PNG bytes (also what the widget's image shows)."""
