@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -172,6 +173,7 @@ def test_in_a_model_only_the_reconstruction_loss_reaches_the_compressor():
     recon = sum(m.last_reconstruction_loss for m in lm.memories)
     recon.backward()
     assert all((p.grad is not None) == (id(p) in compressors) for p in lm.parameters())
+    assert copy.deepcopy(lm).memories[0].last_reconstruction_loss is None  # the graph is not copied
 
 
 def test_bad_arguments_are_refused():

@@ -56,6 +56,10 @@ class SlotBuffer:
         m = torch.zeros(batch, heads, n_slots, device=device, dtype=dtype) if mass else None
         return cls(k, v, pos, m)
 
+    def __repr__(self) -> str:
+        held = int((self.pos >= 0).sum()) if self.pos.device.type != "meta" else "?"
+        return f"SlotBuffer(slots={self.pos.shape[0]}, held={held}, written={self.written})"
+
     def clone(self, written: int) -> SlotBuffer:
         mass = None if self.mass is None else self.mass.clone()
         return SlotBuffer(self.k.clone(), self.v.clone(), self.pos.clone(), mass, written)

@@ -91,6 +91,10 @@ class CompressiveMemory(SlotMemory):
             self.k_bias, self.v_bias = (nn.Parameter(torch.zeros(depth)) for _ in range(2))
         self.last_reconstruction_loss = None
 
+    def __getstate__(self):
+        # the last loss holds an autograd graph: never copy or pickle it with the module
+        return {**super().__getstate__(), "last_reconstruction_loss": None}
+
     def extra_repr(self) -> str:
         return f"mem_len={self.mem_len}, cmem_len={self.cmem_len}, ratio={self.ratio}, compress={self.compress!r}"
 
