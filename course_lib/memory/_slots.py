@@ -9,7 +9,8 @@ the stored positions say which queries may see which slot.
 A :class:`SlotMemory` attends to ``[slots held from before the chunk, the chunk]`` in one
 softmax. Subclasses say which slots each query sees (``slots``) and how the chunk is
 written (``update``); :class:`~course_lib.memory.MultiMemory` uses the same two hooks to
-concatenate memories.
+concatenate memories. ``spans(state)`` says which positions each slot stands for (oldest
+first) and ``held(state)`` returns the pairs in that order.
 
 Keeping states. ``forward`` never changes what an input state means: by default it writes
 the chunk into a copy of the buffer (copy-on-write), so every state can be kept, inspected
