@@ -14,8 +14,10 @@ result as in one pass, for every memory whose semantics do not depend on the chu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def _apply_rotary_rolled(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rotary` in fewer ops: ``rotate_half(x) * sin == roll(x, D/2) * signed_sin``
+    with ``signed_sin = (-sin_{:D/2}, sin_{D/2:})`` (negation is exact, so the numbers are the same)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+
+
 class Rotary(nn.Module):
     """cos/sin tables for rotary position embeddings, grown on demand (positions are unbounded)."""
 
@@ -55,25 +63,43 @@ class Rotary(nn.Module):
             raise ValueError(f"head_dim must be even for rotary embeddings, got {head_dim}")
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._cos = self._sin = None
+        self._cos = self._sin = self._signed_sin = None
 
     def tables(self, end: int, device, dtype):
         if self._cos is None or self._cos.shape[0] < end or self._cos.device != device or self._cos.dtype != dtype:
             size = 256
             while size < end:
                 size *= 2
-            t = torch.arange(size, dtype=torch.float64, device=self.inv_freq.device)
-            angles = torch.outer(t, self.inv_freq)  # [T, D/2]
-            angles = torch.cat([angles, angles], dim=-1)  # [T, D]
-            self._cos = angles.cos().to(device=device, dtype=dtype)
-            self._sin = angles.sin().to(device=device, dtype=dtype)
+            with torch.inference_mode(False):  # the tables outlive this call: keep them usable by autograd
+                self._make_tables(size, device, dtype)
         return self._cos, self._sin
+
+    def _make_tables(self, size: int, device, dtype) -> None:
+        t = torch.arange(size, dtype=torch.float64, device=self.inv_freq.device)
+        angles = torch.outer(t, self.inv_freq)  # [T, D/2]
+        angles = torch.cat([angles, angles], dim=-1)  # [T, D]
+        self._cos = angles.cos().to(device=device, dtype=dtype)
+        self._sin = angles.sin().to(device=device, dtype=dtype)
+        half = self._sin.shape[-1] // 2
+        self._signed_sin = torch.cat([-self._sin[:, :half], self._sin[:, half:]], dim=-1)  # (-sin, sin)
+
+    def rolled_tables(self, end: int, device, dtype):
+        """``(cos, signed_sin)`` ``[T_max, D]`` for :func:`_apply_rotary_rolled`."""
+        self.tables(end, device, dtype)
+        return self._cos, self._signed_sin
 
     def forward(self, q, k, start: int):
         t = q.shape[2]
-        cos, sin = self.tables(start + t, q.device, q.dtype)
+        cos, sin = self.rolled_tables(start + t, q.device, q.dtype)
         cos, sin = cos[start:start + t], sin[start:start + t]  # [T, D]
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return _apply_rotary_rolled(q, cos, sin), _apply_rotary_rolled(k, cos, sin)
+
+
+def _functional(act: nn.Module):
+    """The activation as a plain function (skips the module call in the decoding step)."""
+    if type(act) is nn.GELU:
+        return partial(F.gelu, approximate=act.approximate)
+    return act
 
 
 class MemoryAttention(nn.Module):
@@ -209,6 +235,8 @@ class MemoryLM(nn.Module):
         self._check_input(idx, state)
         if state is None:
             state = self.init_state(idx.shape[0])
+        if idx.shape[1] == 1 and self._can_step():
+            return self._step(idx, state)
         x = self.embed(idx)
         new_layers = []
         for block, mem_state in zip(self.blocks, state.layers):
@@ -240,13 +268,87 @@ class MemoryLM(nn.Module):
                         [m.reserve(s, total) for m, s in zip(self.memories, state.layers)])
         out = torch.empty(idx.shape[0], total, dtype=idx.dtype, device=idx.device)
         out[:, : idx.shape[1]] = idx
-        logits, state = self(idx, state)
-        for step in range(max_new_tokens):
-            nxt = self._sample(logits[:, -1], temperature, top_k, generator)  # [B, 1]
-            out[:, idx.shape[1] + step] = nxt[:, 0]
-            if step + 1 < max_new_tokens or return_state:
-                logits, state = self(nxt, state)
+        # everything that outlives this call is made here, outside inference mode: the rotary
+        # tables for every position to come and the decoding weights
+        self.rotary.tables(state.pos + total, idx.device, self.embed.weight.dtype)
+        step_fn = self._step if self._can_step() else self  # the one-token fast path, checked once
+        if step_fn == self._step:
+            self._step_weights()
+        # the states in between are thrown away unless returned: skip autograd's bookkeeping
+        with contextlib.nullcontext() if return_state else torch.inference_mode():
+            logits, state = self(idx, state)
+            for step in range(max_new_tokens):
+                nxt = self._sample(logits[:, -1], temperature, top_k, generator)  # [B, 1]
+                out[:, idx.shape[1] + step] = nxt[:, 0]
+                if step + 1 < max_new_tokens or return_state:
+                    logits, state = step_fn(nxt, state)
         return (out, state) if return_state else out
+
+    # ---- the one-token decoding step: same numbers, fewer dispatched ops -------------------
+
+    def _can_step(self) -> bool:
+        """The fast path needs no autograd graph and no active dropout."""
+        return not torch.is_grad_enabled() and not (self.training and self.blocks[0].drop.p > 0)
+
+    def _step_weights(self):
+        """Weights laid out for one-token steps, rebuilt whenever a parameter changes.
+
+        A matrix-vector product ``x W^T`` with ``W [out, in]`` reads ``W`` column-wise; with
+        a transposed copy ``W^T [in, out]`` it reads rows, several times faster on a CPU once
+        the weights no longer fit the cache (that is also how GPT-2 stores its weights).
+        """
+        cache = getattr(self, "_step_cache", None)
+        if cache is not None and all(p.data_ptr() == ref.data_ptr() and p._version == version
+                                     for p, ref, version in cache[0]):
+            return cache[1]
+        params = list(self.parameters())
+        with torch.no_grad(), torch.inference_mode(False):
+            t = lambda w: w.detach().t().contiguous()  # noqa: E731
+            layers = []
+            for block in self.blocks:
+                attn, mlp_in, mlp_out = block.attn, block.mlp[0], block.mlp[2]
+                layers.append((attn.n_heads, attn.n_kv_heads, attn.head_dim, attn.mem_heads != attn.n_kv_heads,
+                               (self.d_model,), block.ln1.weight, block.ln1.bias, block.ln1.eps,
+                               t(attn.qkv.weight), t(attn.out.weight), block.ln2.weight, block.ln2.bias,
+                               block.ln2.eps, t(mlp_in.weight), mlp_in.bias, _functional(block.mlp[1]),
+                               t(mlp_out.weight), mlp_out.bias))
+            weights = (layers, t(self.head.weight), self.head.bias)
+        # keep the detached tensors alive: a freed storage cannot come back at the same address
+        self._step_cache = ([(p, p.detach(), p._version) for p in params], weights)
+        return weights
+
+    def _step(self, idx: torch.Tensor, state: LMState):
+        """:meth:`forward` for one token ``idx [B, 1]`` (no grad), without per-call checks.
+
+        The blocks' computation written as direct functional calls on transposed weights;
+        memories that offer ``forward_unchecked`` (``forward`` minus the argument checks)
+        are called through it.
+        """
+        layers, head_t, head_b = self._step_weights()
+        b, pos = idx.shape[0], state.pos
+        cos, sin = self.rotary.rolled_tables(pos + 1, idx.device, head_t.dtype)
+        cos, sin = cos[pos], sin[pos]  # [D]
+        x = F.embedding(idx.view(b), self.embed.weight)  # [B, C]: one token per row, kept 2-D throughout
+        new_layers = []
+        for block, weights, mem_state in zip(self.blocks, layers, state.layers):
+            (h, g, d, repeat, shape, ln1_w, ln1_b, ln1_eps, qkv_t, out_t,
+             ln2_w, ln2_b, ln2_eps, w1_t, b1, act, w2_t, b2) = weights
+            qkv = torch.mm(F.layer_norm(x, shape, ln1_w, ln1_b, ln1_eps), qkv_t)  # [B, (h+2g) d_h]
+            qkv = qkv.view(b, h + 2 * g, 1, d)  # [B, h+2g, 1, d_h]: heads first, T = 1
+            qk = _apply_rotary_rolled(qkv[:, : h + g], cos, sin)  # [B, h+g, 1, d_h]
+            q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + g:]
+            if repeat:
+                k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
+            memory = block.attn.memory
+            o, mem_state = getattr(memory, "forward_unchecked", memory)(q, k, v, mem_state)  # [B, H, 1, d_h]
+            new_layers.append(mem_state)
+            x = torch.addmm(x, o.reshape(b, h * d), out_t)  # x + W_o o, the residual added by the GEMM
+            a = F.layer_norm(x, shape, ln2_w, ln2_b, ln2_eps)  # [B, C]
+            x = x + torch.addmm(b2, act(torch.addmm(b1, a, w1_t)), w2_t)
+        x = F.layer_norm(x, (self.d_model,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        logits = torch.mm(x, head_t) if head_b is None else torch.addmm(head_b, x, head_t)
+        logits = logits.view(b, 1, -1)  # [B, 1, vocab]
+        return logits, LMState(pos + 1, state.batch, new_layers)
 
     @staticmethod
     def _sample(logits, temperature, top_k, generator):

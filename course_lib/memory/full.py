@@ -101,13 +101,17 @@ class FullMemory(Memory):
             while capacity < n + t:
                 capacity *= 2
             buf = buf.grown(n, capacity)
-        buf.k[:, :, n:n + t].copy_(k.detach())
-        buf.v[:, :, n:n + t].copy_(v.detach())
+        buf.k[:, :, n:n + t].copy_(k.detach() if k.requires_grad else k)
+        buf.v[:, :, n:n + t].copy_(v.detach() if v.requires_grad else v)
         buf.length = n + t
         return FullState(buf, n + t, *_meta(state))
 
     def forward(self, q, k, v, state: FullState):
         check_state("FullMemory", q, k, v, state)
+        return self.forward_unchecked(q, k, v, state)
+
+    def forward_unchecked(self, q, k, v, state: FullState):
+        """:meth:`forward` without the argument checks (``MemoryLM``'s decoding step checks once)."""
         new_state = self.append(state, k, v)
         t = q.shape[2]
         keys, values = new_state.keys, new_state.values
