@@ -383,7 +383,7 @@ def cost_curves(analytic: Mapping, measured: Mapping | None = None, *, ms_panel:
     measured = dict(measured or {})
     ms_panel = any(measured.values()) if ms_panel is None else ms_panel
     n_panels = 3 if ms_panel else 2
-    fig = new_figure(figsize=(4.2 * n_panels + 0.6, 3.9))
+    fig = new_figure(figsize=(3.6 * n_panels + 0.6, 3.8))
     axes = fig.subplots(1, n_panels, sharex=True)
     ax_bytes, ax_flops = axes[0], axes[1]
     colour_of = {}
@@ -404,8 +404,8 @@ def cost_curves(analytic: Mapping, measured: Mapping | None = None, *, ms_panel:
         style = _style(k)
         ctx = [r["context"] for r in rows]
         ax_bytes.plot(ctx, [r["nbytes"] for r in rows], linestyle="none", marker=style["marker"], markersize=8,
-                      markerfacecolor="none", markeredgewidth=1.8, color=style["color"], label=f"{label} (measured)",
-                      gid="measured-bytes")
+                      markerfacecolor="none", markeredgewidth=1.8, color=style["color"],
+                      label=f"{label} (measured, allocated)", gid="measured-bytes")
         if ax_ms is not None:
             ax_ms.plot(ctx, [r["ms_per_token"] for r in rows], color=style["color"], marker=style["marker"],
                        linestyle=style["linestyle"], label=label, gid="measured-ms")
@@ -459,7 +459,7 @@ def error_vs_ratio(curves: Mapping, *, current=None, title: str | None = None, a
     ax.set_ylabel("relative error of the outputs")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.legend(fontsize=8, loc="upper left", framealpha=0.9)  # a frame keeps it readable over the lines
     ax.set_title(title or r"$\|\mathrm{Att}(q, f_c(K), f_c(V)) - \mathrm{Att}(q, K, V)\|$ (relative)", loc="left",
                  fontsize=10)
     return fig

@@ -83,7 +83,7 @@ class Explorer:
         for name, control in self.controls.items():
             control.observe(self._on_change(name), names="value")
         self.widget = widgets.VBox([self._layout_controls(), self.image, self.readout])
-        self._sync_enabled()
+        self._sync_controls()
         self.refresh()
 
     # -- subclass hooks
@@ -136,6 +136,9 @@ class Explorer:
         try:
             for name, control in self.controls.items():
                 value = getattr(self.state, name)
+                options = getattr(control, "options", None)
+                if options is not None and value not in options:  # a valid setting the menu did not offer
+                    control.options = _options(options, value)
                 if control.value != value:
                     control.value = value
             self._sync_enabled()
@@ -227,6 +230,14 @@ class Explorer:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.state})"
+
+
+def _options(options, value) -> list:
+    """A menu's options with ``value`` added if it is a valid setting the menu did not offer."""
+    options = list(options)
+    if value in options:
+        return options
+    return sorted([*options, value]) if all(isinstance(o, int) for o in options) else [*options, value]
 
 
 def _slider(value, lo, hi, description, step=1, **kw):
@@ -569,7 +580,8 @@ class CostExplorer(Explorer):
                                             layout=widgets.Layout(visibility="hidden"))
         self.measure_button = widgets.Button(description="measure", icon="clock-o",
                                              tooltip="time the real model on this device (cost.measure_decode)")
-        self.measure_up_to = widgets.Dropdown(options=[2**p for p in range(4, 17)], value=measure_up_to,
+        self.measure_up_to = widgets.Dropdown(options=_options([2**p for p in range(4, 17)], measure_up_to),
+                                              value=measure_up_to,
                                               description="measure up to m =", style={"description_width": "initial"},
                                               layout=widgets.Layout(width="220px"))
         self.measure_button.on_click(lambda _: self.measure())
@@ -585,24 +597,27 @@ class CostExplorer(Explorer):
             return widgets.Layout(width="240px")
         style = {"description_width": "initial"}
         return {
-            "n_layers": widgets.BoundedIntText(value=s.n_layers, min=1, max=128, description="layers L", style=style,
+            "n_layers": widgets.BoundedIntText(value=s.n_layers, min=1, max=1024, description="layers L", style=style,
                                                layout=small()),
-            "n_heads": widgets.BoundedIntText(value=s.n_heads, min=1, max=256, description="heads tau", style=style,
+            "n_heads": widgets.BoundedIntText(value=s.n_heads, min=1, max=1024, description="heads tau", style=style,
                                               layout=small()),
-            "head_dim": widgets.Dropdown(options=[8, 16, 32, 64, 128, 256], value=s.head_dim, description="d_h",
+            "head_dim": widgets.Dropdown(options=_options([8, 16, 32, 64, 128, 256], s.head_dim), value=s.head_dim,
+                                         description="d_h",
                                          style=style, layout=small()),
-            "n_kv_heads": widgets.BoundedIntText(value=s.n_kv_heads, min=1, max=256, description="KV groups n_g",
+            "n_kv_heads": widgets.BoundedIntText(value=s.n_kv_heads, min=1, max=1024, description="KV groups n_g",
                                                  style=style, layout=small()),
             "dtype": widgets.Dropdown(options=list(DTYPES), value=s.dtype, description="dtype", style=style,
                                       layout=small()),
             "memory": widgets.Dropdown(options=list(COST_MEMORIES), value=s.memory, description="memory",
                                        style=style, layout=widgets.Layout(width="300px")),
-            "size": widgets.Dropdown(options=[2**p for p in range(4, 15)], value=s.size,
+            "size": widgets.Dropdown(options=_options([2**p for p in range(4, 15)], s.size), value=s.size,
                                      description="n_c / M / slots", style=style, layout=small()),
-            "ratio": widgets.Dropdown(options=[1, 2, 3, 4, 8, 16], value=s.ratio, description="ratio c", style=style,
+            "ratio": widgets.Dropdown(options=_options([1, 2, 3, 4, 8, 16], s.ratio), value=s.ratio,
+                                      description="ratio c", style=style,
                                       layout=small()),
-            "max_context": widgets.Dropdown(options=[2**p for p in range(10, 21)], value=s.max_context,
-                                            description="up to m =", style=style, layout=small()),
+            "max_context": widgets.Dropdown(options=_options([2**p for p in range(10, 21)], s.max_context),
+                                            value=s.max_context,
+                                            description="curves up to m =", style=style, layout=small()),
         }
 
     def _layout_controls(self):
@@ -624,33 +639,39 @@ class CostExplorer(Explorer):
             self.message = ""
         return new
 
-    def measure(self, contexts=None):
-        """Run :func:`measure_cost` for the current state, updating the progress bar; returns the rows."""
+    def measure(self, contexts=None) -> dict:
+        """Time the real model (:func:`measure_cost`) with the chosen memory and, for comparison,
+        with the full KV cache; the progress bar follows. Returns ``{label: rows}``."""
         top = self.measure_up_to.value
         contexts = contexts or [m for m in (2**p for p in range(8, 21)) if m <= top] or [top]
-        self.progress.max, self.progress.value = len(contexts), 0
+        runs = {"full KV cache": dataclasses.replace(self.state, memory="full KV cache")}
+        if COST_MEMORIES[self.state.memory][0] != "full":
+            runs = {_memory_label(self.state): self.state, **runs}
+        self.progress.max, self.progress.value = len(contexts) * len(runs), 0
         self.progress.layout.visibility = "visible"
-        self.progress.bar_style = "info"
+        self.progress.bar_style, self.progress.description = "info", "measuring"
         self.measure_button.disabled = True
-
-        def step(done, total):
-            self.progress.value = done
-
+        measured = {}
         try:
-            rows = measure_cost(self.state, contexts, steps=self.measure_steps, device=self.device, on_progress=step)
+            for label, state in runs.items():
+                before = self.progress.value
+                measured[label] = measure_cost(state, contexts, steps=self.measure_steps, device=self.device,
+                                               on_progress=lambda done, total, b=before: self._progress(b + done))
         except (ValueError, TypeError, RuntimeError) as err:
             self.message = f"measure failed: {err}"
-            self.progress.bar_style = "danger"
-            rows = []
+            self.progress.bar_style, self.progress.description = "danger", "failed"
+            measured = {}
         else:
-            self.measured = {"full KV cache" if COST_MEMORIES[self.state.memory][0] == "full"
-                             else _memory_label(self.state): rows}
             self.message = ""
-            self.progress.bar_style = "success"
+            self.progress.bar_style, self.progress.description = "success", "measured"
         finally:
             self.measure_button.disabled = False
+        self.measured = measured
         self.refresh()
-        return rows
+        return measured
+
+    def _progress(self, value: int):
+        self.progress.value = value
 
     def figure(self):
         v = self.view
@@ -889,23 +910,23 @@ class MemoryInspector(Explorer):
         return {
             "memory": widgets.Dropdown(options=list(INSPECT_MEMORIES), value=s.memory, description="memory",
                                        style=style, layout=widgets.Layout(width="220px")),
-            "chunk": widgets.BoundedIntText(value=s.chunk, min=1, max=16, description="chunk n_s", style=style,
+            "chunk": widgets.BoundedIntText(value=s.chunk, min=1, max=4096, description="chunk n_s", style=style,
                                             layout=small()),
-            "window": widgets.BoundedIntText(value=s.window, min=1, max=64, description="window n_c", style=style,
+            "window": widgets.BoundedIntText(value=s.window, min=1, max=4096, description="window n_c", style=style,
                                              layout=small()),
-            "sinks": widgets.BoundedIntText(value=s.sinks, min=0, max=8, description="sinks S", style=style,
+            "sinks": widgets.BoundedIntText(value=s.sinks, min=0, max=64, description="sinks S", style=style,
                                             layout=small()),
-            "mem_len": widgets.BoundedIntText(value=s.mem_len, min=1, max=64, description="Mem size M", style=style,
+            "mem_len": widgets.BoundedIntText(value=s.mem_len, min=1, max=4096, description="Mem size M", style=style,
                                               layout=small()),
-            "cmem_len": widgets.BoundedIntText(value=s.cmem_len, min=1, max=32, description="CMem size C",
+            "cmem_len": widgets.BoundedIntText(value=s.cmem_len, min=1, max=4096, description="CMem size C",
                                                style=style, layout=small()),
-            "ratio": widgets.BoundedIntText(value=s.ratio, min=1, max=8, description="ratio c", style=style,
+            "ratio": widgets.BoundedIntText(value=s.ratio, min=1, max=64, description="ratio c", style=style,
                                             layout=small()),
             "compress": widgets.Dropdown(options=["mean", "max", "conv", "dilated_conv", "most_used"],
                                          value=s.compress, description="f_c", style=style, layout=small()),
-            "capacity": widgets.BoundedIntText(value=s.capacity, min=1, max=64, description="store N", style=style,
+            "capacity": widgets.BoundedIntText(value=s.capacity, min=1, max=4096, description="store N", style=style,
                                                layout=small()),
-            "top_k": widgets.BoundedIntText(value=s.top_k, min=1, max=16, description="top k", style=style,
+            "top_k": widgets.BoundedIntText(value=s.top_k, min=1, max=4096, description="top k", style=style,
                                             layout=small()),
             "step": widgets.IntSlider(value=s.step, min=0, max=n_steps - 1, description="step", style=style,
                                       continuous_update=True, layout=widgets.Layout(width="420px")),
@@ -1153,12 +1174,14 @@ class CompressionPlayground(Explorer):
         ratios = [c for c in (1, 2, 3, 4, 6, 8, 12, 16) if self.n_pairs % c == 0]
         return {
             "compress": widgets.ToggleButtons(options=["mean", "max", "conv", "dilated_conv", "most_used"],
-                                              value=s.compress, description="f_c", style={"button_width": "95px"}),
-            "ratio": widgets.SelectionSlider(options=ratios, value=s.ratio, description="ratio c", style=style),
+                                              value=s.compress, description="f_c", style={"button_width": "110px"}),
+            "ratio": widgets.SelectionSlider(options=_options(ratios, s.ratio), value=s.ratio, description="ratio c",
+                                             style=style),
             "signal": widgets.ToggleButtons(options=list(SIGNALS), value=s.signal, description="keys",
                                             style={"button_width": "80px"}),
-            "train_steps": widgets.Dropdown(options=[0, 50, 200], value=s.train_steps, description="train f_c (steps)",
-                                            style=style, layout=widgets.Layout(width="220px")),
+            "train_steps": widgets.Dropdown(options=_options([0, 50, 200], s.train_steps), value=s.train_steps,
+                                           description="train f_c (steps)", style=style,
+                                           layout=widgets.Layout(width="220px")),
         }
 
     def _sync_enabled(self):

@@ -179,8 +179,10 @@ def test_measure_button_times_the_real_model_with_a_progress_bar():
                       steps=1, device="cpu")
     seen = []
     ex.progress.observe(lambda change: seen.append(change["new"]), names="value")
-    rows = ex.measure(contexts=[8, 16])
+    measured = ex.measure(contexts=[8, 16])
     assert seen[-2:] == [1, 2] and ex.progress.max == 2 and ex.progress.bar_style == "success"
+    assert ex.progress.description == "measured"
+    rows = measured["full KV cache"]
     assert [r["context"] for r in rows] == [8, 16]
     assert [r["nbytes"] for r in rows] == [2 * 1 * 1 * 8 * m * 4 for m in (8, 16)]  # the analytic formula, measured
     (ms,) = [a for a in ex.figure().axes[2].get_lines() if a.get_gid() == "measured-ms"]
@@ -190,9 +192,20 @@ def test_measure_button_times_the_real_model_with_a_progress_bar():
     assert ex.measured == {} and "measured" not in ex.readout_text()
 
 
+def test_a_fixed_size_memory_is_measured_beside_the_full_cache():
+    ex = CostExplorer(n_layers=1, n_heads=2, head_dim=8, n_kv_heads=2, dtype="float32", memory="window", size=8,
+                      steps=1, device="cpu")
+    measured = ex.measure(contexts=[8, 32])
+    assert list(measured) == ["window n_c = 8", "full KV cache"] and ex.progress.value == ex.progress.max == 4
+    # the window's ring buffer holds n_c = 8 pairs however long the context; the cache grows
+    assert [r["nbytes"] for r in measured["window n_c = 8"]] == [2 * 2 * 8 * 8 * 4] * 2
+    assert [r["nbytes"] for r in measured["full KV cache"]] == [2 * 2 * 8 * m * 4 for m in (8, 32)]
+    assert len([a for a in ex.figure().axes[2].get_lines() if a.get_gid() == "measured-ms"]) == 2
+
+
 def test_a_model_too_big_to_measure_here_is_refused_with_a_reason():
     ex = CostExplorer(n_layers=32, n_heads=32, head_dim=128, n_kv_heads=8, dtype="bfloat16")
-    assert ex.measure(contexts=[8]) == []
+    assert ex.measure(contexts=[8]) == {}
     assert "parameters" in ex.readout_text() and "analytic curves hold for any size" in ex.readout_text()
 
 
@@ -209,7 +222,7 @@ def test_every_memory_of_the_cost_explorer_builds_a_real_model(memory):
 
 def test_measuring_an_analytic_only_dtype_explains_itself():
     ex = CostExplorer(dtype="int8 (quantised cache)", memory="full KV cache")
-    assert ex.measure(contexts=[8]) == []
+    assert ex.measure(contexts=[8]) == {}
     assert "analytic only" in ex.readout_text() and ex.progress.bar_style == "danger"
 
 
@@ -375,3 +388,13 @@ def test_moving_the_ratio_changes_the_compressed_keys_and_the_error():
     assert not pg.controls["train_steps"].disabled
     with pytest.raises(ValueError, match="ratio=5 must be >= 1 and divide the 24 pairs"):
         pg.set(ratio=5)
+
+
+def test_valid_settings_that_a_menu_does_not_offer_are_added_to_it():
+    ex = CostExplorer(size=100, head_dim=96, n_heads=4, n_kv_heads=4)
+    assert ex.controls["size"].value == 100 and 100 in ex.controls["size"].options
+    assert ex.controls["head_dim"].value == 96
+    ex.set(max_context=5000)
+    assert ex.controls["max_context"].value == 5000
+    pg = CompressionPlayground(n_pairs=48, ratio=24)
+    assert pg.controls["ratio"].value == 24
