@@ -439,7 +439,7 @@ class CostState:
     n_heads: int = 8
     head_dim: int = 64
     n_kv_heads: int = 8
-    dtype: str = "float16"
+    dtype: str = "float32"  # what the CPU computes fast; try float16 or bfloat16 (GPU) for half the bytes
     memory: str = "window"
     size: int = 1024
     ratio: int = 4
@@ -548,6 +548,7 @@ def _make_memory(state: CostState):
 def measure_cost(state: CostState, contexts, *, steps: int = 8, device=None, on_progress=None) -> list[dict]:
     """Time the real model of ``state`` after each context length (``cost.measure_decode``).
 
+    On the CPU the timing runs on one thread (steadier, and what one decoding step can use).
     ``on_progress(done, total)`` is called after each context (the widget's progress bar).
     """
     from .cost import measure_decode
@@ -555,10 +556,17 @@ def measure_cost(state: CostState, contexts, *, steps: int = 8, device=None, on_
     model = build_cost_model(state, device=device)
     rows = []
     contexts = [int(m) for m in contexts]
-    for n, m in enumerate(contexts):
-        rows += measure_decode(model, [m], steps=steps, progress=False)
-        if on_progress is not None:
-            on_progress(n + 1, len(contexts))
+    threads = torch.get_num_threads()
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if on_cpu:  # one decoding step is small work: a second thread adds waiting, a lot on a busy machine
+        torch.set_num_threads(1)
+    try:
+        for n, m in enumerate(contexts):
+            rows += measure_decode(model, [m], steps=steps, progress=False)
+            if on_progress is not None:
+                on_progress(n + 1, len(contexts))
+    finally:
+        torch.set_num_threads(threads)
     return rows
 
 
