@@ -134,6 +134,7 @@ class Explorer:
     def _sync_controls(self):
         self._syncing = True
         try:
+            self._sync_enabled()  # first: it may widen a slider's range for the new value
             for name, control in self.controls.items():
                 value = getattr(self.state, name)
                 options = getattr(control, "options", None)
@@ -141,7 +142,6 @@ class Explorer:
                     control.options = _options(options, value)
                 if control.value != value:
                     control.value = value
-            self._sync_enabled()
         finally:
             self._syncing = False
 
@@ -959,9 +959,6 @@ class MemoryInspector(Explorer):
                 control.max = top
 
     def _update(self, state, changes):
-        if "chunk" in changes:  # the slider's range follows the number of chunks
-            n = math.ceil(len(self.tokens) / max(1, changes["chunk"]))
-            self.controls["step"].max = max(0, n - 1)
         return update_inspector(state, changes, len(self.tokens))
 
     def _slot_label(self, first, last):

@@ -155,7 +155,7 @@ def test_cost_view_full_cache_grows_and_window_stays_flat():
 
 
 def test_fewer_kv_groups_shrink_the_cache_in_the_picture_and_the_readout():
-    ex = CostExplorer(n_layers=2, n_heads=8, head_dim=16, n_kv_heads=8, memory="full KV cache",
+    ex = CostExplorer(n_layers=2, n_heads=8, head_dim=16, n_kv_heads=8, dtype="float16", memory="full KV cache",
                       max_context=4096).go_live()
     png, readout = ex.image.value, ex.readout_text()
     ex.controls["n_kv_heads"].value = 2  # GQA: n_g = 2
@@ -327,6 +327,8 @@ def test_a_longer_chunk_shrinks_the_step_range():
     assert ins.state.step == 1 and ins.controls["step"].max == 1  # clamped to the last chunk
     with pytest.raises(ValueError, match="step=2 is not one of the 2 chunks"):
         ins.set(step=2)
+    ins.set(chunk=1, step=7)  # a shorter chunk and a later step at once: the slider widens first
+    assert ins.controls["step"].max == 7 and ins.controls["step"].value == 7 and ins.play.max == 7
 
 
 def test_inspector_settings_are_checked():
