@@ -271,9 +271,9 @@ class MemoryLM(nn.Module):
         # everything that outlives this call is made here, outside inference mode: the rotary
         # tables for every position to come and the decoding weights
         self.rotary.tables(state.pos + total, idx.device, self.embed.weight.dtype)
-        step_fn = self._step if self._can_step() else self  # the one-token fast path, checked once
-        if step_fn == self._step:
-            self._step_weights()
+        step_fn = self
+        if self._can_step():  # the one-token fast path, set up once for the whole run
+            step_fn = partial(self._step, plan=self._step_plan(state.pos + total))
         # the states in between are thrown away unless returned: skip autograd's bookkeeping
         with contextlib.nullcontext() if return_state else torch.inference_mode():
             logits, state = self(idx, state)
@@ -317,35 +317,42 @@ class MemoryLM(nn.Module):
         self._step_cache = ([(p, p.detach(), p._version) for p in params], weights)
         return weights
 
-    def _step(self, idx: torch.Tensor, state: LMState):
+    def _step_plan(self, end: int):
+        """What one-token steps up to position ``end`` need, looked up once: the decoding
+        weights, each layer's attention function, the rotary tables."""
+        layers, head_t, head_b = self._step_weights()
+        attends = [getattr(b.attn.memory, "forward_unchecked", b.attn.memory) for b in self.blocks]
+        cos, sin = self.rotary.rolled_tables(end, head_t.device, head_t.dtype)
+        ln_f = (self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        return list(zip(layers, attends)), head_t, head_b, self.embed.weight, ln_f, cos, sin
+
+    def _step(self, idx: torch.Tensor, state: LMState, plan=None):
         """:meth:`forward` for one token ``idx [B, 1]`` (no grad), without per-call checks.
 
         The blocks' computation written as direct functional calls on transposed weights;
         memories that offer ``forward_unchecked`` (``forward`` minus the argument checks)
-        are called through it.
+        are called through it. ``plan`` (from :meth:`_step_plan`) saves the look-ups in a loop.
         """
-        layers, head_t, head_b = self._step_weights()
         b, pos = idx.shape[0], state.pos
-        cos, sin = self.rotary.rolled_tables(pos + 1, idx.device, head_t.dtype)
+        layers, head_t, head_b, embed_w, (lnf_w, lnf_b, lnf_eps), cos, sin = (
+            self._step_plan(pos + 1) if plan is None else plan)
         cos, sin = cos[pos], sin[pos]  # [D]
-        x = F.embedding(idx.view(b), self.embed.weight)  # [B, C]: one token per row, kept 2-D throughout
+        x = torch.embedding(embed_w, idx.view(b))  # [B, C]: one token per row, kept 2-D throughout
         new_layers = []
-        for block, weights, mem_state in zip(self.blocks, layers, state.layers):
-            (h, g, d, repeat, shape, ln1_w, ln1_b, ln1_eps, qkv_t, out_t,
-             ln2_w, ln2_b, ln2_eps, w1_t, b1, act, w2_t, b2) = weights
-            qkv = torch.mm(F.layer_norm(x, shape, ln1_w, ln1_b, ln1_eps), qkv_t)  # [B, (h+2g) d_h]
+        for ((h, g, d, repeat, shape, ln1_w, ln1_b, ln1_eps, qkv_t, out_t, ln2_w, ln2_b, ln2_eps,
+              w1_t, b1, act, w2_t, b2), attend), mem_state in zip(layers, state.layers):
+            qkv = torch.mm(torch.layer_norm(x, shape, ln1_w, ln1_b, ln1_eps), qkv_t)  # [B, (h+2g) d_h]
             qkv = qkv.view(b, h + 2 * g, 1, d)  # [B, h+2g, 1, d_h]: heads first, T = 1
             qk = _apply_rotary_rolled(qkv[:, : h + g], cos, sin)  # [B, h+g, 1, d_h]
             q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + g:]
             if repeat:
                 k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
-            memory = block.attn.memory
-            o, mem_state = getattr(memory, "forward_unchecked", memory)(q, k, v, mem_state)  # [B, H, 1, d_h]
+            o, mem_state = attend(q, k, v, mem_state)  # [B, H, 1, d_h]
             new_layers.append(mem_state)
             x = torch.addmm(x, o.reshape(b, h * d), out_t)  # x + W_o o, the residual added by the GEMM
-            a = F.layer_norm(x, shape, ln2_w, ln2_b, ln2_eps)  # [B, C]
+            a = torch.layer_norm(x, shape, ln2_w, ln2_b, ln2_eps)  # [B, C]
             x = x + torch.addmm(b2, act(torch.addmm(b1, a, w1_t)), w2_t)
-        x = F.layer_norm(x, (self.d_model,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        x = torch.layer_norm(x, shape, lnf_w, lnf_b, lnf_eps)
         logits = torch.mm(x, head_t) if head_b is None else torch.addmm(head_b, x, head_t)
         logits = logits.view(b, 1, -1)  # [B, 1, vocab]
         return logits, LMState(pos + 1, state.batch, new_layers)

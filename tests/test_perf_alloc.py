@@ -66,9 +66,9 @@ def test_full_memory_reserved_by_generate_never_grows_while_decoding(monkeypatch
     seen = []
     step = MemoryLM._step
 
-    def spy(self, idx, state):
+    def spy(self, idx, state, **kwargs):
         seen.append([storage(s) for s in state.layers])
-        return step(self, idx, state)
+        return step(self, idx, state, **kwargs)
 
     monkeypatch.setattr(MemoryLM, "_step", spy)
     lm.generate(torch.zeros(1, 2, dtype=torch.long), 300)  # far past the initial 256 slots

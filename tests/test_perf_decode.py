@@ -88,7 +88,7 @@ def test_generate_takes_the_fast_path_once_per_new_token(monkeypatch):
     lm = make()
     calls = []
     step = MemoryLM._step
-    monkeypatch.setattr(MemoryLM, "_step", lambda self, idx, state: calls.append(idx) or step(self, idx, state))
+    monkeypatch.setattr(MemoryLM, "_step", lambda self, idx, st, **kw: calls.append(idx) or step(self, idx, st, **kw))
     out = lm.generate(tokens(2, 5), 4)
     assert out.shape == (2, 9) and len(calls) == 3  # the prompt's forward, then 3 single tokens
 
