@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_positive_int
-from ..attention import causal_mask, repeat_kv
+from ..attention import causal_mask
 from .base import Memory, check_state, resolve
 
 __all__ = ["FullMemory", "FullState"]
@@ -118,15 +118,14 @@ class FullMemory(Memory):
         if k.requires_grad or v.requires_grad:  # training: let gradients reach the chunk's own k, v
             keys = torch.cat([state.keys, k], dim=2)
             values = torch.cat([state.values, v], dim=2)
-        n_rep = q.shape[1] // keys.shape[1]
-        keys, values = repeat_kv(keys, n_rep), repeat_kv(values, n_rep)
+        gqa = q.shape[1] != keys.shape[1]  # the kernel reads each key/value head for its group: no copies
         if t == 1:
-            out = F.scaled_dot_product_attention(q, keys, values)
+            out = F.scaled_dot_product_attention(q, keys, values, enable_gqa=gqa)
         elif state.length == 0:
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=gqa)
         else:
             mask = causal_mask(t, new_state.length, device=q.device)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
         return out, new_state
 
     def nbytes(self, state: FullState) -> int:
