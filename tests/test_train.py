@@ -1,0 +1,185 @@
+"""course_lib.train: loops, metrics at answer positions, checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from course_lib.data import IGNORE
+from course_lib.memory import FullMemory
+from course_lib.models import MemoryLM
+from course_lib.train import (
+    Batches,
+    TextBatches,
+    evaluate,
+    forward_segments,
+    load_checkpoint,
+    lr_at,
+    predict,
+    save_checkpoint,
+    train,
+)
+
+
+def successor_task(n=256, t=12, vocab=8, seed=0):
+    """Predict ``(x + 1) mod vocab`` at every position: learnable in a few dozen steps."""
+    x = torch.randint(vocab, (n, t), generator=torch.Generator().manual_seed(seed))
+    return x, (x + 1) % vocab
+
+
+def tiny_lm(seed=0, vocab=8):
+    torch.manual_seed(seed)
+    return MemoryLM(vocab_size=vocab, d_model=16, n_layers=1, n_heads=2)
+
+
+def test_loss_drops_on_a_tiny_task():
+    model = tiny_lm()
+    log = train(model, successor_task(), steps=60, batch_size=16, lr=1e-2, device="cpu", progress=False)
+    assert len(log.losses) == 60 and log.step == 60
+    assert log.losses[0] > math.log(8) - 0.5
+    assert sum(log.losses[-5:]) / 5 < 0.3 * log.losses[0]
+    assert evaluate(model, successor_task(seed=1), device="cpu")["accuracy"] > 0.95
+
+
+class EchoModel(nn.Module):
+    """Predicts the input token itself with logit 2 (all other logits 0); stateless."""
+
+    def __init__(self, vocab=4):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx, state=None):
+        return 2.0 * nn.functional.one_hot(idx, self.vocab).float() + 0 * self.dummy, state
+
+
+def test_evaluate_scores_only_labelled_positions():
+    x = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
+    y = torch.tensor([[0, IGNORE, 1, IGNORE], [IGNORE, 2, IGNORE, IGNORE]])
+    # scored: (0 -> 0) right, (2 -> 1) wrong, (2 -> 2) right: 2 of 3
+    out = evaluate(EchoModel(), (x, y), device="cpu", batch_size=1)
+    assert out["accuracy"] == pytest.approx(2 / 3) and out["n_scored"] == 3
+    right = -math.log(math.exp(2) / (math.exp(2) + 3))  # cross-entropy when the label is the echoed token
+    wrong = -math.log(1 / (math.exp(2) + 3))
+    assert out["loss"] == pytest.approx((2 * right + wrong) / 3)
+    assert out["bpc"] == pytest.approx(out["loss"] / math.log(2))
+
+
+def test_segment_by_segment_equals_one_pass_for_full_memory():
+    torch.manual_seed(0)
+    model = MemoryLM(11, 16, 2, 2, FullMemory()).double()
+    x = torch.randint(11, (3, 23))
+    whole, _ = model(x)
+    pieces, state = forward_segments(model, x, segment_len=5)
+    assert state.pos == 23
+    torch.testing.assert_close(pieces, whole)
+    assert torch.equal(predict(model, x, segment_len=7, device="cpu"), whole.argmax(-1))
+
+
+def test_training_state_is_detached_between_segments():
+    model = MemoryLM(8, 16, 1, 2, FullMemory())
+    _, state = forward_segments(model, torch.zeros(2, 9, dtype=torch.long), segment_len=4)
+    assert not state.layers[0].keys.requires_grad
+
+
+class LeakyMemory(FullMemory):
+    """A broken memory that keeps the autograd graph in its state."""
+
+    def forward(self, q, k, v, state):
+        out, new_state = super().forward(q, k, v, state)
+        new_state.buffer.k = new_state.buffer.k + 0 * k.sum()
+        return out, new_state
+
+
+def test_train_rejects_a_memory_that_stores_its_state_with_a_graph():
+    model = MemoryLM(8, 16, 1, 2, LeakyMemory())
+    with pytest.raises(ValueError, match="detach"):
+        train(model, successor_task(), steps=1, segment_len=4, device="cpu", progress=False)
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    data = successor_task()
+    kwargs = dict(batch_size=8, lr=5e-3, warmup=3, device="cpu", progress=False, seed=7)
+
+    straight = tiny_lm(seed=1)
+    full = train(straight, data, steps=10, **kwargs)
+
+    ckpt = tmp_path / "run" / "model.pt"
+    first = tiny_lm(seed=1)
+    train(first, data, steps=4, checkpoint=ckpt, **kwargs)
+    assert ckpt.is_file()
+    torch.manual_seed(123)  # disturb the global generator: resuming must restore it
+    resumed = tiny_lm(seed=99)  # different weights: all must come from the checkpoint
+    log = train(resumed, data, steps=10, checkpoint=ckpt, **kwargs)
+
+    assert log.losses == full.losses
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert load_checkpoint(ckpt, tiny_lm())["step"] == 10
+    assert sorted(os.listdir(ckpt.parent)) == ["model.pt"], "no temporary files left behind"
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    model = tiny_lm()
+    path = save_checkpoint(tmp_path / "c.pt", model, step=3)
+    with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails: whatever the error, the old file survives
+        save_checkpoint(path, tiny_lm(seed=5), step=4, extra={"bad": lambda: 0})
+    fresh = tiny_lm(seed=5)
+    assert load_checkpoint(path, fresh)["step"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_load_checkpoint_names_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt", tiny_lm())
+
+
+def test_progress_bar_is_quiet_under_course_quiet(monkeypatch, capsys):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("COURSE_QUIET", raising=False)
+    train(tiny_lm(), successor_task(), steps=2, device="cpu", desc="loud-run")
+    assert "loud-run" in capsys.readouterr().err
+    monkeypatch.setenv("COURSE_QUIET", "1")
+    train(tiny_lm(), successor_task(), steps=2, device="cpu", desc="quiet-run")
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_learning_rate_warms_up_then_decays():
+    assert lr_at(0, 100, 1.0, warmup=10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, warmup=10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, warmup=10) == pytest.approx(1.0)
+    assert lr_at(100, 100, 1.0, warmup=10) == pytest.approx(0.1)
+    assert lr_at(50, 100, 1.0, schedule="constant") == 1.0
+
+
+def test_text_batches_predict_the_next_character():
+    ids = torch.arange(50)
+    x, y = next(TextBatches(ids, batch_size=4, seq_len=6, seed=0))
+    assert x.shape == y.shape == (4, 6)
+    assert torch.equal(y, x + 1)
+    rx, ry = TextBatches.rows(ids, 7)
+    assert rx.shape == (7, 7) and torch.equal(rx.flatten(), ids[:49]) and torch.equal(ry, rx + 1)
+
+
+def test_batches_are_seeded():
+    data = successor_task()
+    a, b = Batches(*data, 4, seed=1), Batches(*data, 4, seed=1)
+    assert all(torch.equal(next(a)[0], next(b)[0]) for _ in range(3))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="data"):
+        train(tiny_lm(), [1, 2, 3], steps=1, device="cpu")
+    with pytest.raises(ValueError, match="schedule"):
+        train(tiny_lm(), successor_task(), steps=1, schedule="linear", device="cpu")
+    with pytest.raises(ValueError, match="same shape|one shape"):
+        Batches(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long), 1)
+    x = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="no labelled positions"):
+        train(tiny_lm(), (x, torch.full_like(x, IGNORE)), steps=1, device="cpu", progress=False)
