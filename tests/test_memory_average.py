@@ -4,31 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from memory_helpers import SETTINGS, chunkings, qkv, run
 
 from course_lib.memory import CumulativeAverageMemory, MovingAverageMemory
-
-SETTINGS = settings(max_examples=25, deadline=None)
-
-
-@st.composite
-def chunkings(draw, max_len=40):
-    left, sizes = draw(st.integers(1, max_len)), []
-    while left:
-        sizes.append(draw(st.integers(1, left)))
-        left -= sizes[-1]
-    return sizes
-
-
-def run(memory, q, k, v, sizes):
-    state = memory.init_state(k.shape[0], k.shape[1], k.shape[3], dtype=k.dtype, v_dim=v.shape[3])
-    outs, p = [], 0
-    for c in sizes:
-        out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state)
-        outs.append(out)
-        p += c
-    return torch.cat(outs, dim=2), state
 
 
 def moving_average_reference(v, window, weights):
@@ -41,16 +21,10 @@ def moving_average_reference(v, window, weights):
     return torch.stack(outs, dim=2)
 
 
-def tensors(seed, t, d=3, dv=2):
-    g = torch.Generator().manual_seed(seed)
-    q, k = (torch.randn(2, 2, t, d, generator=g, dtype=torch.float64) for _ in range(2))
-    return q, k, torch.randn(2, 2, t, dv, generator=g, dtype=torch.float64)
-
-
 @SETTINGS
 @given(sizes=chunkings(), window=st.integers(1, 9), weighted=st.booleans(), seed=st.integers(0, 2**16))
 def test_moving_average_equals_the_loop_for_any_chunking(sizes, window, weighted, seed):
-    q, k, v = tensors(seed, sum(sizes))
+    q, k, v = qkv(seed, 2, 2, sum(sizes), 3, dv=2)
     g = torch.Generator().manual_seed(seed)
     weights = torch.rand(window, generator=g, dtype=torch.float64) + 0.1 if weighted else None
     out, state = run(MovingAverageMemory(window, weights=weights), q, k, v, sizes)
@@ -62,7 +36,7 @@ def test_moving_average_equals_the_loop_for_any_chunking(sizes, window, weighted
 @SETTINGS
 @given(sizes=chunkings(), seed=st.integers(0, 2**16))
 def test_cumulative_average_is_the_mean_so_far_for_any_chunking(sizes, seed):
-    q, k, v = tensors(seed, sum(sizes))
+    q, k, v = qkv(seed, 2, 2, sum(sizes), 3, dv=2)
     out, state = run(CumulativeAverageMemory(), q, k, v, sizes)
     counts = torch.arange(1, v.shape[2] + 1, dtype=torch.float64)[:, None]
     torch.testing.assert_close(out, v.cumsum(2) / counts)
@@ -89,7 +63,7 @@ def test_small_integer_averages_by_hand():
 
 
 def test_output_ignores_queries_and_keys():
-    q, k, v = tensors(3, 7)
+    q, k, v = qkv(3, 2, 2, 7, 3, dv=2)
     out1, _ = run(MovingAverageMemory(4), q, k, v, [7])
     out2, _ = run(MovingAverageMemory(4), -q, 2 * k, v, [3, 4])
     torch.testing.assert_close(out1, out2)

@@ -7,38 +7,13 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from memory_helpers import SETTINGS, chunkings, qkv, run
 
 from course_lib.attention import attention_reference, causal_mask
 from course_lib.memory import COMPRESSIONS, CompressiveMemory, attention_reconstruction_loss
 from course_lib.models import MemoryLM
-
-SETTINGS = settings(max_examples=25, deadline=None)
-
-
-@st.composite
-def chunkings(draw, max_len=40):
-    left, sizes = draw(st.integers(1, max_len)), []
-    while left:
-        sizes.append(draw(st.integers(1, left)))
-        left -= sizes[-1]
-    return sizes
-
-
-def qkv(seed, b, h, t, d):
-    g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(b, h, t, d, generator=g, dtype=torch.float64) for _ in range(3))
-
-
-def run(memory, q, k, v, sizes):
-    state = memory.init_state(k.shape[0], k.shape[1], k.shape[3], dtype=k.dtype)
-    outs, p = [], 0
-    for c in sizes:
-        out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state)
-        outs.append(out)
-        p += c
-    return torch.cat(outs, dim=2), state
 
 
 def compressive_reference(q, k, v, sizes, mem_len, cmem_len, ratio, compress):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from memory_helpers import SETTINGS, chunkings, run
 
 from course_lib.memory import (
     DeltaMemory,
@@ -17,17 +18,6 @@ from course_lib.memory import (
     linear_attention_recurrent,
 )
 
-SETTINGS = settings(max_examples=25, deadline=None)
-
-
-@st.composite
-def chunkings(draw, max_len=40):
-    left, sizes = draw(st.integers(1, max_len)), []
-    while left:
-        sizes.append(draw(st.integers(1, left)))
-        left -= sizes[-1]
-    return sizes
-
 
 def tensors(seed, b, h, t, d, dv):
     g = torch.Generator().manual_seed(seed)
@@ -37,17 +27,6 @@ def tensors(seed, b, h, t, d, dv):
     z = torch.rand(b, h, d, generator=g, dtype=torch.float64) * 3
     beta = torch.rand(b, h, t, generator=g, dtype=torch.float64)
     return q, k, v, S, z, beta
-
-
-def run(memory, q, k, v, sizes, beta=None):
-    state = memory.init_state(k.shape[0], k.shape[1], k.shape[3], dtype=k.dtype, v_dim=v.shape[3])
-    outs, p = [], 0
-    for c in sizes:
-        kw = {} if beta is None else {"beta": beta[:, :, p:p + c]}
-        out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state, **kw)
-        outs.append(out)
-        p += c
-    return torch.cat(outs, dim=2), state
 
 
 shapes = dict(b=st.integers(1, 2), h=st.integers(1, 3), t=st.integers(1, 40), d=st.integers(1, 6),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from memory_helpers import SETTINGS, chunkings, qkv, run
 
 from course_lib.attention import attention_reference
 from course_lib.memory import (
@@ -19,39 +20,13 @@ from course_lib.memory import (
     WindowMemory,
 )
 
-SETTINGS = settings(max_examples=25, deadline=None)
-
-
-@st.composite
-def chunkings(draw, max_len=30):
-    left, sizes = draw(st.integers(1, max_len)), []
-    while left:
-        sizes.append(draw(st.integers(1, left)))
-        left -= sizes[-1]
-    return sizes
-
-
-def qkv(seed, b, h, t, d):
-    g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(b, h, t, d, generator=g, dtype=torch.float64) for _ in range(3))
-
-
-def run(memory, q, k, v, sizes):
-    state = memory.init_state(k.shape[0], k.shape[1], k.shape[3], dtype=k.dtype)
-    outs, p = [], 0
-    for c in sizes:
-        out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state)
-        outs.append(out)
-        p += c
-    return torch.cat(outs, dim=2), state
-
 
 def pair():
     return [WindowMemory(3), LinearMemory(chunk_size=4)]
 
 
 @SETTINGS
-@given(sizes=chunkings(), seed=st.integers(0, 2**16), h=st.integers(1, 3))
+@given(sizes=chunkings(max_len=30), seed=st.integers(0, 2**16), h=st.integers(1, 3))
 def test_a_gate_at_1_is_the_first_memory_alone_and_at_0_the_second(sizes, seed, h):
     q, k, v = qkv(seed, 2, h, sum(sizes), 4)
     multi = MultiMemory(pair(), combine="gate", n_heads=h).double()
@@ -97,7 +72,7 @@ def test_concat_is_one_softmax_over_both_memories_and_the_chunk(prefix, t, windo
 
 
 @SETTINGS
-@given(sizes=chunkings(), seed=st.integers(0, 2**16))
+@given(sizes=chunkings(max_len=30), seed=st.integers(0, 2**16))
 def test_concat_passes_attention_mass_to_a_most_used_compressor(sizes, seed):
     # a window of 1 adds one slot that no query of a later chunk may see: the same as the compressor alone
     q, k, v = qkv(seed, 1, 2, sum(sizes), 3)

@@ -6,6 +6,8 @@ import os
 
 import pytest
 import torch
+from memory_helpers import qkv as random_qkv
+from memory_helpers import run
 
 import course_lib
 from course_lib.memory import (
@@ -55,18 +57,7 @@ def make(name):
 
 
 def qkv(seed, t, b=1, d=4):
-    g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(b, H, t, d, generator=g, dtype=torch.float64) for _ in range(3))
-
-
-def run(memory, q, k, v, sizes, state=None):
-    state = memory.init_state(k.shape[0], H, k.shape[3], dtype=k.dtype) if state is None else state
-    outs, p = [], 0
-    for c in sizes:
-        out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state)
-        outs.append(out)
-        p += c
-    return torch.cat(outs, dim=2), state
+    return random_qkv(seed, b, H, t, d)
 
 
 def test_registry_names_every_memory():

@@ -4,44 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from memory_helpers import SETTINGS, chunkings, qkv, run
 
 from course_lib.attention import attention_reference, causal_mask
 from course_lib.memory import SinkMemory, WindowMemory
-
-SETTINGS = settings(max_examples=25, deadline=None)
-
-
-@st.composite
-def chunkings(draw, max_len=40):
-    """Chunk sizes of a random sequence, e.g. [3, 1, 7]."""
-    left, sizes = draw(st.integers(1, max_len)), []
-    while left:
-        sizes.append(draw(st.integers(1, left)))
-        left -= sizes[-1]
-    return sizes
-
-
-def qkv(seed, b, h, t, d, h_kv=None):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, h, t, d, generator=g, dtype=torch.float64)
-    k, v = (torch.randn(b, h_kv or h, t, d, generator=g, dtype=torch.float64) for _ in range(2))
-    return q, k, v
-
-
-def run(memory, q, k, v, sizes, state=None, reserve=False):
-    """Stream q, k, v through ``memory`` in chunks of ``sizes``; the outputs concatenated and the state."""
-    if state is None:
-        state = memory.init_state(k.shape[0], k.shape[1], k.shape[3], dtype=k.dtype)
-    if reserve:
-        state = memory.reserve(state, sum(sizes))
-    outs, p = [], 0
-    for c in sizes:
-        out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state)
-        outs.append(out)
-        p += c
-    return torch.cat(outs, dim=2), state
 
 
 def positions(t):
