@@ -13,6 +13,14 @@ from course_lib.__main__ import main
 from course_lib.bench import compare
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The command sets torch's thread count (one on the CPU by default); give it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_the_table_says_pass_fail_and_skipped_in_words():
     rows = [
         compare.Row("decode", "decode 768 after 1", 300.0, 100.0, 3.0, ">= 1.5 (aim 3.0)", True),
@@ -36,7 +44,7 @@ def test_without_the_peers_the_comparisons_are_skipped_with_the_install_command(
                  "--out", str(out_png)]) == 0
     out = capsys.readouterr().out
     assert out.count("skipped: pip install -e '.[bench]'") == 2
-    assert "machine:" in out and "torch threads" in out and torch.__version__ in out
+    assert "machine:" in out and "torch threads 1" in out and torch.__version__ in out
     assert out_png.stat().st_size > 0
 
 

@@ -24,7 +24,10 @@ the comparisons are skipped and the flat-cost rows still run.
     python -m course_lib bench compare --only decode --device cuda --dtype bfloat16
 
 Timing: every measurement is repeated ``--repeats`` times, course_lib and its peer taking
-turns, and the best run of each counts (other processes only ever slow a run down).
+turns, and the best run of each counts (other processes only ever slow a run down). On the
+CPU both libraries run on one thread unless ``--threads`` says otherwise: batch-1 decoding of
+a model this small gains little from more, and on a machine shared with other processes a
+second thread that has to wait for a busy core makes every timing (and ratio) meaningless.
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ class Sizes:
     mem_len: int = 128
     cmem_len: int = 32
     ratio: int = 4
-    train_steps: int = 4  # timed optimiser steps of each library (one segment each), times repeats
-    repeats: int = 3  # runs of each measurement, taking turns; the best counts
+    train_steps: int = 3  # timed optimiser steps of each library (one segment each), times repeats
+    repeats: int = 5  # runs of each measurement, taking turns; the best counts
 
 
 FULL = Sizes()
@@ -459,7 +462,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: pick_device())")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="float16/bfloat16 are meant for CUDA (training then runs under autocast)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for both libraries (default on the CPU: 1, see the module doc)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each measurement; the best counts")
     parser.add_argument("--out", default="bench_compare.png", help="where to save the plot")
 
@@ -470,17 +474,19 @@ def run(args: argparse.Namespace) -> int:
         if args.repeats < 1:
             raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
         sizes = Sizes(**{**sizes.__dict__, "repeats": args.repeats})
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else None)
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     dtype = getattr(torch, args.dtype)
     if dtype == torch.float16 and device.type == "cpu":
         raise SystemExit("--dtype float16 is for GPUs; on the CPU use float32 (or bfloat16)")
     sections = args.only or list(SECTIONS)
     header = machine_lines(device, dtype)
-    if hasattr(os, "getloadavg") and device.type == "cpu" and os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+    busy = max(1.0, (os.cpu_count() or 1) - 0.5)  # more than the cores the benchmark leaves free
+    if hasattr(os, "getloadavg") and device.type == "cpu" and os.getloadavg()[0] > busy:
         header.append("warning: other processes are using the CPU (see the load average); the timings and "
                       "even the ratios are unreliable: re-run on a quiet machine")
     print("\n".join(["course_lib bench compare" + (" --quick (tiny sizes: the targets mean nothing)"
