@@ -163,3 +163,20 @@ def test_dropout_in_training_mode_keeps_the_plain_path():
         c, _ = lm(x[:, 3:], state)
         d, _ = lm(x[:, 3:], state)
     assert torch.equal(c, d)
+
+
+def test_the_step_gives_back_the_onednn_switch_even_when_a_memory_fails(monkeypatch):
+    """The CPU step runs GELU on the native kernel by switching oneDNN off for its duration."""
+    lm = make("window")
+    before = torch.backends.mkldnn.enabled
+    lm.generate(tokens(1, 3), 4)
+    assert torch.backends.mkldnn.enabled == before
+
+    def broken(*args, **kwargs):
+        assert not torch.backends.mkldnn.enabled  # switched off inside the step
+        raise RuntimeError("memory failed")
+
+    monkeypatch.setattr(lm.blocks[1].attn.memory, "forward", broken)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="memory failed"):
+        lm(tokens(1, 1), lm.init_state(1))
+    assert torch.backends.mkldnn.enabled == before
