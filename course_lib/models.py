@@ -357,9 +357,8 @@ class MemoryLM(nn.Module):
         for ((h, g, d, repeat, shape, ln1_w, ln1_b, ln1_eps, qkv_t, out_t, ln2_w, ln2_b, ln2_eps,
               w1_t, b1, act, w2_t, b2), attend), mem_state in zip(layers, state.layers):
             qkv = torch.mm(torch.layer_norm(x, shape, ln1_w, ln1_b, ln1_eps), qkv_t)  # [B, (h+2g) d_h]
-            qkv = qkv.view(b, h + 2 * g, 1, d)  # [B, h+2g, 1, d_h]: heads first, T = 1
-            qk = _apply_rotary_rolled(qkv[:, : h + g], cos, sin)  # [B, h+g, 1, d_h]
-            q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + g:]
+            qk, v = qkv.view(b, h + 2 * g, 1, d).split((h + g, g), dim=1)  # [B, heads, 1, d_h]: T = 1
+            q, k = _apply_rotary_rolled(qk, cos, sin).split((h, g), dim=1)
             if repeat:
                 k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
             o, mem_state = attend(q, k, v, mem_state)  # [B, H, 1, d_h]
