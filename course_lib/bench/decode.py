@@ -69,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: pick_device())")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: steady timings on a shared machine; 0: torch's)")
     parser.add_argument("--out", default="bench_decode.png", help="where to save the plot")
 
 
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     contexts = [int(x) for x in args.contexts.split(",") if x.strip()]
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype)
+    if device.type == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)
     print(f"decode benchmark on {describe_device(device)}, torch {torch.__version__}, {args.dtype}; "
           f"MemoryLM(vocab 256, d_model {args.d_model}, {args.layers} layers, {args.heads} heads), batch 1")
     results = {}
