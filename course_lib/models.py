@@ -297,11 +297,12 @@ class MemoryLM(nn.Module):
         a transposed copy ``W^T [in, out]`` it reads rows, several times faster on a CPU once
         the weights no longer fit the cache (that is also how GPT-2 stores its weights).
         """
-        cache = getattr(self, "_step_cache", None)
-        if cache is not None and all(p.data_ptr() == ref.data_ptr() and p._version == version
-                                     for p, ref, version in cache[0]):
-            return cache[1]
         params = list(self.parameters())
+        cache = getattr(self, "_step_cache", None)
+        if cache is not None and len(cache[0]) == len(params) and all(
+                p is old and p.data_ptr() == ref.data_ptr() and p._version == version
+                for p, (old, ref, version) in zip(params, cache[0])):
+            return cache[1]
         with torch.no_grad(), torch.inference_mode(False):
             t = lambda w: w.detach().t().contiguous()  # noqa: E731
             layers = []
@@ -313,7 +314,8 @@ class MemoryLM(nn.Module):
                                block.ln2.eps, t(mlp_in.weight), mlp_in.bias, _functional(block.mlp[1]),
                                t(mlp_out.weight), mlp_out.bias))
             weights = (layers, t(self.head.weight), self.head.bias)
-        # keep the detached tensors alive: a freed storage cannot come back at the same address
+        # the parameters and their storages stay referenced, so neither can come back at the same
+        # address: same object + same address + same version counter = same numbers
         self._step_cache = ([(p, p.detach(), p._version) for p in params], weights)
         return weights
 

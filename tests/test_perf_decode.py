@@ -118,6 +118,13 @@ def test_decoding_weights_follow_every_change_of_the_parameters():
     expected, _ = plain_step(lm, x[:, 5:], state)
     torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
 
+    lm.blocks[1].attn.out.weight = torch.nn.Parameter(torch.randn(24, 24, dtype=torch.float64))  # a new object
+    with torch.no_grad():
+        _, state = lm(x[:, :5])
+        fast, _ = lm(x[:, 5:], state)
+    expected, _ = plain_step(lm, x[:, 5:], state)
+    torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
+
     lm.float()  # new storage, new dtype
     with torch.no_grad():
         _, state = lm(x[:, :5])
