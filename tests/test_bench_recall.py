@@ -30,11 +30,21 @@ def test_only_runs_the_named_families(tmp_path, capsys, monkeypatch):
     assert "full" in table and "window" in table and "delta" not in table
 
 
+def test_worker_processes_give_the_rows_of_a_run_in_place(monkeypatch):
+    monkeypatch.setenv("COURSE_QUIET", "1")
+    s = recall.QUICK
+    here = recall.run_all(s, device="cpu", only={"window"}, jobs=1, log=lambda line: None)
+    there = recall.run_all(s, device="cpu", only={"window"}, jobs=2, log=lambda line: None)
+    assert [r.label for r in there] == [r.label for r in here] == [f"window n_c={s.window}"]
+    assert there[0].nbytes == here[0].nbytes
+    assert abs(there[0].accuracy - here[0].accuracy) <= 0.07  # thread counts may differ in the last bits
+
+
 def test_every_family_of_the_issue_is_in_the_full_run():
     families = {d.family for d in recall.designs(recall.FULL)}
     assert families == {"Full", "Window", "Sink", "Linear", "Delta", "Segment", "Compressive", "kNN", "Multi"}
     sweeps = [d for d in recall.designs(recall.FULL) if d.family in ("Linear", "Delta")]
-    assert len(sweeps) == 2 * len(recall.FULL.head_dims) >= 6
+    assert len(sweeps) == 2 * len(recall.FULL.sweep) >= 6
 
 
 def test_fixed_size_memories_are_within_a_factor_of_two_of_each_other():
