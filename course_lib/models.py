@@ -89,10 +89,13 @@ class Rotary(nn.Module):
         return self._cos, self._signed_sin
 
     def forward(self, q, k, start: int):
-        t = q.shape[2]
-        cos, sin = self.rolled_tables(start + t, q.device, q.dtype)
-        cos, sin = cos[start:start + t], sin[start:start + t]  # [T, D]
-        return _apply_rotary_rolled(q, cos, sin), _apply_rotary_rolled(k, cos, sin)
+        return self.rotate(q, start), self.rotate(k, start)
+
+    def rotate(self, x, start: int):
+        """``x [..., T, D]`` at positions ``start .. start + T - 1``, rotated."""
+        t = x.shape[-2]
+        cos, sin = self.rolled_tables(start + t, x.device, x.dtype)
+        return _apply_rotary_rolled(x, cos[start:start + t], sin[start:start + t])
 
 
 def _functional(act: nn.Module):
@@ -118,8 +121,8 @@ class MemoryAttention(nn.Module):
         b, t, _ = x.shape
         h, g, d = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x).view(b, t, h + 2 * g, d).transpose(1, 2)  # [B, h+2g, T, d_h]
-        q, k, v = qkv.split([h, g, g], dim=1)
-        q, k = rotary(q, k, pos)
+        qk, v = qkv.split([h + g, g], dim=1)
+        q, k = rotary.rotate(qk, pos).split([h, g], dim=1)  # q and k rotated together: half the ops
         if self.mem_heads != g:
             k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
         out, mem_state = self.memory(q, k, v, mem_state)  # [B, H, T, d_h]

@@ -164,19 +164,22 @@ class CompressiveMemory(SlotMemory):
         popped = None
         if n_pop:
             from_mem = min(n_pop, mlen)
-            slots = cm + (start + torch.arange(from_mem, device=k.device)) % m  # Mem slots, oldest first
-            pk = torch.cat([buf.k[:, :, slots], k[:, :, :n_pop - from_mem]], 2)  # [B, H, n_pop, D]
-            pv = torch.cat([buf.v[:, :, slots], v[:, :, :n_pop - from_mem]], 2)
-            pm = None
-            if chunk_mass is not None:
-                pm = torch.cat([buf.mass[:, :, slots], chunk_mass[:, :, :n_pop - from_mem]], 2)
+            ranges = [(d0, d1) for d0, d1, _, _ in ring_ranges(cm, m, start, from_mem)] if from_mem else []
+            rest = n_pop - from_mem  # popped straight from the chunk
+
+            def popped_of(stored, chunk):  # Mem's popped slots, oldest first, then the chunk's
+                return torch.cat([stored[:, :, d0:d1] for d0, d1 in ranges] + [chunk[:, :, :rest]], 2)
+
+            pk, pv = popped_of(buf.k, k), popped_of(buf.v, v)  # [B, H, n_pop, D]
+            pm = None if chunk_mass is None else popped_of(buf.mass[..., None], chunk_mass[..., None])[..., 0]
             with torch.no_grad():
                 ck, cv = self.compress_pairs(pk, pv, pm)  # [B, H, n_pop / c, D]
             groups = n_pop // c
             keep = min(groups, cm)  # CMem keeps its newest C slots
             g = g0 + groups - keep
             write_ring(buf, 0, cm, g, ck[:, :, groups - keep:], cv[:, :, groups - keep:], g * c, c)
-            buf.pos[slots] = -1
+            for d0, d1 in ranges:
+                buf.pos[d0:d1] = -1
             popped = (pk, pv)
         first = max(n, start + n_pop)  # the chunk's positions that stay in Mem
         if first < n + t:
@@ -202,7 +205,7 @@ def _groups(x, c):
 def _conv(x, weight, bias, c):
     """1-D convolution over time, kernel = stride = ``c``, the same filter for every head dimension:
     each group of ``c`` becomes ``sum_a w_a x_a + b``."""
-    return torch.einsum("bhgcd,c->bhgd", _groups(x, c), weight.to(x)) + bias.to(x)
+    return (_groups(x, c) * weight.to(x)[:, None]).sum(3) + bias.to(x)
 
 
 def _dilated(x, weight, bias, c):
@@ -236,4 +239,7 @@ def attention_reconstruction_loss(q, old_k, old_v, compress):
     with torch.no_grad():
         target = attend(q, old_k, old_v)  # every query sees every popped pair
     ck, cv = fn(old_k, old_v)
-    return F.mse_loss(attend(q, ck, cv), target)
+    # the few compressed pairs, written out: with q detached, autograd then computes only the
+    # gradients of ck and cv (the fused kernel's backward would also compute q's)
+    weights = torch.softmax(q @ ck.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+    return F.mse_loss(weights @ cv, target)
