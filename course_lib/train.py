@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ._checks import check_positive_int, check_tensor, describe
 from .data import IGNORE
 from .device import pick_device
+from .memory.base import state_tensors
 
 __all__ = [
     "quiet", "progress_bar", "Batches", "TextBatches", "TrainLog", "train", "evaluate", "forward_segments",
@@ -136,26 +137,8 @@ def _segments(x: torch.Tensor, segment_len: int | None):
     return x.split(segment_len, dim=1)
 
 
-def _tensors(obj, seen=None):
-    """Every tensor reachable from a state (dataclasses, containers, slotted objects)."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from _tensors(getattr(obj, f.name))
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
-    elif hasattr(obj, "__slots__"):
-        for name in obj.__slots__:
-            yield from _tensors(getattr(obj, name, None))
-
-
 def _check_detached(state) -> None:
-    if any(t.requires_grad for t in _tensors(state)):
+    if any(t.requires_grad for t in state_tensors(state)):
         raise ValueError(
             "the model's state holds tensors that require grad: a memory stored its state without "
             ".detach(), so segments would backpropagate into each other and the graph would grow "

@@ -26,6 +26,7 @@ from course_lib.memory import (
     WindowMemory,
     make_memory,
 )
+from course_lib.memory.base import state_tensors
 
 H = 2  # heads in these tests
 
@@ -137,7 +138,7 @@ def test_states_hold_no_autograd_graph(name):
     q, k, v = (x.requires_grad_() for x in qkv(4, 11))
     out, state = run(memory, q, k, v, [1, 6, 4])
     assert out.requires_grad
-    tensors = [t for t in _tensors(state)]
+    tensors = list(state_tensors(state))  # slot buffers and sub-states included
     assert tensors and not any(t.requires_grad for t in tensors)
 
 
@@ -164,17 +165,6 @@ def test_memories_without_slots_have_no_spans(name):
     memory = make(name)
     with pytest.raises(TypeError, match="holds no key/value slots"):
         memory.spans(memory.init_state(1, H, 4))
-
-
-def _tensors(obj):
-    from course_lib.memory.base import _tensors as walk
-
-    yield from walk(obj)
-    buf = getattr(obj, "buffer", None)
-    if buf is not None:
-        yield from (t for t in (buf.k, buf.v, getattr(buf, "mass", None)) if t is not None)
-    for s in getattr(obj, "states", []):
-        yield from _tensors(s)
 
 
 def _rss() -> int:

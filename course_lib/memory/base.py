@@ -31,23 +31,27 @@ from .._checks import check_qkv, describe
 __all__ = ["Memory", "state_nbytes", "check_state"]
 
 
-def _tensors(obj):
+def state_tensors(obj):
+    """Every tensor reachable from a state (dataclass fields, lists, tuples, dicts, slotted objects)."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for field in dataclasses.fields(obj):
-            yield from _tensors(getattr(obj, field.name))
+            yield from state_tensors(getattr(obj, field.name))
     elif isinstance(obj, (list, tuple)):
         for item in obj:
-            yield from _tensors(item)
+            yield from state_tensors(item)
     elif isinstance(obj, dict):
         for item in obj.values():
-            yield from _tensors(item)
+            yield from state_tensors(item)
+    elif hasattr(obj, "__slots__"):
+        for name in obj.__slots__:
+            yield from state_tensors(getattr(obj, name, None))
 
 
 def state_nbytes(state) -> int:
-    """Bytes of every tensor reachable from ``state`` (dataclass fields, lists, dicts)."""
-    return sum(t.numel() * t.element_size() for t in _tensors(state))
+    """Bytes of every tensor reachable from ``state`` (see :func:`state_tensors`)."""
+    return sum(t.numel() * t.element_size() for t in state_tensors(state))
 
 
 def check_state(memory_name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state) -> None:
