@@ -1,7 +1,8 @@
 r"""``MemoryLM``: a small decoder-only transformer whose every layer attends through a memory.
 
 Each layer ``l`` computes ``q_i, k_i, v_i`` from its input, rotates ``q_i`` and ``k_i`` by
-their *absolute* position ``i`` (rotary embeddings, so cached keys never need recomputing),
+their *absolute* position ``i`` (rotary embeddings, so cached keys never need recomputing;
+not for memories read by content alone, ``Memory.uses_rotary = False``: linear and delta),
 and returns ``Att(q_i, Mem_l)`` where ``Mem_l`` is that layer's own copy of the memory::
 
     h   = x + W_o Att(q_i, Mem_l)         Mem_l = Update(S_kv, Mem_l_pre)
@@ -122,7 +123,9 @@ class MemoryAttention(nn.Module):
         h, g, d = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x).view(b, t, h + 2 * g, d).transpose(1, 2)  # [B, h+2g, T, d_h]
         qk, v = qkv.split([h + g, g], dim=1)
-        q, k = rotary.rotate(qk, pos).split([h, g], dim=1)  # q and k rotated together: half the ops
+        if self.memory.uses_rotary:
+            qk = rotary.rotate(qk, pos)  # q and k rotated together: half the ops
+        q, k = qk.split([h, g], dim=1)
         if self.mem_heads != g:
             k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
         out, mem_state = self.memory(q, k, v, mem_state)  # [B, H, T, d_h]
@@ -326,7 +329,8 @@ class MemoryLM(nn.Module):
         """What one-token steps up to position ``end`` need, looked up once: the decoding
         weights, each layer's attention function, the rotary tables."""
         layers, head_t, head_b = self._step_weights()
-        attends = [getattr(b.attn.memory, "forward_unchecked", b.attn.memory) for b in self.blocks]
+        attends = [(getattr(b.attn.memory, "forward_unchecked", b.attn.memory), b.attn.memory.uses_rotary)
+                   for b in self.blocks]
         cos, sin = self.rotary.rolled_tables(end, head_t.device, head_t.dtype)
         ln_f = (self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
         return list(zip(layers, attends)), head_t, head_b, self.embed.weight, ln_f, cos, sin
@@ -360,10 +364,12 @@ class MemoryLM(nn.Module):
         x = torch.embedding(embed_w, idx.view(b))  # [B, C]: one token per row, kept 2-D throughout
         new_layers = []
         for ((h, g, d, repeat, shape, ln1_w, ln1_b, ln1_eps, qkv_t, out_t, ln2_w, ln2_b, ln2_eps,
-              w1_t, b1, act, w2_t, b2), attend), mem_state in zip(layers, state.layers):
+              w1_t, b1, act, w2_t, b2), (attend, rotate)), mem_state in zip(layers, state.layers):
             qkv = torch.mm(torch.layer_norm(x, shape, ln1_w, ln1_b, ln1_eps), qkv_t)  # [B, (h+2g) d_h]
             qk, v = qkv.view(b, h + 2 * g, 1, d).split((h + g, g), dim=1)  # [B, heads, 1, d_h]: T = 1
-            q, k = _apply_rotary_rolled(qk, cos, sin).split((h, g), dim=1)
+            if rotate:
+                qk = _apply_rotary_rolled(qk, cos, sin)
+            q, k = qk.split((h, g), dim=1)
             if repeat:
                 k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
             o, mem_state = attend(q, k, v, mem_state)  # [B, H, 1, d_h]

@@ -114,3 +114,31 @@ def test_grouped_query_attention_in_the_model(name):
     if name != "segment":
         torch.testing.assert_close(logits, whole[:, 4:])
     assert lm.generate(idx[:, :3], 4).shape == (2, 7)
+
+
+
+@pytest.mark.parametrize("make", [lambda: LinearMemory(chunk_size=4), lambda: DeltaMemory(chunk_size=4)],
+                         ids=["linear", "delta"])
+def test_matrix_memories_get_keys_not_rotated_by_position(make):
+    """Linear and delta memories are read by content: MemoryLM hands them the projected queries
+    and keys as they are, in a forward over a chunk and in the one-token decoding step alike.
+    The control, a window memory, gets them rotated."""
+    torch.manual_seed(0)
+    for memory, rotated in ((make(), False), (WindowMemory(8), True)):
+        lm = MemoryLM(vocab_size=16, d_model=16, n_layers=1, n_heads=HEADS, memory=memory).double().eval()
+        attn, seen = lm.blocks[0].attn, []
+        inner = attn.memory.forward
+
+        def spy(q, k, v, state, _inner=inner, _seen=seen):
+            _seen.append(k.detach().clone())
+            return _inner(q, k, v, state)
+
+        attn.memory.forward = spy
+        idx = torch.randint(0, 16, (1, 6))
+        with torch.no_grad():
+            out = lm.generate(idx, 3)  # a forward over the 6 prompt tokens, then two one-token steps
+            x = lm.blocks[0].ln1(lm.embed(out[:, :8]))
+            keys = attn.qkv(x).view(1, 8, 3 * HEADS, 8).transpose(1, 2)[:, HEADS:2 * HEADS]  # unrotated
+        assert [k.shape[2] for k in seen] == [6, 1, 1]
+        for got, want in zip(seen, (keys[:, :, :6], keys[:, :, 6:7], keys[:, :, 7:8])):
+            assert torch.allclose(got, want) != rotated

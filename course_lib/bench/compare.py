@@ -15,6 +15,8 @@ Three comparisons, run in one command so that every ratio comes from one machine
    same sizes: segments of 128 tokens, batch 8, state carried across segments, cross-entropy
    plus each library's attention-reconstruction loss, AdamW. Twice: with a plain residual like
    MemoryLM's, and with the package's defaults (GRU-gated residuals). Target: at least 1.5x.
+   For reference, a third row times the same ``MemoryLM`` with no memory (each segment alone,
+   causal attention): the floor, which says how much of the step the memory part costs.
 
 The peers come from the optional extra ``bench`` (``pip install -e '.[bench]'``); without them
 the comparisons are skipped and the flat-cost rows still run.
@@ -358,12 +360,14 @@ def bench_train(sizes: Sizes, device, dtype, log) -> list[Row]:
     would instantiate it."""
     from compressive_transformer_pytorch import CompressiveTransformer
 
-    from ..memory import CompressiveMemory
+    from ..memory import CompressiveMemory, FullMemory
     from ..models import MemoryLM
 
     seed_everything(0)
     memory = CompressiveMemory(sizes.mem_len, sizes.cmem_len, sizes.ratio, "conv")
-    models = {"course_lib": MemoryLM(VOCAB, sizes.d_model, sizes.n_layers, sizes.n_heads, memory)}
+    models = {"course_lib": MemoryLM(VOCAB, sizes.d_model, sizes.n_layers, sizes.n_heads, memory),
+              # the floor: the same transformer with no memory, each segment alone (causal attention)
+              "no memory": MemoryLM(VOCAB, sizes.d_model, sizes.n_layers, sizes.n_heads, FullMemory())}
     for label, gated in (("plain residual", False), ("its defaults", True)):
         models[label] = CompressiveTransformer(num_tokens=VOCAB, dim=sizes.d_model, seq_len=sizes.segment,
                                                depth=sizes.n_layers, heads=sizes.n_heads, mem_len=sizes.mem_len,
@@ -372,7 +376,11 @@ def bench_train(sizes: Sizes, device, dtype, log) -> list[Row]:
     trainers = []
     for label, model in models.items():
         model.to(device).train()
-        forward = ours_forward(model) if label == "course_lib" else peer_forward(model)
+        forward = peer_forward(model)
+        if label == "course_lib":
+            forward = ours_forward(model)
+        elif label == "no memory":
+            forward = partial(lambda f, x, state: f(x, None), ours_forward(model))
         trainers.append(SegmentTrainer(model, forward, sizes, device, dtype))
     # untimed: until the memories are full and compressing every step
     warm = (sizes.mem_len + sizes.cmem_len * sizes.ratio) // sizes.segment + 2
@@ -382,14 +390,19 @@ def bench_train(sizes: Sizes, device, dtype, log) -> list[Row]:
     # timed: one step each in turn, so that a busy moment hits all alike; the best step counts
     best = _best_of(sizes.train_steps * sizes.repeats, *(trainer.step for trainer in trainers))
     params = {label: sum(p.numel() for p in model.parameters()) / 1e6 for label, model in models.items()}
-    log(f"  train: course_lib {best[0]:.0f} tok/s ({params['course_lib']:.2f}M parameters)")
+    log(f"  train: course_lib {best[0]:.0f} tok/s ({params['course_lib']:.2f}M parameters); "
+        f"the same model without a memory {best[1]:.0f} tok/s")
     rows = []
-    for (label, _), tokens_per_s in zip(list(models.items())[1:], best[1:]):
+    for (label, _), tokens_per_s in zip(list(models.items())[2:], best[2:]):
         ratio = best[0] / tokens_per_s
         log(f"  train: compressive-transformer-pytorch, {label}: {tokens_per_s:.0f} tok/s "
             f"({params[label]:.2f}M parameters), {ratio:.2f}x")
         rows.append(Row("train", f"train vs lucidrains ({label})", best[0], tokens_per_s, ratio,
                         f">= {TARGETS['train']} (aim {AIMS['train']})", ratio >= TARGETS["train"]))
+    # for reference: how far the memory part lets us be from the same transformer without one
+    plain = best[2]
+    rows.append(Row("train", "  no-memory floor vs plain residual", best[1], plain, best[1] / plain,
+                    "reference", None))
     return rows
 
 
@@ -420,7 +433,7 @@ def format_table(rows: list[Row]) -> str:
 def _cells(r: Row, fmt: str) -> str:
     if r.ratio is None:
         return f"{'-':>12}{'-':>12}{'-':>8}  {r.target:<18}skipped: {r.note}"
-    verdict = "PASS" if r.passed else "FAIL"
+    verdict = "-" if r.passed is None else "PASS" if r.passed else "FAIL"
     return fmt.format(r.ours) + fmt.format(r.peer) + f"{r.ratio:>7.2f}x  {r.target:<18}{verdict}"
 
 

@@ -84,10 +84,13 @@ class Memory(nn.Module):
     Class attributes:
         holds_slots: the memory keeps key/value slots (``spans`` works; ``concat`` can use it).
         supports_gqa: the memory accepts fewer key/value heads than query heads.
+        uses_rotary: ``MemoryLM`` rotates the queries and keys it gives this memory by their
+            positions (rotary embeddings). Matrix memories (linear, delta) say ``False``.
     """
 
     holds_slots: bool = False
     supports_gqa: bool = False
+    uses_rotary: bool = True
 
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None):  # pragma: no cover - abstract
         raise NotImplementedError
