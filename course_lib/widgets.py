@@ -25,6 +25,7 @@ line saying so; ``explorer.show()`` does the same outside a kernel by returning 
 
 from __future__ import annotations
 
+import abc
 import base64
 import dataclasses
 import html
@@ -63,7 +64,7 @@ def has_widget_frontend() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-class Explorer:
+class Explorer(abc.ABC):
     """Shared machinery: controls -> ``set(**changes)`` -> new state -> picture and readout.
 
     Subclasses define ``state`` (a frozen dataclass), ``_update(state, changes)`` (pure),
@@ -87,11 +88,13 @@ class Explorer:
         self.refresh()
 
     # -- subclass hooks
+    @abc.abstractmethod
     def _controls(self) -> dict:
-        raise NotImplementedError
+        """name -> widget; the names are fields of ``state``."""
 
+    @abc.abstractmethod
     def _compute_view(self) -> dict:
-        raise NotImplementedError
+        """The numbers behind the picture for ``self.state``."""
 
     @property
     def view(self) -> dict:
@@ -103,14 +106,17 @@ class Explorer:
     def _layout_controls(self):
         return widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
 
+    @abc.abstractmethod
     def _update(self, state, changes: dict):
-        raise NotImplementedError
+        """The new state after ``changes`` (pure; raises ValueError on bad values)."""
 
+    @abc.abstractmethod
     def figure(self):
-        raise NotImplementedError
+        """A matplotlib Figure of the current state."""
 
+    @abc.abstractmethod
     def readout_lines(self) -> list[str]:
-        raise NotImplementedError
+        """The readout under the picture, one line each."""
 
     # -- machinery
     def _on_change(self, name):
@@ -145,7 +151,7 @@ class Explorer:
         finally:
             self._syncing = False
 
-    def _sync_enabled(self):
+    def _sync_enabled(self):  # noqa: B027 - an optional hook: by default every control stays enabled
         """Enable only the controls that matter for the current state."""
 
     # state fields that only move data inside the same picture (a slider); see _render

@@ -24,6 +24,7 @@ copy that later forwards never touch.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 
@@ -129,8 +130,9 @@ class SlotMemory(Memory):
     track_mass = False  # most_used compression needs the attention each slot received
 
     @property
-    def n_slots(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def n_slots(self) -> int:
+        """``P``, the slots of the buffer."""
 
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
         meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
@@ -139,20 +141,20 @@ class SlotMemory(Memory):
         return self.state_type(**meta, buffer=buf, length=0)
 
     # -- the two hooks -------------------------------------------------------------------
-    def slots(self, q, state):  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def slots(self, q, state):
         """``(K [B, H, P, D], V [B, H, P, D_v], mask)`` held from before the chunk of queries ``q``.
 
         ``mask`` (bool, broadcastable to ``[B, H, T, P + T]``) says which of the ``P`` slots
         and then the ``T`` chunk keys each query sees.
         """
-        raise NotImplementedError
 
-    def update(self, state, k, v, mass=None):  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def update(self, state, k, v, mass=None):
         """``Mem = Update(S_kv, Mem_pre)``: the state after the chunk ``k, v``.
 
         ``mass [B, H, P + T]``: attention received by each slot and chunk key (if tracked).
         """
-        raise NotImplementedError
 
     # -- protocol ------------------------------------------------------------------------
     def forward(self, q, k, v, state):

@@ -21,6 +21,7 @@ States are plain dataclasses of detached tensors: a state never holds an autogra
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 import torch
@@ -78,7 +79,7 @@ def check_state(memory_name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         raise ValueError(f"k is on {k.device} but the {memory_name} state lives on {state.device}")
 
 
-class Memory(nn.Module):
+class Memory(nn.Module, abc.ABC):
     """Base class of the memory models. Subclasses implement ``init_state`` and ``forward``.
 
     Class attributes:
@@ -92,8 +93,9 @@ class Memory(nn.Module):
     supports_gqa: bool = False
     uses_rotary: bool = True
 
-    def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None):
+        """The empty memory for ``batch`` sequences of ``n_heads`` heads of ``head_dim``."""
 
     def nbytes(self, state) -> int:
         """Bytes of the tensors that ``state`` holds."""
