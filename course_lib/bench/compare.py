@@ -332,11 +332,13 @@ class SegmentTrainer:
         return x.numel() / (time.perf_counter() - t0)
 
 
-def ours_forward(model):
-    """MemoryLM: cross-entropy plus the compressors' attention-reconstruction loss (as in the paper)."""
+def ours_forward(model, carry_state: bool = True):
+    """MemoryLM: cross-entropy plus the compressors' attention-reconstruction loss (as in the paper).
+
+    ``carry_state=False``: every segment starts from an empty state (the no-memory floor)."""
 
     def forward(x, state):
-        logits, state = model(x, state)
+        logits, state = model(x, state if carry_state else None)
         losses = [m.last_reconstruction_loss for m in model.memories
                   if getattr(m, "last_reconstruction_loss", None) is not None]
         return logits, state, sum(losses) / len(model.memories) if losses else 0.0
@@ -376,11 +378,8 @@ def bench_train(sizes: Sizes, device, dtype, log) -> list[Row]:
     trainers = []
     for label, model in models.items():
         model.to(device).train()
-        forward = peer_forward(model)
-        if label == "course_lib":
-            forward = ours_forward(model)
-        elif label == "no memory":
-            forward = partial(lambda f, x, state: f(x, None), ours_forward(model))
+        ours = label in ("course_lib", "no memory")
+        forward = ours_forward(model, carry_state=label == "course_lib") if ours else peer_forward(model)
         trainers.append(SegmentTrainer(model, forward, sizes, device, dtype))
     # untimed: until the memories are full and compressing every step
     warm = (sizes.mem_len + sizes.cmem_len * sizes.ratio) // sizes.segment + 2

@@ -164,7 +164,7 @@ class CompressiveMemory(SlotMemory):
         popped = None
         if n_pop:
             from_mem = min(n_pop, mlen)
-            ranges = [(d0, d1) for d0, d1, _, _ in ring_ranges(cm, m, start, from_mem)] if from_mem else []
+            ranges = [(d0, d1) for d0, d1, _, _ in ring_ranges(cm, m, start, from_mem)]  # Mem's popped slots
             rest = n_pop - from_mem  # popped straight from the chunk
 
             def popped_of(stored, chunk):  # Mem's popped slots, oldest first, then the chunk's
