@@ -23,12 +23,14 @@ lab: env
 test: env
 	COURSE_DEVICE=cpu COURSE_QUIET=1 PYTHONHASHSEED=0 $(PY) -m pytest $(PYTEST_ARGS)
 
-# Regenerate exercises/ from the single source in solutions/.
+# Regenerate exercises/ from the solutions' sources (solutions/src/). A notebook holding a
+# learner's answers is left as it is; FORCE=1 moves it to exercises/backups/ first.
 exercises: env
-	$(PY) -m course_lib.grading.make_exercises
+	$(PY) -m course_lib.grading.make_exercises $(if $(FORCE),--force)
 
-# Execute lessons and solutions in place with the project's own kernel (outputs are
-# what nbval then compares). Pass NB=path to run one notebook.
+# Build each notebook in notebooks/ and solutions/ from its text source (src/NN_topic.md,
+# jupytext MyST) and execute it in place with the project's own kernel: its outputs are
+# what nbval then compares. NB=path (the .ipynb or its .md) for one notebook.
 notebooks: env
 	$(PY) -m course_lib.tools.execute_notebooks $(NB)
 

@@ -1,6 +1,8 @@
 """The exercise notebooks: generated from the solutions, complete, and safe to run untouched.
 
-* exercises/ is exactly what ``make exercises`` generates from solutions/;
+* the committed exercises/ is exactly what ``make exercises`` generates from the committed
+  solutions (``git show HEAD:path``, so a learner's answers in exercises/ never fail a test),
+  and ``make exercises`` never replaces a notebook holding a learner's answers;
 * every solution scores full marks, every lesson has at least 3 graded items with at least
   one conceptual question, and the notebooks grade exactly the registered exercises;
 * the untouched exercise notebooks run clean in a fresh kernel and grade to 0.
@@ -18,11 +20,33 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from course_lib.grading import EXERCISES
 from course_lib.grading.cli import CHECK_CALL, grade_notebook
-from course_lib.grading.make_exercises import exercise_path, make_exercise, render, strip_solutions
+from course_lib.grading.make_exercises import (
+    committed_text,
+    exercise_path,
+    fingerprint,
+    holds_answers,
+    make_exercise,
+    render_text,
+    solution_paths,
+    strip_solutions,
+)
+from course_lib.grading.make_exercises import (
+    main as make_exercises,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*_solutions.ipynb"))
 solution = pytest.mark.parametrize("path", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
+SOURCES = solution_paths()  # each solution's text source (or its .ipynb where it has none)
+source = pytest.mark.parametrize("path", SOURCES, ids=[p.stem for p in SOURCES])
+
+
+def committed(path: Path) -> str:
+    """The committed text of ``path`` (the working copy where there is no git)."""
+    text = committed_text(path, ROOT)
+    if text is None and (ROOT / ".git").exists():
+        pytest.fail(f"{path.relative_to(ROOT)} is not committed")
+    return path.read_text(encoding="utf-8") if text is None else text
 
 
 def lesson_of(path: Path) -> str:
@@ -88,8 +112,9 @@ def test_outputs_counts_and_metadata_are_cleared_but_kernelspec_and_tags_kept():
     metadata = {"kernelspec": {"name": "python3", "display_name": "P"}, "widgets": {"state": {}},
                 "language_info": {"name": "python", "version": "3"}}
     nb = new_notebook(cells=[md, cell], metadata=metadata)
-    out = make_exercise(nb)
-    assert out.metadata == {"kernelspec": {"name": "python3", "display_name": "P"}}
+    out = make_exercise(nb, lesson="07")
+    assert out.metadata == {"kernelspec": {"name": "python3", "display_name": "P"},
+                            "course": {"lesson": "07", "generated": fingerprint(out)}}
     assert out.cells[1].outputs == [] and out.cells[1].execution_count is None
     assert out.cells[1].metadata == {"tags": ["nbval-ignore-output"]}
     assert out.cells[0].metadata == {"tags": ["note"]}
@@ -98,21 +123,76 @@ def test_outputs_counts_and_metadata_are_cleared_but_kernelspec_and_tags_kept():
 
 def test_exercise_paths_mirror_the_solutions():
     assert exercise_path(Path("/r/solutions/03_x_solutions.ipynb")) == Path("/r/exercises/03_x_exercises.ipynb")
+    assert exercise_path(Path("/r/solutions/src/03_x_solutions.md")) == Path("/r/exercises/03_x_exercises.ipynb")
     with pytest.raises(ValueError, match="NN_topic_solutions.ipynb"):
         exercise_path(Path("/r/solutions/notes.ipynb"))
 
 
-@solution
+@source
 def test_the_committed_exercises_are_what_the_generator_makes(path):
+    """Committed against committed: a learner's answers in exercises/ never fail this test."""
     target = exercise_path(path)
-    assert target.exists(), f"{target.name} is missing: run `make exercises`"
-    assert target.read_text(encoding="utf-8") == render(path), \
-        f"{target.name} differs from its solution notebook: run `make exercises` (never edit exercises/ by hand)"
+    if path.suffix == ".md" and committed_text(path, ROOT) is None and (ROOT / ".git").exists():
+        path = path.parent.parent / f"{path.stem}.ipynb"  # a source not committed yet: its notebook is
+    want = render_text(committed(path), path.name)
+    assert committed(target) == want, \
+        f"{target.name} differs from its solution: run `make exercises` and commit (never edit exercises/ by hand)"
 
 
 def test_every_exercise_notebook_has_a_solution():
     exercises = {p.name for p in (ROOT / "exercises").glob("*.ipynb")}
-    assert exercises == {exercise_path(p).name for p in SOLUTIONS}
+    assert exercises == {exercise_path(p).name for p in SOURCES}
+
+
+def _tree(tmp_path, solution_text):
+    """A throw-away course folder with one solution source."""
+    src = tmp_path / "solutions" / "src"
+    src.mkdir(parents=True)
+    path = src / "07_demo_solutions.md"
+    path.write_text(solution_text, encoding="utf-8")
+    return path
+
+
+def _solution_md(body: str) -> str:
+    return ("---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+            "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n"
+            "# Demo\n\n```{code-cell} ipython3\ndef f():\n    ### BEGIN SOLUTION\n    return 1\n"
+            f"    ### END SOLUTION\n```\n\n{body}\n")
+
+
+def test_make_exercises_never_replaces_a_notebook_holding_answers(tmp_path, capsys):
+    path = _tree(tmp_path, _solution_md("One paragraph."))
+    target = exercise_path(path)
+    assert make_exercises([str(path)]) == 0 and target.exists()
+    assert not holds_answers(target.read_text())
+    assert make_exercises([str(path)]) == 0, "an untouched notebook is simply kept or replaced"
+
+    answered = target.read_text().replace("raise NotImplementedError()", "return 1")
+    target.write_text(answered)
+    assert holds_answers(answered)
+    path.write_text(_solution_md("The solution changed since."))
+    assert make_exercises([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert target.read_text() == answered, "the learner's answers are still there"
+    assert "holds your answers" in err and "make exercises FORCE=1" in err and "backups" in err
+
+    assert make_exercises(["--force", str(path)]) == 0
+    (saved,) = (target.parent / "backups").glob("07_demo_exercises-*.ipynb")
+    assert saved.read_text() == answered, "--force keeps the learner's version as a backup"
+    assert "The solution changed since." in target.read_text()
+
+
+def test_an_exercise_notebook_that_was_only_run_is_replaced(tmp_path):
+    path = _tree(tmp_path, _solution_md("One paragraph."))
+    target = exercise_path(path)
+    make_exercises([str(path)])
+    nb = nbformat.read(target, as_version=4)
+    nb.cells[-1].outputs = [new_output("stream", text="ran\n")]
+    nb.cells[-1].execution_count = 3
+    nbformat.write(nb, target)
+    assert not holds_answers(target.read_text()), "outputs are not answers: running again recreates them"
+    path.write_text(_solution_md("Changed."))
+    assert make_exercises([str(path)]) == 0 and "Changed." in target.read_text()
 
 
 # ---------------------------------------------------------------- the solutions
@@ -170,8 +250,10 @@ def test_solution_regions_hold_the_answers(path):
 
 @pytest.mark.slow
 @solution
-def test_the_untouched_exercise_notebook_runs_clean_and_grades_to_zero(path):
-    report = grade_notebook(exercise_path(path), timeout=120)
+def test_the_untouched_exercise_notebook_runs_clean_and_grades_to_zero(path, tmp_path):
+    untouched = tmp_path / exercise_path(path).name  # as committed: a learner's answers do not count here
+    untouched.write_text(committed(exercise_path(path)), encoding="utf-8")
+    report = grade_notebook(untouched, timeout=120)
     assert report.cell_errors == [] and report.stopped == ""
     assert [item.id for item in report.items] == check_calls(nbformat.read(path, as_version=4))
     assert report.score == 0 and report.max_score == sum(EXERCISES[i.id].points for i in report.items)

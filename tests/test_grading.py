@@ -11,10 +11,17 @@ import time
 
 import pytest
 
-from course_lib import KVCache, attention, attention_reference, causal_mask, kv_cache_bytes
+from grading import load
+
+from course_lib import attention_reference
 from course_lib.grading import EXERCISES, check, get_exercise
 from course_lib.grading.core import PASS, RECORD_ENV, CheckResult
-from course_lib.grading.mutants import MUTANTS, mutants_for
+
+MUTANTS, REFERENCES = load()  # tests/grading/mutants_NN.py
+
+
+def mutants_for(exercise_id):
+    return [m for m in MUTANTS if m.exercise_id == exercise_id]
 
 # ---------------------------------------------------------------- the mutation registry
 
@@ -45,25 +52,6 @@ def test_mutant_is_rejected_with_the_hint_for_its_mistake(m, capsys):
 
 
 # ---------------------------------------------------------------- the references pass
-
-
-def _cached_with_course_lib(q, k, v, cache):
-    K, V = cache.update(k, v)
-    return attention(q, K, V, causal_mask(q.shape[2], K.shape[2]))
-
-
-REFERENCES = {
-    "01.scaled_attention": lambda q, k, v, mask=None: attention_reference(q, k, v, mask),
-    "01.causal_mask": lambda t_q, t_k, window=None: causal_mask(t_q, t_k, window=window),
-    "01.split_heads": lambda x, n: x.reshape(x.shape[0], x.shape[1], n, -1).transpose(1, 2),
-    "01.why_sqrt_d": "b",  # lower case is accepted
-    "01.causal_scores": lambda: sum(8 * (i + 1) for i in range(1024)),
-    "02.growing_cache": KVCache,
-    "02.cached_attention": _cached_with_course_lib,
-    "02.kv_cache_bytes": kv_cache_bytes,
-    "02.llama3_bytes": float(kv_cache_bytes(32, 8, 128, 8192)),  # a float of the right value is accepted
-    "02.growth_cost": lambda: " B ",
-}
 
 
 def test_every_exercise_has_a_reference_here():

@@ -15,28 +15,37 @@ An answer that still raises ``NotImplementedError`` is reported as "not attempte
 so an untouched exercise notebook runs from top to bottom. Each check runs under a
 timeout (``COURSE_CHECK_TIMEOUT`` seconds, default 10), so an endless loop cannot hang it.
 
-Exercise ids are ``NN.name`` (``NN`` the lesson). :data:`EXERCISES` holds them all; the
-known-wrong implementations that each must reject live in :mod:`course_lib.grading.mutants`.
+Exercise ids are ``NN.name`` (``NN`` the lesson); lesson ``NN``'s exercises live in
+:mod:`course_lib.grading.lessons.lessonNN` and :data:`EXERCISES` holds them all. The
+known-wrong answers each must reject live beside the tests, in ``tests/grading/mutants_NN.py``.
 """
 
 from __future__ import annotations
 
-from . import lesson01, lesson02
+import re
+
 from .core import CheckResult, Exercise, run_exercise, write_record
+from .lessons import all_exercises, lesson_exercises, lesson_total
 
-__all__ = ["check", "CheckResult", "Exercise", "EXERCISES", "get_exercise"]
+__all__ = ["check", "CheckResult", "Exercise", "EXERCISES", "get_exercise", "lesson_total"]
 
-EXERCISES: dict[str, Exercise] = {ex.id: ex for ex in lesson01.EXERCISES + lesson02.EXERCISES}
+
+def __getattr__(name):
+    if name == "EXERCISES":  # every lesson's exercises, imported when first asked for
+        return all_exercises()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_exercise(exercise_id: str) -> Exercise:
+    """The registered exercise ``exercise_id`` (``"NN.name"``); only lesson NN's module is imported."""
     if not isinstance(exercise_id, str):
         raise TypeError(f"exercise_id must be a str such as '01.scaled_attention', got {exercise_id!r}")
-    try:
-        return EXERCISES[exercise_id]
-    except KeyError:
-        known = ", ".join(EXERCISES)
-        raise ValueError(f"exercise_id {exercise_id!r} is not a known exercise; expected one of: {known}") from None
+    lesson = exercise_id.split(".", 1)[0]
+    exercises = {ex.id: ex for ex in lesson_exercises(lesson)} if re.fullmatch(r"\d\d", lesson) else {}
+    if exercise_id in exercises:
+        return exercises[exercise_id]
+    known = ", ".join(exercises or all_exercises())
+    raise ValueError(f"exercise_id {exercise_id!r} is not a known exercise; expected one of: {known}")
 
 
 def check(exercise_id: str, answer, *, timeout: float | None = None, quiet: bool = False) -> CheckResult:

@@ -64,10 +64,15 @@ class CheckTimeout(BaseException):
 
 @dataclass(frozen=True)
 class Check:
-    """One extended check: ``name`` says what is checked, ``run(answer)`` raises on failure."""
+    """One extended check: ``name`` says what is checked, ``run(answer)`` raises on failure.
+
+    ``timeout`` (seconds) is for a check that needs longer than the default (a training
+    run); without it the check gets ``check(..., timeout=)``, ``COURSE_CHECK_TIMEOUT`` or 10 s.
+    """
 
     name: str
     run: Callable
+    timeout: float | None = None
 
 
 @dataclass
@@ -198,7 +203,7 @@ def run_exercise(exercise: Exercise, answer, *, timeout: float | None = None) ->
         if lines and lines[-1].status in ("timed out", "skipped"):
             lines.append(CheckLine(check.name, "skipped", "not run: an earlier check timed out"))
         else:
-            lines.append(_run_check(exercise, check, answer, timeout))
+            lines.append(_run_check(exercise, check, answer, check.timeout or timeout))
     if all(line.status == "not implemented" for line in lines):
         return CheckResult(exercise.id, 0.0, exercise.points, "not attempted", lines, exercise.kind)
     passed = sum(line.passed for line in lines)

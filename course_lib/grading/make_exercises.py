@@ -1,17 +1,26 @@
-"""Generate ``exercises/`` from the single source in ``solutions/`` (``make exercises``).
+"""Generate ``exercises/`` from the solutions' text sources (``make exercises``).
 
-Each ``solutions/NN_topic_solutions.ipynb`` becomes ``exercises/NN_topic_exercises.ipynb``:
+Each ``solutions/src/NN_topic_solutions.md`` (or, for a solution without a text source yet,
+``solutions/NN_topic_solutions.ipynb``) becomes ``exercises/NN_topic_exercises.ipynb``:
 
 * every region between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (nbgrader's markers)
   in a code cell becomes ``# YOUR CODE HERE`` and ``raise NotImplementedError()`` at the
   marker's indentation; in a markdown cell it becomes ``YOUR ANSWER HERE``;
-* outputs, execution counts and metadata are cleared, except the notebook's kernelspec
-  and each cell's tags.
+* outputs, execution counts and cell metadata are cleared, except each cell's tags; the
+  notebook keeps its kernelspec and gets ``metadata.course``: the lesson (what the grade
+  command reads to know the lesson's registered total) and a fingerprint of the cells as
+  generated.
 
 A region must sit inside a function or class body (indented): at the top level of a cell
 the ``raise`` would stop the exercise notebook, which must run from top to bottom.
 
-    python -m course_lib.grading.make_exercises [--check]
+A learner's work is never lost. An exercise notebook whose cells no longer match the
+fingerprint it was generated with (and that is not the committed version) holds a
+learner's answers: it is left as it is, the
+command says so and exits 1. ``--force`` (``make exercises FORCE=1``) first moves it to
+``exercises/backups/`` and then writes the fresh copy.
+
+    python -m course_lib.grading.make_exercises [--check] [--force] [SOLUTION ...]
 
 ``--check`` writes nothing and exits 1 when a file in exercises/ differs from what it would be.
 """
@@ -20,7 +29,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -29,8 +42,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 MARKDOWN_STUB = ("YOUR ANSWER HERE",)
+BACKUPS = "backups"
 
-__all__ = ["strip_solutions", "make_exercise", "render", "exercise_path", "main"]
+__all__ = ["strip_solutions", "make_exercise", "render", "render_text", "exercise_path", "solution_paths",
+           "holds_answers", "fingerprint", "main"]
 
 
 def strip_solutions(source: str, *, cell_type: str = "code", where: str = "cell") -> str:
@@ -62,7 +77,22 @@ def strip_solutions(source: str, *, cell_type: str = "code", where: str = "cell"
     return "\n".join(out)
 
 
-def make_exercise(solution: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
+def fingerprint(nb) -> str:
+    """A hash of the cells' types and texts (not outputs, ids or metadata): what a learner edits."""
+    h = hashlib.sha1()
+    for cell in nb.cells:
+        h.update(f"{cell.cell_type}\0{cell.source}\0\0".encode())
+    return h.hexdigest()[:16]
+
+
+def lesson_of(path: Path) -> str:
+    match = re.match(r"(\d\d)_", Path(path).name)
+    if not match:
+        raise ValueError(f"a solution must be named NN_topic_solutions.md/.ipynb, got {Path(path).name!r}")
+    return match.group(1)
+
+
+def make_exercise(solution: nbformat.NotebookNode, name: str = "notebook", lesson: str | None = None):
     """The exercise notebook for a solution notebook (the input is left unchanged)."""
     nb = copy.deepcopy(solution)
     nb.metadata = nbformat.from_dict({k: v for k, v in solution.metadata.items() if k == "kernelspec"})
@@ -75,34 +105,114 @@ def make_exercise(solution: nbformat.NotebookNode, name: str = "notebook") -> nb
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
+    course = {"generated": fingerprint(nb)}
+    if lesson is not None:
+        course = {"lesson": lesson, **course}
+    nb.metadata["course"] = course
     return nb
 
 
+def read_solution_text(text: str, name: str):
+    """A solution notebook from the text of its source (``.md``, MyST) or of an ``.ipynb``."""
+    if name.endswith(".md"):
+        try:
+            from course_lib.tools.sources import from_text
+        except ImportError:  # pragma: no cover - until the sources module exists
+            import jupytext
+
+            nb = jupytext.reads(text, fmt="md:myst")
+            nb.metadata = nbformat.from_dict({"kernelspec": nb.metadata.get("kernelspec", {})})
+            return nb
+        return from_text(text, where=name)
+    return nbformat.reads(text, as_version=4)
+
+
+def render_text(text: str, name: str) -> str:
+    """The text of the exercise notebook generated from a solution's text (``name`` ends .md or .ipynb)."""
+    solution = read_solution_text(text, name)
+    out = nbformat.writes(make_exercise(solution, name=name, lesson=lesson_of(Path(name))))
+    return out if out.endswith("\n") else out + "\n"
+
+
 def render(solution_path: Path) -> str:
-    """The text of the exercise notebook generated from ``solution_path``."""
-    solution = nbformat.read(solution_path, as_version=4)
-    text = nbformat.writes(make_exercise(solution, name=str(solution_path)))
-    return text if text.endswith("\n") else text + "\n"
+    """The text of the exercise notebook generated from ``solution_path`` (.md source or .ipynb)."""
+    solution_path = Path(solution_path)
+    return render_text(solution_path.read_text(encoding="utf-8"), str(solution_path))
 
 
 def exercise_path(solution_path: Path) -> Path:
-    """``solutions/NN_topic_solutions.ipynb`` -> ``exercises/NN_topic_exercises.ipynb``."""
+    """``solutions/[src/]NN_topic_solutions.(md|ipynb)`` -> ``exercises/NN_topic_exercises.ipynb``."""
+    solution_path = Path(solution_path)
     name = solution_path.name
-    if not name.endswith("_solutions.ipynb"):
-        raise ValueError(f"solution_path must be named NN_topic_solutions.ipynb, got {name!r}")
-    return solution_path.parent.parent / "exercises" / name.replace("_solutions.ipynb", "_exercises.ipynb")
+    match = re.fullmatch(r"(\d\d_\w+)_solutions\.(md|ipynb)", name)
+    if not match:
+        raise ValueError(f"solution_path must be named NN_topic_solutions.ipynb (or .md), got {name!r}")
+    solutions = solution_path.parent.parent if solution_path.parent.name == "src" else solution_path.parent
+    return solutions.parent / "exercises" / f"{match.group(1)}_exercises.ipynb"
 
 
 def solution_paths(root: Path = ROOT) -> list[Path]:
-    return sorted((root / "solutions").glob("*_solutions.ipynb"))
+    """Each lesson's solution: its text source where it has one, else its .ipynb."""
+    root = Path(root)
+    found: dict[str, Path] = {}
+    for path in sorted((root / "solutions").glob("*_solutions.ipynb")):
+        found[path.stem] = path
+    for path in sorted((root / "solutions" / "src").glob("*_solutions.md")):
+        found[path.stem] = path
+    return [found[k] for k in sorted(found)]
+
+
+def holds_answers(text: str) -> bool:
+    """Whether an exercise notebook's text was changed since it was generated (a learner's work).
+
+    A notebook without the generator's fingerprint (made before fingerprints, or its metadata
+    removed) counts as holding answers: nothing is replaced that cannot be told apart from one."""
+    try:
+        nb = nbformat.reads(text, as_version=4)
+    except Exception:
+        return True
+    stamp = nb.metadata.get("course", {}).get("generated")
+    return stamp != fingerprint(nb)
+
+
+def committed_text(path: Path, root: Path = ROOT) -> str | None:
+    """The text of ``path`` as committed (``git show HEAD:path``); None without git or when not committed."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(root).resolve())
+        out = subprocess.run(["git", "show", f"HEAD:{rel.as_posix()}"], cwd=root, capture_output=True,
+                             timeout=30, check=False)
+    except (ValueError, OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.decode("utf-8") if out.returncode == 0 else None
+
+
+def backup(target: Path) -> Path:
+    folder = target.parent / BACKUPS
+    folder.mkdir(exist_ok=True)
+    dest = folder / f"{target.stem}-{time.strftime('%Y%m%d-%H%M%S')}{target.suffix}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = folder / f"{target.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{n}{target.suffix}"
+    target.replace(dest)
+    return dest
+
+
+def _show(path: Path) -> str:
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.grading.make_exercises", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m course_lib.grading.make_exercises",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if exercises/ is stale")
-    parser.add_argument("solutions", nargs="*", type=Path, help="solution notebooks (default: all)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace exercise notebooks that hold answers, after moving them to exercises/backups/")
+    parser.add_argument("solutions", nargs="*", type=Path,
+                        help="solution sources or notebooks (default: every one in solutions/)")
     args = parser.parse_args(argv)
-    stale = []
+    stale, kept = [], []
     for path in args.solutions or solution_paths():
         target = exercise_path(path.resolve())
         text = render(path)
@@ -110,14 +220,24 @@ def main(argv: list[str] | None = None) -> int:
         if current == text:
             continue
         stale.append(target)
-        if not args.check:
-            target.parent.mkdir(exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-            print(f"wrote {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}")
+        if args.check:
+            continue
+        if current is not None and holds_answers(current) and current != committed_text(target):
+            if not args.force:
+                kept.append(target)
+                continue
+            print(f"moved {_show(target)} (it holds your answers) to {_show(backup(target))}")
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        print(f"wrote {_show(target)}")
     if args.check and stale:
-        print("stale (run `make exercises`): " + ", ".join(str(p) for p in stale))
+        print("stale (run `make exercises`): " + ", ".join(_show(p) for p in stale))
         return 1
-    return 0
+    for target in kept:
+        print(f"left {_show(target)} as it is: it holds your answers (it was changed since it was generated). "
+              f"To replace it with a fresh copy, run `make exercises FORCE=1`: your version is first moved to "
+              f"exercises/{BACKUPS}/.", file=sys.stderr)
+    return 1 if kept else 0
 
 
 if __name__ == "__main__":

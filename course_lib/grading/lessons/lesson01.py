@@ -15,11 +15,11 @@ import math
 
 import torch
 
-from .. import attention_reference
-from .. import causal_mask as ref_causal_mask
-from .compare import call_keeping_inputs, expect_close, expect_tensor, heads_view, randn, seeded
-from .core import Check, Exercise, Mistake
-from .questions import choice_exercise, number_exercise
+from ... import attention_reference
+from ... import causal_mask as ref_causal_mask
+from ..compare import call_keeping_inputs, expect_close, expect_tensor, heads_view, randn, seeded
+from ..core import Check, Exercise, Mistake
+from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 01.scaled_attention
 

@@ -17,10 +17,10 @@ import numbers
 
 import torch
 
-from .. import KVCache, StaticKVCache, attention_reference, causal_mask, kv_cache_bytes
-from .compare import call_keeping_inputs, close, expect_close, expect_number, expect_tensor, randn, seeded
-from .core import Check, Exercise, Mistake
-from .questions import choice_exercise, number_exercise
+from ... import KVCache, StaticKVCache, attention_reference, causal_mask, kv_cache_bytes
+from ..compare import call_keeping_inputs, close, expect_close, expect_number, expect_tensor, randn, seeded
+from ..core import Check, Exercise, Mistake
+from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 02.growing_cache
 

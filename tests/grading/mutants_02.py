@@ -1,0 +1,194 @@
+"""Lesson 02's mutants (known-wrong answers, as learners write them) and reference answers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import KVCache, attention, attention_reference, causal_mask, kv_cache_bytes
+
+from . import mutant, value_mutant
+
+
+def _cached_with_course_lib(q, k, v, cache):
+    K, V = cache.update(k, v)
+    return attention(q, K, V, causal_mask(q.shape[2], K.shape[2]))
+
+
+REFERENCES = {
+    "02.growing_cache": KVCache,
+    "02.cached_attention": _cached_with_course_lib,
+    "02.kv_cache_bytes": kv_cache_bytes,
+    "02.llama3_bytes": float(kv_cache_bytes(32, 8, 128, 8192)),  # a float of the right value is accepted
+    "02.growth_cost": lambda: " B ",
+}
+
+# ---------------------------------------------------------------- 02.growing_cache
+
+class _CatCache:
+    """A correct grow-by-concatenation cache, for the mutants below to break one thing each."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    @property
+    def seq_len(self):
+        return 0 if self.k is None else self.k.shape[2]
+
+
+@mutant("02.growing_cache", hint="never_grows")
+class NeverGrows(_CatCache):
+    def update(self, k, v):
+        self.k, self.v = k, v
+        return self.k, self.v
+
+
+@mutant("02.growing_cache", hint="evicts")
+class EvictsOldest(_CatCache):
+    max_tokens = 8
+
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)[:, :, -self.max_tokens:]
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)[:, :, -self.max_tokens:]
+        return self.k, self.v
+
+
+@mutant("02.growing_cache", hint="wrong_axis")
+class GrowsAlongHeads(_CatCache):
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=1)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=1)
+        return self.k, self.v
+
+
+@mutant("02.growing_cache", hint="prepends")
+class Prepends(_CatCache):
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([k, self.k], dim=2)
+        self.v = v if self.v is None else torch.cat([v, self.v], dim=2)
+        return self.k, self.v
+
+
+@mutant("02.growing_cache", hint="counts_updates")
+class CountsUpdates:
+    def __init__(self):
+        self.k = self.v = None
+        self.seq_len = 0
+
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        self.seq_len += 1
+        return self.k, self.v
+
+
+@mutant("02.growing_cache", hint="shared")
+class SharedClassStorage:
+    keys: list = []  # a class attribute: every cache appends to the same list
+    values: list = []
+
+    @property
+    def seq_len(self):
+        return sum(k.shape[2] for k in self.keys)
+
+    def update(self, k, v):
+        self.keys.append(k)
+        self.values.append(v)
+        return torch.cat(self.keys, dim=2), torch.cat(self.values, dim=2)
+
+
+@mutant("02.growing_cache", hint="seq_len_not_int")
+class SeqLenMethod(_CatCache):
+    def seq_len(self):  # a method, where a property is expected
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+# ---------------------------------------------------------------- 02.cached_attention
+
+@mutant("02.cached_attention", hint="chunk_mask")
+def no_mask_inside_chunk(q, k, v, cache):
+    K, V = cache.update(k, v)
+    return attention_reference(q, K, V)
+
+
+@mutant("02.cached_attention", hint="first_aligned")
+def torch_is_causal(q, k, v, cache):
+    K, V = cache.update(k, v)
+    return F.scaled_dot_product_attention(q, K, V, is_causal=True)
+
+
+@mutant("02.cached_attention", hint="ignores_cache")
+def only_the_new_tokens(q, k, v, cache):
+    cache.update(k, v)
+    t = q.shape[2]
+    return attention_reference(q, k, v, causal_mask(t, t))
+
+
+@mutant("02.cached_attention", hint="double_update")
+def updates_twice(q, k, v, cache):
+    cache.update(k, v)
+    K, V = cache.update(k, v)
+    return attention_reference(q, K, V, causal_mask(q.shape[2], K.shape[2]))
+
+
+@mutant("02.cached_attention", hint="no_scale")
+def unscaled_scores(q, k, v, cache):
+    K, V = cache.update(k, v)
+    scores = q @ K.transpose(-2, -1)
+    scores = scores.masked_fill(~causal_mask(q.shape[2], K.shape[2]), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ V
+
+
+@mutant("02.cached_attention", hint="not_appended")
+def never_appends(q, k, v, cache):
+    t = q.shape[2]
+    return attention_reference(q, k, v, causal_mask(t, t))
+
+
+# ---------------------------------------------------------------- 02.kv_cache_bytes
+
+@mutant("02.kv_cache_bytes", hint="no_factor_two")
+def keys_only(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
+    return n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value
+
+
+@mutant("02.kv_cache_bytes", hint="no_batch")
+def ignores_batch(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
+    return 2 * n_layers * n_kv_heads * head_dim * seq_len * bytes_per_value
+
+
+@mutant("02.kv_cache_bytes", hint="no_bytes")
+def counts_values(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
+    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch
+
+
+@mutant("02.kv_cache_bytes", hint="default_bytes")
+def assumes_fp32(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=4):
+    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value
+
+
+@mutant("02.kv_cache_bytes", hint="gib")
+def in_gib(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
+    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value / 1024**3
+
+
+@mutant("02.kv_cache_bytes", hint="not_int")
+def true_division(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
+    return n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value / 0.5
+
+
+# ---------------------------------------------------------------- 02 questions
+
+value_mutant("02.llama3_bytes", "all_query_heads", "mha", 2 * 32 * 32 * 128 * 8192 * 2)
+value_mutant("02.llama3_bytes", "keys_only", "no_factor_two", 32 * 8 * 128 * 8192 * 2)
+value_mutant("02.llama3_bytes", "fp32", "fp32", lambda: 2 * 32 * 8 * 128 * 8192 * 4)
+value_mutant("02.llama3_bytes", "in_gib", "gib", 1.0)
+
+value_mutant("02.growth_cost", "fixed_size", "chose_A", "A")
+value_mutant("02.growth_cost", "stores_weights", "chose_C", "C")
+value_mutant("02.growth_cost", "constant_time", "chose_D", "D")
