@@ -91,7 +91,7 @@ def test_is_stored_executed_in_order_without_errors(path):
     counts = [c.execution_count for c in code_cells(nb)]
     assert counts == list(range(1, len(counts) + 1)), (
         f"{path.name}: expected one top-to-bottom run (execution counts 1..{len(counts)}), got {counts}; "
-        f"run `python -m course_lib.tools.execute_notebooks {path.relative_to(NOTEBOOKS.parent)}`")
+        f"run `make notebooks NB={path.relative_to(NOTEBOOKS.parent)}`")
     for index, cell in enumerate(nb.cells):
         if "raises-exception" in cell.metadata.get("tags", []):
             continue
