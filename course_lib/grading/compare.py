@@ -16,7 +16,7 @@ import torch
 from .core import Mistake
 
 __all__ = ["seeded", "randn", "heads_view", "expect_tensor", "close", "expect_close", "expect_number",
-           "call_keeping_inputs"]
+           "call_keeping_inputs", "make"]
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -60,6 +60,19 @@ def expect_tensor(got, shape: tuple, dtype: torch.dtype | None = None, *, shape_
     if dtype is not None and got.dtype != dtype:
         raise Mistake("dtype", f"got {got.dtype} for {dtype} inputs")
     return got
+
+
+def make(answer, factory, *args, **kwargs):
+    """``factory(*args, **kwargs)``, built where ``answer`` lives.
+
+    For an object the learner's code receives and the check inspects afterwards (a cache it
+    appends to, a model it trains): when the grade command calls the answer in the learner's
+    sandboxed kernel, the object is built there too (``factory`` must be importable, such as a
+    course_lib class) and the check gets a proxy whose attributes and methods return data."""
+    builder = getattr(type(answer), "_course_make", None)
+    if builder is not None:
+        return builder(answer, factory, args, kwargs)
+    return factory(*args, **kwargs)
 
 
 def call_keeping_inputs(fn, *args, **kwargs):

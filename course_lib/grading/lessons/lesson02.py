@@ -18,7 +18,7 @@ import numbers
 import torch
 
 from ... import KVCache, StaticKVCache, attention_reference, causal_mask, kv_cache_bytes
-from ..compare import call_keeping_inputs, close, expect_close, expect_number, expect_tensor, randn, seeded
+from ..compare import call_keeping_inputs, close, expect_close, expect_number, expect_tensor, make, randn, seeded
 from ..core import Check, Exercise, Mistake
 from ..questions import choice_exercise, number_exercise
 
@@ -187,7 +187,7 @@ def _cached_check(seed, b, h, d, chunks, *, dtype=torch.float64, static=False):
         gen = seeded(seed)
         t = sum(chunks)
         q, k, v = (randn(gen, b, h, t, d, dtype=dtype) for _ in range(3))
-        cache = StaticKVCache(b, h, 2 * t, d, dtype=dtype) if static else KVCache()
+        cache = make(fn, StaticKVCache, b, h, 2 * t, d, dtype=dtype) if static else make(fn, KVCache)
         outs, seen = [], 0
         for n in chunks:
             out = call_keeping_inputs(fn, q[:, :, seen:seen + n], k[:, :, seen:seen + n], v[:, :, seen:seen + n], cache)
