@@ -1,0 +1,288 @@
+r"""Lesson 06's experiments: the Compressive Transformer against Transformer-XL and a window,
+at equal memory bytes.
+
+* :func:`run_text`: character-level language models on the standard library's source
+  (:func:`course_lib.data.stdlib_corpus`), bits per character on held-out files, several
+  seeds. Every design keeps 32 key/value slots per head and layer:
+
+  - window ``n_c = 32``;
+  - Transformer-XL, ``n_m = 32`` (the previous segments' last 32 pairs);
+  - Compressive Transformer, ``n_m = 16`` pairs plus ``n_cm = 16`` compressed slots with
+    ``c = 4`` (the paper's rule exactly: segments of ``n_s = 16 = n_m``, so each segment
+    pushes its 16 oldest pairs out of ``Mem`` into ``16 / 4 = 4`` slots of ``CMem``; reach
+    ``n_m + c n_cm = 80`` tokens before the segment), one run per ``f_c``: ``mean``,
+    ``max``, ``conv`` and ``dilated_conv`` (trained by the attention-reconstruction loss
+    only) and ``most_used``.
+
+  The learned compressors get their gradient only from
+  :func:`~course_lib.memory.attention_reconstruction_loss`, added to the language-model
+  loss after every segment (the rest of the model gets no gradient from it).
+
+* :func:`mqar_reach` (from :mod:`.lesson05`): the MQAR recall task of ``bench recall`` with
+  window, Transformer-XL and Compressive memories of the same bytes, accuracy by how far back
+  the asked pair lies (the lesson runs it live).
+
+Command (the shipped result ``docs/results/lesson06_text.json``)::
+
+    python -m course_lib.experiments.lesson06 text              # 7 designs x 3 seeds, ~10 min on 2 idle cores
+    python -m course_lib.experiments.lesson06 text --quick      # seconds: checks the pipeline
+    python -m course_lib.experiments.lesson06 text --steps 150 --seeds 0 --designs window,xl,conv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "make_memory_for", "train_text", "run_text",
+           "summarise", "plot_text", "extra_loss", "MqarSetup", "mqar_reach", "accuracy_by_gap", "main"]
+
+RESULT = Path(__file__).resolve().parents[2] / "docs" / "results" / "lesson06_text.json"
+
+
+@dataclass(frozen=True)
+class TextSetup:
+    """Corpus, model and budget shared by every design of :func:`run_text`."""
+
+    max_chars: int = 2_000_000  # of the standard library's source (10% held out, by file)
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    seq_len: int = 256  # tokens per training row, read in segments of n_s
+    segment_len: int = 16  # n_s
+    slots: int = 32  # key/value slots per head and layer, for every design
+    ratio: int = 4  # c
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 30
+    eval_rows: int = 64  # held-out rows of seq_len characters
+    seeds: tuple = (0, 1, 2)
+
+
+TEXT_FULL = TextSetup()
+TEXT_QUICK = TextSetup(max_chars=100_000, seq_len=64, steps=3, batch_size=4, eval_rows=2, seeds=(0,))
+
+#: design name -> (label, memory family); compressive designs are named by their f_c
+DESIGNS = {
+    "window": "window n_c = 32",
+    "xl": "Transformer-XL n_m = 32",
+    "mean": "compressive, mean",
+    "max": "compressive, max",
+    "conv": "compressive, conv + recon. loss",
+    "dilated_conv": "compressive, dilated conv + recon. loss",
+    "most_used": "compressive, most-used",
+}
+
+
+def make_memory_for(name: str, s: TextSetup):
+    """The memory of design ``name`` with ``s.slots`` slots (half of them compressed for compressive designs)."""
+    from ..memory import CompressiveMemory, SegmentMemory, WindowMemory
+
+    if name == "window":
+        return WindowMemory(s.slots)
+    if name == "xl":
+        return SegmentMemory(s.slots)
+    if name not in DESIGNS:
+        raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {name!r}")
+    return CompressiveMemory(mem_len=s.slots // 2, cmem_len=s.slots // 2, ratio=s.ratio, compress=name)
+
+
+def extra_loss(model, state):
+    """The extra training losses of a forward (the compressors' attention-reconstruction loss),
+    summed over layers; ``None`` when there is none."""
+    losses = getattr(state, "extra_losses", None)  # returned with the state, where the model does so
+    if losses is None:
+        losses = [getattr(m, "last_reconstruction_loss", None) for m in model.memories]
+    losses = [x for x in (losses.values() if isinstance(losses, dict) else losses) if x is not None]
+    return sum(losses) if losses else None
+
+
+def _compressor_weights(model) -> list[list[float]]:
+    return [m.k_weight.detach().flatten().tolist() for m in model.memories if hasattr(m, "k_weight")]
+
+
+def train_text(name: str, seed: int, s: TextSetup = TEXT_FULL, *, corpus=None, progress: bool = False) -> dict:
+    """Train design ``name`` with ``seed`` on the corpus; returns its held-out bits per character,
+    state bytes, seconds, and the learned compressor's key filters before and after training."""
+    from ..data import IGNORE, stdlib_corpus
+    from ..device import seed_everything
+    from ..models import MemoryLM
+    from ..train import TextBatches, evaluate, forward_segments, lr_at, progress_bar
+
+    corpus = stdlib_corpus(max_chars=s.max_chars) if corpus is None else corpus
+    seed_everything(seed)
+    vocab = len(corpus.vocab)
+    model = MemoryLM(vocab, s.d_model, s.n_layers, s.n_heads, make_memory_for(name, s))
+    before = _compressor_weights(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr)
+    data = TextBatches(corpus.train_ids, s.batch_size, s.seq_len, seed=seed)
+    model.train()
+    t0 = time.perf_counter()
+    recon = []
+    for step in progress_bar(range(s.steps), enabled=progress, desc=name):
+        x, y = next(data)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, s.steps, s.lr, s.warmup)
+        opt.zero_grad(set_to_none=True)
+        state = None
+        n_seg = math.ceil(s.seq_len / s.segment_len)
+        for xs, ys in zip(x.split(s.segment_len, 1), y.split(s.segment_len, 1)):
+            logits, state = model(xs, state)
+            loss = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), ignore_index=IGNORE) / n_seg
+            extra = extra_loss(model, state)
+            if extra is not None:
+                recon.append(float(extra.detach()))
+                loss = loss + extra / n_seg
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    seconds = time.perf_counter() - t0
+    val = TextBatches.rows(corpus.val_ids, s.seq_len)
+    val = (val[0][: s.eval_rows], val[1][: s.eval_rows])
+    result = evaluate(model, val, batch_size=16, segment_len=s.segment_len, device="cpu")
+    with torch.no_grad():
+        _, state = forward_segments(model, val[0][:1], s.segment_len)
+    return {"design": name, "label": DESIGNS[name], "seed": seed, "bpc": result["bpc"],
+            "nbytes": model.state_nbytes(state), "seconds": seconds,
+            "recon_loss_first": recon[0] if recon else None, "recon_loss_last": recon[-1] if recon else None,
+            "filters_before": before, "filters_after": _compressor_weights(model)}
+
+
+def _worker(args):
+    name, seed, s = args
+    torch.set_num_threads(1)
+    return train_text(name, seed, s)
+
+
+def run_text(s: TextSetup = TEXT_FULL, designs=None, *, jobs: int = 2, log=print, done=(), on_row=None) -> list[dict]:
+    """Every design x seed of ``s`` (``jobs`` worker processes, one core each), seed by seed.
+    ``done``: rows from an earlier, interrupted run (their design and seed are skipped);
+    ``on_row(rows)`` is called after each run (to save partial results)."""
+    designs = list(DESIGNS) if designs is None else list(designs)
+    rows = list(done)
+    have = {(r["design"], r["seed"]) for r in rows}
+    todo = [(name, seed, s) for seed in s.seeds for name in designs if (name, seed) not in have]
+
+    def report(row):
+        rows.append(row)
+        log(f"  {row['label']:<42} seed {row['seed']}  bpc {row['bpc']:.4f}  ({row['seconds']:.0f} s)")
+        if on_row is not None:
+            on_row(rows)
+
+    if jobs <= 1:
+        for item in todo:
+            report(_worker(item))
+        return rows
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for row in pool.map(_worker, todo):
+            report(row)
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per design: mean bits per character, sample standard deviation over seeds, seeds, bytes."""
+    out = []
+    for name in dict.fromkeys(r["design"] for r in rows):
+        bpc = [r["bpc"] for r in rows if r["design"] == name]
+        mean = sum(bpc) / len(bpc)
+        std = math.sqrt(sum((b - mean) ** 2 for b in bpc) / (len(bpc) - 1)) if len(bpc) > 1 else None
+        first = next(r for r in rows if r["design"] == name)
+        out.append({"design": name, "label": first["label"], "bpc": mean, "std": std, "n": len(bpc),
+                    "nbytes": first["nbytes"]})
+    return out
+
+
+def plot_text(summary: list[dict], title: str = ""):
+    """Bits per character per design, mean and one standard deviation over seeds (a pure function)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax = fig.subplots()
+    colours = {"window": "tab:blue", "xl": "tab:green"}
+    ys = range(len(summary))
+    ax.barh(list(ys), [r["bpc"] for r in summary], xerr=[r["std"] or 0 for r in summary],
+            color=[colours.get(r["design"], "tab:purple") for r in summary], capsize=4)
+    ax.set_yticks(list(ys), [r["label"] for r in summary])
+    ax.invert_yaxis()
+    lo = min(r["bpc"] - (r["std"] or 0) for r in summary)
+    hi = max(r["bpc"] + (r["std"] or 0) for r in summary)
+    pad = max(0.02, 0.3 * (hi - lo))
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_xlabel("held-out bits per character (lower is better); bars: mean ± 1 s.d. over seeds")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+# MQAR where reach matters: shared with lesson 05
+from .lesson05 import MqarSetup, accuracy_by_gap, mqar_reach  # noqa: E402
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def _add_text_args(p):
+    p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (seconds)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--designs", default=None, help=f"comma-separated, from {','.join(DESIGNS)}")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="keep the runs already in --out (same setup) and do the rest")
+    p.add_argument("--out", default=str(RESULT), help="result JSON (default docs/results/lesson06_text.json)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson06",
+                                     description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_text_args(sub.add_parser("text", help="bits per character on the stdlib corpus, every design x seed"))
+    args = parser.parse_args(argv)
+    s = TEXT_QUICK if args.quick else TEXT_FULL
+    if args.steps is not None:
+        s = replace(s, steps=args.steps)
+    if args.seeds:
+        s = replace(s, seeds=tuple(int(x) for x in args.seeds.split(",")))
+    designs = args.designs.split(",") if args.designs else None
+    command = "python -m course_lib.experiments.lesson06 text" + (" --quick" if args.quick else "")
+    for flag in ("steps", "seeds", "designs"):
+        if getattr(args, flag) is not None:
+            command += f" --{flag} {getattr(args, flag)}"
+    print(f"{command}: {s}", flush=True)
+    out = Path(args.out)
+    done = []
+    if args.resume and out.is_file():
+        old = json.loads(out.read_text())
+        if old["setup"] == json.loads(json.dumps(asdict(s))):
+            done = old["runs"]
+    t0 = time.perf_counter()
+
+    def save(rows):
+        result = {"command": command, "setup": asdict(s), "torch": torch.__version__,
+                  "python": platform.python_version(),
+                  "machine": f"{platform.machine()}, {args.jobs} worker processes of 1 thread",
+                  "seconds": round(time.perf_counter() - t0), "summary": summarise(rows), "runs": rows}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+    rows = run_text(s, designs, jobs=args.jobs, log=lambda line: print(line, flush=True), done=done, on_row=save)
+    for r in summarise(rows):
+        print(f"{r['label']:<42} {r['bpc']:.4f} ± {r['std'] or 0:.4f} (n = {r['n']}, {r['nbytes']} B)")
+    total = time.perf_counter() - t0
+    print(f"saved {args.out}; total {total:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
