@@ -1,0 +1,163 @@
+"""Lesson 03's mutants (known-wrong answers, as learners write them) and reference answers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from course_lib.experiments.lesson03 import evictable, strided_mask
+from course_lib.memory import LinearMemory
+
+from . import mutant, value_mutant
+
+
+def _linear_memory(q, k, v):
+    memory = LinearMemory(chunk_size=3)
+    state = memory.init_state(q.shape[0], q.shape[1], q.shape[-1], dtype=q.dtype, v_dim=v.shape[-1])
+    return memory(q, k, v, state)[0]
+
+
+REFERENCES = {
+    "03.linear_attention": _linear_memory,
+    "03.strided_mask": strided_mask,
+    "03.evictable": evictable,
+    "03.state_bytes": lambda: (2 * 24 * 16 * 64 * 4096 * 2) / (24 * 16 * (64 * 64 + 64) * 2),
+    "03.sparse_cache": "b",
+}
+
+# ---------------------------------------------------------------- 03.linear_attention
+
+
+def _loop(q, k, v, feature, read_before_write=False, normalise=True):
+    b, h, t, d = q.shape
+    mu = q.new_zeros(b, h, d, v.shape[-1])
+    nu = q.new_zeros(b, h, d)
+    outs = []
+    for i in range(t):
+        fq, fk = feature(q[:, :, i]), feature(k[:, :, i])
+        if read_before_write:
+            num, den = torch.einsum("bhd,bhde->bhe", fq, mu), (fq * nu).sum(-1, keepdim=True)
+        mu = mu + torch.einsum("bhd,bhe->bhde", fk, v[:, :, i])
+        nu = nu + fk
+        if not read_before_write:
+            num, den = torch.einsum("bhd,bhde->bhe", fq, mu), (fq * nu).sum(-1, keepdim=True)
+        outs.append(num / den if normalise else num)
+    return torch.stack(outs, 2)
+
+
+@mutant("03.linear_attention", hint="exclusive")
+def reads_before_writing(q, k, v):
+    return _loop(q, k, v, lambda x: F.elu(x) + 1, read_before_write=True)
+
+
+@mutant("03.linear_attention", hint="no_normaliser")
+def forgets_the_denominator(q, k, v):
+    return _loop(q, k, v, lambda x: F.elu(x) + 1, normalise=False)
+
+
+@mutant("03.linear_attention", hint="wrong_phi")
+def relu_features(q, k, v):
+    return _loop(q, k, v, F.relu)
+
+
+@mutant("03.linear_attention", hint="non_causal")
+def sums_over_everything(q, k, v):
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    mu = fk.transpose(-2, -1) @ v  # [B, H, D, D_v]: every token at once
+    nu = fk.sum(2)  # [B, H, D]
+    return (fq @ mu) / (fq @ nu.unsqueeze(-1))
+
+
+@mutant("03.linear_attention", hint="softmax")
+def plain_causal_softmax(q, k, v):
+    t = q.shape[2]
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+@mutant("03.linear_attention", hint="modified_input")
+def phi_in_place(q, k, v):
+    fq = F.elu_(q).add_(1)  # phi(q) written over q
+    fk = F.elu(k) + 1
+    return _loop(fq, fk, v, lambda x: x)
+
+
+@mutant("03.linear_attention", hint="dtype")
+def accumulates_in_float64(q, k, v):
+    out = _loop(q.double(), k.double(), v.double(), lambda x: F.elu(x) + 1)
+    return out
+
+
+# ---------------------------------------------------------------- 03.strided_mask
+
+
+@mutant("03.strided_mask", hint="first_aligned")
+def queries_from_zero(t_q, t_k, stride):
+    i = torch.arange(t_q).unsqueeze(1)
+    j = torch.arange(t_k).unsqueeze(0)
+    return (j <= i) & ((i - j < stride) | ((i - j) % stride == 0))
+
+
+@mutant("03.strided_mask", hint="no_local")
+def every_stride_only(t_q, t_k, stride):
+    i = torch.arange(t_k - t_q, t_k).unsqueeze(1)
+    j = torch.arange(t_k).unsqueeze(0)
+    return (j <= i) & ((i - j) % stride == 0)
+
+
+@mutant("03.strided_mask", hint="fixed_pattern")
+def every_stride_th_position(t_q, t_k, stride):
+    i = torch.arange(t_k - t_q, t_k).unsqueeze(1)
+    j = torch.arange(t_k).unsqueeze(0)
+    return (j <= i) & ((i - j < stride) | (j % stride == 0))
+
+
+@mutant("03.strided_mask", hint="not_causal")
+def forgets_causality_in_stride(t_q, t_k, stride):
+    i = torch.arange(t_k - t_q, t_k).unsqueeze(1)
+    j = torch.arange(t_k).unsqueeze(0)
+    return ((j <= i) & (i - j < stride)) | ((i - j) % stride == 0)
+
+
+@mutant("03.strided_mask", hint="dtype_bool")
+def int_mask(t_q, t_k, stride):
+    return strided_mask(t_q, t_k, stride).int()
+
+
+# ---------------------------------------------------------------- 03.evictable
+
+
+@mutant("03.evictable", hint="strict")
+def only_later_queries(mask, t):
+    return [j for j in range(t) if not mask[t + 1:, j].any()]
+
+
+@mutant("03.evictable", hint="past_queries")
+def looks_at_the_past(mask, t):
+    return [j for j in range(t) if not mask[:t, j].any()]
+
+
+@mutant("03.evictable", hint="kept")
+def lists_the_kept_keys(mask, t):
+    return [j for j in range(t) if mask[t:, j].any()]
+
+
+@mutant("03.evictable", hint="not_list")
+def returns_a_tensor(mask, t):
+    return (~mask[t:, :t].any(0)).nonzero().flatten()
+
+
+@mutant("03.evictable", hint="all_keys")
+def every_unread_column(mask, t):
+    return [j for j in range(mask.shape[1]) if not mask[t:, j].any()]
+
+
+# ---------------------------------------------------------------- questions
+
+value_mutant("03.state_bytes", "forgets_nu", "no_nu", 128.0)
+value_mutant("03.state_bytes", "keys_only", "no_factor_two", lambda: (24 * 16 * 64 * 4096 * 2) / (24 * 16 * 4160 * 2))
+value_mutant("03.state_bytes", "state_over_cache", "inverted", 4160 / (2 * 64 * 4096))
+value_mutant("03.sparse_cache", "next_query_only", "chose_A", "A")
+value_mutant("03.sparse_cache", "recompute", "chose_C", "C")
+value_mutant("03.sparse_cache", "sqrt", "chose_D", "D")
