@@ -13,7 +13,14 @@ import nbformat
 import pytest
 
 from course_lib.tools.sources import (
-    ROOT, all_sources, assign_ids, from_text, input_cells, notebook_for, read_source, source_for,
+    ROOT,
+    all_sources,
+    assign_ids,
+    from_text,
+    input_cells,
+    notebook_for,
+    read_source,
+    source_for,
 )
 
 pytest.importorskip("jupytext")
@@ -65,7 +72,7 @@ def test_notebook_inputs_equal_its_source(path):
     fix = f"edit {rel(source)}, then `make notebooks NB={rel(path)}`"
     assert len(have) == len(want), f"{rel(path)} has {len(have)} cells, its source {len(want)}; {fix}"
     for index, (h, w) in enumerate(zip(have, want)):
-        assert h == w, f"{rel(path)} cell {index} differs from {rel(source)}:\n  notebook {h!r}\n  source   {w!r}\n{fix}"
+        assert h == w, f"{rel(path)} cell {index} differs from {rel(source)}:\n  notebook {h!r}\n  source {w!r}\n{fix}"
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=rel)
