@@ -1,0 +1,151 @@
+"""Lesson 04's mutants (known-wrong answers, as learners write them) and reference answers."""
+
+from __future__ import annotations
+
+import torch
+
+from course_lib import MovingAverageMemory, WindowMemory
+
+from . import mutant, value_mutant
+
+
+def _window_by_memory(K_mem, V_mem, k, v, n_c):
+    memory = WindowMemory(n_c)
+    state = memory.init_state(k.shape[0], k.shape[1], k.shape[-1], dtype=k.dtype, v_dim=v.shape[-1])
+    K, V = torch.cat([K_mem, k], 2), torch.cat([V_mem, v], 2)
+    _, state = memory(K, K, V, state)
+    rows = [first for first, _ in memory.spans(state)]
+    return K[:, :, rows], V[:, :, rows]
+
+
+def _moving_by_memory(x, weights):
+    memory = MovingAverageMemory(len(weights), weights=weights)
+    out, _ = memory(x, x, x, memory.init_state(x.shape[0], x.shape[1], x.shape[-1], dtype=x.dtype))
+    return out[:, :, -1:]
+
+
+REFERENCES = {
+    "04.window_update": _window_by_memory,
+    "04.cumulative_average_update": lambda k_bar, v_bar, k, v, i: (k / (i + 1) + k_bar * (i / (i + 1)),
+                                                                   v / (i + 1) + v_bar * (i / (i + 1))),
+    "04.moving_average": _moving_by_memory,
+    "04.is_update_form": "f, d, c, a",
+    "04.sink_role": "b",
+}
+
+# ---------------------------------------------------------------- 04.window_update
+
+
+@mutant("04.window_update", hint="never_evicts")
+def appends_only(K_mem, V_mem, k, v, n_c):
+    return torch.cat([K_mem, k], dim=2), torch.cat([V_mem, v], dim=2)
+
+
+@mutant("04.window_update", hint="keeps_oldest")
+def keeps_the_first(K_mem, V_mem, k, v, n_c):
+    return torch.cat([K_mem, k], dim=2)[:, :, :n_c], torch.cat([V_mem, v], dim=2)[:, :, :n_c]
+
+
+@mutant("04.window_update", hint="off_by_one")
+def one_too_few(K_mem, V_mem, k, v, n_c):
+    K, V = torch.cat([K_mem, k], dim=2), torch.cat([V_mem, v], dim=2)
+    start = max(0, K.shape[2] - n_c + 1)
+    return K[:, :, start:], V[:, :, start:]
+
+
+@mutant("04.window_update", hint="newest_first")
+def prepends_new_pairs(K_mem, V_mem, k, v, n_c):
+    return torch.cat([k, K_mem], dim=2)[:, :, -n_c:], torch.cat([v, V_mem], dim=2)[:, :, -n_c:]
+
+
+@mutant("04.window_update", hint="ignores_memory")
+def only_the_chunk(K_mem, V_mem, k, v, n_c):
+    return k[:, :, -n_c:], v[:, :, -n_c:]
+
+
+@mutant("04.window_update", hint="modified_input")
+def writes_into_the_memory(K_mem, V_mem, k, v, n_c):
+    K, V = torch.cat([K_mem, k], dim=2)[:, :, -n_c:], torch.cat([V_mem, v], dim=2)[:, :, -n_c:]
+    if K_mem.shape[2]:
+        K_mem[:, :, -1] = k[:, :, -1]  # "refresh" the memory in place
+    return K, V
+
+
+# ---------------------------------------------------------------- 04.cumulative_average_update
+
+
+@mutant("04.cumulative_average_update", hint="divide_by_i")
+def divides_by_i(k_bar, v_bar, k, v, i):
+    n = max(i, 1)
+    return (k + i * k_bar) / n, (v + i * v_bar) / n
+
+
+@mutant("04.cumulative_average_update", hint="plain_mean")
+def halves(k_bar, v_bar, k, v, i):
+    if i == 0:
+        return k, v
+    return (k + k_bar) / 2, (v + v_bar) / 2
+
+
+@mutant("04.cumulative_average_update", hint="one_based")
+def counts_from_one(k_bar, v_bar, k, v, i):
+    if i == 0:
+        return k.clone(), v.clone()
+    return (k + (i + 1) * k_bar) / (i + 2), (v + (i + 1) * v_bar) / (i + 2)
+
+
+@mutant("04.cumulative_average_update", hint="weights_swapped")
+def weights_the_new_pair(k_bar, v_bar, k, v, i):
+    return (i * k + k_bar) / (i + 1), (i * v + v_bar) / (i + 1)
+
+
+@mutant("04.cumulative_average_update", hint="modified_input")
+def updates_in_place(k_bar, v_bar, k, v, i):
+    k_bar.mul_(i).add_(k).div_(i + 1)
+    v_bar.mul_(i).add_(v).div_(i + 1)
+    return k_bar, v_bar
+
+
+# ---------------------------------------------------------------- 04.moving_average
+
+
+@mutant("04.moving_average", hint="oldest_weights")
+def first_weights(x, weights):
+    w = weights[: x.shape[2]].to(x.dtype)
+    w = w / w.sum()
+    return (x * w[:, None]).sum(dim=2, keepdim=True)
+
+
+@mutant("04.moving_average", hint="no_renormalise")
+def divides_by_all_weights(x, weights):
+    w = weights.to(x.dtype)
+    return (x * w[-x.shape[2]:, None]).sum(dim=2, keepdim=True) / w.sum()
+
+
+@mutant("04.moving_average", hint="reversed")
+def newest_weight_on_oldest_row(x, weights):
+    w = weights[-x.shape[2]:].flip(0).to(x.dtype)
+    return (x * (w / w.sum())[:, None]).sum(dim=2, keepdim=True)
+
+
+@mutant("04.moving_average", hint="dtype")
+def float64_weights(x, weights):
+    w = weights[-x.shape[2]:]
+    return (x * (w / w.sum())[:, None]).sum(dim=2, keepdim=True)
+
+
+@mutant("04.moving_average", hint="keepdim")
+def drops_the_time_axis(x, weights):
+    w = weights[-x.shape[2]:].to(x.dtype)
+    return torch.einsum("bhtd,t->bhd", x, w / w.sum())
+
+
+# ---------------------------------------------------------------- questions
+
+value_mutant("04.is_update_form", "every_average", "chose_B", "ABCDF")
+value_mutant("04.is_update_form", "top_k_too", "chose_E", "ACDEF")
+value_mutant("04.is_update_form", "forgets_the_count", "missing_D", "ACF")
+value_mutant("04.is_update_form", "softmax_only", "missing_F", "ACD")
+value_mutant("04.sink_role", "instructions", "chose_A", "A")
+value_mutant("04.sink_role", "positions", "chose_C", "C")
+value_mutant("04.sink_role", "big_values", "chose_D", "D")
