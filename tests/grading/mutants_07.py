@@ -1,0 +1,199 @@
+"""Lesson 07's mutants (known-wrong answers, as learners write them) and reference answers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import MultiMemory, WindowMemory, attention_reference
+
+from . import mutant, value_mutant
+
+
+def _gate_through_multimemory(out_a, out_b, w):
+    """course_lib's gate: MultiMemory's sigmoid(gate_logit) per head."""
+    multi = MultiMemory([WindowMemory(1), WindowMemory(1)], combine="gate", n_heads=w.shape[0])
+    g = torch.sigmoid(w)  # what multi.gate computes from its gate_logit
+    assert multi.gate.shape == g.shape
+    g = g.to(out_a.dtype)[None, :, None, None]
+    return g * out_a + (1 - g) * out_b
+
+
+def _knn_by_sorting(q, K_store, V_store, top_k):
+    n = K_store.shape[2]
+    if top_k > n:
+        raise ValueError(f"top_k={top_k} is larger than the store, N={n}")
+    scores = (q @ K_store.transpose(-2, -1))[:, :, 0]  # [B, H, N]
+    keep = scores.argsort(dim=-1, descending=True)[..., :top_k].sort(dim=-1).values
+    return (torch.stack([K_store[b, h, keep[b, h]] for b in range(q.shape[0]) for h in range(q.shape[1])])
+            .reshape(q.shape[0], q.shape[1], top_k, -1),
+            torch.stack([V_store[b, h, keep[b, h]] for b in range(q.shape[0]) for h in range(q.shape[1])])
+            .reshape(q.shape[0], q.shape[1], top_k, -1))
+
+
+REFERENCES = {
+    "07.gate": _gate_through_multimemory,
+    "07.knn_select": _knn_by_sorting,
+    "07.concat_attention": lambda q, K_a, V_a, K_b, V_b: F.scaled_dot_product_attention(
+        q, torch.cat([K_a, K_b], 2), torch.cat([V_a, V_b], 2)),
+    "07.internal_external": lambda: "c",
+    "07.concat_weight": 2 / 3,
+}
+
+# ---------------------------------------------------------------- 07.gate
+
+
+@mutant("07.gate", hint="no_sigmoid")
+def gate_without_sigmoid(out_a, out_b, w):
+    g = w.view(1, -1, 1, 1)
+    return g * out_a + (1 - g) * out_b
+
+
+@mutant("07.gate", hint="swapped")
+def gate_swapped(out_a, out_b, w):
+    g = torch.sigmoid(w).view(1, -1, 1, 1)
+    return (1 - g) * out_a + g * out_b
+
+
+@mutant("07.gate", hint="not_per_head")
+def gate_on_last_axis(out_a, out_b, w):
+    g = torch.sigmoid(w)  # [H] lines up with D, not with the heads
+    return g * out_a + (1 - g) * out_b
+
+
+@mutant("07.gate", hint="one_gate")
+def gate_one_for_all_heads(out_a, out_b, w):
+    g = torch.sigmoid(w.mean())
+    return g * out_a + (1 - g) * out_b
+
+
+@mutant("07.gate", hint="one_gate")
+def gate_as_item(out_a, out_b, w):
+    g = torch.sigmoid(w).item()
+    return g * out_a + (1 - g) * out_b
+
+
+@mutant("07.gate", hint="softmax")
+def gate_softmax_over_heads(out_a, out_b, w):
+    g = torch.softmax(w, dim=0)[None, :, None, None]
+    return g * out_a + (1 - g) * out_b
+
+
+@mutant("07.gate", hint="detached")
+def gate_from_a_list(out_a, out_b, w):
+    g = torch.tensor([1 / (1 + math.exp(-x)) for x in w.tolist()], dtype=out_a.dtype)[None, :, None, None]
+    return g * out_a + (1 - g) * out_b
+
+
+# ---------------------------------------------------------------- 07.knn_select
+
+
+def _gather(x, idx):
+    return torch.gather(x, 2, idx.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1]))
+
+
+def _checked(top_k, n):
+    if top_k > n:
+        raise ValueError(f"top_k={top_k} > N={n}")
+
+
+@mutant("07.knn_select", hint="score_order")
+def knn_in_score_order(q, K_store, V_store, top_k):
+    _checked(top_k, K_store.shape[2])
+    scores = (q @ K_store.transpose(-2, -1)).squeeze(2)
+    idx = torch.topk(scores, top_k, dim=-1).indices  # best first
+    return _gather(K_store, idx), _gather(V_store, idx)
+
+
+@mutant("07.knn_select", hint="abs_scores")
+def knn_abs_scores(q, K_store, V_store, top_k):
+    _checked(top_k, K_store.shape[2])
+    scores = (q @ K_store.transpose(-2, -1)).squeeze(2).abs()
+    idx = torch.topk(scores, top_k, dim=-1).indices.sort(dim=-1).values
+    return _gather(K_store, idx), _gather(V_store, idx)
+
+
+@mutant("07.knn_select", hint="euclidean")
+def knn_nearest_by_distance(q, K_store, V_store, top_k):
+    _checked(top_k, K_store.shape[2])
+    dist = torch.cdist(q, K_store).squeeze(2)  # [B, H, N]
+    idx = torch.topk(dist, top_k, dim=-1, largest=False).indices.sort(dim=-1).values
+    return _gather(K_store, idx), _gather(V_store, idx)
+
+
+@mutant("07.knn_select", hint="lowest")
+def knn_smallest_scores(q, K_store, V_store, top_k):
+    _checked(top_k, K_store.shape[2])
+    scores = (q @ K_store.transpose(-2, -1)).squeeze(2)
+    idx = torch.topk(scores, top_k, dim=-1, largest=False).indices.sort(dim=-1).values
+    return _gather(K_store, idx), _gather(V_store, idx)
+
+
+@mutant("07.knn_select", hint="no_error")
+def knn_clamps_top_k(q, K_store, V_store, top_k):
+    top_k = min(top_k, K_store.shape[2])  # silently returns fewer pairs
+    scores = (q @ K_store.transpose(-2, -1)).squeeze(2)
+    idx = torch.topk(scores, top_k, dim=-1).indices.sort(dim=-1).values
+    return _gather(K_store, idx), _gather(V_store, idx)
+
+
+@mutant("07.knn_select", hint="keys_for_values")
+def knn_values_from_keys(q, K_store, V_store, top_k):
+    _checked(top_k, K_store.shape[2])
+    scores = (q @ K_store.transpose(-2, -1)).squeeze(2)
+    idx = torch.topk(scores, top_k, dim=-1).indices.sort(dim=-1).values
+    k = _gather(K_store, idx)
+    return k, k
+
+
+# ---------------------------------------------------------------- 07.concat_attention
+
+
+@mutant("07.concat_attention", hint="two_softmax_mean")
+def concat_two_softmaxes(q, K_a, V_a, K_b, V_b):
+    return 0.5 * attention_reference(q, K_a, V_a) + 0.5 * attention_reference(q, K_b, V_b)
+
+
+@mutant("07.concat_attention", hint="two_softmax_sum")
+def concat_added(q, K_a, V_a, K_b, V_b):
+    return attention_reference(q, K_a, V_a) + attention_reference(q, K_b, V_b)
+
+
+@mutant("07.concat_attention", hint="no_scale")
+def concat_without_scale(q, K_a, V_a, K_b, V_b):
+    K, V = torch.cat([K_a, K_b], dim=2), torch.cat([V_a, V_b], dim=2)
+    return torch.softmax(q @ K.transpose(-2, -1), dim=-1) @ V
+
+
+@mutant("07.concat_attention", hint="scale_by_dv")
+def concat_scaled_by_value_width(q, K_a, V_a, K_b, V_b):
+    K, V = torch.cat([K_a, K_b], dim=2), torch.cat([V_a, V_b], dim=2)
+    return torch.softmax(q @ K.transpose(-2, -1) / math.sqrt(V.shape[-1]), dim=-1) @ V
+
+
+@mutant("07.concat_attention", hint="values_order")
+def concat_values_reversed(q, K_a, V_a, K_b, V_b):
+    K, V = torch.cat([K_a, K_b], dim=2), torch.cat([V_b, V_a], dim=2)
+    return torch.softmax(q @ K.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1) @ V
+
+
+@mutant("07.concat_attention", hint="wrong_axis")
+def concat_softmax_over_queries(q, K_a, V_a, K_b, V_b):
+    K, V = torch.cat([K_a, K_b], dim=2), torch.cat([V_a, V_b], dim=2)
+    return torch.softmax(q @ K.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=2) @ V
+
+
+# ---------------------------------------------------------------- questions
+
+value_mutant("07.internal_external", "rag", "chose_A", "A")
+value_mutant("07.internal_external", "knn_lm", "chose_B", lambda: "B")
+value_mutant("07.internal_external", "full_cache", "chose_D", "d")
+value_mutant("07.internal_external", "two_letters", "invalid_choice", "C or A")
+
+value_mutant("07.concat_weight", "per_slot", "per_slot", 6 / 7)
+value_mutant("07.concat_weight", "count_of_slots", "scores_ignored", lambda: 2 / 8)
+value_mutant("07.concat_weight", "mem_share", "other_memory", 1 / 3)
+value_mutant("07.concat_weight", "percent", "percent", 66.66666666666667)
+value_mutant("07.concat_weight", "as_text", "not_number", "2/3")
