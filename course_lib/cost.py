@@ -15,7 +15,6 @@ device: prefill ``m`` tokens, then time single-token decoding steps.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -23,16 +22,12 @@ import torch
 
 from ._checks import check_positive_int
 from .memory import FullMemory
+from .train import quiet
 
 __all__ = ["ModelConfig", "memory_slots", "cost_per_token", "cost_curve", "measure_decode", "quiet"]
 
 SLOT_MEMORIES = ("full", "window", "sink", "segment", "compressive", "knn")
 STATE_MEMORIES = ("linear", "delta", "cumulative_average", "moving_average")
-
-
-def quiet() -> bool:
-    """Progress bars stay silent under CI or COURSE_QUIET (outputs must be reproducible)."""
-    return bool(os.environ.get("CI") or os.environ.get("COURSE_QUIET"))
 
 
 @dataclass(frozen=True)

@@ -17,27 +17,36 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import numbers
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import decode
 from ._checks import check_positive_int, check_tensor, describe
 from .attention import repeat_kv
 from .memory import FullMemory, Memory
 
-__all__ = ["MemoryLM", "LMState", "Rotary", "apply_rotary"]
+__all__ = ["MemoryLM", "LMState", "Rotary", "apply_rotary", "apply_rotary_rolled"]
 
 
 @dataclass
 class LMState:
-    """Where a :class:`MemoryLM` stands: ``pos`` tokens seen, one memory state per layer."""
+    """Where a :class:`MemoryLM` stands: ``pos`` tokens seen, one memory state per layer.
+
+    ``extra_losses``: the training losses the forward that returned this state computed
+    besides the logits, by module name (``"blocks.0.attn.memory.reconstruction"``: a learned
+    compressor's attention-reconstruction loss); :func:`course_lib.train.train` adds them to
+    the cross-entropy. They hold an autograd graph and are not part of the memory.
+    """
 
     pos: int
     batch: int
     layers: list = field(default_factory=list)
+    extra_losses: dict = field(default_factory=dict, repr=False, metadata={"extra_loss": True})
 
     def nbytes(self, model: MemoryLM) -> int:
         return model.state_nbytes(self)
@@ -49,7 +58,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def _apply_rotary_rolled(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary_rolled(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """:func:`apply_rotary` in fewer ops: ``rotate_half(x) * sin == roll(x, D/2) * signed_sin``
     with ``signed_sin = (-sin_{:D/2}, sin_{D/2:})`` (negation is exact, so the numbers are the same)."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
@@ -85,25 +94,15 @@ class Rotary(nn.Module):
         self._signed_sin = torch.cat([-self._sin[:, :half], self._sin[:, half:]], dim=-1)  # (-sin, sin)
 
     def rolled_tables(self, end: int, device, dtype):
-        """``(cos, signed_sin)`` ``[T_max, D]`` for :func:`_apply_rotary_rolled`."""
+        """``(cos, signed_sin)`` ``[T_max, D]`` for :func:`apply_rotary_rolled`."""
         self.tables(end, device, dtype)
         return self._cos, self._signed_sin
-
-    def forward(self, q, k, start: int):
-        return self.rotate(q, start), self.rotate(k, start)
 
     def rotate(self, x, start: int):
         """``x [..., T, D]`` at positions ``start .. start + T - 1``, rotated."""
         t = x.shape[-2]
         cos, sin = self.rolled_tables(start + t, x.device, x.dtype)
-        return _apply_rotary_rolled(x, cos[start:start + t], sin[start:start + t])
-
-
-def _functional(act: nn.Module):
-    """The activation as a plain function (skips the module call in the decoding step)."""
-    if type(act) is nn.GELU:
-        return partial(F.gelu, approximate=act.approximate)
-    return act
+        return apply_rotary_rolled(x, cos[start:start + t], sin[start:start + t])
 
 
 class MemoryAttention(nn.Module):
@@ -158,6 +157,9 @@ class MemoryLM(nn.Module):
         n_kv_heads: key/value heads ``n_g`` (GQA); defaults to ``n_heads`` (MHA).
         d_ff: MLP width (default ``4 * d_model``); dropout; rope_base.
 
+    One token without autograd (``generate``, or a hand-written loop under ``torch.no_grad()``)
+    runs the same function through :mod:`course_lib.decode`, in fewer ops.
+
     >>> lm = MemoryLM(vocab_size=16, d_model=32, n_layers=2, n_heads=4)
     >>> logits, state = lm(torch.zeros(1, 5, dtype=torch.long))
     >>> tuple(logits.shape), state.pos
@@ -180,7 +182,7 @@ class MemoryLM(nn.Module):
             raise TypeError(f"memory must be a course_lib.memory.Memory, got {describe(memory)}")
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
-        d_ff = 4 * d_model if d_ff is None else d_ff
+        d_ff = 4 * d_model if d_ff is None else check_positive_int("d_ff", d_ff)
         self.embed = nn.Embedding(vocab_size, d_model)
         self.rotary = Rotary(self.head_dim, rope_base)
         self.blocks = nn.ModuleList(
@@ -225,6 +227,12 @@ class MemoryLM(nn.Module):
             raise ValueError(f"idx must hold at least one token per row, got shape {tuple(idx.shape)}")
         if idx.device != self.embed.weight.device:
             raise ValueError(f"idx is on {idx.device} but the model is on {self.embed.weight.device}; use idx.to(...)")
+        lowest, highest = (int(x) for x in torch.aminmax(idx))
+        if lowest < 0 or highest >= self.vocab_size:
+            raise ValueError(
+                f"idx holds the token id {lowest if lowest < 0 else highest}, but this model's vocabulary has "
+                f"vocab_size={self.vocab_size} ids: expected 0 <= id <= {self.vocab_size - 1}"
+            )
         if state is not None:
             if not isinstance(state, LMState):
                 raise TypeError(f"state must be an LMState from init_state() or forward(), got {describe(state)}")
@@ -241,15 +249,18 @@ class MemoryLM(nn.Module):
         self._check_input(idx, state)
         if state is None:
             state = self.init_state(idx.shape[0])
-        if idx.shape[1] == 1 and self._can_step():
-            return self._step(idx, state)
-        x = self.embed(idx)
+        if idx.shape[1] == 1 and decode.applies(self):  # the same numbers in fewer ops
+            return decode.step(decode.prepare(self, state.pos + 1), idx, state)
+        x = self.embed(idx)  # [B, T, C]
         new_layers = []
         for block, mem_state in zip(self.blocks, state.layers):
             x, mem_state = block(x, self.rotary, state.pos, mem_state)
             new_layers.append(mem_state)
-        logits = self.head(self.ln_f(x))
-        return logits, LMState(state.pos + idx.shape[1], state.batch, new_layers)
+        logits = self.head(self.ln_f(x))  # [B, T, vocab]
+        extra_losses = {f"blocks.{i}.attn.memory.{name}": loss
+                        for i, (memory, mem_state) in enumerate(zip(self.memories, new_layers))
+                        for name, loss in memory.extra_losses(mem_state).items()}
+        return logits, LMState(state.pos + idx.shape[1], state.batch, new_layers, extra_losses)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=0.0, state=None, *, top_k=None, generator=None,
@@ -262,8 +273,10 @@ class MemoryLM(nn.Module):
         ``(tokens, state)`` with the state after the last generated token, ready to continue.
         """
         check_positive_int("max_new_tokens", max_new_tokens, minimum=0)
-        if not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+            raise TypeError(f"temperature must be a number >= 0, got {describe(temperature)}")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
         if top_k is not None:
             check_positive_int("top_k", top_k)
         self._check_input(idx, state)
@@ -274,12 +287,10 @@ class MemoryLM(nn.Module):
                         [m.reserve(s, total) for m, s in zip(self.memories, state.layers)])
         out = torch.empty(idx.shape[0], total, dtype=idx.dtype, device=idx.device)
         out[:, : idx.shape[1]] = idx
-        # everything that outlives this call is made here, outside inference mode: the rotary
-        # tables for every position to come and the decoding weights
+        # what outlives this call is made here, outside inference mode: the rotary tables for
+        # every position to come, and the decoding plan (checked once for the whole run)
         self.rotary.tables(state.pos + total, idx.device, self.embed.weight.dtype)
-        step_fn = self
-        if self._can_step():  # the one-token fast path, set up once for the whole run
-            step_fn = partial(self._step, plan=self._step_plan(state.pos + total))
+        plan = decode.prepare(self, state.pos + total) if decode.applies(self) else None
         # the states in between are thrown away unless returned: skip autograd's bookkeeping
         with contextlib.nullcontext() if return_state else torch.inference_mode():
             logits, state = self(idx, state)
@@ -287,100 +298,8 @@ class MemoryLM(nn.Module):
                 nxt = self._sample(logits[:, -1], temperature, top_k, generator)  # [B, 1]
                 out[:, idx.shape[1] + step] = nxt[:, 0]
                 if step + 1 < max_new_tokens or return_state:
-                    logits, state = step_fn(nxt, state)
+                    logits, state = self(nxt, state) if plan is None else decode.step(plan, nxt, state)
         return (out, state) if return_state else out
-
-    # ---- the one-token decoding step: same numbers, fewer dispatched ops -------------------
-
-    def _can_step(self) -> bool:
-        """The fast path needs no autograd graph and no active dropout."""
-        return not torch.is_grad_enabled() and not (self.training and self.blocks[0].drop.p > 0)
-
-    def _step_weights(self):
-        """Weights laid out for one-token steps, rebuilt whenever a parameter changes.
-
-        A matrix-vector product ``x W^T`` with ``W [out, in]`` reads ``W`` column-wise; with
-        a transposed copy ``W^T [in, out]`` it reads rows, several times faster on a CPU once
-        the weights no longer fit the cache (that is also how GPT-2 stores its weights).
-        """
-        params = list(self.parameters())
-        cache = getattr(self, "_step_cache", None)
-        if cache is not None and len(cache[0]) == len(params) and all(
-                p is old and p.data_ptr() == ref.data_ptr() and p._version == version
-                for p, (old, ref, version) in zip(params, cache[0])):
-            return cache[1]
-        with torch.no_grad(), torch.inference_mode(False):
-            t = lambda w: w.detach().t().contiguous()  # noqa: E731
-            layers = []
-            for block in self.blocks:
-                attn, mlp_in, mlp_out = block.attn, block.mlp[0], block.mlp[2]
-                layers.append((attn.n_heads, attn.n_kv_heads, attn.head_dim, attn.mem_heads != attn.n_kv_heads,
-                               (self.d_model,), block.ln1.weight, block.ln1.bias, block.ln1.eps,
-                               t(attn.qkv.weight), t(attn.out.weight), block.ln2.weight, block.ln2.bias,
-                               block.ln2.eps, t(mlp_in.weight), mlp_in.bias, _functional(block.mlp[1]),
-                               t(mlp_out.weight), mlp_out.bias))
-            weights = (layers, t(self.head.weight), self.head.bias)
-        # the parameters and their storages stay referenced, so neither can come back at the same
-        # address: same object + same address + same version counter = same numbers
-        self._step_cache = ([(p, p.detach(), p._version) for p in params], weights)
-        return weights
-
-    def _step_plan(self, end: int):
-        """What one-token steps up to position ``end`` need, looked up once: the decoding
-        weights, each layer's attention function, the rotary tables."""
-        layers, head_t, head_b = self._step_weights()
-        attends = [(getattr(b.attn.memory, "forward_unchecked", b.attn.memory), b.attn.memory.uses_rotary)
-                   for b in self.blocks]
-        cos, sin = self.rotary.rolled_tables(end, head_t.device, head_t.dtype)
-        ln_f = (self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
-        return list(zip(layers, attends)), head_t, head_b, self.embed.weight, ln_f, cos, sin
-
-    def _step(self, idx: torch.Tensor, state: LMState, plan=None):
-        """:meth:`forward` for one token ``idx [B, 1]`` (no grad), without per-call checks.
-
-        The blocks' computation written as direct functional calls on transposed weights;
-        memories that offer ``forward_unchecked`` (``forward`` minus the argument checks)
-        are called through it. ``plan`` (from :meth:`_step_plan`) saves the look-ups in a loop.
-        """
-        plan = self._step_plan(state.pos + 1) if plan is None else plan
-        # on a CPU, oneDNN's GELU costs ~10 us per call whatever the size (more than the whole
-        # activation of one token); the native kernel computes the same function far cheaper
-        cpu = idx.device.type == "cpu"
-        if cpu:
-            onednn = torch._C._get_mkldnn_enabled()
-            torch._C._set_mkldnn_enabled(False)
-        try:
-            return self._step_layers(idx, state, plan)
-        finally:
-            if cpu:
-                torch._C._set_mkldnn_enabled(onednn)
-
-    @staticmethod
-    def _step_layers(idx, state, plan):
-        """The body of :meth:`_step`."""
-        layers, head_t, head_b, embed_w, ln_f, cos, sin = plan
-        b, pos = idx.shape[0], state.pos
-        cos, sin = cos[pos], sin[pos]  # [D]: the rotary rows of this position
-        x = torch.embedding(embed_w, idx.view(b))  # [B, C]: one token per row, kept 2-D throughout
-        new_layers = []
-        for ((h, g, d, repeat, shape, ln1_w, ln1_b, ln1_eps, qkv_t, out_t, ln2_w, ln2_b, ln2_eps,
-              w1_t, b1, act, w2_t, b2), (attend, rotate)), mem_state in zip(layers, state.layers):
-            qkv = torch.mm(torch.layer_norm(x, shape, ln1_w, ln1_b, ln1_eps), qkv_t)  # [B, (h+2g) d_h]
-            qk, v = qkv.view(b, h + 2 * g, 1, d).split((h + g, g), dim=1)  # [B, heads, 1, d_h]: T = 1
-            if rotate:
-                qk = _apply_rotary_rolled(qk, cos, sin)
-            q, k = qk.split((h, g), dim=1)
-            if repeat:
-                k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
-            o, mem_state = attend(q, k, v, mem_state)  # [B, H, 1, d_h]
-            new_layers.append(mem_state)
-            x = torch.addmm(x, o.reshape(b, h * d), out_t)  # x + W_o o, the residual added by the GEMM
-            a = torch.layer_norm(x, shape, ln2_w, ln2_b, ln2_eps)  # [B, C]
-            x = x + torch.addmm(b2, act(torch.addmm(b1, a, w1_t)), w2_t)
-        x = torch.layer_norm(x, shape, *ln_f)
-        logits = torch.mm(x, head_t) if head_b is None else torch.addmm(head_b, x, head_t)
-        logits = logits.view(b, 1, -1)  # [B, 1, vocab]
-        return logits, LMState(pos + 1, state.batch, new_layers)
 
     @staticmethod
     def _sample(logits, temperature, top_k, generator):

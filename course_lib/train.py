@@ -11,6 +11,11 @@ state from one segment to the next, as Transformer-XL does. Memories store their
 detached (stop-gradient), so each segment's backward pass ends at the memory and the
 graph of earlier segments is freed; :func:`train` checks this on its first step.
 
+Extra losses: a memory may return training losses of its own with its state (a learned
+compressor's attention-reconstruction loss, ``LMState.extra_losses``); :func:`train` adds
+them to the cross-entropy (summed over layers, averaged over the segments of a batch), so a
+``CompressiveMemory(compress="conv")`` trains its ``f_c`` through the ordinary loop.
+
 Progress bars come from ``tqdm.auto`` (a widget in Jupyter) and stay silent when the
 environment variable ``CI`` or ``COURSE_QUIET`` is set.
 """
@@ -32,6 +37,7 @@ from ._checks import check_positive_int, check_tensor, describe
 from .data import IGNORE
 from .device import pick_device
 from .memory.base import state_tensors
+from .models import LMState
 
 __all__ = [
     "quiet", "progress_bar", "Batches", "TextBatches", "TrainLog", "train", "evaluate", "forward_segments",
@@ -40,7 +46,8 @@ __all__ = [
 
 
 def quiet() -> bool:
-    """True when ``CI`` or ``COURSE_QUIET`` is set to anything but an empty string."""
+    """True when ``CI`` or ``COURSE_QUIET`` is set to anything but an empty string: progress
+    bars stay silent (stored notebook outputs must be reproducible)."""
     return bool(os.environ.get("CI") or os.environ.get("COURSE_QUIET"))
 
 
@@ -147,27 +154,34 @@ def _check_detached(state) -> None:
 
 
 def _batch_loss(model, x, y, segment_len, *, backward: bool, check: bool = False):
-    """Mean cross-entropy over the labelled positions of ``x``; with ``backward`` the gradient
-    of that mean is accumulated segment by segment (each segment's graph freed at once)."""
+    """Mean cross-entropy over the labelled positions of ``x``, correct predictions, their count,
+    and the extra losses (summed over layers, averaged over segments). With ``backward`` the
+    gradient of ``cross-entropy + extra`` is accumulated segment by segment (each segment's
+    graph freed at once)."""
     n_scored = int((y != IGNORE).sum())
     if n_scored == 0:
         if backward:
             raise ValueError("a batch has no labelled positions (all labels are -100); nothing to learn from")
-        return 0.0, 0, 0
-    total, correct, state = 0.0, 0, None
-    for xs, ys in zip(_segments(x, segment_len), _segments(y, segment_len)):
+        return 0.0, 0, 0, 0.0
+    segments = list(zip(_segments(x, segment_len), _segments(y, segment_len)))
+    total, correct, extra_total, state = 0.0, 0, 0.0, None
+    for xs, ys in segments:
         logits, state = model(xs, state)
         if check:
             _check_detached(state)
+        # a MemoryLM's memories may add losses of their own (0 when they computed none)
+        extra = sum(state.extra_losses.values()) / len(segments) if isinstance(state, LMState) else 0.0
         scored = ys != IGNORE
-        if not scored.any():
-            continue
-        loss = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), ignore_index=IGNORE, reduction="sum")
-        if backward:
-            (loss / n_scored).backward()
-        total += loss.item()
-        correct += int((logits.argmax(-1) == ys)[scored].sum())
-    return total / n_scored, correct, n_scored
+        loss = 0.0
+        if scored.any():
+            loss = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), ignore_index=IGNORE, reduction="sum")
+            total += loss.item()
+            correct += int((logits.argmax(-1) == ys)[scored].sum())
+        objective = loss / n_scored + extra
+        if backward and torch.is_tensor(objective) and objective.requires_grad:
+            objective.backward()
+        extra_total += extra.item() if torch.is_tensor(extra) else extra
+    return total / n_scored, correct, n_scored, extra_total
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int = 0, schedule: str = "cosine", min_ratio: float = 0.1):
@@ -248,11 +262,13 @@ def load_checkpoint(path, model, optimizer=None, *, data=None, restore_rng: bool
 
 @dataclasses.dataclass
 class TrainLog:
-    """What :func:`train` did: the loss of every step (resumed runs include the earlier steps)."""
+    """What :func:`train` did: the cross-entropy of every step (resumed runs include the earlier
+    steps) and, per step, the extra losses that were added to it (0 when the model has none)."""
 
     losses: list[float]
     step: int
     seconds: float
+    extra_losses: list[float] = dataclasses.field(default_factory=list)
 
 
 def train(model, data, steps: int, *, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0,
@@ -288,13 +304,15 @@ def train(model, data, steps: int, *, batch_size: int = 32, lr: float = 1e-3, we
         raise TypeError(f"data must be a tuple (inputs, labels) or an iterator of (x, y) batches, got {describe(data)}")
     if optimizer is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    losses, start = [], 0
+    losses, extra_losses, start = [], [], 0
     if checkpoint is not None and Path(checkpoint).is_file():
         info = load_checkpoint(checkpoint, model, optimizer, data=data)
         start, losses = info["step"], list(info["extra"].get("losses", []))
+        extra_losses = list(info["extra"].get("extra_losses", []))
 
     def save(step):
-        save_checkpoint(checkpoint, model, optimizer, step=step, data=data, extra={"losses": losses})
+        save_checkpoint(checkpoint, model, optimizer, step=step, data=data,
+                        extra={"losses": losses, "extra_losses": extra_losses})
 
     model.train()
     t0 = time.perf_counter()
@@ -305,11 +323,12 @@ def train(model, data, steps: int, *, batch_size: int = 32, lr: float = 1e-3, we
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup, schedule)
         optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = _batch_loss(model, x, y, segment_len, backward=True, check=step == start)
+        loss, _, _, extra = _batch_loss(model, x, y, segment_len, backward=True, check=step == start)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         losses.append(loss)
+        extra_losses.append(extra)
         bar.update(1)
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -318,7 +337,7 @@ def train(model, data, steps: int, *, batch_size: int = 32, lr: float = 1e-3, we
     bar.close()
     if checkpoint is not None:
         save(max(steps, start))
-    return TrainLog(losses, max(steps, start), time.perf_counter() - t0)
+    return TrainLog(losses, max(steps, start), time.perf_counter() - t0, extra_losses)
 
 
 @torch.no_grad()
@@ -343,7 +362,7 @@ def evaluate(model, data, *, batch_size: int = 64, segment_len: int | None = Non
     for b, (x, y) in enumerate(progress_bar(data, enabled=progress, desc=desc)):
         if max_batches is not None and b >= max_batches:
             break
-        loss, right, n = _batch_loss(model, x.to(device), y.to(device), segment_len, backward=False)
+        loss, right, n, _ = _batch_loss(model, x.to(device), y.to(device), segment_len, backward=False)
         total, correct, count = total + loss * n, correct + right, count + n
     model.train(was_training)
     if count == 0:

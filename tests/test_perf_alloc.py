@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import StaticKVCache
+from course_lib import StaticKVCache, decode
 from course_lib.memory import CompressiveMemory, FullMemory, SegmentMemory, SinkMemory, WindowMemory
 from course_lib.models import MemoryLM
 
@@ -64,13 +64,13 @@ def test_decoding_writes_every_layers_memory_in_place(name):
 def test_full_memory_reserved_by_generate_never_grows_while_decoding(monkeypatch):
     lm = model("full")
     seen = []
-    step = MemoryLM._step
+    step = decode.step
 
-    def spy(self, idx, state, **kwargs):
+    def spy(plan, idx, state):
         seen.append([storage(s) for s in state.layers])
-        return step(self, idx, state, **kwargs)
+        return step(plan, idx, state)
 
-    monkeypatch.setattr(MemoryLM, "_step", spy)
+    monkeypatch.setattr(decode, "step", spy)
     lm.generate(torch.zeros(1, 2, dtype=torch.long), 300)  # far past the initial 256 slots
     assert len(seen) == 299 and all(pointers == seen[0] for pointers in seen)
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from course_lib.data import IGNORE
-from course_lib.memory import FullMemory
+from course_lib.memory import CompressiveMemory, FullMemory
 from course_lib.models import MemoryLM
 from course_lib.train import (
     Batches,
@@ -183,3 +183,62 @@ def test_bad_arguments_are_named():
     x = torch.zeros(2, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="no labelled positions"):
         train(tiny_lm(), (x, torch.full_like(x, IGNORE)), steps=1, device="cpu", progress=False)
+
+
+# ---- extra losses: the Compressive Transformer's compressor trains through train() ----------
+
+
+def conv_compressive_lm(seed=0):
+    torch.manual_seed(seed)
+    return MemoryLM(vocab_size=16, d_model=16, n_layers=2, n_heads=2, memory=CompressiveMemory(4, 2, 2, "conv"))
+
+
+def compressors(model):
+    return {n: p for n, p in model.named_parameters() if ".memory." in n}
+
+
+def reconstruction_loss(model, x):
+    """The compressors' attention-reconstruction loss on ``x`` read in two segments (the second pops)."""
+    _, state = model(x[:, :8])
+    _, state = model(x[:, 8:], state)
+    assert sorted(state.extra_losses) == ["blocks.0.attn.memory.reconstruction", "blocks.1.attn.memory.reconstruction"]
+    return sum(state.extra_losses.values()).item()
+
+
+def test_train_trains_the_compressor_through_its_reconstruction_loss():
+    model = conv_compressive_lm()
+    with torch.no_grad():  # a poor f_c to start from: keys and values of the first pair of each group only
+        for name, p in compressors(model).items():
+            p.copy_(torch.tensor([1.0, 0.0]) if name.endswith("weight") else torch.zeros(()))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in compressors(model))  # the rest frozen: only f_c can change the loss
+    before = {n: p.detach().clone() for n, p in compressors(model).items()}
+    x = torch.randint(0, 16, (4, 16), generator=torch.Generator().manual_seed(1))
+    first = reconstruction_loss(model, x)
+    ids = torch.randint(0, 16, (2000,), generator=torch.Generator().manual_seed(2))
+    log = train(model, TextBatches(ids, batch_size=4, seq_len=16), steps=12, lr=2e-2, segment_len=4,
+                device="cpu", progress=False)
+    assert all(not torch.equal(p, before[n]) for n, p in compressors(model).items() if n.endswith("weight"))
+    assert len(log.extra_losses) == 12 and all(e > 0 for e in log.extra_losses)
+    assert reconstruction_loss(model, x) < 0.75 * first  # measured: about 0.52
+
+
+def test_the_reconstruction_loss_sends_no_gradient_to_the_rest_of_the_model():
+    """One train() step with the compressors trainable and one with them frozen (no reconstruction
+    loss at all) move every other weight identically."""
+    ids = torch.randint(0, 16, (2000,), generator=torch.Generator().manual_seed(2))
+    runs = []
+    for trainable in (True, False):
+        model = conv_compressive_lm().double()
+        for p in compressors(model).values():
+            p.requires_grad_(trainable)
+        log = train(model, TextBatches(ids, batch_size=4, seq_len=16), steps=1, lr=1e-2, segment_len=4,
+                    grad_clip=None, device="cpu", progress=False)
+        runs.append((model, log))
+    (trained, log_trained), (frozen, log_frozen) = runs
+    assert log_trained.extra_losses[0] > 0 and log_frozen.extra_losses[0] == 0
+    rest = [n for n, _ in trained.named_parameters() if n not in compressors(trained)]
+    params_trained, params_frozen = dict(trained.named_parameters()), dict(frozen.named_parameters())
+    for n in rest:
+        torch.testing.assert_close(params_trained[n], params_frozen[n], rtol=0, atol=0, msg=n)
+    assert any(not torch.equal(params_trained[n], params_frozen[n]) for n in compressors(trained))

@@ -339,9 +339,7 @@ def ours_forward(model, carry_state: bool = True):
 
     def forward(x, state):
         logits, state = model(x, state if carry_state else None)
-        losses = [m.last_reconstruction_loss for m in model.memories
-                  if getattr(m, "last_reconstruction_loss", None) is not None]
-        return logits, state, sum(losses) / len(model.memories) if losses else 0.0
+        return logits, state, sum(state.extra_losses.values()) / len(model.memories)
 
     return forward
 

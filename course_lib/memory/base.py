@@ -33,12 +33,17 @@ __all__ = ["Memory", "state_nbytes", "check_state"]
 
 
 def state_tensors(obj):
-    """Every tensor reachable from a state (dataclass fields, lists, tuples, dicts, slotted objects)."""
+    """Every tensor reachable from a state (dataclass fields, lists, tuples, dicts, slotted objects).
+
+    Fields marked ``metadata={"extra_loss": True}`` are skipped: they hold training losses (with
+    their autograd graph) that a forward returned beside the memory (see ``Memory.extra_losses``).
+    """
     if isinstance(obj, torch.Tensor):
         yield obj
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for field in dataclasses.fields(obj):
-            yield from state_tensors(getattr(obj, field.name))
+            if not field.metadata.get("extra_loss"):
+                yield from state_tensors(getattr(obj, field.name))
     elif isinstance(obj, (list, tuple)):
         for item in obj:
             yield from state_tensors(item)
@@ -96,6 +101,17 @@ class Memory(nn.Module, abc.ABC):
     @abc.abstractmethod
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None):
         """The empty memory for ``batch`` sequences of ``n_heads`` heads of ``head_dim``."""
+
+    def forward_unchecked(self, q, k, v, state):
+        """:meth:`forward` without the argument checks, for a caller that checked once (a
+        decoding loop); by default the same as ``forward``."""
+        return self(q, k, v, state)
+
+    def extra_losses(self, state) -> dict:
+        """Training losses that the forward which returned ``state`` computed besides its output,
+        by name (a learned compressor's ``{"reconstruction": loss}``); ``MemoryLM`` gathers them
+        and ``train()`` adds them to the loss. By default none."""
+        return {}
 
     def nbytes(self, state) -> int:
         """Bytes of the tensors that ``state`` holds."""

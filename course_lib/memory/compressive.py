@@ -28,8 +28,9 @@ position = its first token ``g c``) then ``Mem`` ring (position ``p`` in slot ``
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +50,12 @@ class CompressiveState(SlotState):
     """``buffer`` (``C + M`` slots) after ``length`` tokens, ``n_groups`` groups compressed so far.
 
     ``Mem`` holds positions ``n_groups * c .. length - 1``; ``CMem`` the newest ``C`` groups.
+    ``extra_losses``: ``{"reconstruction": loss}`` when the forward that made this state popped
+    pairs and trains a learned ``f_c`` (see :meth:`CompressiveMemory.extra_losses`), else empty.
     """
 
     n_groups: int = 0
+    extra_losses: dict = field(default_factory=dict, repr=False, compare=False, metadata={"extra_loss": True})
 
 
 class CompressiveMemory(SlotMemory):
@@ -63,9 +67,10 @@ class CompressiveMemory(SlotMemory):
         ratio: ``c >= 1``, pairs per compressed pair.
         compress: ``f_c``, one of ``"mean"``, ``"max"``, ``"conv"``, ``"dilated_conv"``, ``"most_used"``.
 
-    After a forward in which pairs were popped, ``last_reconstruction_loss`` holds
-    :func:`attention_reconstruction_loss` for them (learned compressors, grad enabled),
-    else ``None``: add it to the training loss to train the compressor.
+    A forward that pops pairs with gradients on and a learned ``f_c`` (``conv``,
+    ``dilated_conv``) returns :func:`attention_reconstruction_loss` for them with its state:
+    ``extra_losses(new_state) == {"reconstruction": loss}``, which ``MemoryLM`` passes on and
+    ``train()`` adds to the training loss (the only gradient the compressor receives).
     """
 
     state_type = CompressiveState
@@ -89,11 +94,6 @@ class CompressiveMemory(SlotMemory):
             depth = math.ceil(math.log2(ratio)) if ratio > 1 else 0
             self.k_weight, self.v_weight = (nn.Parameter(torch.full((depth, 2), 0.5)) for _ in range(2))
             self.k_bias, self.v_bias = (nn.Parameter(torch.zeros(depth)) for _ in range(2))
-        self.last_reconstruction_loss = None
-
-    def __getstate__(self):
-        # the last loss holds an autograd graph: never copy or pickle it with the module
-        return {**super().__getstate__(), "last_reconstruction_loss": None}
 
     def extra_repr(self) -> str:
         return f"mem_len={self.mem_len}, cmem_len={self.cmem_len}, ratio={self.ratio}, compress={self.compress!r}"
@@ -141,10 +141,14 @@ class CompressiveMemory(SlotMemory):
         check_input(self, q, k, v, state, self.state_type)
         out, mass = self._attend(q, k, v, state)
         new_state, popped = self._advance(state, k, v, mass)
-        self.last_reconstruction_loss = None
         if popped is not None and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-            self.last_reconstruction_loss = attention_reconstruction_loss(q, *popped, self.compress_pairs)
+            loss = attention_reconstruction_loss(q, *popped, self.compress_pairs)
+            new_state = dataclasses.replace(new_state, extra_losses={"reconstruction": loss})
         return out, new_state
+
+    def extra_losses(self, state) -> dict:
+        """``{"reconstruction": loss}`` if the forward that returned ``state`` computed one, else ``{}``."""
+        return state.extra_losses
 
     def _advance(self, state, k, v, mass=None):
         """Append, evict, compress; returns ``(new_state, (popped_k, popped_v) or None)``."""
@@ -188,7 +192,7 @@ class CompressiveMemory(SlotMemory):
             if chunk_mass is not None:
                 for d0, d1, s0, s1 in ring_ranges(cm, m, first, n + t - first):
                     buf.mass[:, :, d0:d1] = chunk_mass[:, :, a + s0:a + s1]
-        return self._successor(state, buf, n + t, n_groups=g0 + n_pop // c), popped
+        return self._successor(state, buf, n + t, n_groups=g0 + n_pop // c, extra_losses={}), popped
 
     def spans(self, state) -> list[tuple[int, int]]:
         """``CMem`` slots (``c`` positions each), then ``Mem`` slots, oldest first."""

@@ -1,0 +1,219 @@
+"""course_lib.decode: the one-token step of MemoryLM gives the numbers of the model's blocks.
+
+The blocks (``models.py``, the readable model) run whenever autograd records; the step
+(``decode.py``) runs for one token without autograd: in ``generate`` and in a hand-written
+loop under ``torch.no_grad()``. These tests hold the two together in float64, for every
+memory, with GQA, batches and prompts of awkward sizes, and check that the step notices
+every change of the weights and gives back the torch switch it turns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from course_lib import decode
+from course_lib.memory import (
+    CompressiveMemory,
+    DeltaMemory,
+    FullMemory,
+    KNNMemory,
+    LinearMemory,
+    MultiMemory,
+    SegmentMemory,
+    SinkMemory,
+    WindowMemory,
+)
+from course_lib.models import MemoryLM
+
+MEMORIES = {
+    "full": FullMemory,
+    "window": lambda: WindowMemory(5),
+    "sink": lambda: SinkMemory(sinks=2, window=3),
+    "linear": lambda: LinearMemory(chunk_size=4),
+    "delta": lambda: DeltaMemory(beta=0.6, chunk_size=4),
+    "segment": lambda: SegmentMemory(6),
+    "compressive": lambda: CompressiveMemory(6, 3, 3, compress="conv"),
+    "knn": lambda: KNNMemory(capacity=9, top_k=3),
+    "infini": lambda: MultiMemory([WindowMemory(4), LinearMemory(chunk_size=4)], combine="gate", n_heads=4),
+}
+
+
+def make(memory="full", *, n_kv_heads=None, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    lm = MemoryLM(vocab_size=23, d_model=24, n_layers=2, n_heads=4, memory=MEMORIES[memory](),
+                  n_kv_heads=n_kv_heads, **kwargs)
+    return lm.double().eval()
+
+
+def tokens(batch, t, seed=1):
+    return torch.randint(0, 23, (batch, t), generator=torch.Generator().manual_seed(seed))
+
+
+def blocks(lm, tok, state):
+    """The readable model: with autograd on, ``forward`` never takes the decoding step."""
+    with torch.enable_grad():
+        logits, new_state = lm(tok, state)
+    return logits.detach(), new_state
+
+
+# (memory, n_kv_heads, batch, prompt length): every memory, with MHA, GQA and MQA in turn
+CASES = [(name, (None, 2, 1)[i % 3], (1, 3, 2)[i % 3], (1, 7, 4)[i % 3]) for i, name in enumerate(MEMORIES)]
+CASES += [("full", 2, 2, 1), ("full", None, 3, 5), ("window", 1, 1, 9)]
+
+
+@pytest.mark.parametrize("memory,n_kv_heads,batch,prompt", CASES)
+def test_the_step_equals_the_blocks(memory, n_kv_heads, batch, prompt):
+    lm = make(memory, n_kv_heads=n_kv_heads)
+    x = tokens(batch, prompt + 6)
+    with torch.no_grad():
+        _, state = lm(x[:, :prompt])
+        plan = decode.prepare(lm, prompt + 6)
+        for i in range(prompt, prompt + 6):
+            tok = x[:, i:i + 1]
+            expected, _ = blocks(lm, tok, state)
+            logits, state = decode.step(plan, tok, state)
+            torch.testing.assert_close(logits, expected, rtol=1e-12, atol=1e-12)
+    assert state.pos == prompt + 6
+
+
+@pytest.mark.parametrize("memory", ["full", "window", "compressive", "delta"])
+def test_a_one_token_forward_without_grad_is_the_step(memory, monkeypatch):
+    lm = make(memory, n_kv_heads=2)
+    x = tokens(2, 8)
+    calls = []
+    step = decode.step
+    monkeypatch.setattr(decode, "step", lambda plan, idx, st: calls.append(idx) or step(plan, idx, st))
+    with torch.no_grad():
+        _, state = lm(x[:, :3])
+        for i in range(3, 8):
+            expected, _ = blocks(lm, x[:, i:i + 1], state)
+            logits, state = lm(x[:, i:i + 1], state)
+            torch.testing.assert_close(logits, expected, rtol=1e-12, atol=1e-12)
+    assert len(calls) == 5
+
+
+def test_the_plan_has_named_fields_one_per_layer():
+    lm = make("window", n_kv_heads=2)
+    plan = decode.prepare(lm, 10)
+    assert dataclasses.is_dataclass(plan) and len(plan.layers) == 2
+    layer = plan.layers[0]
+    assert (layer.n_heads, layer.n_kv_heads, layer.head_dim) == (4, 2, 6)
+    assert layer.qkv_t.shape == (24, (4 + 2 * 2) * 6)  # W^T [in, out]
+    assert plan.end >= 10 and plan.cos.shape[0] >= 10
+
+
+def test_greedy_tokens_are_the_same_as_a_loop_over_the_blocks():
+    lm = make("window", n_kv_heads=2)
+    prompt = tokens(2, 5)
+    seq, state = prompt, None
+    logits, state = blocks(lm, prompt, state)
+    for _ in range(10):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+        logits, state = blocks(lm, nxt, state)
+    assert torch.equal(lm.generate(prompt, 10), seq)
+
+
+def check_step(lm, x):
+    with torch.no_grad():
+        _, state = lm(x[:, :5])
+        fast, _ = lm(x[:, 5:], state)
+    expected, _ = blocks(lm, x[:, 5:], state)
+    torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_plan_follows_every_change_of_the_weights():
+    lm = make()
+    x = tokens(1, 6)
+    lm.generate(x, 2)  # builds the plan
+    with torch.no_grad():
+        lm.blocks[0].mlp[0].weight.mul_(3.0)  # in place: same storage, new version
+        lm.head.weight.add_(0.5)
+    check_step(lm, x)
+    lm.blocks[1].attn.out.weight = torch.nn.Parameter(torch.randn(24, 24, dtype=torch.float64))  # a new object
+    check_step(lm, x)
+    lm.blocks[0].mlp[2] = torch.nn.Linear(96, 24, dtype=torch.float64)  # a new submodule
+    check_step(lm, x)
+    opt = torch.optim.SGD(lm.parameters(), lr=0.1)  # an optimizer step
+    lm(x)[0].sum().backward()
+    opt.step()
+    check_step(lm, x)
+    lm.float()  # new storage, new dtype
+    with torch.no_grad():
+        _, state = lm(x[:, :5])
+        fast, _ = lm(x[:, 5:], state)
+    expected, _ = blocks(lm, x[:, 5:], state)
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, expected)
+
+
+def test_a_training_step_after_generate_still_works():
+    """generate runs under inference mode; nothing it leaves behind may be an inference tensor."""
+    lm = make()
+    out = lm.generate(tokens(2, 3), 40)  # also grows the rotary tables
+    assert not out.is_inference()
+    assert not lm.rotary._cos.is_inference() and not lm.rotary._signed_sin.is_inference()
+    assert not decode.prepare(lm, 1).layers[0].qkv_t.is_inference()
+    lm.train()
+    logits, _ = lm(out)  # the generated tokens as training input
+    logits.sum().backward()
+    assert lm.embed.weight.grad is not None
+
+
+def test_a_returned_state_can_be_continued_token_by_token():
+    lm = make("full")
+    seq, state = lm.generate(tokens(1, 4), 3, return_state=True)  # the state holds all 7 tokens
+    nxt = tokens(1, 1, seed=2)
+    with torch.no_grad():
+        logits, state = lm(nxt, state)  # writes into the returned state's buffer
+    assert state.pos == 8
+    expected, _ = blocks(lm, torch.cat([seq, nxt], dim=1), None)
+    torch.testing.assert_close(logits[:, -1], expected[:, -1], rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_in_training_mode_keeps_the_blocks():
+    lm = make(dropout=0.5).train()
+    x = tokens(1, 4)
+    with torch.no_grad():
+        _, state = lm(x[:, :3])
+        torch.manual_seed(0)
+        a, _ = lm(x[:, 3:], state)
+        b, _ = lm(x[:, 3:], state)
+        assert not torch.allclose(a, b)  # dropout is active: the step would ignore it
+        lm.eval()
+        c, _ = lm(x[:, 3:], state)
+        d, _ = lm(x[:, 3:], state)
+    assert torch.equal(c, d)
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_native_cpu_kernels_gives_the_switch_back(before):
+    torch.backends.mkldnn.enabled = before
+    try:
+        with decode.native_cpu_kernels():
+            assert not torch.backends.mkldnn.enabled
+        assert torch.backends.mkldnn.enabled == before
+        with pytest.raises(KeyError), decode.native_cpu_kernels():
+            raise KeyError("inside")
+        assert torch.backends.mkldnn.enabled == before
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
+def test_the_step_gives_back_the_onednn_switch_even_when_a_memory_fails(monkeypatch):
+    lm = make("window")
+    before = torch.backends.mkldnn.enabled
+    lm.generate(tokens(1, 3), 4)
+    assert torch.backends.mkldnn.enabled == before
+
+    def broken(*args, **kwargs):
+        assert not torch.backends.mkldnn.enabled  # switched off inside the step
+        raise RuntimeError("memory failed")
+
+    monkeypatch.setattr(lm.blocks[1].attn.memory, "forward", broken)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="memory failed"):
+        lm(tokens(1, 1), lm.init_state(1))
+    assert torch.backends.mkldnn.enabled == before
