@@ -13,12 +13,19 @@ Two implementations give the same numbers:
 * :func:`attention` calls ``torch.nn.functional.scaled_dot_product_attention``, which
   picks a fused kernel (flash / memory-efficient on a GPU).
 
+They also agree where the formula is silent: a NaN in a query gives NaN in that query's
+output; a query that the mask lets see no key at all gets zeros (a softmax over no keys is
+undefined; zero is what the fused kernels return, and the sum over no values). Bad
+arguments (no keys, a ``scale`` that is not a finite number, a mask on another device or one
+that would broadcast the batch or heads beyond ``q``'s) raise an error that names them.
+
 Layout everywhere: ``[B, H, T, D]`` (batch, heads, time, head dim).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -69,14 +76,36 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, g, n_rep, t, d).reshape(b, g * n_rep, t, d)
 
 
-def _check_mask(mask, t_q: int, t_k: int) -> None:
+def _check_arguments(q, k, v, mask, scale) -> None:
+    """What both implementations accept: see the module docstring."""
+    check_qkv(q, k, v)
+    b, h, t_q, t_k = q.shape[0], q.shape[1], q.shape[-2], k.shape[-2]
+    if t_k == 0:
+        raise ValueError(f"k holds no keys ({describe(k)}); attention needs at least one key per query")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale must be a number (default 1/sqrt(d)), got {describe(scale)}")
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be a finite number (default 1/sqrt(d)), got {scale!r}")
+    if mask is None:
+        return
     check_tensor("mask", mask)
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True = may attend), got {describe(mask)}")
-    if mask.dim() < 2 or mask.shape[-2:] not in ((t_q, t_k), (1, t_k), (t_q, 1), (1, 1)):
+    if mask.device != q.device:
+        raise ValueError(f"mask is on {mask.device} but q is on {q.device}; move the mask to q's device")
+    lead = mask.shape[:-2]
+    if (mask.dim() < 2 or mask.dim() > 4 or mask.shape[-2:] not in ((t_q, t_k), (1, t_k), (t_q, 1), (1, 1))
+            or any(m not in (1, n) for m, n in zip(reversed(lead), (h, b)))):
         raise ValueError(
-            f"mask must broadcast to [B, H, {t_q}, {t_k}], got shape {tuple(mask.shape)}"
+            f"mask must broadcast to [B={b}, H={h}, T_q={t_q}, T_k={t_k}] (q's batch and heads, not more), "
+            f"got shape {tuple(mask.shape)}"
         )
+
+
+def _no_key_rows(mask) -> torch.Tensor:
+    """``[..., T_q, 1]``: True for the queries that may see no key at all."""
+    return ~mask.any(dim=-1, keepdim=True)
 
 
 def attention_reference(q, k, v, mask=None, scale=None, return_weights=False):
@@ -85,9 +114,7 @@ def attention_reference(q, k, v, mask=None, scale=None, return_weights=False):
     ``mask`` is boolean, ``True`` = may attend, broadcastable to ``[B, H, T_q, T_k]``.
     With ``return_weights=True`` returns ``(out, weights)``, weights ``[B, H, T_q, T_k]``.
     """
-    check_qkv(q, k, v)
-    if mask is not None:
-        _check_mask(mask, q.shape[-2], k.shape[-2])
+    _check_arguments(q, k, v, mask, scale)
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -95,6 +122,8 @@ def attention_reference(q, k, v, mask=None, scale=None, return_weights=False):
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
+    if mask is not None:  # a row of -inf only: softmax gives NaN; such a query sees nothing
+        weights = weights.masked_fill(_no_key_rows(mask), 0.0)
     out = weights @ v  # [B, H, T_q, D]
     return (out, weights) if return_weights else out
 
@@ -105,19 +134,23 @@ def attention(q, k, v, mask=None, *, causal=False, scale=None):
     ``causal=True`` applies :func:`causal_mask` (queries are the last ``T_q`` positions),
     combined with ``mask`` if both are given.
     """
-    check_qkv(q, k, v)
+    _check_arguments(q, k, v, mask, scale)
     t_q, t_k = q.shape[-2], k.shape[-2]
-    if mask is not None:
-        _check_mask(mask, t_q, t_k)
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1:
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-    if causal:
-        if t_q == t_k and mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        cm = causal_mask(t_q, t_k, device=q.device)
-        mask = cm if mask is None else mask & cm
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if causal and t_q == t_k and mask is None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    else:
+        if causal:
+            cm = causal_mask(t_q, t_k, device=q.device)
+            mask = cm if mask is None else mask & cm
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    # the fused CPU kernel returns 0 for a query holding NaN where the formula gives NaN: keep the NaN
+    out = out + q.sum(dim=-1, keepdim=True) * 0
+    if mask is not None:  # a query that sees no key gets zeros, whichever kernel ran
+        out = out.masked_fill(_no_key_rows(mask), 0.0)
+    return out
 
 
 class MultiHeadAttention(nn.Module):

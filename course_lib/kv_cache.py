@@ -81,7 +81,7 @@ class KVCache:
         """Append ``T`` new pairs ``[B, H, T, D]``; return all cached ``(K, V)``."""
         if self.k is None:
             _check_kv(k, v)
-            self.k, self.v = k, v
+            self.k, self.v = k.clone(), v.clone()  # the cache's own copy: the caller may reuse its tensors
         else:
             _check_kv(k, v, (self.k.shape[0], self.k.shape[1], self.k.shape[3], self.k.dtype, self.k.device))
             self.k = torch.cat([self.k, k], dim=2)

@@ -152,3 +152,67 @@ def test_multi_head_attention_is_causal_and_splits_heads():
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# ---- where the formula is silent: both versions give one defined result (issue 11 E) -----------
+
+BOTH = {"attention": attention, "reference": attention_reference}
+
+
+def repro():
+    return torch.randn(3, 1, 1, 4, 8, generator=torch.Generator().manual_seed(0)).unbind(0)  # q, k, v [1, 1, 4, 8]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_nan_in_a_query_gives_nan_in_that_row_in_both_versions(causal):
+    q, k, v = repro()
+    q[0, 0, 2, 3] = float("nan")
+    mask = causal_mask(4, 4) if causal else None
+    fused = attention(q, k, v, causal=causal)
+    reference = attention_reference(q, k, v, mask)
+    assert fused[0, 0, 2].isnan().all() and reference[0, 0, 2].isnan().all()
+    torch.testing.assert_close(fused, reference, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_a_query_that_sees_no_key_gets_zeros(name):
+    q, k, v = repro()
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[1] = False  # query 1 may see nothing
+    out = BOTH[name](q, k, v, mask)
+    assert torch.equal(out[0, 0, 1], torch.zeros(8))
+    assert not out.isnan().any()
+    torch.testing.assert_close(out[0, 0, [0, 2, 3]], attention_reference(q, k, v, torch.ones(4, 4, dtype=torch.bool))
+                               [0, 0, [0, 2, 3]])
+    if name == "reference":
+        _, weights = attention_reference(q, k, v, mask, return_weights=True)
+        assert weights[0, 0, 1].tolist() == [0.0] * 4 and weights[0, 0, 0].sum().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda q, k, v: dict(scale=float("nan")), ValueError, r"scale must be a finite number.*nan"),
+        (lambda q, k, v: dict(scale=float("inf")), ValueError, r"scale must be a finite number"),
+        (lambda q, k, v: dict(scale="x"), TypeError, r"scale must be a number.*'x'"),
+        (lambda q, k, v: dict(k=k[:, :, :0], v=v[:, :, :0]), ValueError, r"k holds no keys"),
+        (lambda q, k, v: dict(mask=torch.ones(4, 4, dtype=torch.bool, device="meta")), ValueError,
+         r"mask is on meta but q is on cpu"),
+        (lambda q, k, v: dict(mask=torch.ones(5, 1, 4, 4, dtype=torch.bool)), ValueError,
+         r"mask must broadcast to \[B=1, H=1, T_q=4, T_k=4\].*\(5, 1, 4, 4\)"),
+        (lambda q, k, v: dict(mask=torch.ones(1, 1, 1, 4, 4, dtype=torch.bool)), ValueError, r"mask must broadcast"),
+    ],
+)
+def test_bad_arguments_are_refused_by_both_versions(name, change, error, match):
+    q, k, v = repro()
+    args = {"q": q, "k": k, "v": v, **change(q, k, v)}
+    with pytest.raises(error, match=match):
+        BOTH[name](**args)
+
+
+def test_a_mask_with_batch_and_heads_of_q_is_accepted():
+    q, k, v = (x.expand(2, 3, 4, 8).contiguous() for x in repro())
+    mask = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1)) > 0.3
+    mask[..., 0] = True
+    torch.testing.assert_close(attention(q, k, v, mask), attention_reference(q, k, v, mask))

@@ -104,3 +104,14 @@ def test_static_cache_on_cuda_matches_cpu():
     K1, _ = cpu.update(k, v)
     K2, _ = gpu.update(k.cuda(), v.cuda())
     torch.testing.assert_close(K1, K2.cpu())
+
+
+def test_the_growing_cache_keeps_its_own_copy_of_the_first_pairs():
+    """Zeroing the tensors passed in (a caller reusing its buffers) must not change the cache."""
+    k, v = torch.arange(8.0).view(1, 1, 2, 4), -torch.arange(8.0).view(1, 1, 2, 4)
+    cache = KVCache()
+    cache.update(k, v)
+    k.zero_()
+    v.zero_()
+    K, V = cache.update(torch.ones(1, 1, 1, 4), torch.ones(1, 1, 1, 4))
+    assert K[0, 0, :, 0].tolist() == [0.0, 4.0, 1.0] and V[0, 0, :, 0].tolist() == [0.0, -4.0, 1.0]

@@ -99,6 +99,15 @@ def test_gradients_flow_through_a_training_step(lm):
         (lambda m: MemoryLM(10, 30, 1, 4), ValueError, "divisible"),
         (lambda m: MemoryLM(10, 32, 1, 4, n_kv_heads=3), ValueError, "multiple of n_kv_heads"),
         (lambda m: MemoryLM(10, 32, 1, 4, memory="full"), TypeError, "memory must be"),
+        (lambda m: MemoryLM(10, 32, 1, 4, d_ff=0), ValueError, "d_ff must be >= 1, got 0"),
+        (lambda m: MemoryLM(10, 32, 1, 4, d_ff=-5), ValueError, "d_ff must be >= 1, got -5"),
+        (lambda m: m(torch.tensor([[1, 50]])), ValueError, r"token id 50.*vocab_size=50.*0 <= id <= 49"),
+        (lambda m: m(torch.tensor([[-1, 3]])), ValueError, r"token id -1.*vocab_size=50"),
+        (lambda m: m.generate(torch.tensor([[7, 99]]), 2), ValueError, r"token id 99.*vocab_size=50"),
+        (lambda m: m.generate(torch.tensor([[50]]), 1), ValueError, r"token id 50"),  # one token: the decoding step
+        (lambda m: m.generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=float("nan")), ValueError,
+         r"temperature must be a finite number >= 0.*nan"),
+        (lambda m: m.generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature="hot"), TypeError, "temperature"),
     ],
 )
 def test_bad_input_names_the_argument(lm, call, error, match):
