@@ -51,10 +51,8 @@ def build_memory(name: str):
 
 
 def memory_names() -> list[str]:
-    try:
-        from ..memory import MEMORIES
-    except ImportError:
-        return ["full"]
+    from ..memory import MEMORIES
+
     return [name for name in MEMORIES if name in DEFAULT_SIZES] + (["multi"] if "multi" in MEMORIES else [])
 
 
