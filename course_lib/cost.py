@@ -9,25 +9,33 @@ heads, ``n_g`` key/value heads, head dim ``d_h`` and ``m`` tokens of context:
 * a linear / delta memory: a ``d_h x d_h`` matrix per head: ``L tau (d_h^2 + d_h) b`` bytes,
   ``~4 L tau d_h^2`` FLOPs per token, whatever ``m`` is.
 
+Each memory class states its own formula (``Memory.cost_per_token``); this module looks the
+memory up in the registry (:data:`course_lib.memory.MEMORIES`), so a new memory is in the
+cost model as soon as it is registered.
+
 :func:`measure_decode` times a real :class:`~course_lib.models.MemoryLM` on the current
 device: prefill ``m`` tokens, then time single-token decoding steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 
 from ._checks import check_positive_int
-from .memory import FullMemory
+from .memory import MEMORIES, Memory, memory_class
 from .train import quiet
 
-__all__ = ["ModelConfig", "memory_slots", "cost_per_token", "cost_curve", "measure_decode", "quiet"]
+__all__ = ["ModelConfig", "memory_slots", "cost_per_token", "cost_curve", "measure_decode", "quiet", "sync",
+           "COST_SLOTS"]
 
-SLOT_MEMORIES = ("full", "window", "sink", "segment", "compressive", "knn")
-STATE_MEMORIES = ("linear", "delta", "cumulative_average", "moving_average")
+#: the budget of key/value slots per head that a memory named without sizes gets (``example(COST_SLOTS)``)
+COST_SLOTS = 256
+SLOT_MEMORIES = tuple(name for name, cls in MEMORIES.items() if cls.holds_slots)
+STATE_MEMORIES = tuple(name for name, cls in MEMORIES.items() if not cls.holds_slots)
 
 
 @dataclass(frozen=True)
@@ -53,47 +61,31 @@ class ModelConfig:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
 
-def memory_slots(memory: str, context: int, *, window: int = 256, sinks: int = 4, mem_len: int = 256,
-                 cmem_len: int = 64, ratio: int = 4, capacity: int = 4096, top_k: int = 32) -> int:
-    """Key/value slots a slot memory holds after ``context`` tokens."""
+def _memory(memory, sizes: dict) -> Memory:
+    """``memory`` itself, or the registered memory of that name at ``COST_SLOTS`` slots with ``sizes``."""
+    if isinstance(memory, Memory):
+        if sizes:
+            raise TypeError(f"sizes {sorted(sizes)} are for a memory given by name; {memory!r} has its own")
+        return memory
+    return memory_class(memory).example(COST_SLOTS, **sizes)
+
+
+def memory_slots(memory: str | Memory, context: int, **sizes) -> int:
+    """Key/value slots a slot memory holds after ``context`` tokens (``sizes``: its constructor
+    arguments; those not given come from ``example(COST_SLOTS)``)."""
     check_positive_int("context", context, minimum=0)
-    if memory == "full":
-        return context
-    if memory == "window":
-        return min(context, window)
-    if memory == "sink":
-        return min(context, sinks + window)
-    if memory == "segment":
-        return min(context, mem_len)
-    if memory == "compressive":
-        return min(context, mem_len) + min(cmem_len, max(0, context - mem_len) // ratio)
-    if memory == "knn":
-        return min(context, capacity)
-    raise ValueError(f"memory={memory!r} holds no key/value slots; slot memories are {SLOT_MEMORIES}")
+    mem = _memory(memory, sizes)
+    if not mem.holds_slots:
+        raise ValueError(f"memory={memory!r} holds no key/value slots; slot memories are {SLOT_MEMORIES}")
+    return mem.slots_after(context)
 
 
-def cost_per_token(config: ModelConfig, context: int, memory: str = "full", **sizes) -> dict:
+def cost_per_token(config: ModelConfig, context: int, memory: str | Memory = "full", **sizes) -> dict:
     """Analytic ``{"bytes", "flops"}`` of the attention memory when decoding the token after
-    ``context`` tokens (per sequence). ``sizes`` are the memory's sizes (``window``, ...)."""
-    L, tau, g, d, b = config.n_layers, config.n_heads, config.kv_heads, config.head_dim, config.bytes_per_value
-    if memory in SLOT_MEMORIES:
-        slots = memory_slots(memory, context, **sizes)
-        read = min(slots, sizes.get("top_k", 32)) + 1 if memory == "knn" else slots + 1
-        flops = 4 * L * tau * d * read
-        if memory == "knn":  # scoring every stored key to find the top-k
-            flops += 2 * L * tau * d * slots
-        return {"bytes": 2 * L * g * d * slots * b, "flops": flops}
-    if memory in ("linear", "delta"):
-        extra = d if memory == "linear" else 0  # the normaliser z
-        return {"bytes": L * tau * (d * d + extra) * b, "flops": 4 * L * tau * d * d}
-    if memory == "cumulative_average":
-        return {"bytes": 2 * L * tau * d * b, "flops": 2 * L * tau * d}
-    if memory == "moving_average":
-        window = sizes.get("window", 256)
-        return {"bytes": 2 * L * tau * d * min(context, window) * b, "flops": 2 * L * tau * d}
-    raise ValueError(
-        f"memory={memory!r} is not known to the cost model; expected one of {SLOT_MEMORIES + STATE_MEMORIES}"
-    )
+    ``context`` tokens (per sequence, all layers). ``memory``: a registered name (its sizes as
+    keywords, ``window=512``; the others from ``example(COST_SLOTS)``) or a memory object."""
+    check_positive_int("context", context, minimum=0)
+    return _memory(memory, sizes).cost_per_token(config, context)
 
 
 def cost_curve(config: ModelConfig, contexts, memory: str = "full", **sizes) -> dict:
@@ -103,17 +95,19 @@ def cost_curve(config: ModelConfig, contexts, memory: str = "full", **sizes) -> 
             "flops": [r["flops"] for r in rows]}
 
 
-def _fill_full_memory(model, state, m: int, gen: torch.Generator):
+def _fill_slots(model, state, m: int, gen: torch.Generator):
+    """Write ``m`` random pairs into every layer's slots at once, as if ``m`` tokens had been read."""
     layers = []
     for mem, s in zip(model.memories, state.layers):
         shape = (s.batch, s.n_heads, m, s.head_dim)
         k = torch.randn(shape, generator=gen).to(s.device, s.dtype)
         v = torch.randn(shape, generator=gen).to(s.device, s.dtype)
-        layers.append(mem.append(s, k, v))
-    return type(state)(state.pos + m, state.batch, layers)
+        layers.append(mem.update(s, k, v))
+    return dataclasses.replace(state, pos=state.pos + m, layers=layers)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously): call it before reading a clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -130,9 +124,10 @@ def measure_decode(model, contexts, *, steps: int = 16, warmup: int = 2, prefill
 
     Prefilling a full KV cache costs ``O(m^2)``, minutes at 64k tokens on a laptop CPU, yet
     the time of a decoding step does not depend on what the cached vectors hold. With
-    ``synthetic_prefill`` (default) a model whose layers all use ``FullMemory`` gets its
-    cache filled with ``m`` random unit-scale pairs directly, and its position set to ``m``;
-    every other memory is prefilled by running the model.
+    ``synthetic_prefill`` (default) a model whose layers all hold key/value slots (full KV
+    cache, window, compressive, ...) gets ``m`` random unit-scale pairs written into them
+    directly (``memory.update``), and its position set to ``m``; a model with any other memory
+    is prefilled by running it.
     """
     from tqdm.auto import tqdm
 
@@ -149,20 +144,20 @@ def measure_decode(model, contexts, *, steps: int = 16, warmup: int = 2, prefill
     for m in tqdm(contexts, desc="measuring decode", disable=not show, unit="ctx"):
         tokens = torch.randint(0, model.vocab_size, (batch, m + warmup + steps), generator=gen).to(device)
         state = model.init_state(batch)
-        state = type(state)(state.pos, state.batch,
-                            [mem.reserve(s, m + warmup + steps) for mem, s in zip(model.memories, state.layers)])
-        if synthetic_prefill and all(type(mem) is FullMemory for mem in model.memories):
-            state = _fill_full_memory(model, state, m, gen)
+        state = dataclasses.replace(state, layers=[mem.reserve(s, m + warmup + steps)
+                                                   for mem, s in zip(model.memories, state.layers)])
+        if synthetic_prefill and all(mem.holds_slots for mem in model.memories):
+            state = _fill_slots(model, state, m, gen)
         else:
             for start in range(0, m, prefill_chunk):
                 _, state = model(tokens[:, start:min(m, start + prefill_chunk)], state)
         nbytes = model.state_nbytes(state)
         for j in range(warmup):
             _, state = model(tokens[:, m + j:m + j + 1], state)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for j in range(warmup, warmup + steps):
             _, state = model(tokens[:, m + j:m + j + 1], state)
-        _sync(device)
+        sync(device)
         rows.append({"context": m, "ms_per_token": (time.perf_counter() - t0) * 1000 / steps, "nbytes": nbytes})
     return rows

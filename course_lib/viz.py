@@ -19,7 +19,6 @@ forms of colour blindness; lines also differ by dash and marker, heatmaps use vi
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -66,10 +65,6 @@ def figure_png(fig: _MplFigure, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
     return buf.getvalue()
-
-
-def figure_base64(fig: _MplFigure, dpi: int = 100) -> str:
-    return base64.b64encode(figure_png(fig, dpi)).decode("ascii")
 
 
 def new_figure(figsize=(6.4, 4.8), **kwargs) -> Figure:

@@ -1,4 +1,6 @@
-"""What the memory tests share: random chunkings, random ``q, k, v`` and a run of a memory over a chunking.
+"""What the memory tests share: the memories to test (every registered one, from the registry,
+plus variants that take other code paths), random chunkings, random ``q, k, v`` and a run of a
+memory over a chunking.
 
 The test modules import it as ``from memory_helpers import ...``: ``tests/`` has no ``__init__.py``,
 so pytest puts this folder on ``sys.path`` when it imports a test module from it.
@@ -6,11 +8,40 @@ so pytest puts this folder on ``sys.path`` when it imports a test module from it
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from course_lib.memory import (
+    MEMORIES,
+    CompressiveMemory,
+    KNNMemory,
+    LinearMemory,
+    MovingAverageMemory,
+    MultiMemory,
+    SegmentMemory,
+    SinkMemory,
+    WindowMemory,
+)
+
 SETTINGS = settings(max_examples=25, deadline=None)
+H = 2  # query heads of the memories below (a gate learns one weight per head)
+
+#: name -> () -> Memory: every registered memory at its ``example()`` configuration (a new
+#: memory joins by its registry line), then variants that take other code paths
+MEMORY_CASES = {name: partial(cls.example, n_heads=H) for name, cls in MEMORIES.items()}
+MEMORY_CASES.update({
+    "moving_average_weighted": lambda: MovingAverageMemory(4, weights=[1.0, 2.0, 3.0, 4.0]),
+    "compressive_conv": lambda: CompressiveMemory(6, 3, 3, compress="conv"),
+    "compressive_dilated": lambda: CompressiveMemory(8, 2, 4, compress="dilated_conv"),
+    "compressive_max": lambda: CompressiveMemory(6, 3, 2, compress="max"),
+    "compressive_most_used": lambda: CompressiveMemory(4, 2, 2, compress="most_used"),
+    "infini": lambda: MultiMemory([WindowMemory(4), LinearMemory(chunk_size=4)], combine="gate", n_heads=H),
+    "concat": lambda: MultiMemory([SegmentMemory(4), KNNMemory(8, 2)], combine="concat"),
+    "concat_sink_knn": lambda: MultiMemory([SinkMemory(1, 3), KNNMemory(8, 2)], combine="concat"),
+})
 
 
 @st.composite

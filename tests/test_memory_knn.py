@@ -36,6 +36,7 @@ def knn_reference(q, k, v, sizes, capacity, top_k):
 @given(sizes=chunkings(), capacity=st.integers(1, 12), top_k=st.integers(1, 6), seed=st.integers(0, 2**16),
        reserve=st.booleans())
 def test_knn_memory_equals_the_loop(sizes, capacity, top_k, seed, reserve):
+    top_k = min(top_k, capacity)
     q, k, v = qkv(seed, 2, 2, sum(sizes), 3)
     out, _ = run(KNNMemory(capacity, top_k), q, k, v, sizes, reserve=reserve)
     torch.testing.assert_close(out, knn_reference(q, k, v, sizes, capacity, top_k))
@@ -67,13 +68,13 @@ def test_the_pairs_a_query_picks():
 
 
 def test_a_small_store_forgets_the_oldest_pairs():
-    memory = KNNMemory(capacity=3, top_k=5)
+    memory = KNNMemory(capacity=3, top_k=3)
     x = torch.arange(7.0).view(1, 1, 7, 1)
     _, state = run(memory, x, x, x, [4, 3])
     assert memory.spans(state) == [(4, 4), (5, 5), (6, 6)]
     assert memory.held(state)[0].flatten().tolist() == [4.0, 5.0, 6.0]
     one = torch.ones(1, 1, 1, 1)  # q . k = k: the best first
-    assert memory.retrieve(one, state)[0, 0, 0].tolist() == [6, 5, 4]  # all 3 stored, not top_k = 5
+    assert memory.retrieve(one, state)[0, 0, 0].tolist() == [6, 5, 4]  # all 3 stored
     fresh = memory.init_state(1, 1, 1)
     assert memory.retrieve(one, fresh)[0, 0, 0].tolist() == [-1, -1, -1]  # nothing stored yet
 
@@ -83,3 +84,5 @@ def test_bad_arguments_are_refused():
         KNNMemory(4, 0)
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         KNNMemory(0, 2)
+    with pytest.raises(ValueError, match="top_k=10 must be <= capacity=4"):
+        KNNMemory(4, 10)

@@ -3,58 +3,30 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
+from memory_helpers import MEMORY_CASES, H, run
 from memory_helpers import qkv as random_qkv
-from memory_helpers import run
 
 import course_lib
-from course_lib.memory import (
-    FIXED_SIZE_MEMORIES,
-    MEMORIES,
-    CompressiveMemory,
-    CumulativeAverageMemory,
-    DeltaMemory,
-    FullMemory,
-    KNNMemory,
-    LinearMemory,
-    MovingAverageMemory,
-    MultiMemory,
-    SegmentMemory,
-    SinkMemory,
-    WindowMemory,
-    make_memory,
-)
+from course_lib.cost import ModelConfig
+from course_lib.memory import FIXED_SIZE_MEMORIES, MEMORIES, REGISTERED, FullMemory, SinkMemory, make_memory
+from course_lib.memory._slots import SlotMemory
 from course_lib.memory.base import state_tensors
 
-H = 2  # heads in these tests
-
-FACTORIES = {
-    "full": FullMemory,
-    "window": lambda: WindowMemory(4),
-    "sink": lambda: SinkMemory(sinks=2, window=4),
-    "moving_average": lambda: MovingAverageMemory(4, weights=[1.0, 2.0, 3.0, 4.0]),
-    "cumulative_average": CumulativeAverageMemory,
-    "linear": lambda: LinearMemory(chunk_size=16),
-    "delta": lambda: DeltaMemory(beta=0.5, chunk_size=16),
-    "segment": lambda: SegmentMemory(6),
-    "compressive": lambda: CompressiveMemory(6, 3, 2),
-    "compressive_conv": lambda: CompressiveMemory(6, 3, 3, compress="conv"),
-    "compressive_dilated": lambda: CompressiveMemory(8, 2, 4, compress="dilated_conv"),
-    "compressive_max": lambda: CompressiveMemory(6, 3, 2, compress="max"),
-    "compressive_most_used": lambda: CompressiveMemory(6, 3, 2, compress="most_used"),
-    "knn": lambda: KNNMemory(capacity=16, top_k=3),
-    "multi_gate": lambda: MultiMemory([WindowMemory(4), LinearMemory()], combine="gate", n_heads=H),
-    "multi_concat": lambda: MultiMemory([SinkMemory(1, 3), KNNMemory(8, 2)], combine="concat"),
-}
-FIXED = [name for name in FACTORIES if name not in ("full", "compressive_max", "compressive_dilated")]
-SLOTS = ["full", "window", "sink", "segment", "compressive", "compressive_most_used", "knn", "multi_concat"]
-RINGS = ["window", "sink", "segment", "compressive", "compressive_most_used", "knn"]
+INSTANCES = {name: factory() for name, factory in MEMORY_CASES.items()}
+# the 100k-token stream is slow: two compressive variants whose storage equals compressive's stay out
+FIXED = [n for n, m in INSTANCES.items() if m.fixed_size and n not in ("compressive_max", "compressive_dilated")]
+SLOTS = [n for n, m in INSTANCES.items() if m.holds_slots]
+NO_SLOTS = [n for n, m in INSTANCES.items() if not m.holds_slots]
+RINGS = [n for n in SLOTS if INSTANCES[n].fixed_size and isinstance(INSTANCES[n], SlotMemory)]
 
 
 def make(name):
-    return FACTORIES[name]().double()
+    return MEMORY_CASES[name]().double()
 
 
 def qkv(seed, t, b=1, d=4):
@@ -73,7 +45,48 @@ def test_registry_names_every_memory():
         assert getattr(course_lib, cls.__name__) is cls
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.name)
+def test_every_registered_class_carries_its_metadata(cls):
+    assert MEMORIES[cls.name] is cls and cls.title
+    memory, bigger = cls.example(n_heads=H), cls.example(64, n_heads=H)
+    assert type(memory) is cls is type(bigger) and memory.label()
+    assert (cls.name in FIXED_SIZE_MEMORIES) == cls.fixed_size
+    for optional in ("reserve", "snapshot", "forward_unchecked", "cost_per_token"):
+        assert callable(getattr(memory, optional))
+
+
+@pytest.mark.parametrize("name", list(MEMORIES))
+def test_analytic_bytes_are_what_the_state_holds(name):
+    """cost_per_token's bytes (one layer, one sequence) = nbytes of the state once the memory is full."""
+    memory = make(name).float()
+    for t in (3, 70):  # before and after every example's slots fill up
+        q, k, v = (x.float() for x in qkv(8, t, d=8))
+        with torch.no_grad():
+            _, state = run(memory, q, k, v, [t])
+        cost = memory.cost_per_token(ModelConfig(1, H, 8, bytes_per_value=4), t)
+        if t == 70 or not memory.fixed_size:  # before: fixed-size memories preallocate their slots
+            assert cost["bytes"] == memory.nbytes(state), (t, cost, memory.nbytes(state))
+        assert cost["flops"] > 0
+
+
+def test_no_module_asks_which_class_a_memory_is():
+    """viz, widgets, cost, benchmarks and multi use the protocol (parts, spans, metadata), never
+    ``isinstance(m, SomeMemory)`` or ``type(m) is``: only a memory's own file names its class."""
+    root = Path(course_lib.__file__).parent
+    names = "|".join(cls.__name__ for cls in REGISTERED)
+    asks = re.compile(rf"isinstance\([^)]*\b({names})\b|type\([^)]*\) is ({names})\b")
+    found = []
+    for path in root.rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for match in asks.finditer(line):
+                cls = match.group(1) or match.group(2)
+                own = path.parent.name == "memory" and f"class {cls}(" in path.read_text()
+                if not own:
+                    found.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("name", MEMORY_CASES)
 def test_a_state_that_does_not_fit_the_input_is_refused(name):
     memory = make(name)
     q, k, v = qkv(0, 3, b=2)
@@ -90,16 +103,34 @@ def test_a_state_that_does_not_fit_the_input_is_refused(name):
         memory(*meta, memory.init_state(2, H, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="state is None"):
         memory(q, k, v, None)
-    if name == "full":
-        return  # FullMemory (foundation) does not check the state's type
     with pytest.raises(ValueError, match="same T >= 1"):
         memory(q[:, :, :0], k[:, :, :0], v[:, :, :0], memory.init_state(2, H, 4, dtype=torch.float64))
-    other = make("cumulative_average" if name != "cumulative_average" else "linear")
-    with pytest.raises(TypeError, match="state must be a"):
-        memory(q, k, v, other.init_state(2, H, 4, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", MEMORY_CASES)
+def test_another_memorys_state_is_a_type_error_naming_both(name):
+    memory = make(name)
+    q, k, v = qkv(0, 3)
+    expected = type(memory.init_state(1, H, 4, dtype=torch.float64)).__name__
+    for other in ("full", "window", "linear", "multi"):
+        state = make(other).init_state(1, H, 4, dtype=torch.float64)
+        if type(state).__name__ == expected:
+            continue
+        with pytest.raises(TypeError, match=f"state must be a {expected} from .* got a {type(state).__name__} "
+                                            "\\(another memory's state\\)"):
+            memory(q, k, v, state)
+
+
+@pytest.mark.parametrize("name", RINGS)
+def test_a_state_of_another_size_is_refused(name):
+    memory = make(name)
+    state = memory.init_state(1, H, 4, dtype=torch.float64)
+    state.buffer = type(state.buffer).empty(1, H, memory.n_slots + 1, 4, 4, device="cpu", dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"the state holds {memory.n_slots + 1} slots but .* keeps {memory.n_slots}"):
+        memory(*qkv(0, 3), state)
+
+
+@pytest.mark.parametrize("name", MEMORY_CASES)
 def test_a_kept_state_keeps_its_meaning(name):
     memory = make(name)
     q, k, v = qkv(1, 20)
@@ -110,7 +141,7 @@ def test_a_kept_state_keeps_its_meaning(name):
     torch.testing.assert_close(again, first)
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", MEMORY_CASES)
 def test_decoding_after_reserve_gives_the_same_numbers(name):
     memory = make(name)
     q, k, v = qkv(2, 16)
@@ -132,7 +163,7 @@ def test_ring_buffers_keep_their_storage_while_decoding(name):
         assert (state.buffer.k.data_ptr(), state.buffer.v.data_ptr(), state.buffer.pos.data_ptr()) == pointers
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", MEMORY_CASES)
 def test_states_hold_no_autograd_graph(name):
     memory = make(name)
     q, k, v = (x.requires_grad_() for x in qkv(4, 11))
@@ -151,7 +182,7 @@ def test_spans_list_the_positions_each_slot_stands_for(name):
     assert spans and all(0 <= a <= b < 13 for a, b in spans)
 
 
-@pytest.mark.parametrize("name", ["window", "sink", "segment", "compressive", "knn"])
+@pytest.mark.parametrize("name", [n for n in SLOTS if n in MEMORIES])
 def test_held_pairs_come_in_the_order_of_spans(name):
     memory = make(name)
     x = torch.arange(13.0, dtype=torch.float64).view(1, 1, 13, 1).expand(1, H, 13, 4)  # k_j = v_j = j
@@ -160,11 +191,33 @@ def test_held_pairs_come_in_the_order_of_spans(name):
     assert held == [(a + b) / 2 for a, b in memory.spans(state)]  # a compressed slot: the mean of its group
 
 
-@pytest.mark.parametrize("name", ["moving_average", "cumulative_average", "linear", "delta", "multi_gate"])
+@pytest.mark.parametrize("name", SLOTS)
+def test_parts_group_the_spans_in_attention_order(name):
+    memory = make(name)
+    q, k, v = qkv(5, 23)
+    for sizes in ([1], [6, 7], [6, 7, 10]):
+        _, state = run(memory, q[:, :, :sum(sizes)], k[:, :, :sum(sizes)], v[:, :, :sum(sizes)], sizes)
+        parts, spans = memory.parts(state), memory.spans(state)
+        assert sum(n for _, n in parts) == len(spans) and all(n > 0 for _, n in parts)
+        labels = [label for label, n in parts for _ in range(n)]
+        for label, (a, b) in zip(labels, spans):
+            assert label in ("sinks", "CMem", "Mem")
+            assert (b > a) == (label == "CMem")  # only a compressed slot stands for several positions
+            if label == "sinks":
+                assert b < memory_sinks(memory)
+
+
+def memory_sinks(memory):
+    return max(getattr(m, "sinks", 0) for m in getattr(memory, "memories", [memory]))
+
+
+@pytest.mark.parametrize("name", NO_SLOTS)
 def test_memories_without_slots_have_no_spans(name):
     memory = make(name)
     with pytest.raises(TypeError, match="holds no key/value slots"):
         memory.spans(memory.init_state(1, H, 4))
+    with pytest.raises(TypeError, match="holds no key/value slots"):
+        memory.parts(memory.init_state(1, H, 4))
 
 
 def _rss() -> int:

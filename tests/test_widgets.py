@@ -400,3 +400,46 @@ def test_valid_settings_that_a_menu_does_not_offer_are_added_to_it():
     assert ex.controls["max_context"].value == 5000
     pg = CompressionPlayground(n_pairs=48, ratio=24)
     assert pg.controls["ratio"].value == 24
+
+
+# ============================================================================ package layout
+
+def test_state_and_view_functions_work_without_ipywidgets():
+    """The pure layers import no ipywidgets: with it blocked, they run; only the explorers need it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["ipywidgets"] = None  # any import of it now fails
+        import course_lib.widgets as w
+        from course_lib.widgets import attention_state, compression_state, cost_state, inspector_state
+        assert w.update_cost(w.CostState(), {"memory": "window", "size": 64}).size == 64
+        assert w.cost_view(w.CostState())["at_max"]
+        view = w.attention_view(*w.toy_qk("a b c".split()), w.AttentionState(i=2, length=3))
+        assert view["visible"] == [0, 1, 2]
+        assert w.update_inspector(w.InspectorState(), {"memory": "window"}, 12).memory == "window"
+        assert w.compression_view(w.CompressionState(), *w.playground_data("smooth"), curves={})["error"] > 0
+        assert "ipywidgets" not in [m for m in sys.modules if sys.modules[m] is not None]
+        try:
+            w.MemoryInspector
+        except ImportError:
+            print("explorers need ipywidgets")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "explorers need ipywidgets"
+
+
+def test_menus_list_the_registered_memories():
+    from course_lib.memory import REGISTERED
+    from course_lib.widgets import COST_MEMORIES, INSPECT_MEMORIES, INSPECTOR_SIZES
+
+    assert list(COST_MEMORIES.values()) == [cls.name for cls in REGISTERED]
+    assert list(INSPECT_MEMORIES) == [cls.name for cls in REGISTERED if cls.holds_slots]
+    assert INSPECTOR_SIZES["sink"] == ("sinks", "window") and INSPECTOR_SIZES["full"] == ()
+    for title in COST_MEMORIES:  # every memory of the menu has a cost curve
+        assert len(cost_view(CostState(memory=title, size=64))["analytic"]) in (1, 2)
+    for name in INSPECT_MEMORIES:  # and every slot memory can be stepped through
+        assert MemoryInspector(memory=name, chunk=5).set(step=3).view["segments"][-1] == ("chunk", 5)

@@ -46,6 +46,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from ..cost import sync as _sync
 from ..device import describe_device, pick_device, seed_everything
 
 SECTIONS = ("decode", "flat", "train")
@@ -96,11 +97,6 @@ class Row:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peer_versions() -> dict:

@@ -28,36 +28,55 @@ from .multi import MultiMemory, MultiState
 from .segment import SegmentMemory, SegmentState
 from .window import SinkMemory, WindowMemory, WindowState
 
-MEMORIES: dict[str, type[Memory]] = {
-    "full": FullMemory,
-    "window": WindowMemory,
-    "sink": SinkMemory,
-    "moving_average": MovingAverageMemory,
-    "cumulative_average": CumulativeAverageMemory,
-    "linear": LinearMemory,
-    "delta": DeltaMemory,
-    "segment": SegmentMemory,
-    "compressive": CompressiveMemory,
-    "knn": KNNMemory,
-    "multi": MultiMemory,
-}
+#: The registry: one line per memory class, in menu order. Everything that lists memories
+#: (cost model, widget menus, benchmarks, tests) reads it and each class's metadata
+#: (``name``, ``title``, ``fixed_size``, ``example()``, ``cost_per_token()``).
+REGISTERED: tuple[type[Memory], ...] = (
+    FullMemory,
+    WindowMemory,
+    SinkMemory,
+    MovingAverageMemory,
+    CumulativeAverageMemory,
+    LinearMemory,
+    DeltaMemory,
+    SegmentMemory,
+    CompressiveMemory,
+    KNNMemory,
+    MultiMemory,
+)
+
+
+def _registry(classes) -> dict[str, type[Memory]]:
+    registry = {}
+    for cls in classes:
+        if not cls.name or cls.name in registry:
+            raise ValueError(f"{cls.__name__}.name must be a new registry name, got {cls.name!r}")
+        registry[cls.name] = cls
+    return registry
+
+
+MEMORIES: dict[str, type[Memory]] = _registry(REGISTERED)
 
 #: names of the memories whose ``nbytes`` stays bounded however long the text
 #: (a ``multi`` memory is fixed-size when all its memories are)
-FIXED_SIZE_MEMORIES: frozenset[str] = frozenset(
-    {"window", "sink", "moving_average", "cumulative_average", "linear", "delta", "segment", "compressive", "knn"}
-)
+FIXED_SIZE_MEMORIES: frozenset[str] = frozenset(name for name, cls in MEMORIES.items() if cls.fixed_size)
+
+
+def memory_class(name: str) -> type[Memory]:
+    """The class registered as ``name`` (a key of :data:`MEMORIES`)."""
+    if name not in MEMORIES:
+        raise ValueError(f"unknown memory {name!r}; expected one of: {', '.join(MEMORIES)}")
+    return MEMORIES[name]
 
 
 def make_memory(name: str, **kwargs) -> Memory:
     """The memory called ``name`` (a key of :data:`MEMORIES`), built with ``kwargs``."""
-    if name not in MEMORIES:
-        raise ValueError(f"unknown memory {name!r}; expected one of: {', '.join(MEMORIES)}")
-    return MEMORIES[name](**kwargs)
+    return memory_class(name)(**kwargs)
 
 
 __all__ = [
-    "Memory", "check_state", "state_nbytes", "MEMORIES", "FIXED_SIZE_MEMORIES", "make_memory",
+    "Memory", "check_state", "state_nbytes", "REGISTERED", "MEMORIES", "FIXED_SIZE_MEMORIES", "make_memory",
+    "memory_class",
     "FullMemory", "FullState", "WindowMemory", "SinkMemory", "WindowState",
     "MovingAverageMemory", "MovingAverageState", "CumulativeAverageMemory", "CumulativeAverageState",
     "LinearMemory", "LinearState", "DeltaMemory", "DeltaState",

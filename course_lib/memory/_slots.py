@@ -7,10 +7,12 @@ overwrites the oldest one in place -- no concatenation per token, no roll-and-co
 the stored positions say which queries may see which slot.
 
 A :class:`SlotMemory` attends to ``[slots held from before the chunk, the chunk]`` in one
-softmax. Subclasses say which slots each query sees (``slots``) and how the chunk is
-written (``update``); :class:`~course_lib.memory.MultiMemory` uses the same two hooks to
-concatenate memories. ``spans(state)`` says which positions each slot stands for (oldest
-first) and ``held(state)`` returns the pairs in that order.
+softmax (:func:`attend_slots`). Subclasses say which slots each query sees (``slots``) and
+how the chunk is written (``update``); :class:`~course_lib.memory.MultiMemory` uses the same
+two hooks and the same softmax to concatenate memories. ``spans(state)`` says which
+positions each slot stands for (oldest first), ``parts(state)`` how they group
+(``sinks``, ``CMem``, ``Mem``), and ``held(state)`` returns the pairs in that order.
+A :class:`RingMemory` keeps the last ``n_slots`` pairs in one ring (segment, kNN).
 
 Keeping states. ``forward`` never changes what an input state means: by default it writes
 the chunk into a copy of the buffer (copy-on-write), so every state can be kept, inspected
@@ -34,7 +36,8 @@ import torch.nn.functional as F
 from ._state import StateMeta, check_input, new_meta
 from .base import Memory
 
-__all__ = ["SlotBuffer", "SlotState", "SlotMemory", "ring_ranges", "write_ring", "attend", "causal_chunk_mask"]
+__all__ = ["SlotBuffer", "SlotState", "SlotMemory", "RingMemory", "ring_ranges", "write_ring", "attend",
+           "attend_slots", "causal_chunk_mask"]
 
 
 class SlotBuffer:
@@ -59,12 +62,15 @@ class SlotBuffer:
         return cls(k, v, pos, m)
 
     def __repr__(self) -> str:
+        if self.pos is None:  # a cache whose slot j holds position j (FullMemory)
+            return f"SlotBuffer(slots={self.k.shape[2]}, written={self.written})"
         held = int((self.pos >= 0).sum()) if self.pos.device.type != "meta" else "?"
         return f"SlotBuffer(slots={self.pos.shape[0]}, held={held}, written={self.written})"
 
     def clone(self, written: int) -> SlotBuffer:
         mass = None if self.mass is None else self.mass.clone()
-        return SlotBuffer(self.k.clone(), self.v.clone(), self.pos.clone(), mass, written)
+        pos = None if self.pos is None else self.pos.clone()
+        return SlotBuffer(self.k.clone(), self.v.clone(), pos, mass, written)
 
 
 def ring_ranges(offset: int, capacity: int, index: int, t: int):
@@ -103,6 +109,27 @@ def attend(q, keys, values, mask=None):
 def causal_chunk_mask(t: int, device) -> torch.Tensor:
     """``[t, t]``: query ``r`` of the chunk sees the chunk's keys ``0..r``."""
     return torch.ones(t, t, dtype=torch.bool, device=device).tril()
+
+
+def all_held_and_causal(held: torch.Tensor, t: int) -> torch.Tensor:
+    """``[T, P + T]``: every query of the chunk sees the ``held [P]`` slots and the chunk causally."""
+    return torch.cat([held[None, :].expand(t, -1), causal_chunk_mask(t, held.device)], dim=1)
+
+
+def attend_slots(memory, q, k, v, state):
+    """One softmax over ``[held slots, chunk]``: ``(out, mass)``.
+
+    The slots and their mask come from ``memory.slots(q, state)``; ``mass [B, H, P + T]`` is the
+    attention each slot and chunk key received (``None`` unless ``memory.track_mass``).
+    """
+    keys, values, mask = memory.slots(q, state)
+    # the memory is stored detached; the chunk's own k, v keep their gradients
+    keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+    if not memory.track_mass:
+        return attend(q, keys, values, mask), None
+    scores = (q @ keys.transpose(-2, -1) * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)  # [B, H, T, P + T]
+    return weights @ values, weights.detach().sum(2)
 
 
 @dataclass
@@ -157,21 +184,26 @@ class SlotMemory(Memory):
         """
 
     # -- protocol ------------------------------------------------------------------------
-    def forward(self, q, k, v, state):
+    def check(self, q, k, v, state) -> None:
+        """``q, k, v`` fit ``state``, a state this memory made (its type and its number of slots)."""
         check_input(self, q, k, v, state, self.state_type)
-        out, mass = self._attend(q, k, v, state)
+        if state.buffer.k.shape[2] != self.n_slots:
+            raise ValueError(
+                f"the state holds {state.buffer.k.shape[2]} slots but {self!r} keeps {self.n_slots}: "
+                "it was made by another memory; use this memory's init_state()"
+            )
+
+    def forward(self, q, k, v, state):
+        self.check(q, k, v, state)
+        out, mass = attend_slots(self, q, k, v, state)
         return out, self.update(state, k, v, mass)
 
     def _attend(self, q, k, v, state):
-        """One softmax over ``[held slots, chunk]``; also the attention mass each key received."""
-        keys, values, mask = self.slots(q, state)
-        # the memory is stored detached; the chunk's own k, v keep their gradients
-        keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
-        if not self.track_mass:
-            return attend(q, keys, values, mask), None
-        scores = (q @ keys.transpose(-2, -1) * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=-1)  # [B, H, T, P + T]
-        return weights @ values, weights.detach().sum(2)
+        return attend_slots(self, q, k, v, state)
+
+    def slot_count(self, state) -> int:
+        """``P``, the slots that ``slots(q, state)`` returns (held or empty)."""
+        return self.n_slots
 
     def nbytes(self, state) -> int:
         """Bytes of the key/value slots, ``B * H * n_slots * (d_h + d_v) * bytes_per_value`` (plus ``mass``)."""
@@ -179,11 +211,38 @@ class SlotMemory(Memory):
         extra = 0 if buf.mass is None else buf.mass.numel() * buf.mass.element_size()
         return buf.k.numel() * buf.k.element_size() + buf.v.numel() * buf.v.element_size() + extra
 
+    def order(self, state) -> torch.Tensor:
+        """Buffer indices of the held slots, in the order of ``spans(state)`` (by stored position)."""
+        buf = self._read(state)
+        return buf.pos.argsort()[int((buf.pos < 0).sum()):]
+
     def held(self, state):
         """The pairs held, ``(K [B, H, n, D], V [B, H, n, D_v])``, in the order of ``spans(state)``."""
         buf = self._read(state)
-        order = buf.pos.argsort()[int((buf.pos < 0).sum()):]  # held slots by stored position
+        order = self.order(state)
         return buf.k[:, :, order], buf.v[:, :, order]
+
+    def parts(self, state) -> list[tuple[str, int]]:
+        """One group, ``[("Mem", n)]``: every held slot is one pair as it was written."""
+        n = len(self.spans(state))
+        return [("Mem", n)] if n else []
+
+    def slots_after(self, context: int) -> int:
+        """Analytic: the slots held after ``context`` tokens (the cost model)."""
+        return min(context, self.n_slots)
+
+    def slots_read(self, held: int) -> int:
+        """Analytic: the held slots that one query attends to (all of them here)."""
+        return held
+
+    def cost_per_token(self, config, context: int) -> dict:
+        """``bytes = 2 L n_g d_h P b`` for ``P`` slots held (``n_g`` = ``tau`` unless the memory takes
+        fewer key/value heads); ``flops = 4 L tau d_h (P_read + 1)``: ``q K^T`` and ``w V`` over the
+        slots read and the new token's own pair."""
+        L, tau, d, b = config.n_layers, config.n_heads, config.head_dim, config.bytes_per_value
+        heads = config.kv_heads if self.supports_gqa else tau
+        held = self.slots_after(context)
+        return {"bytes": 2 * L * heads * d * held * b, "flops": 4 * L * tau * d * (self.slots_read(held) + 1)}
 
     def reserve(self, state, n_tokens: int = 0):
         """A state that owns its buffer: forwards from it write in place (a decoding stream)."""
@@ -220,3 +279,20 @@ class SlotMemory(Memory):
     @staticmethod
     def _needs_grad(q, k, v) -> bool:
         return _live(q) or _live(k) or _live(v)
+
+
+class RingMemory(SlotMemory):
+    """The last ``n_slots`` pairs in one ring: position ``p`` lives in slot ``p % n_slots``
+    (a FIFO: the newest pair overwrites the oldest). Segment and kNN memories."""
+
+    def update(self, state, k, v, mass=None):
+        n, t, cap = state.length, k.shape[2], self.n_slots
+        buf = self._writable(state)
+        a = max(0, t - cap)  # only the chunk's newest cap pairs can stay
+        write_ring(buf, 0, cap, n + a, k[:, :, a:].detach(), v[:, :, a:].detach(), n + a)
+        return self._successor(state, buf, n + t)
+
+    def spans(self, state) -> list[tuple[int, int]]:
+        """Positions held, oldest first."""
+        n = state.length
+        return [(p, p) for p in range(max(0, n - self.n_slots), n)]

@@ -51,9 +51,9 @@ def check_input(memory, q, k, v, state, state_type) -> None:
     """``q, k, v`` are well formed and fit ``state``, a ``state_type`` made by ``memory.init_state``."""
     name = type(memory).__name__
     if state is not None and not isinstance(state, state_type):
+        got = f"a {type(state).__name__} (another memory's state)" if isinstance(state, StateMeta) else describe(state)
         raise TypeError(
-            f"state must be a {state_type.__name__} from {name}.init_state() or {name}.forward(), "
-            f"got {describe(state)}"
+            f"state must be a {state_type.__name__} from {name}.init_state() or {name}.forward(), got {got}"
         )
     check_state(name, q, k, v, state)
     if q.shape[2] != k.shape[2] or k.shape[2] < 1:

@@ -61,6 +61,10 @@ class MovingAverageMemory(Memory):
     [1.0, 2.0, 5.0]
     """
 
+    name = "moving_average"
+    title = "moving average"
+    uses_query = False
+
     def __init__(self, window: int, weights=None):
         super().__init__()
         self.window = check_positive_int("window", window)
@@ -76,6 +80,19 @@ class MovingAverageMemory(Memory):
 
     def extra_repr(self) -> str:
         return f"window={self.window}"
+
+    @classmethod
+    def example_sizes(cls, slots=8, *, n_heads=2):
+        return {"window": slots}
+
+    def label(self) -> str:
+        return f"moving average n_c = {self.window}"
+
+    def cost_per_token(self, config, context: int) -> dict:
+        """The newest ``n_c - 1`` values per head, ``L tau (n_c - 1) d_h b`` bytes; the weighted mean
+        over the window, ``2 L tau n_c d_h`` FLOPs."""
+        L, tau, d, w = config.n_layers, config.n_heads, config.head_dim, self.window
+        return {"bytes": L * tau * (w - 1) * d * config.bytes_per_value, "flops": 2 * L * tau * w * d}
 
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
         meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
@@ -103,6 +120,16 @@ class CumulativeAverageMemory(Memory):
     >>> mem(v, v, v, mem.init_state(1, 1, 1))[0].flatten().tolist()
     [1.0, 2.0, 4.0]
     """
+
+    name = "cumulative_average"
+    title = "cumulative average"
+    uses_query = False
+    sized_by_head_dim = True
+
+    def cost_per_token(self, config, context: int) -> dict:
+        """The mean pair per head, ``2 L tau d_h b`` bytes; updating the mean, ``2 L tau d_h`` FLOPs."""
+        L, tau, d = config.n_layers, config.n_heads, config.head_dim
+        return {"bytes": 2 * L * tau * d * config.bytes_per_value, "flops": 2 * L * tau * d}
 
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
         meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)

@@ -14,7 +14,14 @@ Every memory is a ``torch.nn.Module`` (it may have parameters) with
   input state keeps its meaning (it can be kept for inspection or branched from).
 * ``nbytes(state) -> int``: bytes of the tensors the state holds (the memory's size).
 * ``spans(state) -> list[(first, last)]`` for memories that hold key/value slots: the token
-  positions each slot stands for, in attention order.
+  positions each slot stands for, in attention order; ``parts(state) -> list[(label, n)]``
+  the labelled groups of those slots (``("sinks", 4), ("CMem", 8), ("Mem", 6)``).
+* ``reserve(state, n_tokens)`` and ``snapshot(state)`` (optional, defaults here): prepare a
+  decoding stream, keep a state that later forwards never touch.
+
+Class metadata, read by everything that lists memories (the registry in
+:mod:`course_lib.memory`, the cost model, widget menus, benchmarks, tests): ``name``,
+``title``, ``fixed_size``, ``example(slots)`` and ``cost_per_token(config, context)``.
 
 States are plain dataclasses of detached tensors: a state never holds an autograd graph.
 """
@@ -87,17 +94,56 @@ def check_state(memory_name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 class Memory(nn.Module, abc.ABC):
     """Base class of the memory models. Subclasses implement ``init_state`` and ``forward``.
 
-    Class attributes:
-        holds_slots: the memory keeps key/value slots (``spans`` works; ``concat`` can use it).
+    Class attributes (metadata):
+        name: the registry name (``"window"``); ``""`` for a memory that is not registered.
+        title: how menus list it (``"sinks + window"``).
+        fixed_size: ``nbytes`` stays bounded however long the text.
+        holds_slots: the memory keeps key/value slots (``spans`` and ``parts`` work; ``concat``
+            can use it).
         supports_gqa: the memory accepts fewer key/value heads than query heads.
         uses_rotary: ``MemoryLM`` rotates the queries and keys it gives this memory by their
             positions (rotary embeddings). Matrix memories (linear, delta) say ``False``.
+        uses_query: the output depends on the query (``False`` for the averages, which
+            therefore cannot recall anything: the recall benchmark leaves them out).
+        sized_by_head_dim: the state's size is set by ``d_h`` (a ``d_h x d_h`` matrix), not by
+            a number of slots: benchmarks sweep the model width for it.
     """
 
+    name: str = ""
+    title: str = ""
+    fixed_size: bool = True
     holds_slots: bool = False
     supports_gqa: bool = False
     uses_rotary: bool = True
+    uses_query: bool = True
+    sized_by_head_dim: bool = False
 
+    # -- metadata -------------------------------------------------------------------------
+    @classmethod
+    def example_sizes(cls, slots: int = 8, *, n_heads: int = 2) -> dict:
+        """The constructor arguments of a configuration that holds about ``slots`` key/value
+        slots per head (ignored by memories that hold none); ``n_heads`` for per-head parameters."""
+        return {}
+
+    @classmethod
+    def example(cls, slots: int = 8, *, n_heads: int = 2, **sizes):
+        """The configuration used by menus, tests and benchmarks: :meth:`example_sizes`, with
+        ``sizes`` overriding some of them (``CompressiveMemory.example(64, ratio=4)``)."""
+        return cls(**{**cls.example_sizes(slots, n_heads=n_heads), **sizes})
+
+    def label(self) -> str:
+        """A short description with the sizes, in the book's notation (``"window n_c = 8"``)."""
+        return self.title or type(self).__name__
+
+    def cost_per_token(self, config, context: int) -> dict:
+        """Analytic ``{"bytes", "flops"}`` of this memory when decoding the token after ``context``
+        tokens, for one sequence and every layer of ``config`` (a :class:`course_lib.cost.ModelConfig`):
+        the bytes its state holds and the attention FLOPs of reading it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no analytic cost model; define cost_per_token(config, context)"
+        )
+
+    # -- protocol -------------------------------------------------------------------------
     @abc.abstractmethod
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None):
         """The empty memory for ``batch`` sequences of ``n_heads`` heads of ``head_dim``."""
@@ -118,13 +164,26 @@ class Memory(nn.Module, abc.ABC):
         return state_nbytes(state)
 
     def spans(self, state) -> list[tuple[int, int]]:
+        """The first and last position each key/value slot stands for, in attention order."""
         raise TypeError(
             f"{type(self).__name__} holds no key/value slots, so it has no spans; "
-            "spans exist for Full, Window, Sink, Segment, Compressive and kNN memories"
+            "spans exist for memories with holds_slots = True (full, window, sink, segment, compressive, kNN)"
         )
 
-    def reserve(self, state, n_tokens: int):
+    def parts(self, state) -> list[tuple[str, int]]:
+        """The labelled groups of slots in attention order, e.g. ``[("CMem", 8), ("Mem", 6)]``."""
+        raise TypeError(
+            f"{type(self).__name__} holds no key/value slots, so it has no parts; "
+            "parts exist for memories with holds_slots = True (full, window, sink, segment, compressive, kNN)"
+        )
+
+    def reserve(self, state, n_tokens: int = 0):
         """Hint that ``n_tokens`` more tokens will follow (a cache may preallocate). Returns a state."""
+        return state
+
+    def snapshot(self, state):
+        """A state that later forwards never change (keep it, branch from it). By default the
+        state itself: a memory that never writes into its input states needs no copy."""
         return state
 
 

@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_positive_int, check_tensor, describe
-from ._slots import SlotMemory, SlotState, attend, causal_chunk_mask, ring_ranges, write_ring
-from ._state import check_input
+from ._slots import SlotMemory, SlotState, all_held_and_causal, attend, ring_ranges, write_ring
 
 __all__ = ["CompressiveMemory", "CompressiveState", "attention_reconstruction_loss", "COMPRESSIONS"]
 
@@ -73,8 +72,19 @@ class CompressiveMemory(SlotMemory):
     ``train()`` adds to the training loss (the only gradient the compressor receives).
     """
 
+    name = "compressive"
+    title = "compressive"
     state_type = CompressiveState
     supports_gqa = False
+
+    @classmethod
+    def example_sizes(cls, slots=8, *, n_heads=2):
+        half = max(slots // 2, 2)  # M = C, c = 2: reaches M + 2 C positions for the bytes of M + C pairs
+        return {"mem_len": half, "cmem_len": max(1, slots - half), "ratio": 2}
+
+    def label(self) -> str:
+        f_c = "" if self.compress == "mean" else f", f_c = {self.compress}"
+        return f"compressive M = {self.mem_len}, C = {self.cmem_len}, c = {self.ratio}{f_c}"
 
     def __init__(self, mem_len: int, cmem_len: int, ratio: int, compress: str = "mean"):
         super().__init__()
@@ -130,15 +140,13 @@ class CompressiveMemory(SlotMemory):
     # -- hooks -------------------------------------------------------------------------------
     def slots(self, q, state):
         buf = self._read(state)
-        t = q.shape[2]
-        held = (buf.pos >= 0)[None, :].expand(t, -1)  # [T, C + M]: every held slot is visible
-        return buf.k, buf.v, torch.cat([held, causal_chunk_mask(t, q.device)], dim=1)
+        return buf.k, buf.v, all_held_and_causal(buf.pos >= 0, q.shape[2])  # every held slot is visible
 
     def update(self, state, k, v, mass=None):
         return self._advance(state, k, v, mass)[0]
 
     def forward(self, q, k, v, state):
-        check_input(self, q, k, v, state, self.state_type)
+        self.check(q, k, v, state)  # its state type and its number of slots
         out, mass = self._attend(q, k, v, state)
         new_state, popped = self._advance(state, k, v, mass)
         if popped is not None and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
@@ -199,6 +207,16 @@ class CompressiveMemory(SlotMemory):
         g, c = state.n_groups, self.ratio
         cmem = [(j * c, j * c + c - 1) for j in range(max(0, g - self.cmem_len), g)]
         return cmem + [(p, p) for p in range(g * c, state.length)]
+
+    def parts(self, state) -> list[tuple[str, int]]:
+        """``[("CMem", compressed slots), ("Mem", pairs as they are)]`` (empty groups left out)."""
+        groups = [("CMem", min(state.n_groups, self.cmem_len)), ("Mem", state.length - state.n_groups * self.ratio)]
+        return [(label, size) for label, size in groups if size]
+
+    def slots_after(self, context: int) -> int:
+        """``min(m, M) + min(C, (m - M) // c)``: ``Mem`` fills first, then each ``c`` evicted pairs make a slot."""
+        m = self.mem_len
+        return min(context, m) + min(self.cmem_len, max(0, context - m) // self.ratio)
 
 
 def _groups(x, c):

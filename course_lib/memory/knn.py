@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int
-from ._slots import SlotMemory, SlotState, causal_chunk_mask, write_ring
-from ._state import check_input
+from ._slots import RingMemory, SlotState, causal_chunk_mask
 
 __all__ = ["KNNMemory", "KNNState"]
 
@@ -26,14 +25,16 @@ class KNNState(SlotState):
     """State of a :class:`KNNMemory`: the store of ``N`` slots after ``length`` tokens."""
 
 
-class KNNMemory(SlotMemory):
+class KNNMemory(RingMemory):
     """Top-``k`` retrieval by ``q . k`` over the last ``capacity`` pairs, plus the chunk causally.
 
     Args:
         capacity: ``N``, pairs stored.
-        top_k: ``k``, pairs retrieved per query (all stored pairs when ``k >= N``).
+        top_k: ``k <= N``, pairs retrieved per query.
     """
 
+    name = "knn"
+    title = "k-NN"
     state_type = KNNState
     supports_gqa = False
 
@@ -41,9 +42,20 @@ class KNNMemory(SlotMemory):
         super().__init__()
         self.capacity = check_positive_int("capacity", capacity)
         self.top_k = check_positive_int("top_k", top_k)
+        if top_k > capacity:
+            raise ValueError(
+                f"top_k={top_k} must be <= capacity={capacity}: a query retrieves top_k of the capacity pairs stored"
+            )
+
+    @classmethod
+    def example_sizes(cls, slots=8, *, n_heads=2):
+        return {"capacity": 2 * slots, "top_k": max(1, min(32, slots // 4))}
 
     def extra_repr(self) -> str:
         return f"capacity={self.capacity}, top_k={self.top_k}"
+
+    def label(self) -> str:
+        return f"kNN N = {self.capacity}, k = {self.top_k}"
 
     @property
     def n_slots(self) -> int:
@@ -52,7 +64,7 @@ class KNNMemory(SlotMemory):
     def _search(self, q, buf):
         """``(scores, slots) [B, H, T, k]``: the ``k`` best stored slots per query (empty ones score ``-inf``)."""
         scores = (q @ buf.k.transpose(-2, -1)).masked_fill(buf.pos < 0, float("-inf"))  # [B, H, T, N]
-        return scores.topk(min(self.top_k, self.capacity), dim=-1)
+        return scores.topk(self.top_k, dim=-1)
 
     def retrieve(self, q, state) -> torch.Tensor:
         """Positions of the pairs each query retrieves, ``[B, H, T, k]`` (``-1`` where fewer are stored)."""
@@ -68,15 +80,8 @@ class KNNMemory(SlotMemory):
         picked &= buf.pos >= 0
         return buf.k, buf.v, torch.cat([picked, causal_chunk_mask(t, q.device).expand(b, h, t, t)], dim=-1)
 
-    def update(self, state, k, v, mass=None):
-        n, t, cap = state.length, k.shape[2], self.capacity
-        buf = self._writable(state)
-        a = max(0, t - cap)
-        write_ring(buf, 0, cap, n + a, k[:, :, a:].detach(), v[:, :, a:].detach(), n + a)
-        return self._successor(state, buf, n + t)
-
     def forward(self, q, k, v, state):
-        check_input(self, q, k, v, state, self.state_type)
+        self.check(q, k, v, state)
         buf = self._read(state)
         b, h, t, d = q.shape
         scale = d ** -0.5
@@ -89,7 +94,12 @@ class KNNMemory(SlotMemory):
         out = (w_mem[..., None] * picked_v).sum(3) + w_chunk @ v  # [B, H, T, D_v]
         return out, self.update(state, k, v)
 
-    def spans(self, state) -> list[tuple[int, int]]:
-        """Positions stored, oldest first."""
-        n = state.length
-        return [(p, p) for p in range(max(0, n - self.capacity), n)]
+    def slots_read(self, held: int) -> int:
+        return min(held, self.top_k)
+
+    def cost_per_token(self, config, context: int) -> dict:
+        """As any slot memory, reading only ``k`` slots, plus ``2 L tau d_h N`` FLOPs to score
+        every stored key against the query (the brute-force search)."""
+        cost = super().cost_per_token(config, context)
+        search = 2 * config.n_layers * config.n_heads * config.head_dim * self.slots_after(context)
+        return {**cost, "flops": cost["flops"] + search}

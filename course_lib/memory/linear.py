@@ -196,11 +196,19 @@ class LinearMemory(Memory):
         chunk_size: ``C``, chunk length of the chunked form used for chunks of ``T > 1`` tokens.
     """
 
+    name = "linear"
+    title = "linear"
     uses_rotary = False  # read by content: see the module docstring
+    sized_by_head_dim = True
 
     def __init__(self, chunk_size: int = 64):
         super().__init__()
         self.chunk_size = _check_chunk_size(chunk_size)
+
+    def cost_per_token(self, config, context: int) -> dict:
+        """``S`` and ``z`` per head, ``L tau (d_h^2 + d_h) b`` bytes; ``~4 L tau d_h^2`` FLOPs
+        (write ``phi(k)^T v``, read ``phi(q) S``), whatever the context."""
+        return _matrix_cost(config, extra=config.head_dim)
 
     def extra_repr(self) -> str:
         return f"chunk_size={self.chunk_size}"
@@ -217,7 +225,7 @@ class LinearMemory(Memory):
         if t == 1:
             out, S, z = linear_attention_recurrent(q, k, v, state.S, state.z)
         else:
-            out, S, z = linear_attention_chunked(q, k, v, state.S, state.z, self.chunk_size)
+            out, S, z = linear_attention_chunked(q, k, v, state.S, state.z, min(self.chunk_size, t))
         return out, LinearState(**meta_of(state), S=S.detach(), z=z.detach(), length=state.length + t)
 
 
@@ -230,7 +238,10 @@ class DeltaMemory(Memory):
         chunk_size: ``C``, chunk length of the chunked (WY/UT) form used for ``T > 1``.
     """
 
+    name = "delta"
+    title = "delta"
     uses_rotary = False  # read by content: see the module docstring
+    sized_by_head_dim = True
 
     def __init__(self, beta: float = 1.0, chunk_size: int = 64):
         super().__init__()
@@ -239,6 +250,10 @@ class DeltaMemory(Memory):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, chunk_size={self.chunk_size}"
+
+    def cost_per_token(self, config, context: int) -> dict:
+        """``S`` per head, ``L tau d_h^2 b`` bytes; ``~4 L tau d_h^2`` FLOPs, whatever the context."""
+        return _matrix_cost(config, extra=0)
 
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
         meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
@@ -252,8 +267,13 @@ class DeltaMemory(Memory):
         if t == 1:
             out, S = delta_rule_recurrent(q, k, v, beta, state.S)
         else:
-            out, S = delta_rule_chunked(q, k, v, beta, state.S, self.chunk_size)
+            out, S = delta_rule_chunked(q, k, v, beta, state.S, min(self.chunk_size, t))
         return out, DeltaState(**meta_of(state), S=S.detach(), length=state.length + t)
+
+
+def _matrix_cost(config, extra: int) -> dict:
+    L, tau, d = config.n_layers, config.n_heads, config.head_dim
+    return {"bytes": L * tau * (d * d + extra) * config.bytes_per_value, "flops": 4 * L * tau * d * d}
 
 
 def _check_beta_float(beta):

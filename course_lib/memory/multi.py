@@ -22,10 +22,9 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int, describe
-from ._slots import attend, causal_chunk_mask
+from ._slots import attend_slots
 from ._state import StateMeta, check_input, meta_of, new_meta
 from .base import Memory
-from .full import FullMemory
 
 __all__ = ["MultiMemory", "MultiState"]
 
@@ -49,6 +48,10 @@ class MultiMemory(Memory):
         n_heads: query heads ``tau`` (``gate`` learns one ``w_h`` per head).
     """
 
+    name = "multi"
+    title = "window + delta (gate)"
+    fixed_size = False  # fixed-size when all its memories are: see ``self.fixed_size``
+
     def __init__(self, memories, combine: str = "gate", n_heads: int | None = None):
         super().__init__()
         memories = list(memories)
@@ -64,6 +67,7 @@ class MultiMemory(Memory):
         self.n_heads = n_heads
         self.supports_gqa = all(m.supports_gqa for m in memories)
         self.holds_slots = combine == "concat"
+        self.fixed_size = all(m.fixed_size for m in memories)
         self.track_mass = False
         if combine == "gate":
             if len(memories) != 2:
@@ -76,15 +80,31 @@ class MultiMemory(Memory):
             self.gate_logit = nn.Parameter(torch.zeros(n_heads))  # w_h; g = sigmoid(w_h) = 1/2 at first
         else:
             for i, m in enumerate(memories):
-                if not (m.holds_slots and (isinstance(m, FullMemory) or hasattr(m, "slots"))):
+                if not m.holds_slots:
                     raise ValueError(
                         f"combine='concat' attends over key/value slots, but memories[{i}] "
                         f"({type(m).__name__}) holds no slots; use combine='gate' for it"
                     )
-            self.track_mass = any(getattr(m, "track_mass", False) for m in memories)
+            self.track_mass = any(m.track_mass for m in memories)
+
+    @classmethod
+    def example_sizes(cls, slots=8, *, n_heads=2):
+        """Infini-attention's pair: a window of ``slots / 2`` and a delta memory, gated."""
+        from .linear import DeltaMemory
+        from .window import WindowMemory
+
+        return {"memories": [WindowMemory(max(slots // 2, 2)), DeltaMemory()], "combine": "gate", "n_heads": n_heads}
 
     def extra_repr(self) -> str:
         return f"combine={self.combine!r}" + (f", n_heads={self.n_heads}" if self.n_heads else "")
+
+    def label(self) -> str:
+        return " + ".join(m.label() for m in self.memories) + f" ({self.combine})"
+
+    def cost_per_token(self, config, context: int) -> dict:
+        """The sum of its memories' costs."""
+        costs = [m.cost_per_token(config, context) for m in self.memories]
+        return {key: sum(c[key] for c in costs) for key in ("bytes", "flops")}
 
     @property
     def gate(self) -> torch.Tensor:
@@ -107,18 +127,13 @@ class MultiMemory(Memory):
             (out_a, s_a), (out_b, s_b) = (m(q, k, v, s) for m, s in zip(self.memories, state.states))
             g = self.gate.to(out_a.dtype)[None, :, None, None]  # [1, H, 1, 1]
             return g * out_a + (1 - g) * out_b, self._next(state, [s_a, s_b], q.shape[2])
-        keys, values, mask = self.slots(q, state)
-        keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
-        if not self.track_mass:
-            return attend(q, keys, values, mask), self.update(state, k, v)
-        scores = (q @ keys.transpose(-2, -1) * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=-1)  # [B, H, T, P + T]
-        return weights @ values, self.update(state, k, v, mass=weights.detach().sum(2))
+        out, mass = attend_slots(self, q, k, v, state)  # one softmax over every memory's slots and the chunk
+        return out, self.update(state, k, v, mass)
 
     # -- concat hooks ----------------------------------------------------------------------------
     def slots(self, q, state):
         """All memories' slots, in order, and one mask; a chunk key is visible if any memory shows it."""
-        parts = [_slots_of(m, q, s) for m, s in zip(self.memories, state.states)]
+        parts = [m.slots(q, s) for m, s in zip(self.memories, state.states)]
         lead = torch.broadcast_shapes(*(mask.shape[:-1] for _, _, mask in parts))
         masks = [mask.expand(*lead, mask.shape[-1]) for _, _, mask in parts]
         sizes = [keys.shape[2] for keys, _, _ in parts]
@@ -130,13 +145,16 @@ class MultiMemory(Memory):
 
     def update(self, state, k, v, mass=None):
         new, offset = [], 0
-        n_slots = [_n_slots(m, s) for m, s in zip(self.memories, state.states)]
+        n_slots = [m.slot_count(s) for m, s in zip(self.memories, state.states)]
         total = sum(n_slots)
         for m, s, p in zip(self.memories, state.states, n_slots):
             mass_m = None if mass is None else torch.cat([mass[..., offset:offset + p], mass[..., total:]], -1)
-            new.append(_update_of(m, s, k, v, mass_m))
+            new.append(m.update(s, k, v, mass_m))
             offset += p
         return self._next(state, new, k.shape[2])
+
+    def slot_count(self, state) -> int:
+        return sum(m.slot_count(s) for m, s in zip(self.memories, state.states))
 
     def _next(self, state, states, t):
         return MultiState(**meta_of(state), states=states, length=state.length + t)
@@ -150,33 +168,15 @@ class MultiMemory(Memory):
             return super().spans(state)
         return [span for m, s in zip(self.memories, state.states) for span in m.spans(s)]
 
+    def parts(self, state) -> list[tuple[str, int]]:
+        if self.combine != "concat":
+            return super().parts(state)
+        return [part for m, s in zip(self.memories, state.states) for part in m.parts(s)]
+
     def reserve(self, state, n_tokens: int = 0):
         return dataclasses.replace(state, states=[m.reserve(s, n_tokens) for m, s in zip(self.memories, state.states)])
 
     def snapshot(self, state):
         """A copy that later forwards never write into (see ``SlotMemory.snapshot``)."""
-        return dataclasses.replace(state, states=[
-            m.snapshot(s) if hasattr(m, "snapshot") else s for m, s in zip(self.memories, state.states)
-        ])
+        return dataclasses.replace(state, states=[m.snapshot(s) for m, s in zip(self.memories, state.states)])
 
-
-def _slots_of(memory, q, state):
-    if isinstance(memory, FullMemory):  # every cached pair is visible
-        t = q.shape[2]
-        held = torch.ones(t, state.length, dtype=torch.bool, device=q.device)
-        return state.keys, state.values, torch.cat([held, causal_chunk_mask(t, q.device)], dim=1)
-    return memory.slots(q, state)
-
-
-def _update_of(memory, state, k, v, mass):
-    if isinstance(memory, FullMemory):
-        return memory.append(state, k, v)
-    return memory.update(state, k, v, mass)
-
-
-def _n_slots(memory, state) -> int:
-    if isinstance(memory, FullMemory):
-        return state.length
-    if isinstance(memory, MultiMemory):
-        return sum(_n_slots(m, s) for m, s in zip(memory.memories, state.states))
-    return memory.n_slots

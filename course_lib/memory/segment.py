@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int
-from ._slots import SlotMemory, SlotState, attend, causal_chunk_mask, write_ring
-from ._state import check_input
+from ._slots import RingMemory, SlotState, all_held_and_causal, attend
 
 __all__ = ["SegmentMemory", "SegmentState"]
 
@@ -28,21 +27,30 @@ class SegmentState(SlotState):
     """State of a :class:`SegmentMemory`: a ring of ``M`` slots after ``length`` tokens."""
 
 
-class SegmentMemory(SlotMemory):
+class SegmentMemory(RingMemory):
     """Transformer-XL memory: each chunk sees the last ``mem_len`` pairs before it, plus itself causally.
 
     Args:
         mem_len: ``M >= 1`` pairs carried from one segment to the next.
     """
 
+    name = "segment"
+    title = "segment (Transformer-XL)"
     state_type = SegmentState
 
     def __init__(self, mem_len: int):
         super().__init__()
         self.mem_len = check_positive_int("mem_len", mem_len)
 
+    @classmethod
+    def example_sizes(cls, slots=8, *, n_heads=2):
+        return {"mem_len": slots}
+
     def extra_repr(self) -> str:
         return f"mem_len={self.mem_len}"
+
+    def label(self) -> str:
+        return f"segment M = {self.mem_len}"
 
     @property
     def n_slots(self) -> int:
@@ -50,29 +58,15 @@ class SegmentMemory(SlotMemory):
 
     def slots(self, q, state):
         buf = self._read(state)
-        t = q.shape[2]
-        held = (buf.pos >= 0)[None, :].expand(t, -1)  # [T, M]: every held pair is visible
-        return buf.k, buf.v, torch.cat([held, causal_chunk_mask(t, q.device)], dim=1)
-
-    def update(self, state, k, v, mass=None):
-        n, t, m = state.length, k.shape[2], self.mem_len
-        buf = self._writable(state)
-        a = max(0, t - m)
-        write_ring(buf, 0, m, n + a, k[:, :, a:].detach(), v[:, :, a:].detach(), n + a)
-        return self._successor(state, buf, n + t)
+        return buf.k, buf.v, all_held_and_causal(buf.pos >= 0, q.shape[2])  # every held pair is visible
 
     def forward(self, q, k, v, state):
         if q.shape[2] != 1 or self._needs_grad(q, k, v):
             return super().forward(q, k, v, state)
         # decoding: slots [0, min(i, M)) hold the last M keys before position i -- no mask needed
-        check_input(self, q, k, v, state, self.state_type)
+        self.check(q, k, v, state)
         m = min(state.length, self.mem_len)
         buf = self._read(state)
         keys = torch.cat([buf.k[:, :, :m], k], dim=2)
         values = torch.cat([buf.v[:, :, :m], v], dim=2)
         return attend(q, keys, values), self.update(state, k, v)
-
-    def spans(self, state) -> list[tuple[int, int]]:
-        """Positions held, oldest first."""
-        n = state.length
-        return [(p, p) for p in range(max(0, n - self.mem_len), n)]

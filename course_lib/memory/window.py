@@ -21,7 +21,6 @@ import torch
 
 from .._checks import check_positive_int
 from ._slots import SlotMemory, SlotState, attend, write_ring
-from ._state import check_input
 
 __all__ = ["WindowMemory", "SinkMemory", "WindowState"]
 
@@ -44,6 +43,8 @@ class WindowMemory(SlotMemory):
     [(1, 1), (2, 2), (3, 3), (4, 4)]
     """
 
+    name = "window"
+    title = "window"
     state_type = WindowState
 
     def __init__(self, window: int):
@@ -51,8 +52,15 @@ class WindowMemory(SlotMemory):
         self.window = check_positive_int("window", window)
         self.sinks = 0
 
+    @classmethod
+    def example_sizes(cls, slots=8, *, n_heads=2):
+        return {"window": slots}
+
     def extra_repr(self) -> str:
         return f"window={self.window}" + (f", sinks={self.sinks}" if self.sinks else "")
+
+    def label(self) -> str:
+        return f"window n_c = {self.window}"
 
     @property
     def n_slots(self) -> int:
@@ -87,7 +95,7 @@ class WindowMemory(SlotMemory):
             return super().forward(q, k, v, state)
         # decoding: write the new pair first, then attend to the filled slots -- no mask needed,
         # since slots [0, min(i+1, S+n_c)) hold exactly keys 0..S-1 and i-n_c+1..i
-        check_input(self, q, k, v, state, self.state_type)
+        self.check(q, k, v, state)
         new_state = self.update(state, k, v)
         m = min(new_state.length, self.n_slots)
         buf = new_state.buffer
@@ -99,6 +107,12 @@ class WindowMemory(SlotMemory):
         held = list(range(min(n, self.sinks))) + list(range(max(self.sinks, n - self.window), n))
         return [(p, p) for p in held]
 
+    def parts(self, state) -> list[tuple[str, int]]:
+        """``[("sinks", S held), ("Mem", the window's slots held)]`` (empty groups left out)."""
+        n = state.length
+        groups = [("sinks", min(n, self.sinks)), ("Mem", max(0, n - max(self.sinks, n - self.window)))]
+        return [(label, size) for label, size in groups if size]
+
 
 class SinkMemory(WindowMemory):
     """Attention sinks plus a window: keys ``0..S-1`` and ``max(0, i-n_c+1)..i``.
@@ -108,6 +122,17 @@ class SinkMemory(WindowMemory):
         window: ``n_c >= 1`` most recent pairs kept.
     """
 
+    name = "sink"
+    title = "sinks + window"
+
     def __init__(self, sinks: int, window: int):
         super().__init__(window)
         self.sinks = check_positive_int("sinks", sinks, minimum=0)
+
+    @classmethod
+    def example_sizes(cls, slots=8, *, n_heads=2):
+        sinks = min(4, max(1, slots // 4))  # StreamingLLM keeps 4
+        return {"sinks": sinks, "window": max(1, slots - sinks)}
+
+    def label(self) -> str:
+        return f"sink S = {self.sinks}, n_c = {self.window}"
