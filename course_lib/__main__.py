@@ -2,7 +2,8 @@
 
 * ``doctor``: versions, device, widget support; exits non-zero when the environment is
   broken, and says how to fix it.
-* ``grade NOTEBOOK.ipynb [--json]``: run a learner's notebook in a fresh kernel and score it.
+* ``grade NOTEBOOK.ipynb [--json]``: run a learner's notebook in a fresh sandboxed kernel and
+  score it with checks run outside the notebook.
 * ``bench decode | recall | compare``: benchmarks that print a table and save a plot.
 """
 
@@ -32,6 +33,10 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     grade.add_argument("notebook", help="path to an exercises notebook (.ipynb); it is never modified")
     grade.add_argument("--json", action="store_true", help="print the report as JSON")
     grade.add_argument("--timeout", type=float, default=120.0, help="seconds per cell (default 120)")
+    grade.add_argument("--memory-gb", type=float, default=None,
+                       help="the kernel's address-space limit in GiB (default 8)")
+    grade.add_argument("--cpu-seconds", type=float, default=None,
+                       help="the kernel's CPU-time limit in seconds, all cells together (default 3600)")
 
     bench = sub.add_parser("bench", help="benchmarks: print a table, save a PNG")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
@@ -58,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grade":
         from .grading.cli import main as grade_main
 
-        return grade_main(args.notebook, as_json=args.json, timeout=args.timeout)
+        return grade_main(args.notebook, as_json=args.json, timeout=args.timeout, memory_gb=args.memory_gb,
+                          cpu_seconds=args.cpu_seconds)
     return _bench_module(args.bench_module).run(args) or 0
 
 

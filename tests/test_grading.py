@@ -1,21 +1,24 @@
 """The graders: every known-wrong answer is rejected with its own hint, the course_lib
-references pass, a stub is "not attempted yet", and nothing can hang or leak the checks."""
+references pass, a stub is "not attempted yet", and nothing can hang or leak the checks.
+
+The mutants and references run twice: called directly (as ``check`` does in a notebook)
+and through the proxy the grade command uses (:mod:`course_lib.grading.remote`, served in
+this process), so every check keeps to what crosses between grader and kernel: data."""
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import threading
 import time
 
 import pytest
-
 from grading import load
 
 from course_lib import attention_reference
-from course_lib.grading import EXERCISES, check, get_exercise
-from course_lib.grading.core import PASS, RECORD_ENV, CheckResult
+from course_lib.grading import EXERCISES, check, get_exercise, run_exercise
+from course_lib.grading.core import PASS, CheckResult
+from course_lib.grading.remote import loopback_answer
 
 MUTANTS, REFERENCES = load()  # tests/grading/mutants_NN.py
 
@@ -40,6 +43,11 @@ def test_every_mutant_belongs_to_a_registered_exercise_and_has_a_unique_name():
     assert len(names) == len(set(names))
 
 
+def _through_proxy(answer, tmp_path):
+    """``answer`` as the grade command's checks see it (served in this process, same files)."""
+    return loopback_answer(answer, tmp_path / "exchange")[1]
+
+
 @pytest.mark.parametrize("m", MUTANTS, ids=[f"{m.exercise_id}-{m.name}" for m in MUTANTS])
 def test_mutant_is_rejected_with_the_hint_for_its_mistake(m, capsys):
     result = check(m.exercise_id, m.answer, timeout=5)
@@ -49,6 +57,13 @@ def test_mutant_is_rejected_with_the_hint_for_its_mistake(m, capsys):
     assert result.status == "failed"
     assert hint in out, f"{m.name} should get the hint {m.hint!r}, got:\n{out}"
     assert "extended checks passed (" not in out and "answer accepted" not in out
+
+
+@pytest.mark.parametrize("m", MUTANTS, ids=[f"{m.exercise_id}-{m.name}" for m in MUTANTS])
+def test_mutant_is_rejected_with_its_hint_through_the_grader_proxy(m, tmp_path):
+    result = run_exercise(get_exercise(m.exercise_id), _through_proxy(m.answer, tmp_path), timeout=5)
+    hint = get_exercise(m.exercise_id).hint(m.hint)
+    assert result.score < result.max_score and hint in result.feedback, result.feedback
 
 
 # ---------------------------------------------------------------- the references pass
@@ -66,6 +81,12 @@ def test_course_lib_reference_scores_full_marks(exercise_id, capsys):
     assert out.count(PASS) == len(EXERCISES[exercise_id].checks)
     wording = "answer accepted" if EXERCISES[exercise_id].kind == "question" else "extended checks passed"
     assert wording in out and "all correct" not in out
+
+
+@pytest.mark.parametrize("exercise_id", list(EXERCISES))
+def test_course_lib_reference_scores_full_marks_through_the_grader_proxy(exercise_id, tmp_path):
+    result = run_exercise(EXERCISES[exercise_id], _through_proxy(REFERENCES[exercise_id], tmp_path))
+    assert result.passed and result.score == result.max_score, result.feedback
 
 
 # ---------------------------------------------------------------- stubs and partial answers
@@ -191,15 +212,40 @@ def test_off_the_main_thread_a_loop_times_out_in_a_worker_thread():
 # ---------------------------------------------------------------- the result and its record
 
 
-def test_the_result_records_itself_for_the_grade_command(tmp_path, monkeypatch):
-    record = tmp_path / "records.jsonl"
-    monkeypatch.setenv(RECORD_ENV, str(record))
-    check("01.why_sqrt_d", "C", quiet=True)
-    check("01.why_sqrt_d", "B", quiet=True)
-    first, second = (json.loads(line) for line in record.read_text().splitlines())
-    assert first["id"] == "01.why_sqrt_d" and first["score"] == 0 and first["max_score"] == 1
-    assert "Causality comes from the mask" in first["feedback"]
-    assert second["score"] == 1 and second["feedback"] == "answer accepted; score 1/1"
+def test_under_the_grade_command_check_leaves_the_checks_to_the_grader(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_GRADE_SESSION", "1")
+    calls = []
+    result = check("01.scaled_attention", lambda *a: calls.append(a))
+    assert calls == [] and result.score == 0
+    assert capsys.readouterr().out.strip() == "01.scaled_attention: checked by the grade command"
+
+
+def test_a_check_may_give_the_answer_data_only(tmp_path):
+    """A check that passes the answer something other than data fails loudly (in the tests)."""
+
+    session, answer = loopback_answer(lambda x: x, tmp_path)
+    with pytest.raises(TypeError, match="data only"):
+        answer(object())
+    assert answer([1, "a", None]) == [1, "a", None]
+
+
+def test_only_data_crosses_back_and_objects_stay_behind_handles(tmp_path):
+    class Box:
+        size = 3
+
+        def grow(self, t):
+            t.mul_(2)  # changes its input in place
+            return {"t": t, "n": self.size}
+
+    _, answer = loopback_answer(Box, tmp_path)
+    box = answer()
+    assert "in the learner's kernel" in repr(box)
+    t = __import__("torch").ones(2)
+    out = box.grow(t)
+    assert out["n"] == 3 and out["t"].tolist() == [2.0, 2.0]
+    assert t.tolist() == [2.0, 2.0], "an in-place change of an argument is seen by the check, as locally"
+    with pytest.raises(AttributeError):
+        box.size = 4
 
 
 def test_the_result_displays_nothing_in_a_notebook_but_has_a_short_repr():

@@ -2,7 +2,8 @@
 
 The scenarios use small synthetic notebooks: one that crashes halfway (an exception, then
 a dead kernel) and one that loops forever. Items the run never reached score 0 with
-feedback "not reached".
+feedback "not reached". The attacks on the grade (forged scores, escapes from the
+sandbox) are in tests/test_grading_sandbox.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from course_lib.grading import EXERCISES
 from course_lib.grading.cli import Item, Report, _expected_items, grade_notebook
 
 LESSON_01 = [i for i in EXERCISES if i.startswith("01.")]
+LESSON_02 = [i for i in EXERCISES if i.startswith("02.")]
 
 
 def write_notebook(path, *sources):
@@ -50,8 +52,11 @@ def test_a_notebook_that_crashes_halfway_still_gets_a_full_report(tmp_path, caps
     report = json.loads(capsys.readouterr().out)
     assert untouched(path) == before, "grading must never write to the notebook"
 
-    assert set(report) == {"notebook", "score", "max_score", "exercises"}
+    assert set(report) == {"notebook", "lessons", "score", "max_score", "exercises", "cell_errors", "stopped",
+                           "sandbox"}
+    assert report["lessons"] == ["01", "02"]  # the file name's, and the one of the exercises it checks
     items = {item["id"]: item for item in report["exercises"]}
+    assert list(items) == LESSON_01 + LESSON_02, "every registered exercise of both lessons, in order"
     assert all(set(item) == {"id", "score", "max_score", "feedback"} for item in items.values())
     assert items["01.why_sqrt_d"] == {"id": "01.why_sqrt_d", "score": 1.0, "max_score": 1.0,
                                       "feedback": "answer accepted; score 1/1"}
@@ -62,11 +67,12 @@ def test_a_notebook_that_crashes_halfway_still_gets_a_full_report(tmp_path, caps
     assert "The cache gains one (k_i, v_i) pair per layer" in items["02.growth_cost"]["feedback"]
     assert items["02.llama3_bytes"]["feedback"] == \
         "not reached: the run stopped before cell 7 (the kernel died in cell 6)"
-    # the rest of lesson 01 (from the file name) is listed, with no cell calling check for it
-    for exercise_id in ("01.scaled_attention", "01.causal_mask", "01.split_heads"):
+    for exercise_id in ("01.scaled_attention", "01.causal_mask", "01.split_heads", "02.growing_cache"):
         assert items[exercise_id]["feedback"] == "not reached: no cell calls check for this exercise"
         assert items[exercise_id]["max_score"] == EXERCISES[exercise_id].points
-    assert (report["score"], report["max_score"]) == (1.0, sum(i["max_score"] for i in items.values()))
+    assert (report["score"], report["max_score"]) == (1.0, 16.0)
+    assert report["cell_errors"] == [{"cell": 4, "error": "ZeroDivisionError: division by zero"}]
+    assert report["stopped"] == "the kernel died in cell 6"
 
 
 @pytest.mark.slow
@@ -101,11 +107,13 @@ def test_a_missing_or_broken_notebook_exits_2_with_the_reason(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
 
 
-def test_expected_items_come_from_check_calls_and_the_lesson_in_the_file_name(tmp_path):
+def test_expected_items_are_every_exercise_of_the_lessons_named_by_metadata_file_name_and_checks(tmp_path):
     nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("check( '02.growth_cost', f)")])
-    found = _expected_items(nb, tmp_path / "01_mine.ipynb", EXERCISES)
-    assert found == {"02.growth_cost": 1, **{i: None for i in LESSON_01}}
-    assert _expected_items(nb, tmp_path / "homework.ipynb", EXERCISES) == {"02.growth_cost": 1}
+    found = _expected_items(nb, tmp_path / "01_mine.ipynb")
+    assert found == {**{i: None for i in LESSON_01}, **{i: None for i in LESSON_02}, "02.growth_cost": 1}
+    assert _expected_items(nb, tmp_path / "homework.ipynb") == {**{i: None for i in LESSON_02}, "02.growth_cost": 1}
+    nb.metadata["course"] = {"lesson": "01"}
+    assert set(_expected_items(nb, tmp_path / "homework.ipynb")) == set(LESSON_01 + LESSON_02)
 
 
 def test_the_table_lists_every_item_the_total_and_the_errors():

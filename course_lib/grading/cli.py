@@ -1,11 +1,21 @@
 """``python -m course_lib grade NOTEBOOK.ipynb [--json] [--timeout S]``: score a notebook.
 
-The notebook runs in a fresh kernel, in its own folder, cell after cell with a per-cell
-timeout; a cell that raises does not stop the run (later items are still graded), a cell
-that overstays is interrupted, and a kernel that dies ends the run with a report of what
-was reached. Each ``check(...)`` call appends its result to a file whose path the kernel
-gets in ``COURSE_GRADE_RECORD``; the last result per exercise counts. Items the run never
-reached score 0 with feedback "not reached: ...". The notebook file is only read.
+The notebook runs in a fresh kernel inside a sandbox (:mod:`course_lib.grading.sandbox`:
+bubblewrap when the machine has it, memory and CPU-time limits always) with a throw-away
+copy of its folder as working folder, cell after cell with a per-cell timeout. A cell
+that raises does not stop the run, a cell that overstays is interrupted, and a kernel
+that dies ends the run with a report of what was reached.
+
+Scores come from this process, not from the notebook: right after the first cell that
+calls ``check("NN.name", answer)`` has run, the grader runs that exercise's checks here,
+calling ``answer`` in the kernel through :mod:`course_lib.grading.remote` (only data comes
+back). Inside the graded kernel ``check`` itself does nothing, so nothing the notebook
+does to ``course_lib.grading``, to files, or by calling ``check`` again changes a score.
+
+The notebook is graded for its lesson (``metadata.course.lesson``, the ``NN_`` of its file
+name, and the lesson of every exercise it checks); the maximum is the sum of those
+lessons' registered totals, so an exercise whose check cell was deleted still counts,
+with 0 and "not reached". The notebook file is only read.
 
 Exit status: 0 when grading worked (whatever the score), 2 when the notebook cannot be
 read or no kernel starts.
@@ -13,8 +23,10 @@ read or no kernel starts.
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
+import math
 import os
 import re
 import subprocess
@@ -24,11 +36,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import RECORD_ENV, format_score
+from . import sandbox as sb
+from .core import format_score, run_exercise
+from .lessons import lesson_exercises
 
 __all__ = ["main", "grade_notebook", "Report", "Item"]
 
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["'](\d\d\.\w+)["']""")
+CHECK_ARG = re.compile(r"""\bcheck\(\s*["'](\d\d\.\w+)["']\s*,\s*"""
+                       r"""([A-Za-z_][\w.]*|"[^"]*"|'[^']*'|-?[\d.eE+_]+)\s*[,)]""")
 
 
 @dataclass
@@ -48,6 +64,8 @@ class Report:
     items: list[Item]
     cell_errors: list[tuple[int, str]] = field(default_factory=list)  # (cell number, "Name: message")
     stopped: str = ""  # why the run ended early, if it did
+    sandbox: str = ""  # "bubblewrap", or "none: why"
+    lessons: list[str] = field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -58,8 +76,10 @@ class Report:
         return round(sum(item.max_score for item in self.items), 2)
 
     def as_dict(self) -> dict:
-        return {"notebook": self.notebook, "score": self.score, "max_score": self.max_score,
-                "exercises": [item.as_dict() for item in self.items]}
+        return {"notebook": self.notebook, "lessons": self.lessons, "score": self.score,
+                "max_score": self.max_score, "exercises": [item.as_dict() for item in self.items],
+                "cell_errors": [{"cell": number, "error": error} for number, error in self.cell_errors],
+                "stopped": self.stopped, "sandbox": self.sandbox}
 
     def table(self) -> str:
         width = max([len("exercise"), *(len(item.id) for item in self.items)])
@@ -74,16 +94,66 @@ class Report:
             lines.append(f"cell {number} raised {error}")
         if self.stopped:
             lines.append(f"the run stopped early: {self.stopped}")
+        if self.sandbox.startswith("none"):
+            lines.append(f"note: graded WITHOUT a sandbox ({self.sandbox[len('none: '):]})")
         return "\n".join(lines)
 
 
-def main(notebook, as_json: bool = False, timeout: float = 120.0) -> int:
+def _mark_unrun(nb, start: int) -> None:
+    for cell in nb.cells[start:]:
+        if cell.cell_type == "code":
+            cell["metadata"]["course_unrun"] = True
+
+
+def _error_output(cell):
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            return output.get("ename", "Error")
+    return None
+
+
+def _error_text(cell) -> str:
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            text = " ".join(str(output.get("evalue", "")).split())
+            return f"{output.get('ename', 'Error')}: {text[:200]}" if text else str(output.get("ename", "Error"))
+    return ""
+
+
+def _not_reached(target, ran, stopped: str) -> str:
+    if target.cell is None:
+        return "not reached: no cell calls check for this exercise"
+    cell = ran.cells[target.cell]
+    number = target.cell + 1
+    if cell.get("metadata", {}).get("course_unrun"):
+        return f"not reached: the run stopped before cell {number} ({stopped})"
+    if cell.get("metadata", {}).get("course_timed_out"):
+        return f"not reached: cell {number} ran longer than {format_score(float(cell.metadata.course_timed_out))} s " \
+               "and was interrupted"
+    if _error_output(cell) is not None:
+        return f"not reached: cell {number} raised {_error_text(cell)} before check finished"
+    if target.exercise.id in cell.get("metadata", {}).get("course_no_answer", []):
+        return f"not reached: cell {number} calls check without an answer"
+    if stopped:
+        return f"not reached: {stopped}"
+    return f"not reached: cell {number} ran but its answer was not checked"
+
+
+NO_SANDBOX_NOTICE = ("grade: no sandbox: {reason}. The notebook's code ran with your user's rights: it could read "
+                     "and write your files and use the network, and a process it started could outlive grading. "
+                     "Grade only notebooks you trust this way.")
+
+
+def main(notebook, as_json: bool = False, timeout: float = 120.0, memory_gb: float | None = None,
+         cpu_seconds: float | None = None) -> int:
     """Grade ``notebook`` and print a table (or JSON). Returns the exit status."""
     try:
-        report = grade_notebook(notebook, timeout=timeout)
+        report = grade_notebook(notebook, timeout=timeout, memory_gb=memory_gb, cpu_seconds=cpu_seconds)
     except GradingError as err:
         print(f"grade: {err}", file=sys.stderr)
         return 2
+    if report.sandbox.startswith("none"):
+        print(NO_SANDBOX_NOTICE.format(reason=report.sandbox[len("none: "):]), file=sys.stderr)
     print(json.dumps(report.as_dict(), indent=2) if as_json else report.table())
     return 0
 
@@ -92,76 +162,182 @@ class GradingError(Exception):
     """The notebook could not be graded at all (unreadable file, no kernel)."""
 
 
-def grade_notebook(notebook, *, timeout: float = 120.0) -> Report:
-    """Run ``notebook`` in a fresh kernel and score every graded item it contains."""
-    import nbformat
+@dataclass
+class _Target:
+    """An exercise the notebook is graded on: where its first check call is, and what it passes."""
 
-    from . import EXERCISES
+    exercise: object
+    cell: int | None = None
+    expr: str | None = None
+
+
+def grade_notebook(notebook, *, timeout: float = 120.0, sandbox: bool | None = None,
+                   memory_gb: float | None = None, cpu_seconds: float | None = None) -> Report:
+    """Run ``notebook`` in a fresh sandboxed kernel and score every exercise of its lesson(s).
+
+    ``sandbox``: None uses bubblewrap when it works here; False runs without it (limits only)."""
+    import nbformat
 
     path = Path(notebook)
     if not path.is_file():
         raise GradingError(f"notebook {str(path)!r} does not exist (expected a path to an .ipynb file)")
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise GradingError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    for name, value in (("memory_gb", memory_gb), ("cpu_seconds", cpu_seconds)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise GradingError(f"{name} must be a positive number, got {value!r}")
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as err:  # not JSON, not a notebook
         raise GradingError(f"cannot read {str(path)!r} as a notebook: {err}") from None
 
-    expected = _expected_items(nb, path, EXERCISES)
-    with tempfile.TemporaryDirectory(prefix="course_grade_") as tmp:
-        record_path = Path(tmp) / "records.jsonl"
-        record_path.touch()
-        ran, stopped = _run(copy.deepcopy(nb), path.resolve().parent, timeout, record_path)
-        records = _read_records(record_path)
+    lessons, targets = _targets(nb, path)
+    reason = sb.bwrap_reason() if sandbox in (None, True) else "the caller asked for no sandbox"
+    if sandbox is True and reason:
+        raise GradingError(f"a sandbox was required but {reason}")
+    use_bwrap = not reason
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="course_grade_", dir=_private_tmp()) as tmp:
+        ran, stopped = _run(copy.deepcopy(nb), Path(tmp), path.resolve().parent, timeout, targets, results,
+                            sandbox=use_bwrap, memory=int((memory_gb or sb.DEFAULT_MEMORY / 2**30) * 2**30),
+                            cpu=int(cpu_seconds or sb.DEFAULT_CPU))
 
     items = []
-    for exercise_id, cell_index in expected.items():
-        ex = EXERCISES.get(exercise_id)
-        if exercise_id in records:
-            r = records[exercise_id]
-            items.append(Item(exercise_id, float(r["score"]), float(r["max_score"]), str(r["feedback"])))
+    for exercise_id, target in targets.items():
+        ex = target.exercise
+        if exercise_id in results:
+            score, feedback = results[exercise_id]
+            items.append(Item(exercise_id, min(max(float(score), 0.0), float(ex.points)), float(ex.points), feedback))
         else:
-            max_score = float(ex.points) if ex is not None else 0.0
-            items.append(Item(exercise_id, 0.0, max_score, _not_reached(cell_index, ran, stopped)))
-    for exercise_id, r in records.items():  # items graded that the source scan did not find
-        if exercise_id not in expected:
-            items.append(Item(exercise_id, float(r["score"]), float(r["max_score"]), str(r["feedback"])))
+            items.append(Item(exercise_id, 0.0, float(ex.points), _not_reached(target, ran, stopped)))
     errors = [(index + 1, _error_text(cell)) for index, cell in enumerate(ran.cells)
               if cell.cell_type == "code" and _error_output(cell) is not None]
-    return Report(str(notebook), items, errors, stopped)
+    return Report(str(notebook), items, errors, stopped, "bubblewrap" if use_bwrap else f"none: {reason}",
+                  lessons)
 
 
-def _expected_items(nb, path: Path, exercises) -> dict[str, int | None]:
-    """Exercise ids the notebook should grade -> index of the cell that calls check for it.
+def _private_tmp() -> str | None:
+    """A temporary folder outside /tmp (which the sandbox replaces by its own) when there is one."""
+    for candidate in (os.environ.get("COURSE_GRADE_TMPDIR"), "/var/tmp"):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK):
+            return candidate
+    return None
 
-    The ids are those its cells pass to ``check(...)``, plus every registered exercise of its
-    lesson (``NN_`` in the file name), so a deleted check cell still shows up as not reached."""
-    found: dict[str, int | None] = {}
-    for index, cell in enumerate(nb.cells):
+
+def _lessons(nb, path: Path) -> list[str]:
+    """The lessons a notebook is graded for: its metadata's, its file name's, and those it checks."""
+    found = set()
+    meta = nb.metadata.get("course", {}) if isinstance(nb.metadata.get("course"), dict) else {}
+    if isinstance(meta.get("lesson"), str) and re.fullmatch(r"\d\d", meta["lesson"]):
+        found.add(meta["lesson"])
+    name = re.match(r"(\d\d)_", path.name)
+    if name:
+        found.add(name.group(1))
+    for cell in nb.cells:
         if cell.cell_type == "code":
-            for exercise_id in CHECK_CALL.findall(cell.source):
-                found.setdefault(exercise_id, index)
-    lesson = re.match(r"(\d\d)_", path.name)
-    if lesson:
-        for exercise_id, ex in exercises.items():
-            if ex.lesson == lesson.group(1):
-                found.setdefault(exercise_id, None)
-    return found
+            found.update(i.split(".")[0] for i in CHECK_CALL.findall(cell.source))
+    return sorted(found)
 
 
-def _run(nb, cwd: Path, timeout: float, record_path: Path):
-    """Execute ``nb`` in memory; returns (the executed notebook, why it stopped early or "")."""
+def _check_calls(source: str) -> list[tuple[str, str | None]]:
+    """``(exercise id, source of the answer argument)`` for each ``check(...)`` call in a cell."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # IPython magics and the like: a plainer reading of the same calls
+        calls = {m.group(1): m.group(2) for m in CHECK_ARG.finditer(source)}
+        return [(i, calls.get(i)) for i in CHECK_CALL.findall(source)]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str) and re.fullmatch(r"\d\d\.\w+", node.args[0].value):
+            func = node.func
+            if (isinstance(func, ast.Name) and func.id == "check") or \
+                    (isinstance(func, ast.Attribute) and func.attr == "check"):
+                expr = ast.get_source_segment(source, node.args[1]) if len(node.args) > 1 else None
+                out.append((node.args[0].value, expr))
+    out.sort(key=lambda pair: source.find(pair[0]))
+    return out
+
+
+def _targets(nb, path: Path) -> tuple[list[str], dict[str, _Target]]:
+    """Every registered exercise of the notebook's lessons, in order, with its first check call."""
+    lessons = _lessons(nb, path)
+    targets = {ex.id: _Target(ex) for lesson in lessons for ex in lesson_exercises(lesson)}
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for exercise_id, expr in _check_calls(cell.source):
+            target = targets.get(exercise_id)
+            if target is not None and target.cell is None:
+                target.cell, target.expr = index, expr
+    return lessons, targets
+
+
+def _expected_items(nb, path: Path, exercises=None) -> dict[str, int | None]:
+    """Exercise id -> index of the first cell that calls check for it (None: no cell does)."""
+    return {i: t.cell for i, t in _targets(nb, path)[1].items()}
+
+
+def _kernel_manager(tmp: Path, work: Path, *, sandbox: bool, memory: int, cpu: int):
+    """A kernel manager whose kernel runs in the sandbox and talks over sockets in ``tmp/rw``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+
+    spec = tmp / "spec" / "course-graded"
+    spec.mkdir(parents=True)
+    argv = sb.kernel_argv(tmp / "rw", work, sandbox=sandbox, memory=memory, cpu=cpu)
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "graded notebook",
+                                                  "language": "python", "interrupt_mode": "message"}))
+    return AsyncKernelManager(kernel_name="course-graded", kernel_spec_manager=KernelSpecManager(
+        kernel_dirs=[str(tmp / "spec")]), transport="ipc", ip=str(tmp / "rw" / "kernel"),
+        connection_file=str(tmp / "connection.json"))
+
+
+def _run(nb, tmp: Path, folder: Path, timeout: float, targets: dict, results: dict, *, sandbox: bool,
+         memory: int, cpu: int):
+    """Execute ``nb`` in memory, grading each exercise after its check cell; returns (the executed
+    notebook, why it stopped early or "")."""
+    import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
+    from .remote import KernelGone, Session, remote_code
+
+    (tmp / "rw").mkdir()
+    work = tmp / "rw" / "work"
+    sb.copy_working_folder(folder, work)
+    km = _kernel_manager(tmp, work, sandbox=sandbox, memory=memory, cpu=cpu)
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
+        nb, km=km, timeout=int(math.ceil(timeout)), allow_errors=True, interrupt_on_timeout=True,
         error_on_timeout={"ename": "CellTimeoutError", "evalue": f"the cell ran longer than {timeout:g} s "
                           "and was interrupted", "traceback": []},
-        startup_timeout=120, resources={"metadata": {"path": str(cwd)}},
+        startup_timeout=120, resources={"metadata": {"path": str(work)}},
     )
-    env = {**os.environ, RECORD_ENV: str(record_path), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, sb.GRADING_ENV: "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("COURSE_GRADE_RECORD", None)
+    by_cell: dict[int, list[str]] = {}
+    for exercise_id, target in targets.items():
+        if target.cell is not None:
+            by_cell.setdefault(target.cell, []).append(exercise_id)
+
+    def transport(request, response, remaining):
+        cell = nbformat.v4.new_code_cell(remote_code(request, response))
+        scratch = nbformat.v4.new_notebook(cells=[cell])
+        real, limit = client.nb, int(math.ceil((remaining or timeout) + 5))
+        start = time.monotonic()
+        try:
+            client.nb, client.timeout = scratch, limit
+            client.execute_cell(cell, 0, store_history=False)
+        except DeadKernelError:
+            raise KernelGone() from None
+        finally:
+            client.nb, client.timeout = real, int(math.ceil(timeout))
+        if _error_output(cell) in ("KeyboardInterrupt", "CellTimeoutError") or time.monotonic() - start >= limit:
+            from .core import CheckTimeout
+
+            raise CheckTimeout()
+
+    session = Session(transport, tmp / "rw" / "exchange")
     stopped = ""
     try:
         with client.setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
@@ -186,59 +362,70 @@ def _run(nb, cwd: Path, timeout: float, record_path: Path):
                     stopped = f"two cells in a row ran past {timeout:g} s"
                     _mark_unrun(nb, index + 1)
                     break
+                if _error_output(cell) is not None or cell["metadata"].get("course_timed_out"):
+                    continue
+                gone = _grade_after(cell, by_cell.get(index, []), targets, session, results)
+                if gone:
+                    stopped = f"the kernel died while {gone} was checked"
+                    _mark_unrun(nb, index + 1)
+                    break
     except DeadKernelError:
         stopped = stopped or "the kernel died"
     except RuntimeError as err:  # no kernel could start
         if not stopped and not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
             raise GradingError(f"could not start a python3 kernel: {err}") from None
         stopped = stopped or f"the kernel failed: {err}"
+    finally:
+        _shutdown(km)
     return nb, stopped
 
 
-def _mark_unrun(nb, start: int) -> None:
-    for cell in nb.cells[start:]:
-        if cell.cell_type == "code":
-            cell["metadata"]["course_unrun"] = True
+def _shutdown(km) -> None:
+    """End the kernel and, with it, the sandbox and every process started in it."""
+    from jupyter_core.utils import run_sync
+
+    try:
+        if run_sync(km.is_alive)():
+            run_sync(km.shutdown_kernel)(now=True)
+    except Exception:  # already gone
+        pass
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    if process is not None and process.poll() is None:
+        process.kill()
 
 
-def _error_output(cell):
-    for output in cell.get("outputs", []):
-        if output.get("output_type") == "error":
-            return output.get("ename", "Error")
-    return None
+def _grade_after(cell, exercise_ids, targets, session, results) -> str:
+    """Run the checks of the exercises whose first check call is in ``cell``; returns the id of
+    the exercise being checked when the kernel died, else ""."""
+    from .core import CheckTimeout
+    from .remote import KernelGone, RemoteError
 
-
-def _error_text(cell) -> str:
-    for output in cell.get("outputs", []):
-        if output.get("output_type") == "error":
-            text = " ".join(str(output.get("evalue", "")).split())
-            return f"{output.get('ename', 'Error')}: {text[:200]}" if text else str(output.get("ename", "Error"))
+    for exercise_id in exercise_ids:
+        target = targets[exercise_id]
+        ex = target.exercise
+        if not target.expr:
+            cell["metadata"].setdefault("course_no_answer", []).append(exercise_id)
+            continue
+        try:
+            answer = _literal(target.expr)
+            if answer is _NOT_LITERAL:
+                answer = session.answer(target.expr)
+            result = run_exercise(ex, answer)
+            results[exercise_id] = (result.score, result.feedback)
+        except KernelGone:
+            return exercise_id
+        except (RemoteError, CheckTimeout, NotImplementedError) as err:
+            why = "ran out of time" if isinstance(err, CheckTimeout) else \
+                f"raised {getattr(err, 'remote_type', type(err).__name__)}: {' '.join(str(err).split())[:160]}"
+            results[exercise_id] = (0.0, f"not reached: reading the answer `{target.expr}` {why}")
     return ""
 
 
-def _not_reached(cell_index: int | None, ran, stopped: str) -> str:
-    if cell_index is None:
-        return "not reached: no cell calls check for this exercise"
-    cell = ran.cells[cell_index]
-    number = cell_index + 1
-    if cell.get("metadata", {}).get("course_unrun"):
-        return f"not reached: the run stopped before cell {number} ({stopped})"
-    if cell.get("metadata", {}).get("course_timed_out"):
-        return f"not reached: cell {number} ran longer than {format_score(float(cell.metadata.course_timed_out))} s " \
-               "and was interrupted"
-    if _error_output(cell) is not None:
-        return f"not reached: cell {number} raised {_error_text(cell)} before check finished"
-    return f"not reached: cell {number} ran but its check call did not report a result"
+_NOT_LITERAL = object()
 
 
-def _read_records(path: Path) -> dict[str, dict]:
-    """The last well-formed record per exercise id."""
-    records: dict[str, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            records[str(record["id"])] = {"score": float(record["score"]), "max_score": float(record["max_score"]),
-                                          "feedback": str(record.get("feedback", ""))}
-        except (ValueError, KeyError, TypeError):
-            continue
-    return records
+def _literal(expr: str):
+    try:
+        return ast.literal_eval(expr)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _NOT_LITERAL

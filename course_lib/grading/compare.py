@@ -16,7 +16,7 @@ import torch
 from .core import Mistake
 
 __all__ = ["seeded", "randn", "heads_view", "expect_tensor", "close", "expect_close", "expect_number",
-           "call_keeping_inputs", "make"]
+           "call_keeping_inputs", "make", "run_beside", "grads"]
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -73,6 +73,27 @@ def make(answer, factory, *args, **kwargs):
     if builder is not None:
         return builder(answer, factory, args, kwargs)
     return factory(*args, **kwargs)
+
+
+def run_beside(answer, probe, *args, **kwargs):
+    """``probe(answer, *args, **kwargs)``, run where ``answer`` lives; ``probe`` returns data.
+
+    For what cannot cross as data: gradients, ``requires_grad``, whether a state was
+    detached, an object's identity. ``probe`` must be a module-level function (importable,
+    for example in ``course_lib.grading.lessons.lessonNN``) that calls the answer and
+    returns tensors, numbers or containers of them."""
+    return make(answer, probe, answer, *args, **kwargs)
+
+
+def grads(fn, inputs, weight):
+    """A probe for :func:`run_beside`: ``(out, [d (out * weight).sum() / d x for x in inputs])``,
+    with each input a fresh leaf that requires grad (None where no gradient reached it)."""
+    leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*leaves)
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return out.detach() if isinstance(out, torch.Tensor) else out, [None] * len(leaves)
+    (out * weight).sum().backward()
+    return out.detach(), [None if x.grad is None else x.grad.detach() for x in leaves]
 
 
 def call_keeping_inputs(fn, *args, **kwargs):

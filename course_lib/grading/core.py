@@ -12,7 +12,6 @@ overstays. Either way the notebook moves on.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -22,9 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Mistake", "Check", "Exercise", "CheckResult", "CheckLine", "run_exercise", "format_score",
-           "RECORD_ENV", "TIMEOUT_ENV"]
+           "TIMEOUT_ENV"]
 
-RECORD_ENV = "COURSE_GRADE_RECORD"  # path of a JSON-lines file that receives one record per check() call
 TIMEOUT_ENV = "COURSE_CHECK_TIMEOUT"  # seconds per check (default DEFAULT_TIMEOUT)
 DEFAULT_TIMEOUT = 10.0
 PASS, FAIL = "\u2713", "\u2717"  # check mark, ballot x
@@ -221,8 +219,16 @@ def default_timeout() -> float:
 
 
 def _run_check(exercise: Exercise, check: Check, answer, timeout: float) -> CheckLine:
+    session = getattr(answer, "_session", None) if type(answer).__name__.startswith("Remote") else None
     try:
-        call_with_timeout(lambda: check.run(answer), timeout)
+        if session is not None:  # the answer runs in the learner's kernel, which enforces the time limit
+            session.deadline = time.monotonic() + timeout
+            try:
+                check.run(answer)
+            finally:
+                session.deadline = None
+        else:
+            call_with_timeout(lambda: check.run(answer), timeout)
     except Mistake as m:
         hint = exercise.hint(m.key)
         return CheckLine(check.name, "failed", f"{hint} ({m.detail})" if m.detail else hint)
@@ -231,9 +237,11 @@ def _run_check(exercise: Exercise, check: Check, answer, timeout: float) -> Chec
     except CheckTimeout:
         return CheckLine(check.name, "timed out", f"timed out after {timeout:g} s. {exercise.hint('timed_out')}")
     except Exception as err:  # the learner's code raised: name the error, hint when we recognise it
+        if type(err).__name__ == "KernelGone":
+            raise
         message = _one_line(err).rstrip(".")
-        return CheckLine(check.name, "failed",
-                         f"raised {type(err).__name__}: {message}. {exercise.hint(_error_key(exercise, err))}")
+        name = getattr(err, "remote_type", type(err).__name__)
+        return CheckLine(check.name, "failed", f"raised {name}: {message}. {exercise.hint(_error_key(exercise, err))}")
     return CheckLine(check.name, "passed")
 
 
@@ -295,12 +303,3 @@ def _call_in_thread(fn, timeout):
     if "error" in box:
         raise box["error"]
     return box.get("value")
-
-
-def write_record(result: CheckResult) -> None:
-    """Append the result to the file named by ``COURSE_GRADE_RECORD`` (set by the grade command)."""
-    path = os.environ.get(RECORD_ENV)
-    if not path:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(result.record()) + "\n")

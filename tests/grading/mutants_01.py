@@ -183,3 +183,46 @@ value_mutant("01.causal_scores", "every_pair", "no_mask", 8 * 1024 * 1024)
 value_mutant("01.causal_scores", "without_the_diagonal", "no_diagonal", lambda: 8 * 1024 * 1023 // 2)
 value_mutant("01.causal_scores", "one_head", "no_heads", 1024 * 1025 // 2)
 value_mutant("01.causal_scores", "a_formula_as_text", "not_number", "8 * 1024 * 1025 / 2")
+
+
+# ---------------------------------------------------------------- 01: masks unlike the default (issue 11 B)
+
+@mutant("01.scaled_attention", hint="own_mask")
+def own_square_causal_mask(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:  # ignores the given mask's pattern
+        t = scores.shape[-1]
+        own = torch.ones(t, t, dtype=torch.bool).tril()[-scores.shape[-2]:]
+        scores = scores.masked_fill(~own, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@mutant("01.scaled_attention", hint="own_mask")
+def sdpa_is_causal(q, k, v, mask=None):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=mask is not None)
+
+
+@mutant("01.scaled_attention", hint="mask_zero_fill")
+def mask_fills_zero(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, 0.0)
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@mutant("01.scaled_attention", hint="mask_zero_fill")
+def scores_times_mask(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores * mask
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@mutant("01.causal_mask", hint="window_no_offset")
+def window_from_the_row(t_q, t_k, window=None):
+    i, j = _positions(t_q, t_k)
+    mask = j <= i
+    if window is not None:
+        r = torch.arange(t_q).unsqueeze(1)
+        mask = mask & (j > r - window)
+    return mask

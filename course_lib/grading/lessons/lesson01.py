@@ -38,6 +38,10 @@ ATTENTION_HINTS = {
     "mask_ignored": "The mask was ignored: where it is False the score must become -inf before the softmax.",
     "mask_added": "A boolean mask is not added as 0/1: blocked scores must become -inf "
                   "(scores.masked_fill(~mask, float('-inf'))).",
+    "own_mask": "Use the mask you are given, whatever its pattern (a window, sinks, random): your code "
+                "applied a causal mask of its own (torch's is_causal=True, or a tril) instead of `mask`.",
+    "mask_zero_fill": "Blocked scores must become -inf, not 0 (a 0-fill, or scores * mask): a score of 0 "
+                      "still gets weight exp(0) after the softmax; use scores.masked_fill(~mask, float('-inf')).",
     "shape": "The output must have shape [B, H, T_q, d_v]: one row per query, as wide as v.",
     "wrong_values": "The output differs from Softmax(q K^T / sqrt(d) + Mask) V: compare each step "
                     "with the formula (the transpose of K, the scale, the softmax axis, the mask).",
@@ -65,12 +69,29 @@ def _attention_models(q, k, v, mask=None):
             "mask_inverted": lambda: torch.softmax(scores.mul(scale).masked_fill(mask, neg), -1) @ v,
             "mask_ignored": lambda: torch.softmax(scores * scale, -1) @ v,
             "mask_added": lambda: torch.softmax(scores * scale + mask.to(scores.dtype), -1) @ v,
+            "mask_zero_fill": lambda: torch.softmax((scores * scale).masked_fill(~mask, 0.0), -1) @ v,
+            "own_mask": lambda: torch.softmax(masked(scores * scale, ref_causal_mask(q.shape[2], k.shape[2])), -1) @ v,
+            "own_mask#top_left": lambda: torch.softmax(masked(scores * scale, torch.ones(
+                q.shape[2], k.shape[2], dtype=torch.bool).tril()), -1) @ v,
         })
     return models
 
 
+def _random_mask(gen, b, t_q, t_k):
+    """A random boolean mask [B, 1, t_q, t_k] (broadcast over heads) with at least one key per row."""
+    mask = torch.rand(b, 1, t_q, t_k, generator=gen) < 0.5
+    keep = torch.randint(0, t_k, (b, 1, t_q, 1), generator=gen)
+    return mask.scatter(-1, keep, True)
+
+
+def _sink_mask(t, n_sinks, window):
+    """StreamingLLM's pattern: every query sees the first n_sinks keys and its last `window` keys."""
+    i, j = torch.arange(t).unsqueeze(1), torch.arange(t).unsqueeze(0)
+    return (j <= i) & ((j < n_sinks) | (j > i - window))
+
+
 def _attention_check(seed, b, h, t_q, t_k, d, d_v=None, *, masked=False, dtype=torch.float64,
-                     layout="contiguous", scale=1.0):
+                     layout="contiguous", scale=1.0, mask_fn=None):
     def run(fn):
         gen = seeded(seed)
         dv = d if d_v is None else d_v
@@ -80,7 +101,7 @@ def _attention_check(seed, b, h, t_q, t_k, d, d_v=None, *, masked=False, dtype=t
         else:
             q = randn(gen, b, h, t_q, d, dtype=dtype, scale=scale)
             k, v = randn(gen, b, h, t_k, d, dtype=dtype, scale=scale), randn(gen, b, h, t_k, dv, dtype=dtype)
-        mask = ref_causal_mask(t_q, t_k) if masked else None
+        mask = mask_fn(gen) if mask_fn is not None else ref_causal_mask(t_q, t_k) if masked else None
         out = call_keeping_inputs(fn, q, k, v) if mask is None else call_keeping_inputs(fn, q, k, v, mask)
         expect_tensor(out, (b, h, t_q, dv), dtype, shape_text="[B, H, T_q, d_v]")
         expect_close(out, attention_reference(q, k, v, mask), _attention_models(q, k, v, mask))
@@ -113,6 +134,14 @@ SCALED_ATTENTION = Exercise(
               _attention_check(17, 2, 3, 5, 5, 8, masked=True, layout="heads")),
         Check("large scores in float32 stay finite (|q|, |k| entries around 30, d = 64)",
               _attention_check(18, 1, 1, 4, 4, 64, dtype=torch.float32, scale=30.0)),
+        Check("a sliding-window mask, n_c = 3 over T = 7 (not the plain causal mask)",
+              _attention_check(19, 1, 2, 7, 7, 8, mask_fn=lambda gen: ref_causal_mask(7, 7, window=3))),
+        Check("3 queries over 8 keys with a causal mask [3, 8] (the queries are the last 3 positions)",
+              _attention_check(20, 2, 2, 3, 8, 8, mask_fn=lambda gen: ref_causal_mask(3, 8))),
+        Check("attention sinks: 2 sink keys plus a window of 3, T = 9",
+              _attention_check(21, 1, 2, 9, 9, 8, mask_fn=lambda gen: _sink_mask(9, 2, 3))),
+        Check("a random boolean mask [B, 1, T_q, T_k], at least one key per row (4 queries, 6 keys)",
+              _attention_check(22, 2, 3, 4, 6, 8, mask_fn=lambda gen: _random_mask(gen, 2, 4, 6))),
     ],
 )
 
@@ -127,6 +156,8 @@ MASK_HINTS = {
     "window_off_by_one": "Window off by one: the window [i - n_c + 1, i] holds exactly n_c keys, so keep "
                          "j >= i - n_c + 1 (that is, j > i - n_c).",
     "window_ignored": "With window = n_c, keys older than i - n_c + 1 must be False: the window was ignored.",
+    "window_no_offset": "The window must start from the query's absolute position i = t_k - t_q + r, not from "
+                        "its row r: with fewer queries than keys, row r's window is [i - n_c + 1, i].",
     "inverted": "True means may attend: your mask is True exactly where attention is blocked.",
     "dtype_bool": "Return a bool tensor (True = may attend), as a comparison such as j <= i gives.",
     "shape": "The mask must have shape [t_q, t_k]: one row per query, one column per key.",
@@ -153,6 +184,7 @@ def _mask_models(t_q, t_k, window):
         models.update({
             "window_off_by_one": lambda: windowed(j <= i, i, 0),
             "window_off_by_one#narrow": lambda: windowed(j <= i, i, 2),
+            "window_no_offset": lambda: (j <= i) & (j >= r - window + 1),
             "window_ignored": lambda: j <= i,
         })
     return models
@@ -181,6 +213,7 @@ CAUSAL_MASK = Exercise(
         Check("2 queries over 6 keys (the queries are the last 2 positions)", _mask_check(2, 6)),
         Check("window n_c = 3 over T = 7 (7 is not a multiple of 3)", _mask_check(7, 7, 3)),
         Check("window n_c = 4, 3 queries over 9 keys", _mask_check(3, 9, 4)),
+        Check("window n_c = 2, 4 queries over 10 keys (row r is position 6 + r)", _mask_check(4, 10, 2)),
         Check("window n_c = 1: each query sees only itself", _mask_check(5, 5, 1)),
         Check("window n_c = 10 >= T = 5 equals the plain causal mask", _mask_check(5, 5, 10)),
     ],

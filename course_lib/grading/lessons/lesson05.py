@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...memory import delta_rule_recurrent, linear_attention_recurrent
-from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, randn, seeded
+from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, make, randn, seeded
 from ..core import Check, Exercise, Mistake
 from ..questions import choice_exercise, number_exercise
 
@@ -216,10 +216,11 @@ def _segment_check(seed, b, h, m, t, d, mem_len, *, dtype=torch.float64, grad=Fa
         gen = seeded(seed)
         K_mem, V_mem = randn(gen, b, h, m, d, dtype=dtype), randn(gen, b, h, m, d_v, dtype=dtype)
         k, v = randn(gen, b, h, t, d, dtype=dtype), randn(gen, b, h, t, d_v, dtype=dtype)
-        if grad:  # the segment's pairs come out of a graph, as in training
-            k.requires_grad_(True)
-            v.requires_grad_(True)
         out = call_keeping_inputs(fn, K_mem, V_mem, k, v, mem_len)
+        if grad:  # where the answer lives, with k and v requiring grad: is what it keeps detached?
+            flags = make(fn, detached_probe, fn, [K_mem, V_mem, k, v, mem_len])
+            if flags is not None and any(flags):
+                raise Mistake("not_detached")
         if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(x, torch.Tensor) for x in out):
             raise Mistake("not_pair", f"got {type(out).__name__}")
         K, V = out
@@ -242,9 +243,19 @@ def _segment_check(seed, b, h, m, t, d, mem_len, *, dtype=torch.float64, grad=Fa
         }
         expect_close(K, all_k[:, :, -n:], models)
         expect_close(V, all_v[:, :, -n:], {"keeps_oldest": lambda: all_v[:, :, :n]})
-        if K.requires_grad or V.requires_grad:
-            raise Mistake("not_detached")
     return run
+
+
+def detached_probe(fn, args):
+    """Called where the answer lives (``compare.make``): ``fn(*args)`` with ``k, v`` (arguments 2
+    and 3) requiring grad, as in training; returns whether each returned tensor still requires grad
+    (``None`` when the answer does not return a pair of tensors)."""
+    args = list(args)
+    args[2], args[3] = (a.detach().clone().requires_grad_(True) for a in args[2:4])
+    out = fn(*args)
+    if not isinstance(out, (tuple, list)) or not all(isinstance(x, torch.Tensor) for x in out):
+        return None
+    return [bool(x.requires_grad) for x in out]
 
 
 SEGMENT_UPDATE = Exercise(
