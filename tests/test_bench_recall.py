@@ -9,6 +9,7 @@ import torch
 from course_lib.__main__ import main
 from course_lib.bench import recall
 from course_lib.data import IGNORE, mqar
+from course_lib.memory import MEMORIES
 
 
 def test_quick_run_prints_every_design_and_saves_the_png(tmp_path, capsys, monkeypatch):
@@ -35,16 +36,18 @@ def test_worker_processes_give_the_rows_of_a_run_in_place(monkeypatch):
     s = recall.QUICK
     here = recall.run_all(s, device="cpu", only={"window"}, jobs=1, log=lambda line: None)
     there = recall.run_all(s, device="cpu", only={"window"}, jobs=2, log=lambda line: None)
-    assert [r.label for r in there] == [r.label for r in here] == [f"window n_c={s.window}"]
+    assert [r.label for r in there] == [r.label for r in here] == [f"window n_c = {s.window}"]
     assert there[0].nbytes == here[0].nbytes
     assert abs(there[0].accuracy - here[0].accuracy) <= 0.07  # thread counts may differ in the last bits
 
 
-def test_every_family_of_the_issue_is_in_the_full_run():
-    families = {d.family for d in recall.designs(recall.FULL)}
-    assert families == {"Full", "Window", "Sink", "Linear", "Delta", "Segment", "Compressive", "kNN", "Multi"}
-    sweeps = [d for d in recall.designs(recall.FULL) if d.family in ("Linear", "Delta")]
+def test_every_registered_memory_that_can_recall_is_in_the_full_run():
+    families = [d.family for d in recall.designs(recall.FULL)]
+    assert set(families) == {name for name, cls in MEMORIES.items() if cls.uses_query}
+    assert {"full", "window", "sink", "linear", "delta", "segment", "compressive", "knn", "multi"} <= set(families)
+    sweeps = [d for d in recall.designs(recall.FULL) if d.family in ("linear", "delta")]
     assert len(sweeps) == 2 * len(recall.FULL.sweep) >= 6
+    assert len({d.label for d in recall.designs(recall.FULL)}) == len(families)  # workers find designs by label
 
 
 def test_fixed_size_memories_are_within_a_factor_of_two_of_each_other():
@@ -54,12 +57,12 @@ def test_fixed_size_memories_are_within_a_factor_of_two_of_each_other():
         model = recall.build_model(s, design)
         _, state = model(torch.zeros(1, s.seq_len, dtype=torch.long))
         sizes[design.label] = model.state_nbytes(state)
-    budget = sizes[f"window n_c={s.window}"]
-    for label in (f"sink S={s.window // 4} n_c={s.window - s.window // 4}", f"segment M={s.window}"):
+    budget = sizes[f"window n_c = {s.window}"]
+    for label in (f"sink S = {s.window // 4}, n_c = {s.window - s.window // 4}", f"segment M = {s.window}"):
         assert sizes[label] == budget, (label, sizes[label], budget)
     compressive = next(v for k, v in sizes.items() if k.startswith("compressive"))
     assert budget / 2 <= compressive <= 2 * budget
-    assert sizes["full"] > budget
+    assert sizes["full KV cache"] > budget
     deltas = [v for k, v in sizes.items() if k.startswith("delta")]
     assert deltas == sorted(deltas) and deltas[0] < deltas[-1], "the sweep grows the state"
 

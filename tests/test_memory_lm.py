@@ -4,41 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from memory_helpers import MEMORY_CASES
+from memory_helpers import H as HEADS
 
-from course_lib.memory import (
-    CompressiveMemory,
-    CumulativeAverageMemory,
-    DeltaMemory,
-    FullMemory,
-    KNNMemory,
-    LinearMemory,
-    MovingAverageMemory,
-    MultiMemory,
-    SegmentMemory,
-    SinkMemory,
-    WindowMemory,
-)
+from course_lib.memory import MEMORIES, DeltaMemory, LinearMemory, WindowMemory
 from course_lib.models import MemoryLM
 
-HEADS = 2
-FACTORIES = {
-    "full": FullMemory,
-    "window": lambda: WindowMemory(5),
-    "sink": lambda: SinkMemory(sinks=2, window=4),
-    "moving_average": lambda: MovingAverageMemory(3),
-    "cumulative_average": CumulativeAverageMemory,
-    "linear": lambda: LinearMemory(chunk_size=4),
-    "delta": lambda: DeltaMemory(beta=0.7, chunk_size=4),
-    "segment": lambda: SegmentMemory(6),
-    "compressive_mean": lambda: CompressiveMemory(6, 3, 2),
-    "compressive_conv": lambda: CompressiveMemory(6, 3, 3, compress="conv"),
-    "compressive_most_used": lambda: CompressiveMemory(4, 2, 2, compress="most_used"),
-    "knn": lambda: KNNMemory(capacity=12, top_k=3),
-    "infini": lambda: MultiMemory([WindowMemory(4), LinearMemory(chunk_size=4)], combine="gate", n_heads=HEADS),
-    "concat": lambda: MultiMemory([SegmentMemory(4), KNNMemory(8, 2)], combine="concat"),
-}
+# every registered memory, and the variants that take other paths through MemoryLM
+FACTORIES = {name: MEMORY_CASES[name] for name in [*MEMORIES, "compressive_conv", "compressive_most_used",
+                                                   "infini", "concat"]}
 # memories whose result does not depend on where the chunks start
-CHUNK_FREE = ["full", "window", "sink", "moving_average", "cumulative_average", "linear", "delta", "infini"]
+CHUNK_FREE = ["full", "window", "sink", "moving_average", "cumulative_average", "linear", "delta", "multi", "infini"]
 
 
 def model(name, n_kv_heads=None):

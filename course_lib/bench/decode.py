@@ -18,46 +18,26 @@ import torch
 
 from ..cost import measure_decode
 from ..device import describe_device, pick_device, seed_everything
+from ..memory import MEMORIES, memory_class
 
-# the sizes each memory gets in this benchmark (comparable budgets, see DESIGN.md)
-DEFAULT_SIZES = {
-    "full": {},
-    "window": {"window": 256},
-    "sink": {"sinks": 4, "window": 252},
-    "moving_average": {"window": 256},
-    "cumulative_average": {},
-    "linear": {},
-    "delta": {"beta": 0.5},
-    "segment": {"mem_len": 256},
-    "compressive": {"mem_len": 128, "cmem_len": 32, "ratio": 4, "compress": "mean"},
-    "knn": {"capacity": 4096, "top_k": 32},
-}
+#: every memory gets ``example(DEFAULT_SLOTS)``: about this many key/value slots per head
+#: (comparable budgets; the registry says what that means for each memory)
+DEFAULT_SLOTS = 256
 DEFAULT_CONTEXTS = "1024,2048,4096,8192,16384,32768,65536"
 
 
-def build_memory(name: str):
-    """The memory called ``name`` at this benchmark's default sizes."""
-    if name == "full":
-        from ..memory import FullMemory
-
-        return FullMemory()
-    from ..memory import make_memory
-
-    if name == "multi":
-        from ..memory import LinearMemory, MultiMemory, WindowMemory
-
-        return MultiMemory([WindowMemory(window=256), LinearMemory()], combine="gate", n_heads=4)
-    return make_memory(name, **DEFAULT_SIZES.get(name, {}))
+def build_memory(name: str, n_heads: int = 4):
+    """The memory called ``name`` at this benchmark's budget of slots."""
+    return memory_class(name).example(DEFAULT_SLOTS, n_heads=n_heads)
 
 
 def memory_names() -> list[str]:
-    from ..memory import MEMORIES
-
-    return [name for name in MEMORIES if name in DEFAULT_SIZES] + (["multi"] if "multi" in MEMORIES else [])
+    """Every registered memory, in registry order."""
+    return list(MEMORIES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--memory", action="append", default=None,
+    parser.add_argument("--memory", action="append", default=None, choices=[*MEMORIES, "all"],
                         help="memory name (repeatable) or 'all'; default: full")
     parser.add_argument("--contexts", default=DEFAULT_CONTEXTS,
                         help=f"comma-separated context lengths m (default {DEFAULT_CONTEXTS})")
@@ -88,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for name in names:
         seed_everything(0)
-        model = MemoryLM(256, args.d_model, args.layers, args.heads, build_memory(name)).to(device, dtype)
+        model = MemoryLM(256, args.d_model, args.layers, args.heads, build_memory(name, args.heads)).to(device, dtype)
         t0 = time.perf_counter()
         results[name] = measure_decode(model, contexts, steps=args.steps)
         print(f"  {name}: measured in {time.perf_counter() - t0:.1f} s")

@@ -53,6 +53,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 
@@ -91,7 +92,7 @@ QUICK = Setup(vocab_size=16, seq_len=16, n_pairs=2, segment_len=8, d_model=16, n
 
 @dataclass(frozen=True)
 class Design:
-    """One model of the comparison: ``label``, its ``family`` and how to build its memory."""
+    """One model of the comparison: ``label``, its ``family`` (the registry name) and how to build its memory."""
 
     label: str
     family: str
@@ -112,42 +113,21 @@ class Row:
 
 
 def designs(s: Setup) -> list[Design]:
-    """Full, Window, Sink, Linear and Delta (swept over ``d_h``), Segment, Compressive, kNN and
-    one multi-memory (Infini-attention-style gate of a window and a delta memory), sized so that
-    the fixed-size ones hold about ``window`` key/value slots per head where that applies."""
-    from ..memory import (
-        CompressiveMemory,
-        DeltaMemory,
-        FullMemory,
-        KNNMemory,
-        LinearMemory,
-        MultiMemory,
-        SegmentMemory,
-        SinkMemory,
-        WindowMemory,
-    )
+    """Every registered memory whose output depends on the query (the averages cannot recall),
+    at its ``example(window)``: the fixed-size ones hold about ``window`` key/value slots per head.
+    Memories whose state is set by ``d_h`` (linear, delta) are swept over ``d_model`` instead."""
+    from ..memory import REGISTERED
 
-    w, c = s.window, s.segment_len  # chunked linear/delta forms: one chunk per segment, no padding
-    sinks = max(1, w // 4)
-    out = [
-        Design("full", "Full", FullMemory),
-        Design(f"window n_c={w}", "Window", lambda: WindowMemory(w)),
-        Design(f"sink S={sinks} n_c={w - sinks}", "Sink", lambda: SinkMemory(sinks=sinks, window=w - sinks)),
-    ]
-    for d in s.sweep:
-        out.append(Design(f"linear d_h={d // s.n_heads}", "Linear", lambda: LinearMemory(chunk_size=c), d_model=d))
-    for d in s.sweep:
-        out.append(Design(f"delta d_h={d // s.n_heads}", "Delta", lambda: DeltaMemory(chunk_size=c), d_model=d))
-    half = max(s.window // 2, 2)
-    out += [
-        Design(f"segment M={w}", "Segment", lambda: SegmentMemory(mem_len=w)),
-        Design(f"compressive M={half} C={w - half} c=2", "Compressive",
-               lambda: CompressiveMemory(mem_len=half, cmem_len=w - half, ratio=2, compress="mean")),
-        Design(f"kNN N={s.seq_len // 2} k={max(1, w // 4)}", "kNN",
-               lambda: KNNMemory(capacity=s.seq_len // 2, top_k=max(1, w // 4))),
-        Design(f"window {half} + delta (gate)", "Multi",
-               lambda: MultiMemory([WindowMemory(half), DeltaMemory(chunk_size=c)], combine="gate", n_heads=s.n_heads)),
-    ]
+    out = []
+    for cls in REGISTERED:
+        if not cls.uses_query:
+            continue
+        make = partial(cls.example, s.window, n_heads=s.n_heads)
+        label = make().label()
+        if cls.sized_by_head_dim:
+            out += [Design(f"{label} d_h={d // s.n_heads}", cls.name, make, d_model=d) for d in s.sweep]
+        else:
+            out.append(Design(label, cls.name, make))
     return out
 
 
@@ -266,9 +246,9 @@ def _pct(x: float) -> str:
     return "-" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
-FAMILY_COLOURS = {"Full": "black", "Window": "tab:blue", "Sink": "tab:cyan", "Linear": "tab:orange",
-                  "Delta": "tab:red", "Segment": "tab:green", "Compressive": "tab:purple", "kNN": "tab:brown",
-                  "Multi": "tab:pink"}
+FAMILY_COLOURS = {"full": "black", "window": "tab:blue", "sink": "tab:cyan", "linear": "tab:orange",
+                  "delta": "tab:red", "segment": "tab:green", "compressive": "tab:purple", "knn": "tab:brown",
+                  "multi": "tab:pink"}  # a family not listed gets matplotlib's next colour
 
 
 def plot_recall(rows: list[Row], s: Setup, title: str | None = None):
