@@ -192,3 +192,46 @@ value_mutant("02.llama3_bytes", "in_gib", "gib", 1.0)
 value_mutant("02.growth_cost", "fixed_size", "chose_A", "A")
 value_mutant("02.growth_cost", "stores_weights", "chose_C", "C")
 value_mutant("02.growth_cost", "constant_time", "chose_D", "D")
+
+
+# ---------------------------------------------------------------- 02: wrong answers of issue 11 B
+
+@mutant("02.growing_cache", hint="dtype_changed")  # the downcast is caught on the first update
+class DowncastsAndKeeps64(_CatCache):
+    def update(self, k, v):
+        k, v = k.float(), v.float()
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)[:, :, -64:]
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)[:, :, -64:]
+        return self.k, self.v
+
+
+@mutant("02.growing_cache", hint="dtype_changed")
+class Float16Cache(_CatCache):
+    def update(self, k, v):
+        k, v = k.half(), v.half()
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+@mutant("02.growing_cache", hint="evicts")
+class Preallocated48:
+    def __init__(self):
+        self.buf_k = self.buf_v = None
+        self.seq_len = 0
+
+    def update(self, k, v):
+        if self.buf_k is None:
+            shape = (*k.shape[:2], 48, k.shape[3])
+            self.buf_k, self.buf_v = k.new_zeros(shape), v.new_zeros(shape)
+        n = k.shape[2]
+        keep = min(self.seq_len + n, 48)
+        self.buf_k = torch.cat([self.buf_k[:, :, :self.seq_len], k], 2)[:, :, -keep:]
+        self.buf_v = torch.cat([self.buf_v[:, :, :self.seq_len], v], 2)[:, :, -keep:]
+        self.seq_len = keep
+        return self.buf_k[:, :, :keep], self.buf_v[:, :, :keep]
+
+
+@mutant("02.kv_cache_bytes", hint="extra_token")
+def one_token_too_many(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
+    return 2 * n_layers * n_kv_heads * head_dim * (seq_len + 1) * batch * bytes_per_value

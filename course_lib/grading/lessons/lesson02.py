@@ -39,6 +39,8 @@ CACHE_HINTS = {
     "shared": "A new cache already holds tokens: each cache needs its own storage, created in __init__ "
               "(self.k = None), not a class attribute or a default argument.",
     "not_pair": "update must return a pair (K, V) of tensors.",
+    "dtype_changed": "Keep the dtype of the pairs you are given: a cache that stores them as float32 or "
+                     "float16 (.float(), .half(), a buffer made with a fixed dtype) changes every value it returns.",
     "shape": "K and V must have shape [B, H, m, D]: every pair cached so far.",
     "wrong_values": "K and V must hold every pair passed so far, oldest first, along dim 2.",
 }
@@ -80,6 +82,8 @@ def _expect_cached(K, V, ks, vs, n_updates, seq_len):
         if K.dim() == 4 and K.shape[2] < m and close(K, want_k[:, :, m - K.shape[2]:]):
             raise Mistake("evicts", f"it holds {K.shape[2]} of {m} tokens")
         raise Mistake("shape", f"got {tuple(K.shape)}, expected [B, H, m, D] = {tuple(want_k.shape)}")
+    if K.dtype != want_k.dtype or V.dtype != want_v.dtype:
+        raise Mistake("dtype_changed", f"got {K.dtype} for {want_k.dtype} pairs")
     if close(K, want_v) and close(V, want_k):
         raise Mistake("swapped")
     expect_close(K, want_k, {"prepends": lambda: torch.cat(ks[::-1], 2)})
@@ -131,6 +135,9 @@ GROWING_CACHE = Exercise(
         Check("chunks of 3, 1, 2 and 5 tokens, B = 2, H = 3, D = 4", _feed_check(33, 2, 3, 4, [3, 1, 2, 5])),
         Check("length 1: a single token", _feed_check(34, 1, 1, 2, [1])),
         Check("40 tokens one at a time: every one is kept", _feed_check(35, 1, 2, 2, [1] * 40)),
+        Check("300 tokens in chunks of 1 to 7, float64: every one is kept, in float64",
+              _feed_check(38, 1, 1, 2, [1, 7, 3, 5, 2, 6, 4] * 10 + [1] * 20)),
+        Check("float16 pairs stay float16 (2 tokens, then 1)", _feed_check(39, 1, 2, 4, [2, 1], dtype=torch.float16)),
         Check("two caches do not share storage", _independent_check),
         Check("non-contiguous new k, v (transposed views), float32",
               _feed_check(37, 2, 2, 3, [2, 3], dtype=torch.float32, transposed=True)),
@@ -227,6 +234,7 @@ BYTES_HINTS = {
     "no_batch": "Each sequence in the batch has its own cache: multiply by batch.",
     "no_bytes": "Multiply by bytes_per_value: as written you count stored numbers, not bytes.",
     "default_bytes": "bytes_per_value must default to 2 (fp16 / bf16) and be used as given.",
+    "extra_token": "Count seq_len tokens, not seq_len + 1: a cache of m tokens holds m pairs per head and layer.",
     "no_layers": "Every layer keeps its own cache: multiply by n_layers.",
     "bits": "Return bytes, not bits: no factor 8.",
     "gib": "Return the number of bytes, not GiB: no division by 1024**3.",
@@ -248,6 +256,7 @@ def _bytes_check(*args, **kwargs):
             "no_layers": want / n_layers,
             "bits": want * 8,
             "gib": want / 2**30,
+            "extra_token": kv_cache_bytes(args[0], args[1], args[2], args[3] + 1, *args[4:], **kwargs),
         }
         expect_number(fn(*args, **kwargs), want, _unambiguous(mistakes, want), integer=True)
     return run
