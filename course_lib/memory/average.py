@@ -63,6 +63,7 @@ class MovingAverageMemory(Memory):
 
     name = "moving_average"
     title = "moving average"
+    label_format = "moving average n_c = {window}"
     uses_query = False
 
     def __init__(self, window: int, weights=None):
@@ -78,15 +79,9 @@ class MovingAverageMemory(Memory):
                 raise ValueError(f"weights must be finite and >= 0 with weights[-1] > 0, got {w.tolist()}")
         self.register_buffer("weights", w, persistent=False)
 
-    def extra_repr(self) -> str:
-        return f"window={self.window}"
-
     @classmethod
     def example_sizes(cls, slots=8, *, n_heads=2):
         return {"window": slots}
-
-    def label(self) -> str:
-        return f"moving average n_c = {self.window}"
 
     def cost_per_token(self, config, context: int) -> dict:
         """The newest ``n_c - 1`` values per head, ``L tau (n_c - 1) d_h b`` bytes; the weighted mean

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 
 import torch
 from torch import nn
@@ -96,7 +97,8 @@ class Memory(nn.Module, abc.ABC):
 
     Class attributes (metadata):
         name: the registry name (``"window"``); ``""`` for a memory that is not registered.
-        title: how menus list it (``"sinks + window"``).
+        title: how menus list it (``"sinks + window"``); ``label_format``: how a configured
+            memory describes itself (``"window n_c = {window}"``, see :meth:`label`).
         fixed_size: ``nbytes`` stays bounded however long the text.
         holds_slots: the memory keeps key/value slots (``spans`` and ``parts`` work; ``concat``
             can use it).
@@ -111,6 +113,7 @@ class Memory(nn.Module, abc.ABC):
 
     name: str = ""
     title: str = ""
+    label_format: str = ""  # e.g. "window n_c = {window}" (see label())
     fixed_size: bool = True
     holds_slots: bool = False
     supports_gqa: bool = False
@@ -132,8 +135,15 @@ class Memory(nn.Module, abc.ABC):
         return cls(**{**cls.example_sizes(slots, n_heads=n_heads), **sizes})
 
     def label(self) -> str:
-        """A short description with the sizes, in the book's notation (``"window n_c = 8"``)."""
-        return self.title or type(self).__name__
+        """A short description with the sizes, in the book's notation (``"window n_c = 8"``):
+        the class's ``label_format`` filled with the memory's attributes, else its ``title``."""
+        return self.label_format.format_map(vars(self)) if self.label_format else self.title or type(self).__name__
+
+    def extra_repr(self) -> str:
+        """The constructor arguments this memory keeps under their own names (``window=4``)."""
+        kept = ((p, getattr(self, p, None)) for p in inspect.signature(type(self)).parameters)
+        return ", ".join(f"{p}={value!r}" for p, value in kept
+                         if value is not None and not isinstance(value, (nn.Module, torch.Tensor, list)))
 
     def cost_per_token(self, config, context: int) -> dict:
         """Analytic ``{"bytes", "flops"}`` of this memory when decoding the token after ``context``

@@ -105,9 +105,6 @@ class CompressiveMemory(SlotMemory):
             self.k_weight, self.v_weight = (nn.Parameter(torch.full((depth, 2), 0.5)) for _ in range(2))
             self.k_bias, self.v_bias = (nn.Parameter(torch.zeros(depth)) for _ in range(2))
 
-    def extra_repr(self) -> str:
-        return f"mem_len={self.mem_len}, cmem_len={self.cmem_len}, ratio={self.ratio}, compress={self.compress!r}"
-
     @property
     def n_slots(self) -> int:
         return self.cmem_len + self.mem_len

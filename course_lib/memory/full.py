@@ -61,9 +61,6 @@ class FullMemory(SlotMemory):
         super().__init__()
         self.initial_capacity = check_positive_int("initial_capacity", initial_capacity)
 
-    def label(self) -> str:
-        return "full KV cache"
-
     @property
     def n_slots(self) -> int:
         """Slots preallocated by ``init_state``; the buffer doubles whenever it is full."""

@@ -35,6 +35,7 @@ class KNNMemory(RingMemory):
 
     name = "knn"
     title = "k-NN"
+    label_format = "kNN N = {capacity}, k = {top_k}"
     state_type = KNNState
     supports_gqa = False
 
@@ -50,12 +51,6 @@ class KNNMemory(RingMemory):
     @classmethod
     def example_sizes(cls, slots=8, *, n_heads=2):
         return {"capacity": 2 * slots, "top_k": max(1, min(32, slots // 4))}
-
-    def extra_repr(self) -> str:
-        return f"capacity={self.capacity}, top_k={self.top_k}"
-
-    def label(self) -> str:
-        return f"kNN N = {self.capacity}, k = {self.top_k}"
 
     @property
     def n_slots(self) -> int:

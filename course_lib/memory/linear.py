@@ -210,9 +210,6 @@ class LinearMemory(Memory):
         (write ``phi(k)^T v``, read ``phi(q) S``), whatever the context."""
         return _matrix_cost(config, extra=config.head_dim)
 
-    def extra_repr(self) -> str:
-        return f"chunk_size={self.chunk_size}"
-
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
         meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
         kw = dict(device=meta["device"], dtype=meta["dtype"])
@@ -247,9 +244,6 @@ class DeltaMemory(Memory):
         super().__init__()
         self.beta = _check_beta_float(beta)
         self.chunk_size = _check_chunk_size(chunk_size)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}, chunk_size={self.chunk_size}"
 
     def cost_per_token(self, config, context: int) -> dict:
         """``S`` per head, ``L tau d_h^2 b`` bytes; ``~4 L tau d_h^2`` FLOPs, whatever the context."""

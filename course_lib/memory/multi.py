@@ -95,9 +95,6 @@ class MultiMemory(Memory):
 
         return {"memories": [WindowMemory(max(slots // 2, 2)), DeltaMemory()], "combine": "gate", "n_heads": n_heads}
 
-    def extra_repr(self) -> str:
-        return f"combine={self.combine!r}" + (f", n_heads={self.n_heads}" if self.n_heads else "")
-
     def label(self) -> str:
         return " + ".join(m.label() for m in self.memories) + f" ({self.combine})"
 

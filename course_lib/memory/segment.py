@@ -36,6 +36,7 @@ class SegmentMemory(RingMemory):
 
     name = "segment"
     title = "segment (Transformer-XL)"
+    label_format = "segment M = {mem_len}"
     state_type = SegmentState
 
     def __init__(self, mem_len: int):
@@ -45,12 +46,6 @@ class SegmentMemory(RingMemory):
     @classmethod
     def example_sizes(cls, slots=8, *, n_heads=2):
         return {"mem_len": slots}
-
-    def extra_repr(self) -> str:
-        return f"mem_len={self.mem_len}"
-
-    def label(self) -> str:
-        return f"segment M = {self.mem_len}"
 
     @property
     def n_slots(self) -> int:

@@ -45,6 +45,7 @@ class WindowMemory(SlotMemory):
 
     name = "window"
     title = "window"
+    label_format = "window n_c = {window}"
     state_type = WindowState
 
     def __init__(self, window: int):
@@ -55,12 +56,6 @@ class WindowMemory(SlotMemory):
     @classmethod
     def example_sizes(cls, slots=8, *, n_heads=2):
         return {"window": slots}
-
-    def extra_repr(self) -> str:
-        return f"window={self.window}" + (f", sinks={self.sinks}" if self.sinks else "")
-
-    def label(self) -> str:
-        return f"window n_c = {self.window}"
 
     @property
     def n_slots(self) -> int:
@@ -124,6 +119,7 @@ class SinkMemory(WindowMemory):
 
     name = "sink"
     title = "sinks + window"
+    label_format = "sink S = {sinks}, n_c = {window}"
 
     def __init__(self, sinks: int, window: int):
         super().__init__(window)
@@ -134,5 +130,3 @@ class SinkMemory(WindowMemory):
         sinks = min(4, max(1, slots // 4))  # StreamingLLM keeps 4
         return {"sinks": sinks, "window": max(1, slots - sinks)}
 
-    def label(self) -> str:
-        return f"sink S = {self.sinks}, n_c = {self.window}"
