@@ -1,0 +1,42 @@
+"""Lessons 03 and 04's experiment helpers: sparse patterns, eviction, recall by distance, the stored result."""
+
+import torch
+
+from course_lib import CumulativeAverageMemory, FullMemory, SinkMemory, WindowMemory, causal_mask
+from course_lib.experiments import lesson03, lesson04
+
+
+def test_strided_mask_scenarios():
+    assert torch.equal(lesson03.strided_mask(7, 7, 1), causal_mask(7, 7))
+    assert torch.equal(lesson03.strided_mask(5, 5, 9), causal_mask(5, 5))  # stride >= T: everything is recent
+    # the last query of 10 positions, stride 3: recent 7, 8, 9 and 0, 3, 6 (multiples of 3 back)
+    assert lesson03.strided_mask(1, 10, 3)[0].nonzero().flatten().tolist() == [0, 3, 6, 7, 8, 9]
+
+
+def test_evictable_window_frees_old_keys_strided_and_global_keep_them():
+    assert lesson03.evictable(lesson03.window_mask(10, 3), 6) == [0, 1, 2, 3]
+    assert lesson03.evictable(lesson03.strided_mask(30, 30, 4), 20) == []
+    assert lesson03.evictable(lesson03.global_mask(30, 3, 8), 20) == []
+    assert lesson03.evictable(causal_mask(6, 6), 6) == list(range(6))  # no query left
+    assert lesson03.kept_keys("window", 100, 8) == 7
+    assert lesson03.kept_keys("strided", 100, 8) == 100
+
+
+def test_recall_by_distance_follows_what_the_memory_holds():
+    distances = [1, 7, 8, 20]
+    assert lesson04.recall_by_distance(FullMemory(), distances, trials=8) == [1.0] * 4
+    window = lesson04.recall_by_distance(WindowMemory(8), distances, trials=8)
+    assert window[:2] == [1.0, 1.0] and max(window[2:]) <= 0.25
+    sinks = lesson04.recall_by_distance(SinkMemory(1, 4), [3, 6, 20], trials=8)  # distance 20 = position 0
+    assert sinks[0] == 1.0 and sinks[1] <= 0.25 and sinks[2] == 1.0
+    assert max(lesson04.recall_by_distance(CumulativeAverageMemory(), distances, trials=8)) <= 0.25
+
+
+def test_stored_sink_result_has_every_memory_and_bucket():
+    result = lesson04.stored_result("sinks")
+    s = result["settings"]
+    assert set(result["bpc"]) == {"full", f"window n_c={s['seq_len']}",
+                                  f"sinks S={s['sinks']} + window {s['seq_len'] - s['sinks']}"}
+    for bpc in result["bpc"].values():
+        assert len(bpc) == s["eval_len"] // result["bucket"]
+    assert len(result["first_key_attention"]) == s["n_layers"]
