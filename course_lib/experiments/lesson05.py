@@ -96,10 +96,12 @@ class MqarSetup:
     ratio: int = 2  # c of the compressive design (n_m = n_cm = slots / 2)
 
 
-def mqar_reach(s: MqarSetup = MqarSetup(), designs=("window", "xl", "compressive"), *, progress=False) -> dict:
+def mqar_reach(s: MqarSetup = MqarSetup(), designs=("window", "xl", "compressive"), *, device="cpu",
+               progress=False) -> dict:
     """Train each design (its memory in the second layer; the first is a 4-token window, as in
     ``bench recall``) on MQAR; returns the gap of every test answer (tokens back to the asked
-    value, ``[n_answers]``) and, per design, its label, state bytes and which answers it got right."""
+    value, ``[n_answers]``) and, per design, its label, state bytes and which answers it got right.
+    ``device``: where to train (the lessons pass ``pick_device()``)."""
     from ..bench.recall import FULL, Design, build_model, query_gaps, task_data
     from ..data import IGNORE
     from ..device import seed_everything
@@ -123,10 +125,10 @@ def mqar_reach(s: MqarSetup = MqarSetup(), designs=("window", "xl", "compressive
         model = build_model(setup, design)
         train(model, data, setup.steps, batch_size=setup.batch_size, lr=setup.lr,
               warmup=min(50, setup.steps // 10), schedule=setup.schedule, segment_len=setup.segment_len,
-              device="cpu", seed=setup.seed, progress=progress, desc=name)
-        pred = predict(model, x, segment_len=setup.segment_len, device="cpu")
+              device=device, seed=setup.seed, progress=progress, desc=name)
+        pred = predict(model, x, segment_len=setup.segment_len, device=device)
         with torch.no_grad():
-            _, state = forward_segments(model.eval(), x[:1], setup.segment_len)
+            _, state = forward_segments(model.eval(), x[:1].to(device), setup.segment_len)
         out["designs"][name] = {"label": design.label, "nbytes": model.state_nbytes(state),
                                 "right": (pred == y)[y != IGNORE]}
     return out
