@@ -21,6 +21,8 @@ class CostExplorer(Explorer):
     Analytic: ``bytes = 2 L n_g d_h m b`` for the full cache (``b`` bytes per value), flat
     once a fixed-size memory is full. Measured: :func:`~course_lib.cost.measure_decode` on
     :func:`~course_lib.device.pick_device`, contexts ``256, 512, ...`` up to ``measure up to``.
+    The memory menu is the registry; ``size`` is the budget of slots per head given to the
+    memory's ``example(size)`` (``n_c`` of a window, ``M + C`` of a compressive memory, ...).
     """
 
     data_fields = ("n_layers", "n_kv_heads", "dtype", "size", "ratio")
@@ -64,7 +66,7 @@ class CostExplorer(Explorer):
             "memory": widgets.Dropdown(options=list(COST_MEMORIES), value=s.memory, description="memory",
                                        style=style, layout=widgets.Layout(width="300px")),
             "size": widgets.Dropdown(options=with_option([2**p for p in range(4, 15)], s.size), value=s.size,
-                                     description="n_c / M / slots", style=style, layout=small()),
+                                     description="slots per head", style=style, layout=small()),
             "ratio": widgets.Dropdown(options=with_option([1, 2, 3, 4, 8, 16], s.ratio), value=s.ratio,
                                       description="ratio c", style=style,
                                       layout=small()),
