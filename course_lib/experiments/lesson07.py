@@ -71,7 +71,7 @@ def accuracies(model, data, segment_len: int, gate_logit=None) -> dict:
     if gate_logit is not None:
         gate.fill_(gate_logit)
     try:
-        pred = predict(model, x, segment_len=segment_len, device=gate.device)
+        pred = predict(model, x, segment_len=segment_len, device=gate.device).cpu()
     finally:
         gate.copy_(saved)
     right = pred == y

@@ -171,13 +171,14 @@ def age_errors(values: torch.Tensor, n_m: int, n_cm: int, c: int) -> torch.Tenso
     return torch.stack([error_by_age(v, spans, s) for v, s in zip(values, slots)]).mean(0)
 
 
-def live_recall(families=("full", "window", "knn"), steps: int = 200, *, n_train: int = 4000, n_test: int = 300):
+def live_recall(families=("full", "window", "knn"), steps: int = 200, *, n_train: int = 4000, n_test: int = 300,
+                device="cpu"):
     """A reduced run of the recall benchmark: the same designs, data and model, fewer steps and
     examples. Returns ``(rows, per_answer)``: rows as in :func:`recall_rows`, and for each
     label ``(gaps, right)``, the gap and correctness of every held-out answer."""
     from ..bench import recall
     from ..data import IGNORE
-    from ..train import predict, train
+    from ..train import forward_segments, predict, train
 
     s = dataclasses.replace(recall.FULL, steps=steps, n_train=n_train, n_test=n_test)
     data, test = recall.task_data(s)
@@ -191,12 +192,11 @@ def live_recall(families=("full", "window", "knn"), steps: int = 200, *, n_train
         model = recall.build_model(s, design)
         t0 = time.perf_counter()
         train(model, data, s.steps, batch_size=s.batch_size, lr=s.lr, warmup=min(50, s.steps // 10),
-              schedule=s.schedule, segment_len=s.segment_len, device="cpu", seed=s.seed, progress=False)
+              schedule=s.schedule, segment_len=s.segment_len, device=device, seed=s.seed, progress=False)
         seconds = time.perf_counter() - t0
-        right = (predict(model, x, segment_len=s.segment_len, device="cpu") == y)[y != IGNORE].float()
+        right = (predict(model, x, segment_len=s.segment_len, device=device).cpu() == y)[y != IGNORE].float()
         near = gaps < s.window
-        from ..train import forward_segments
-        _, state = forward_segments(model.eval(), x[:1], s.segment_len)
+        _, state = forward_segments(model.eval(), x[:1].to(device), s.segment_len)
         rows.append({"label": design.label, "family": design.family, "nbytes": model.state_nbytes(state),
                      "accuracy": right.mean().item(), "near": right[near].mean().item(),
                      "far": right[~near].mean().item(), "seconds": seconds})
