@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from course_lib.data import IGNORE
-from course_lib.memory import CompressiveMemory, FullMemory
+from course_lib.memory import CompressiveMemory, FullMemory, MultiMemory, WindowMemory
 from course_lib.models import MemoryLM
 from course_lib.train import (
     Batches,
@@ -242,3 +242,20 @@ def test_the_reconstruction_loss_sends_no_gradient_to_the_rest_of_the_model():
     for n in rest:
         torch.testing.assert_close(params_trained[n], params_frozen[n], rtol=0, atol=0, msg=n)
     assert any(not torch.equal(params_trained[n], params_frozen[n]) for n in compressors(trained))
+
+
+def test_a_compressor_inside_a_gated_multi_memory_gets_its_loss_too():
+    torch.manual_seed(0)
+    memory = MultiMemory([WindowMemory(4), CompressiveMemory(4, 2, 2, "conv")], combine="gate", n_heads=2)
+    model = MemoryLM(vocab_size=16, d_model=16, n_layers=1, n_heads=2, memory=memory)
+    x = torch.randint(0, 16, (2, 16), generator=torch.Generator().manual_seed(1))
+    _, state = model(x[:, :8])
+    _, state = model(x[:, 8:], state)
+    assert list(state.extra_losses) == ["blocks.0.attn.memory.memories.1.reconstruction"]
+    before = {n: p.detach().clone() for n, p in compressors(model).items()}
+    ids = torch.randint(0, 16, (2000,), generator=torch.Generator().manual_seed(2))
+    log = train(model, TextBatches(ids, batch_size=2, seq_len=16), steps=2, segment_len=8, device="cpu",
+                progress=False)
+    assert log.extra_losses[-1] > 0
+    assert not torch.equal(compressors(model)["blocks.0.attn.memory.memories.1.k_weight"],
+                           before["blocks.0.attn.memory.memories.1.k_weight"])

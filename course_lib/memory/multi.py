@@ -157,6 +157,11 @@ class MultiMemory(Memory):
         return MultiState(**meta_of(state), states=states, length=state.length + t)
 
     # -- protocol ----------------------------------------------------------------------------------
+    def extra_losses(self, state) -> dict:
+        """The extra losses of the memories inside, by their module name (``"memories.1.reconstruction"``)."""
+        return {f"memories.{i}.{name}": loss for i, (m, s) in enumerate(zip(self.memories, state.states))
+                for name, loss in m.extra_losses(s).items()}
+
     def nbytes(self, state) -> int:
         return sum(m.nbytes(s) for m, s in zip(self.memories, state.states))
 
