@@ -133,14 +133,32 @@ def test_the_committed_exercises_are_what_the_generator_makes(path):
     target = exercise_path(path)
     if path.suffix == ".md" and committed_text(path, ROOT) is None and (ROOT / ".git").exists():
         path = path.parent.parent / f"{path.stem}.ipynb"  # a source not committed yet: its notebook is
+    if (ROOT / ".git").exists() and committed_text(path, ROOT) is None:
+        pytest.skip(f"{path.name} is not committed yet (the suite compares committed files)")
     want = render_text(committed(path), path.name)
     assert committed(target) == want, \
         f"{target.name} differs from its solution: run `make exercises` and commit (never edit exercises/ by hand)"
 
 
+def _listed(folder: str, pattern: str) -> set[str]:
+    """Names of the committed files in ``folder`` matching ``pattern`` (the working copy without git):
+    a learner's own copies in exercises/ are not the course's."""
+    import fnmatch
+    import subprocess
+
+    if (ROOT / ".git").exists():
+        out = subprocess.run(["git", "ls-files", folder], cwd=ROOT, capture_output=True, text=True, check=True)
+        names = [Path(line).name for line in out.stdout.splitlines() if Path(line).parent == Path(folder)]
+    else:
+        names = [p.name for p in (ROOT / folder).iterdir()]
+    return {n for n in names if fnmatch.fnmatch(n, pattern)}
+
+
 def test_every_exercise_notebook_has_a_solution():
-    exercises = {p.name for p in (ROOT / "exercises").glob("*.ipynb")}
-    assert exercises == {exercise_path(p).name for p in SOURCES}
+    exercises = _listed("exercises", "*.ipynb")
+    solutions = {exercise_path(Path(n)).name for n in _listed("solutions/src", "*_solutions.md")}
+    solutions |= {exercise_path(Path(n)).name for n in _listed("solutions", "*_solutions.ipynb")}
+    assert exercises == solutions
 
 
 def _tree(tmp_path, solution_text):
@@ -257,6 +275,8 @@ def test_solution_regions_hold_the_answers(path):
 @pytest.mark.slow
 @solution
 def test_the_untouched_exercise_notebook_runs_clean_and_grades_to_zero(path, tmp_path):
+    if (ROOT / ".git").exists() and committed_text(exercise_path(path), ROOT) is None:
+        pytest.skip(f"{exercise_path(path).name} is not committed yet (the suite compares committed files)")
     untouched = tmp_path / exercise_path(path).name  # as committed: a learner's answers do not count here
     untouched.write_text(committed(exercise_path(path)), encoding="utf-8")
     report = grade_notebook(untouched, timeout=120)

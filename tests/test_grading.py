@@ -183,7 +183,7 @@ def test_a_timer_that_was_already_running_is_restored():
     previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
     try:
         signal.setitimer(signal.ITIMER_REAL, 100.0)
-        check("01.why_sqrt_d", "B", quiet=True)
+        check("01.first_query", "B", quiet=True)
         remaining, _ = signal.getitimer(signal.ITIMER_REAL)
         assert 90 < remaining <= 100 and fired == []
         assert signal.getsignal(signal.SIGALRM) is not previous  # still our test handler
@@ -249,10 +249,10 @@ def test_only_data_crosses_back_and_objects_stay_behind_handles(tmp_path):
 
 
 def test_the_result_displays_nothing_in_a_notebook_but_has_a_short_repr():
-    result = check("01.causal_scores", 8 * 1024 * 1025 // 2, quiet=True)
+    result = check("01.window_scores", 1836032, quiet=True)
     assert isinstance(result, CheckResult)
     assert result._ipython_display_() is None
-    assert repr(result) == "CheckResult('01.causal_scores', score=1, max_score=1)"
+    assert repr(result) == "CheckResult('01.window_scores', score=1, max_score=1)"
 
 
 def test_an_unknown_exercise_id_names_the_known_ones():
@@ -263,7 +263,7 @@ def test_an_unknown_exercise_id_names_the_known_ones():
 
 
 def test_a_question_answer_must_be_a_letter_or_a_number(capsys):
-    assert check("02.growth_cost", 2).score == 0
+    assert check("02.double_context", 2).score == 0
     assert "Answer with one letter: 'A', 'B', 'C', 'D'. (got 2)" in capsys.readouterr().out
-    assert check("02.llama3_bytes", "1 GiB").score == 0
-    assert "Answer with a number (in bytes). (got str)" in capsys.readouterr().out
+    assert check("02.budget_context", "1 GiB").score == 0
+    assert "Answer with a number (in tokens). (got str)" in capsys.readouterr().out

@@ -41,11 +41,11 @@ def test_a_notebook_that_crashes_halfway_still_gets_a_full_report(tmp_path, caps
     path = write_notebook(
         tmp_path / "01_crashes.ipynb",
         "from course_lib.grading import check",
-        'check("01.why_sqrt_d", "B")',  # graded: 1/1
-        '1 / 0\ncheck("01.causal_scores", 4198400)',  # the cell raises before check runs
-        'check("02.growth_cost", "A")',  # after the error the run goes on: graded 0/1 with a hint
+        'check("01.first_query", "B")',  # graded: 1/1
+        '1 / 0\ncheck("01.window_scores", 1836032)',  # the cell raises before check runs
+        'check("02.double_context", "A")',  # after the error the run goes on: graded 0/1 with a hint
         "import os\nos._exit(1)",  # the kernel dies
-        'check("02.llama3_bytes", 2**30)',  # never reached
+        'check("02.budget_context", 2**30)',  # never reached
     )
     before = untouched(path)
     assert course_main(["grade", str(path), "--json", "--timeout", "60"]) == 0
@@ -58,14 +58,14 @@ def test_a_notebook_that_crashes_halfway_still_gets_a_full_report(tmp_path, caps
     items = {item["id"]: item for item in report["exercises"]}
     assert list(items) == LESSON_01 + LESSON_02, "every registered exercise of both lessons, in order"
     assert all(set(item) == {"id", "score", "max_score", "feedback"} for item in items.values())
-    assert items["01.why_sqrt_d"] == {"id": "01.why_sqrt_d", "score": 1.0, "max_score": 1.0,
+    assert items["01.first_query"] == {"id": "01.first_query", "score": 1.0, "max_score": 1.0,
                                       "feedback": "answer accepted; score 1/1"}
-    assert items["01.causal_scores"]["score"] == 0
-    assert items["01.causal_scores"]["feedback"] == \
+    assert items["01.window_scores"]["score"] == 0
+    assert items["01.window_scores"]["feedback"] == \
         "not reached: cell 4 raised ZeroDivisionError: division by zero before check finished"
-    assert items["02.growth_cost"]["score"] == 0
-    assert "The cache gains one (k_i, v_i) pair per layer" in items["02.growth_cost"]["feedback"]
-    assert items["02.llama3_bytes"]["feedback"] == \
+    assert items["02.double_context"]["score"] == 0
+    assert "but the last query still reads every cached pair" in items["02.double_context"]["feedback"]
+    assert items["02.budget_context"]["feedback"] == \
         "not reached: the run stopped before cell 7 (the kernel died in cell 6)"
     for exercise_id in ("01.scaled_attention", "01.causal_mask", "01.split_heads", "02.growing_cache"):
         assert items[exercise_id]["feedback"] == "not reached: no cell calls check for this exercise"
@@ -80,19 +80,19 @@ def test_a_notebook_that_loops_forever_is_interrupted_and_still_reported(tmp_pat
     # no imports, so that every cell but the loops is quick; a 2 s limit per cell
     path = write_notebook(
         tmp_path / "01_loops.ipynb",
-        'while True:\n    pass\ncheck("01.why_sqrt_d", "B")',
+        'while True:\n    pass\ncheck("01.first_query", "B")',
         "after_the_loop = 1",
         "while True:\n    pass",
         "while True:\n    pass",  # a second timeout in a row: the run gives up
-        'check("01.causal_scores", 1)',
+        'check("01.window_scores", 1)',
     )
     before = untouched(path)
     report = grade_notebook(path, timeout=2)
     assert untouched(path) == before
     items = {item.id: item for item in report.items}
-    assert items["01.why_sqrt_d"].score == 0
-    assert items["01.why_sqrt_d"].feedback == "not reached: cell 2 ran longer than 2 s and was interrupted"
-    assert items["01.causal_scores"].feedback == \
+    assert items["01.first_query"].score == 0
+    assert items["01.first_query"].feedback == "not reached: cell 2 ran longer than 2 s and was interrupted"
+    assert items["01.window_scores"].feedback == \
         "not reached: the run stopped before cell 6 (two cells in a row ran past 2 s)"
     assert [number for number, _ in report.cell_errors] == [2, 4, 5]  # the cell after the first loop ran clean
     assert report.stopped == "two cells in a row ran past 2 s"
@@ -108,22 +108,22 @@ def test_a_missing_or_broken_notebook_exits_2_with_the_reason(tmp_path, capsys):
 
 
 def test_expected_items_are_every_exercise_of_the_lessons_named_by_metadata_file_name_and_checks(tmp_path):
-    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("check( '02.growth_cost', f)")])
+    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("check( '02.double_context', f)")])
     found = _expected_items(nb, tmp_path / "01_mine.ipynb")
-    assert found == {**{i: None for i in LESSON_01}, **{i: None for i in LESSON_02}, "02.growth_cost": 1}
-    assert _expected_items(nb, tmp_path / "homework.ipynb") == {**{i: None for i in LESSON_02}, "02.growth_cost": 1}
+    assert found == {**{i: None for i in LESSON_01}, **{i: None for i in LESSON_02}, "02.double_context": 1}
+    assert _expected_items(nb, tmp_path / "homework.ipynb") == {**{i: None for i in LESSON_02}, "02.double_context": 1}
     nb.metadata["course"] = {"lesson": "01"}
     assert set(_expected_items(nb, tmp_path / "homework.ipynb")) == set(LESSON_01 + LESSON_02)
 
 
 def test_the_table_lists_every_item_the_total_and_the_errors():
-    report = Report("ex.ipynb", [Item("01.why_sqrt_d", 1.0, 1.0, "answer accepted; score 1/1"),
+    report = Report("ex.ipynb", [Item("01.first_query", 1.0, 1.0, "answer accepted; score 1/1"),
                                  Item("01.scaled_attention", 0.67, 2.0, "3 of 9 extended checks passed")],
                     cell_errors=[(4, "ZeroDivisionError: division by zero")])
     assert report.table().splitlines() == [
         "Grading ex.ipynb",
         "exercise              score  feedback",
-        "01.why_sqrt_d           1/1  answer accepted; score 1/1",
+        "01.first_query          1/1  answer accepted; score 1/1",
         "01.scaled_attention  0.67/2  3 of 9 extended checks passed",
         "total                1.67/3",
         "cell 4 raised ZeroDivisionError: division by zero",

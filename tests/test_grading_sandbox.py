@@ -67,7 +67,7 @@ def test_forging_attacks_inside_the_kernel_gain_nothing_and_write_nothing_outsid
         "for name in [os.environ.get('COURSE_GRADE_RECORD') or 'records.jsonl', '/tmp/records.jsonl']:\n"
         "    with open(name, 'a') as f:\n"
         "        for _ in range(5000):\n"
-        "            f.write(json.dumps({'id': '01.why_sqrt_d', 'score': 5000, 'max_score': 1}) + '\\n')",
+        "            f.write(json.dumps({'id': '01.first_query', 'score': 5000, 'max_score': 1}) + '\\n')",
         'check("01.scaled_attention", scaled_attention)',
         # C: check again with the reference after the wrong answer
         'from course_lib import attention_reference\ncheck("01.scaled_attention", attention_reference)',
@@ -81,14 +81,15 @@ def test_forging_attacks_inside_the_kernel_gain_nothing_and_write_nothing_outsid
         # C: delete whatever files the kernel can reach in its grading folder
         "import glob\nfor p in glob.glob(os.path.join(os.path.dirname(os.getcwd()), '**'), recursive=True):\n"
         "    if os.path.isfile(p):\n        os.remove(p)",
-        'def why_sqrt_d():\n    return "C"\ncheck("01.why_sqrt_d", why_sqrt_d)',
+        'def first_query():\n    return "C"\ncheck("01.first_query", first_query)',
     )
     report = grade_notebook(path, timeout=60)
     found = items(report)
     assert report.sandbox == "bubblewrap"
-    assert found["01.scaled_attention"].score == 0.22, found["01.scaled_attention"].feedback  # the shape check only
-    assert found["01.why_sqrt_d"].score == 0 and "Causality comes from the mask" in found["01.why_sqrt_d"].feedback
-    assert (report.score, report.max_score) == (0.22, 8), "maximum = lesson 01's registered total"
+    shape_only = round(2 / len(grading_package.get_exercise("01.scaled_attention").checks), 2)
+    assert found["01.scaled_attention"].score == shape_only, found["01.scaled_attention"].feedback
+    assert found["01.first_query"].score == 0 and "Causality comes from the mask" in found["01.first_query"].feedback
+    assert (report.score, report.max_score) == (shape_only, 8), "maximum = lesson 01's registered total"
     errors = dict(report.cell_errors)
     assert sorted(errors) == [9, 10], report.cell_errors  # cell 8 wrote to the sandbox's own /tmp
     assert "Read-only file system" in errors[9]
@@ -108,7 +109,7 @@ def _cmdline(proc: Path) -> str:
 
 @pytest.mark.slow
 def test_a_renamed_notebook_with_its_failing_check_cells_deleted_keeps_the_lessons_maximum(tmp_path):
-    source = write_notebook(tmp_path / "01_attention_exercises.ipynb", IMPORT, 'check("01.why_sqrt_d", "B")',
+    source = write_notebook(tmp_path / "01_attention_exercises.ipynb", IMPORT, 'check("01.first_query", "B")',
                             metadata={"course": {"lesson": "01"}})
     renamed = tmp_path / "homework.ipynb"
     source.rename(renamed)
@@ -130,23 +131,23 @@ def test_memory_and_cpu_limits_contain_a_greedy_notebook(tmp_path):
         IMPORT,
         "import torch\nheld = []\nfor _ in range(30):\n    held.append(torch.ones(2**28))  # 1 GiB each",
         "del held\nok = 1",
-        'check("01.why_sqrt_d", "B")',
+        'check("01.first_query", "B")',
         "while True:\n    pass",  # CPU time runs out: the kernel is killed
-        'check("01.causal_scores", 8 * 1024 * 1025 // 2)',
+        'check("01.window_scores", 1836032)',
     )
     report = grade_notebook(path, timeout=60, memory_gb=3, cpu_seconds=20)
     errors = dict(report.cell_errors)
     assert 3 in errors and ("memory" in errors[3].lower() or "MemoryError" in errors[3]), errors
     assert 4 not in errors, "after the failed allocation the kernel goes on"
     found = items(report)
-    assert found["01.why_sqrt_d"].score == 1
-    assert found["01.causal_scores"].score == 0 and report.stopped, report.stopped
+    assert found["01.first_query"].score == 1
+    assert found["01.window_scores"].score == 0 and report.stopped, report.stopped
 
 
 @pytest.mark.slow
 def test_without_a_sandbox_the_grade_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COURSE_GRADE_NO_SANDBOX", "1")
-    path = write_notebook(tmp_path / "01_plain.ipynb", IMPORT, 'check("01.why_sqrt_d", "B")')
+    path = write_notebook(tmp_path / "01_plain.ipynb", IMPORT, 'check("01.first_query", "B")')
     assert course_main(["grade", str(path)]) == 0
     captured = capsys.readouterr()
     assert "grade: no sandbox: COURSE_GRADE_NO_SANDBOX is set" in captured.err

@@ -14,8 +14,8 @@ REFERENCES = {
     "01.scaled_attention": lambda q, k, v, mask=None: attention_reference(q, k, v, mask),
     "01.causal_mask": lambda t_q, t_k, window=None: causal_mask(t_q, t_k, window=window),
     "01.split_heads": lambda x, n: x.reshape(x.shape[0], x.shape[1], n, -1).transpose(1, 2),
-    "01.why_sqrt_d": "b",  # lower case is accepted
-    "01.causal_scores": lambda: sum(8 * (i + 1) for i in range(1024)),
+    "01.first_query": "b",  # lower case is accepted
+    "01.window_scores": lambda: 8 * (256 * 257 // 2 + (1024 - 256) * 256),
 }
 
 # ---------------------------------------------------------------- 01.scaled_attention
@@ -174,15 +174,16 @@ def transposes_wrong_axes(x, n_heads):
 
 # ---------------------------------------------------------------- 01 questions
 
-value_mutant("01.why_sqrt_d", "weights_sum_to_one", "chose_A", "A")
-value_mutant("01.why_sqrt_d", "causality", "chose_C", "C")
-value_mutant("01.why_sqrt_d", "memory", "chose_D", lambda: "d")
-value_mutant("01.why_sqrt_d", "not_a_letter", "invalid_choice", "sqrt(d)")
+value_mutant("01.first_query", "mean_of_values", "chose_A", "A")
+value_mutant("01.first_query", "zero_before_any_key", "chose_C", "C")
+value_mutant("01.first_query", "next_key_too", "chose_D", lambda: "d")
+value_mutant("01.first_query", "not_a_letter", "invalid_choice", "v_0")
 
-value_mutant("01.causal_scores", "every_pair", "no_mask", 8 * 1024 * 1024)
-value_mutant("01.causal_scores", "without_the_diagonal", "no_diagonal", lambda: 8 * 1024 * 1023 // 2)
-value_mutant("01.causal_scores", "one_head", "no_heads", 1024 * 1025 // 2)
-value_mutant("01.causal_scores", "a_formula_as_text", "not_number", "8 * 1024 * 1025 / 2")
+value_mutant("01.window_scores", "plain_causal", "no_window", 8 * 1024 * 1025 // 2)
+value_mutant("01.window_scores", "every_query_a_full_window", "full_windows", lambda: 8 * 1024 * 256)
+value_mutant("01.window_scores", "one_head", "no_heads", 256 * 257 // 2 + 768 * 256)
+value_mutant("01.window_scores", "window_of_257", "window_off_by_one", 8 * (257 * 258 // 2 + 767 * 257))
+value_mutant("01.window_scores", "a_formula_as_text", "not_number", "8 * (256 * 257 / 2 + 768 * 256)")
 
 
 # ---------------------------------------------------------------- 01: masks unlike the default (issue 11 B)

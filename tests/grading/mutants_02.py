@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -18,9 +20,10 @@ def _cached_with_course_lib(q, k, v, cache):
 REFERENCES = {
     "02.growing_cache": KVCache,
     "02.cached_attention": _cached_with_course_lib,
-    "02.kv_cache_bytes": kv_cache_bytes,
-    "02.llama3_bytes": float(kv_cache_bytes(32, 8, 128, 8192)),  # a float of the right value is accepted
-    "02.growth_cost": lambda: " B ",
+    "02.max_context": lambda budget, *shape, batch=1, bytes_per_value=2: int(
+        budget // kv_cache_bytes(*shape, 1, batch=batch, bytes_per_value=bytes_per_value)),
+    "02.budget_context": float(16 * 2**30 // kv_cache_bytes(32, 8, 128, 1, batch=4)),  # a float of the right value
+    "02.double_context": lambda: " B ",
 }
 
 # ---------------------------------------------------------------- 02.growing_cache
@@ -150,48 +153,47 @@ def never_appends(q, k, v, cache):
     return attention_reference(q, k, v, causal_mask(t, t))
 
 
-# ---------------------------------------------------------------- 02.kv_cache_bytes
+# ---------------------------------------------------------------- 02.max_context
 
-@mutant("02.kv_cache_bytes", hint="no_factor_two")
-def keys_only(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
-    return n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value
-
-
-@mutant("02.kv_cache_bytes", hint="no_batch")
-def ignores_batch(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
-    return 2 * n_layers * n_kv_heads * head_dim * seq_len * bytes_per_value
+def _per_token(n_layers, n_kv_heads, head_dim, batch, bytes_per_value):
+    return 2 * n_layers * n_kv_heads * head_dim * batch * bytes_per_value
 
 
-@mutant("02.kv_cache_bytes", hint="no_bytes")
-def counts_values(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
-    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch
+@mutant("02.max_context", hint="rounds_up")
+def rounds_up(budget_bytes, n_layers, n_kv_heads, head_dim, batch=1, bytes_per_value=2):
+    return math.ceil(budget_bytes / _per_token(n_layers, n_kv_heads, head_dim, batch, bytes_per_value))
 
 
-@mutant("02.kv_cache_bytes", hint="default_bytes")
-def assumes_fp32(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=4):
-    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value
+@mutant("02.max_context", hint="no_factor_two")
+def keys_only(budget_bytes, n_layers, n_kv_heads, head_dim, batch=1, bytes_per_value=2):
+    return budget_bytes // (n_layers * n_kv_heads * head_dim * batch * bytes_per_value)
 
 
-@mutant("02.kv_cache_bytes", hint="gib")
-def in_gib(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
-    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value / 1024**3
+@mutant("02.max_context", hint="no_batch")
+def ignores_batch(budget_bytes, n_layers, n_kv_heads, head_dim, batch=1, bytes_per_value=2):
+    return budget_bytes // _per_token(n_layers, n_kv_heads, head_dim, 1, bytes_per_value)
 
 
-@mutant("02.kv_cache_bytes", hint="not_int")
-def true_division(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
-    return n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value / 0.5
+@mutant("02.max_context", hint="default_bytes")
+def assumes_fp32(budget_bytes, n_layers, n_kv_heads, head_dim, batch=1, bytes_per_value=4):
+    return budget_bytes // _per_token(n_layers, n_kv_heads, head_dim, batch, bytes_per_value)
+
+
+@mutant("02.max_context", hint="not_int")
+def true_division(budget_bytes, n_layers, n_kv_heads, head_dim, batch=1, bytes_per_value=2):
+    return math.floor(budget_bytes / _per_token(n_layers, n_kv_heads, head_dim, batch, bytes_per_value)) * 1.0
 
 
 # ---------------------------------------------------------------- 02 questions
 
-value_mutant("02.llama3_bytes", "all_query_heads", "mha", 2 * 32 * 32 * 128 * 8192 * 2)
-value_mutant("02.llama3_bytes", "keys_only", "no_factor_two", 32 * 8 * 128 * 8192 * 2)
-value_mutant("02.llama3_bytes", "fp32", "fp32", lambda: 2 * 32 * 8 * 128 * 8192 * 4)
-value_mutant("02.llama3_bytes", "in_gib", "gib", 1.0)
+value_mutant("02.budget_context", "one_conversation", "no_batch", 131072)
+value_mutant("02.budget_context", "all_query_heads", "mha", 16 * 2**30 // (2 * 32 * 32 * 128 * 4 * 2))
+value_mutant("02.budget_context", "keys_only", "no_factor_two", 65536)
+value_mutant("02.budget_context", "fp32", "fp32", lambda: 16 * 2**30 // (2 * 32 * 8 * 128 * 4 * 4))
 
-value_mutant("02.growth_cost", "fixed_size", "chose_A", "A")
-value_mutant("02.growth_cost", "stores_weights", "chose_C", "C")
-value_mutant("02.growth_cost", "constant_time", "chose_D", "D")
+value_mutant("02.double_context", "last_step_constant", "chose_A", "A")
+value_mutant("02.double_context", "bytes_quadratic", "chose_C", "C")
+value_mutant("02.double_context", "total_linear", "chose_D", "D")
 
 
 # ---------------------------------------------------------------- 02: wrong answers of issue 11 B
@@ -232,6 +234,3 @@ class Preallocated48:
         return self.buf_k[:, :, :keep], self.buf_v[:, :, :keep]
 
 
-@mutant("02.kv_cache_bytes", hint="extra_token")
-def one_token_too_many(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2):
-    return 2 * n_layers * n_kv_heads * head_dim * (seq_len + 1) * batch * bytes_per_value

@@ -3,8 +3,8 @@ r"""Exercises of lesson 01, attention from scratch.
 * ``01.scaled_attention``: ``Att_qkv(q, K, V) = Softmax(q K^T / sqrt(d) + Mask) V``
 * ``01.causal_mask``: the boolean mask of causal (and windowed) attention
 * ``01.split_heads``: ``[B, T, d_model] -> [B, tau, T, d_h]``
-* ``01.why_sqrt_d``: why the scores are divided by ``sqrt(d)`` (multiple choice)
-* ``01.causal_scores``: how many scores causal attention computes (a number)
+* ``01.first_query``: predict what the first query of causal attention returns (multiple choice)
+* ``01.window_scores``: how many scores sliding-window attention computes (a number)
 
 The references are :func:`course_lib.attention_reference` and :func:`course_lib.causal_mask`.
 """
@@ -272,45 +272,53 @@ SPLIT_HEADS = Exercise(
 
 # ---------------------------------------------------------------- conceptual questions
 
-WHY_SQRT_D = choice_exercise(
-    id="01.why_sqrt_d",
-    title="Why divide the scores by sqrt(d)?",
+FIRST_QUERY = choice_exercise(
+    id="01.first_query",
+    title="Predict the output of the first query under a causal mask",
     options={
-        "A": "So that the attention weights of each query sum to 1.",
-        "B": "The dot product of two vectors with unit-variance entries has variance d; dividing by "
-             "sqrt(d) keeps the scores' spread the same for every d, so the softmax does not saturate "
-             "into a near one-hot distribution with vanishing gradients.",
-        "C": "It makes attention causal: later keys get smaller scores.",
-        "D": "It reduces the memory needed to store the attention matrix.",
+        "A": "The mean of all the values, since position 0 has no earlier keys to compare with.",
+        "B": "Exactly v_0, whatever q_0 and k_0 are: its one allowed key gets all the weight.",
+        "C": "A zero vector, because a query cannot attend before any earlier key exists.",
+        "D": "A mix of v_0 and v_1, weighted by the softmax of their two scores with q_0.",
     },
     correct="B",
     wrong_hints={
-        "A": "The softmax already makes each row sum to 1, whatever the scale; think about how large "
-             "q . k gets as d grows.",
-        "C": "Causality comes from the mask, not the scale: 1/sqrt(d) divides every score by the same number.",
-        "D": "The scale changes values, not sizes: the T_q x T_k score matrix takes the same memory either way.",
+        "A": "The mask blocks every key j > 0 for the query at i = 0: those keys get weight exactly 0, "
+             "so no mean over all values can appear.",
+        "C": "Causality comes from the mask, which keeps j <= i: for i = 0 the key k_0 itself is allowed, so the "
+             "softmax has one entry, and that entry is 1.",
+        "D": "k_1 is a later key (j = 1 > i = 0): the causal mask gives it weight 0.",
     },
 )
 
-M_TOKENS, N_HEADS = 1024, 8
-CAUSAL_SCORES = number_exercise(
-    id="01.causal_scores",
-    title="How many scores does causal attention compute?",
-    correct=N_HEADS * M_TOKENS * (M_TOKENS + 1) // 2,
+M_TOKENS, N_HEADS, WINDOW = 1024, 8, 256
+
+
+def _window_scores(m: int, n_c: int, tau: int) -> int:
+    return tau * sum(min(i + 1, n_c) for i in range(m))
+
+
+WINDOW_SCORES = number_exercise(
+    id="01.window_scores",
+    title="How many scores does sliding-window attention compute?",
+    correct=_window_scores(M_TOKENS, WINDOW, N_HEADS),
     mistakes={
-        "no_mask": N_HEADS * M_TOKENS**2,
-        "no_diagonal": N_HEADS * M_TOKENS * (M_TOKENS - 1) // 2,
-        "no_heads": M_TOKENS * (M_TOKENS + 1) // 2,
-        "no_mask#no_heads": M_TOKENS**2,
+        "no_window": N_HEADS * M_TOKENS * (M_TOKENS + 1) // 2,
+        "full_windows": N_HEADS * M_TOKENS * WINDOW,
+        "no_heads": _window_scores(M_TOKENS, WINDOW, 1),
+        "window_off_by_one": _window_scores(M_TOKENS, WINDOW + 1, N_HEADS),
+        "window_off_by_one#narrow": _window_scores(M_TOKENS, WINDOW - 1, N_HEADS),
     },
     hints={
-        "no_mask": "The causal mask lets query i see only keys 0..i, that is i + 1 of them, not all m: "
-                   "add i + 1 over i = 0 .. m - 1.",
-        "no_diagonal": "Query i also sees its own key k_i: it has i + 1 allowed keys, not i.",
+        "no_window": "That is plain causal attention: with the window, query i sees at most n_c = 256 keys.",
+        "full_windows": "The first queries have fewer than n_c earlier keys: query i sees min(i + 1, n_c) keys, "
+                        "not n_c for every i.",
         "no_heads": "Each of the tau = 8 heads computes its own scores: multiply by tau.",
-        "wrong_number": "For each query i count the keys it may see, add over the m queries, then over the heads.",
+        "window_off_by_one": "The window [i - n_c + 1, i] holds exactly n_c keys, itself included.",
+        "wrong_number": "For each query i count the keys it may see, min(i + 1, n_c), add over the m queries, "
+                        "then multiply by the heads.",
     },
     unit="scores",
 )
 
-EXERCISES = [SCALED_ATTENTION, CAUSAL_MASK, SPLIT_HEADS, WHY_SQRT_D, CAUSAL_SCORES]
+EXERCISES = [SCALED_ATTENTION, CAUSAL_MASK, SPLIT_HEADS, FIRST_QUERY, WINDOW_SCORES]

@@ -3,9 +3,9 @@ r"""Exercises of lesson 02, the KV cache.
 * ``02.growing_cache``: a cache that appends ``(k_i, v_i)`` and never evicts
 * ``02.cached_attention``: ``Att(q_i, Mem)`` with ``Mem = (K_{<=i}, V_{<=i})`` from a cache,
   one decoding step or a chunk of new tokens
-* ``02.kv_cache_bytes``: ``2 * L * n_g * d_h * m * batch * bytes_per_value``
-* ``02.llama3_bytes``: the cache of a published GQA model (a number)
-* ``02.growth_cost``: what a growing cache costs a long conversation (multiple choice)
+* ``02.max_context``: the longest context whose cache fits a memory budget (the byte formula inverted)
+* ``02.budget_context``: how long each of 4 conversations may be under a 16 GiB budget (a number)
+* ``02.double_context``: predict what doubling the context costs (multiple choice)
 
 The references are :class:`course_lib.KVCache`, :func:`course_lib.attention_reference`,
 :func:`course_lib.causal_mask` and :func:`course_lib.kv_cache_bytes`.
@@ -227,39 +227,61 @@ CACHED_ATTENTION = Exercise(
     ],
 )
 
-# ---------------------------------------------------------------- 02.kv_cache_bytes
+# ---------------------------------------------------------------- 02.max_context
 
-BYTES_HINTS = {
-    "no_factor_two": "Count keys AND values: the cache stores two tensors per layer, hence the factor 2.",
-    "no_batch": "Each sequence in the batch has its own cache: multiply by batch.",
-    "no_bytes": "Multiply by bytes_per_value: as written you count stored numbers, not bytes.",
+CONTEXT_HINTS = {
+    "rounds_up": "The cache must FIT: take the largest m whose bytes are <= the budget, rounding down "
+                 "(integer division //), never up.",
+    "no_factor_two": "Count keys AND values: each token costs 2 * L * n_g * d_h * batch * bytes_per_value bytes.",
+    "no_batch": "Each sequence in the batch has its own cache: the budget is shared by batch caches.",
+    "no_bytes": "Divide by the bytes per token, bytes_per_value included: as written you count stored numbers.",
+    "no_layers": "Every layer keeps its own cache: multiply the bytes per token by n_layers.",
     "default_bytes": "bytes_per_value must default to 2 (fp16 / bf16) and be used as given.",
-    "extra_token": "Count seq_len tokens, not seq_len + 1: a cache of m tokens holds m pairs per head and layer.",
-    "no_layers": "Every layer keeps its own cache: multiply by n_layers.",
-    "bits": "Return bytes, not bits: no factor 8.",
-    "gib": "Return the number of bytes, not GiB: no division by 1024**3.",
-    "not_int": "Return an int number of bytes: use integer arithmetic (*, no /) and no tensors.",
-    "not_number": "Return an int number of bytes.",
-    "wrong_number": "bytes = 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value.",
+    "not_int": "Return an int number of tokens: use integer division (//), not / or math.floor on floats.",
+    "not_number": "Return an int number of tokens.",
+    "wrong_number": "m = budget_bytes // (2 * n_layers * n_kv_heads * head_dim * batch * bytes_per_value).",
 }
 
 
-def _bytes_check(*args, **kwargs):
+def _context_check(budget, n_layers, n_kv_heads, head_dim, *, batch=None, bytes_per_value=None):
+    kwargs = {k: v for k, v in (("batch", batch), ("bytes_per_value", bytes_per_value)) if v is not None}
+
     def run(fn):
-        want = kv_cache_bytes(*args, **kwargs)
-        n_layers, batch, per = args[0], kwargs.get("batch", 1), kwargs.get("bytes_per_value", 2)
+        b, per = kwargs.get("batch", 1), kwargs.get("bytes_per_value", 2)
+        token = 2 * n_layers * n_kv_heads * head_dim * b * per
+        want = budget // token
         mistakes = {
-            "no_factor_two": want / 2,
-            "no_batch": want / batch,
-            "no_bytes": want / per,
-            "default_bytes": want / per * 4,
-            "no_layers": want / n_layers,
-            "bits": want * 8,
-            "gib": want / 2**30,
-            "extra_token": kv_cache_bytes(args[0], args[1], args[2], args[3] + 1, *args[4:], **kwargs),
+            "rounds_up": -(-budget // token),
+            "no_factor_two": budget // (token // 2),
+            "no_batch": budget // (token // b),
+            "no_bytes": budget // (token // per),
+            "no_layers": budget // (token // n_layers),
+            "default_bytes": budget // (token // per * 4),
         }
-        expect_number(fn(*args, **kwargs), want, _unambiguous(mistakes, want), integer=True)
+        got = fn(budget, n_layers, n_kv_heads, head_dim, **kwargs)
+        expect_number(got, want, _unambiguous(mistakes, want), integer=True)
     return run
+
+
+MAX_CONTEXT = Exercise(
+    id="02.max_context",
+    title="The longest context a memory budget holds",
+    kind="code",
+    points=2,
+    hints=CONTEXT_HINTS,
+    checks=[
+        Check("a budget that holds exactly 100 tokens (L = 2, n_g = 3, d_h = 4, fp16)",
+              _context_check(2 * 2 * 3 * 4 * 2 * 100, 2, 3, 4)),
+        Check("one byte less than 100 tokens need holds 99 (round down)",
+              _context_check(2 * 2 * 3 * 4 * 2 * 100 - 1, 2, 3, 4)),
+        Check("a budget smaller than one token holds 0", _context_check(1000, 32, 8, 128)),
+        Check("Llama-2-7B (L = 32, n_g = 32, d_h = 128) in 16 GiB, fp16", _context_check(16 * 2**30, 32, 32, 128)),
+        Check("GQA: L = 32, n_g = 8, d_h = 128, batch = 3, 24 GiB, fp16",
+              _context_check(24 * 2**30, 32, 8, 128, batch=3, bytes_per_value=2)),
+        Check("float32 values (4 bytes), batch 5, a budget that is not a multiple of a token's bytes",
+              _context_check(10**9 + 7, 6, 4, 64, batch=5, bytes_per_value=4)),
+    ],
+)
 
 
 def _unambiguous(mistakes: dict, want: float) -> dict:
@@ -270,69 +292,51 @@ def _unambiguous(mistakes: dict, want: float) -> dict:
             if v != want and sum(abs(v - w) <= 1e-9 * max(abs(v), 1) for w in values) == 1}
 
 
-KV_CACHE_BYTES = Exercise(
-    id="02.kv_cache_bytes",
-    title="The size of a KV cache",
-    kind="code",
-    points=2,
-    hints=BYTES_HINTS,
-    checks=[
-        Check("one layer, head, dimension and token in fp16 (an int number of bytes)", _bytes_check(1, 1, 1, 1)),
-        Check("L = 3, n_g = 5, d_h = 7, m = 11, batch = 13, 4 bytes per value",
-              _bytes_check(3, 5, 7, 11, batch=13, bytes_per_value=4)),
-        Check("Llama-2-7B at 4,096 tokens with the defaults (batch 1, fp16)", _bytes_check(32, 32, 128, 4096)),
-        Check("GQA: L = 32, n_g = 8, d_h = 128, m = 8,192, batch = 3, fp16",
-              _bytes_check(32, 8, 128, 8192, batch=3, bytes_per_value=2)),
-        Check("int8 values (1 byte), batch of 4", _bytes_check(3, 4, 64, 100, batch=4, bytes_per_value=1)),
-        Check("an empty cache (m = 0) holds 0 bytes", _bytes_check(6, 2, 16, 0, batch=3)),
-    ],
-)
-
 # ---------------------------------------------------------------- conceptual questions
 
-LLAMA3 = dict(n_layers=32, n_kv_heads=8, head_dim=128, seq_len=8192)  # Llama 3 8B: 32 query heads, 8 KV heads
-LLAMA3_BYTES = number_exercise(
-    id="02.llama3_bytes",
-    title="The KV cache of Llama 3 8B at 8,192 tokens",
-    correct=kv_cache_bytes(**LLAMA3),
+GQA = dict(n_layers=32, n_kv_heads=8, head_dim=128)  # Llama-3-8B's attention shape, fp16
+BUDGET, BATCH = 16 * 2**30, 4
+BUDGET_CONTEXT = number_exercise(
+    id="02.budget_context",
+    title="How long may each conversation be under a 16 GiB cache budget?",
+    correct=BUDGET // kv_cache_bytes(**GQA, seq_len=1, batch=BATCH),
     mistakes={
-        "mha": kv_cache_bytes(**{**LLAMA3, "n_kv_heads": 32}),
-        "no_factor_two": kv_cache_bytes(**LLAMA3) // 2,
-        "fp32": kv_cache_bytes(**LLAMA3, bytes_per_value=4),
-        "gib": kv_cache_bytes(**LLAMA3) / 2**30,
-        "gib#mib": kv_cache_bytes(**LLAMA3) / 2**20,
+        "no_batch": BUDGET // kv_cache_bytes(**GQA, seq_len=1),
+        "mha": BUDGET // kv_cache_bytes(**{**GQA, "n_kv_heads": 32}, seq_len=1, batch=BATCH),
+        "no_factor_two": BUDGET // (kv_cache_bytes(**GQA, seq_len=1, batch=BATCH) // 2),
+        "fp32": BUDGET // kv_cache_bytes(**GQA, seq_len=1, batch=BATCH, bytes_per_value=4),
+        "gib": 16 / (kv_cache_bytes(**GQA, seq_len=1, batch=BATCH) / 2**30) / 1024,
     },
     hints={
-        "mha": "Llama 3 8B uses grouped-query attention: only the n_g = 8 key/value heads are cached, "
-               "not all 32 query heads.",
+        "no_batch": "The 4 conversations each keep their own cache: the budget is shared by 4 caches.",
+        "mha": "Only the n_g = 8 key/value heads are cached (grouped-query attention), not all 32 query heads.",
         "no_factor_two": "Count keys AND values: the factor 2.",
         "fp32": "fp16 stores 2 bytes per value, not 4.",
-        "gib": "Give the answer in bytes, not GiB or MiB.",
-        "wrong_number": "bytes = 2 * L * n_g * d_h * m * bytes_per_value, with the numbers of the question.",
+        "gib": "Give a number of tokens: divide the budget in bytes (16 * 2**30) by the bytes per token.",
+        "wrong_number": "Bytes per token = 2 * L * n_g * d_h * batch * bytes_per_value; the context is the budget "
+                        "divided by that, rounded down.",
     },
-    unit="bytes",
+    unit="tokens",
 )
 
-GROWTH_COST = choice_exercise(
-    id="02.growth_cost",
-    title="What does a growing KV cache cost a long conversation?",
+DOUBLE_CONTEXT = choice_exercise(
+    id="02.double_context",
+    title="Predict what doubling the context costs a full KV cache",
     options={
-        "A": "Nothing extra: the cache has a fixed size once the model is loaded.",
-        "B": "Its memory grows linearly with the number of tokens m (2 L n_g d_h bytes_per_value bytes per "
-             "token), and each new token's attention reads all m cached pairs, so the time per step "
-             "grows as O(m) and the whole conversation costs O(m^2).",
-        "C": "Its memory grows quadratically with m, because every token stores its attention weights "
-             "over all earlier tokens.",
-        "D": "Its memory grows linearly, but the time per token stays constant, because cached keys "
-             "and values need not be recomputed.",
+        "A": "Cache bytes x2, time of the last step x1, total decoding time x2.",
+        "B": "Cache bytes x2, time of the last step x2, total decoding time x4.",
+        "C": "Cache bytes x4, time of the last step x2, total decoding time x4.",
+        "D": "Cache bytes x2, time of the last step x2, total decoding time x2.",
     },
     correct="B",
     wrong_hints={
-        "A": "The cache gains one (k_i, v_i) pair per layer for every token: Mem = (K_{<=i}, V_{<=i}) grows with i.",
-        "C": "The cache keeps keys and values, not attention weights: it grows linearly with m.",
-        "D": "Caching saves recomputing k and v, but q_i still attends to all i + 1 cached keys, so each "
-             "step costs O(i).",
+        "A": "Caching saves recomputing k and v, but the last query still reads every cached pair: twice the "
+             "pairs, twice the time of that step.",
+        "C": "The cache keeps one (k_i, v_i) pair per token and layer, not weights between pairs: its bytes grow "
+             "linearly with m.",
+        "D": "Step i costs O(i): adding up steps whose cost grows linearly gives O(m^2) in total, so twice the "
+             "tokens cost about four times the time.",
     },
 )
 
-EXERCISES = [GROWING_CACHE, CACHED_ATTENTION, KV_CACHE_BYTES, LLAMA3_BYTES, GROWTH_COST]
+EXERCISES = [GROWING_CACHE, CACHED_ATTENTION, MAX_CONTEXT, BUDGET_CONTEXT, DOUBLE_CONTEXT]
