@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "make_memory_for", "train_text", "run_text",
-           "summarise", "plot_text", "extra_loss", "MqarSetup", "mqar_reach", "accuracy_by_gap", "main"]
+           "summarise", "paired", "plot_text", "extra_loss", "MqarSetup", "mqar_reach", "accuracy_by_gap", "main"]
 
 RESULT = Path(__file__).resolve().parents[2] / "docs" / "results" / "lesson06_text.json"
 
@@ -204,6 +204,20 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired(rows: list[dict], reference: str = "window") -> list[dict]:
+    """Per design, its bits per character minus ``reference``'s on the same seed (same initial
+    weights and batches): the mean and sample standard deviation of that difference, and on how
+    many seeds it was positive (the design worse)."""
+    by = {(r["design"], r["seed"]): r["bpc"] for r in rows}
+    out = []
+    for name in dict.fromkeys(r["design"] for r in rows):
+        diffs = [by[name, s] - by[reference, s] for (d, s) in by if d == name and (reference, s) in by]
+        mean = sum(diffs) / len(diffs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else None
+        out.append({"design": name, "diff": mean, "std": std, "worse": sum(x > 0 for x in diffs), "n": len(diffs)})
+    return out
+
+
 def plot_text(summary: list[dict], title: str = ""):
     """Bits per character per design, mean and one standard deviation over seeds (a pure function)."""
     from matplotlib.figure import Figure
@@ -211,18 +225,18 @@ def plot_text(summary: list[dict], title: str = ""):
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()
     colours = {"window": "tab:blue", "xl": "tab:green"}
-    ys = range(len(summary))
-    ax.barh(list(ys), [r["bpc"] for r in summary], xerr=[r["std"] or 0 for r in summary],
-            color=[colours.get(r["design"], "tab:purple") for r in summary], capsize=4)
-    ax.set_yticks(list(ys), [r["label"] for r in summary])
+    for y, r in enumerate(summary):  # points with error bars: no bar drawn from an arbitrary axis origin
+        ax.errorbar(r["bpc"], y, xerr=r["std"] or 0, fmt="o", ms=7, capsize=4,
+                    color=colours.get(r["design"], "tab:purple"))
+    ax.set_yticks(range(len(summary)), [r["label"] for r in summary])
     ax.invert_yaxis()
     lo = min(r["bpc"] - (r["std"] or 0) for r in summary)
     hi = max(r["bpc"] + (r["std"] or 0) for r in summary)
-    pad = max(0.02, 0.3 * (hi - lo))
+    pad = max(0.01, 0.15 * (hi - lo))
     ax.set_xlim(lo - pad, hi + pad)
-    ax.set_xlabel("held-out bits per character (lower is better); bars: mean ± 1 s.d. over seeds")
+    ax.set_xlabel("held-out bits per character (lower is better): mean ± 1 s.d. over seeds")
     ax.set_title(title)
-    ax.grid(True, axis="x", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     return fig
 
 
