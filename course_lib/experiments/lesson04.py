@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..memory import FullMemory, SinkMemory, WindowMemory
 from ..models import MemoryLM
 
 __all__ = ["recall_by_distance", "train_char_lm", "bpc_by_position", "first_key_attention", "sink_experiment",
-           "stored_result", "LIVE", "FULL", "main"]
+           "stored_result", "settings", "LIVE", "FULL", "main"]
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 
@@ -116,6 +117,11 @@ LIVE = dict(steps=300, d_model=64, n_layers=2, n_heads=4, seq_len=64, batch_size
             sinks=4, max_chars=400_000)
 FULL = dict(steps=1200, d_model=128, n_layers=2, n_heads=4, seq_len=64, batch_size=32, eval_len=1024, eval_rows=32,
             sinks=4, max_chars=2_000_000)
+
+
+def settings() -> dict:
+    """The lesson's live settings, or :data:`FULL` when ``COURSE_SCALE=full`` (for a GPU or a patient CPU)."""
+    return dict(FULL if os.environ.get("COURSE_SCALE") == "full" else LIVE)
 
 
 def sink_experiment(*, steps, d_model, n_layers, n_heads, seq_len, batch_size, eval_len, eval_rows, sinks,
