@@ -122,6 +122,15 @@ def test_another_memorys_state_is_a_type_error_naming_both(name):
             memory(q, k, v, state)
 
 
+def test_a_sink_state_is_no_window_state_even_with_as_many_slots():
+    window, sink = make_memory("window", window=6).double(), make_memory("sink", sinks=2, window=4).double()
+    q, k, v = qkv(0, 3)
+    with pytest.raises(TypeError, match="state must be a WindowState .* got a SinkState"):
+        window(q, k, v, sink.init_state(1, H, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="state must be a SinkState .* got a WindowState"):
+        sink(q, k, v, window.init_state(1, H, 4, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("name", RINGS)
 def test_a_state_of_another_size_is_refused(name):
     memory = make(name)

@@ -26,7 +26,7 @@ from .linear import (
 )
 from .multi import MultiMemory, MultiState
 from .segment import SegmentMemory, SegmentState
-from .window import SinkMemory, WindowMemory, WindowState
+from .window import SinkMemory, SinkState, WindowMemory, WindowState
 
 #: The registry: one line per memory class, in menu order. Everything that lists memories
 #: (cost model, widget menus, benchmarks, tests) reads it and each class's metadata
@@ -77,7 +77,7 @@ def make_memory(name: str, **kwargs) -> Memory:
 __all__ = [
     "Memory", "check_state", "state_nbytes", "REGISTERED", "MEMORIES", "FIXED_SIZE_MEMORIES", "make_memory",
     "memory_class",
-    "FullMemory", "FullState", "WindowMemory", "SinkMemory", "WindowState",
+    "FullMemory", "FullState", "WindowMemory", "SinkMemory", "WindowState", "SinkState",
     "MovingAverageMemory", "MovingAverageState", "CumulativeAverageMemory", "CumulativeAverageState",
     "LinearMemory", "LinearState", "DeltaMemory", "DeltaState",
     "linear_attention_recurrent", "linear_attention_parallel", "linear_attention_chunked",

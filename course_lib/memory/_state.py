@@ -50,7 +50,7 @@ def meta_of(state) -> dict:
 def check_input(memory, q, k, v, state, state_type) -> None:
     """``q, k, v`` are well formed and fit ``state``, a ``state_type`` made by ``memory.init_state``."""
     name = type(memory).__name__
-    if state is not None and not isinstance(state, state_type):
+    if state is not None and type(state) is not state_type:  # exactly: a sink state is no window state
         got = f"a {type(state).__name__} (another memory's state)" if isinstance(state, StateMeta) else describe(state)
         raise TypeError(
             f"state must be a {state_type.__name__} from {name}.init_state() or {name}.forward(), got {got}"

@@ -22,11 +22,15 @@ import torch
 from .._checks import check_positive_int
 from ._slots import SlotMemory, SlotState, attend, write_ring
 
-__all__ = ["WindowMemory", "SinkMemory", "WindowState"]
+__all__ = ["WindowMemory", "SinkMemory", "WindowState", "SinkState"]
 
 
 class WindowState(SlotState):
-    """State of a window or sink memory: ``buffer`` (``S + n_c`` slots) after ``length`` tokens."""
+    """State of a window memory: ``buffer`` (``n_c`` slots) after ``length`` tokens."""
+
+
+class SinkState(WindowState):
+    """State of a sink memory: ``buffer`` (``S + n_c`` slots) after ``length`` tokens."""
 
 
 class WindowMemory(SlotMemory):
@@ -119,6 +123,7 @@ class SinkMemory(WindowMemory):
 
     name = "sink"
     title = "sinks + window"
+    state_type = SinkState
     label_format = "sink S = {sinks}, n_c = {window}"
 
     def __init__(self, sinks: int, window: int):
