@@ -72,7 +72,8 @@ def train_char_lm(ids: torch.Tensor, vocab_size: int, *, steps: int, d_model: in
 
     seed_everything(seed)
     model = MemoryLM(vocab_size, d_model, n_layers, n_heads)
-    log = train(model, TextBatches(ids, batch_size, seq_len, seed=seed), steps=steps, lr=lr, warmup=min(50, steps // 10),
+    batches = TextBatches(ids, batch_size, seq_len, seed=seed)
+    log = train(model, batches, steps=steps, lr=lr, warmup=min(50, steps // 10),
                 device="cpu", progress=progress, seed=seed)
     return model.eval(), log
 
@@ -140,7 +141,7 @@ def sink_experiment(*, steps, d_model, n_layers, n_heads, seq_len, batch_size, e
     x, y = x[:eval_rows], y[:eval_rows]
     memories = {"full": FullMemory(), f"window n_c={seq_len}": WindowMemory(seq_len),
                 f"sinks S={sinks} + window {seq_len - sinks}": SinkMemory(sinks, seq_len - sinks)}
-    bucket = seq_len
+    bucket, half = seq_len, seq_len // 2
     result = {
         "settings": dict(steps=steps, d_model=d_model, n_layers=n_layers, n_heads=n_heads, seq_len=seq_len,
                          batch_size=batch_size, eval_len=eval_len, eval_rows=eval_rows, sinks=sinks,
@@ -149,7 +150,7 @@ def sink_experiment(*, steps, d_model, n_layers, n_heads, seq_len, batch_size, e
         "bucket": bucket,
         "bpc": {name: bpc_by_position(model, mem, x, y, bucket) for name, mem in memories.items()},
         "first_key_attention": first_key_attention(model, x[:, :seq_len], slice(seq_len // 2, seq_len)),
-        "uniform_first_key_attention": round(sum(1 / (i + 1) for i in range(seq_len // 2, seq_len)) / (seq_len // 2), 4),
+        "uniform_first_key_attention": round(sum(1 / (i + 1) for i in range(half, seq_len)) / half, 4),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return result
@@ -172,7 +173,8 @@ def main(argv=None) -> int:
     settings = LIVE if args.quick else FULL
     result = sink_experiment(**settings, progress=True)
     result["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                         "command": "python -m course_lib.experiments.lesson04 sinks" + (" --quick" if args.quick else "")}
+                         "command": "python -m course_lib.experiments.lesson04 sinks"
+                                    + (" --quick" if args.quick else "")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ... import attention_reference, causal_mask
 from ...experiments.lesson03 import evictable as ref_evictable
-from ...experiments.lesson03 import global_mask, strided_mask as ref_strided_mask, window_mask
+from ...experiments.lesson03 import global_mask, window_mask
+from ...experiments.lesson03 import strided_mask as ref_strided_mask
 from ...memory import linear_attention_parallel
 from ..compare import call_keeping_inputs, expect_close, expect_tensor, heads_view, randn, seeded
 from ..core import Check, Exercise, Mistake
@@ -53,7 +54,6 @@ def _phi(x):
 
 
 def _masked_linear(fq, fk, v, *, normalise=True, diagonal=0):
-    t = fq.shape[2]
     a = (fq @ fk.transpose(-2, -1)).tril(diagonal)  # [B, H, T, T]
     num = a @ v
     return num / a.sum(-1, keepdim=True) if normalise else num
@@ -233,7 +233,8 @@ EVICTABLE = Exercise(
     hints=EVICT_HINTS,
     checks=[
         Check("window n_c = 3 over T = 10, t = 6: the old keys go", _evict_check(lambda: window_mask(10, 3), 6)),
-        Check("strided, stride 3, T = 12, t = 7: every key stays", _evict_check(lambda: ref_strided_mask(12, 12, 3), 7)),
+        Check("strided, stride 3, T = 12, t = 7: every key stays",
+              _evict_check(lambda: ref_strided_mask(12, 12, 3), 7)),
         Check("a global token every 5 plus a window of 2, T = 12, t = 7",
               _evict_check(lambda: global_mask(12, 2, 5), 7)),
         Check("a random causal pattern, T = 14, t = 9", _evict_check(lambda: _random_causal(307, 14, 0.3), 9)),
