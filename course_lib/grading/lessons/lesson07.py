@@ -17,7 +17,8 @@ import math
 import torch
 
 from ... import attention_reference
-from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, heads_view, randn, seeded
+from ..compare import (call_keeping_inputs, close, expect_close, expect_tensor, grads, heads_view, randn, run_beside,
+                       seeded)
 from ..core import Check, Exercise, Mistake
 from ..questions import choice_exercise, number_exercise
 
@@ -71,18 +72,18 @@ def _gate_check(seed, b, h, t, d, *, w=None, dtype=torch.float64, non_contiguous
 
 
 def _gate_grad_check(fn):
+    """Run where the answer lives (``run_beside``): only data crosses back, gradients included."""
     gen = seeded(75)
-    out_a, out_b = randn(gen, 2, 3, 4, 5), randn(gen, 2, 3, 4, 5)
-    w = randn(gen, 3).requires_grad_(True)
-    got = fn(out_a, out_b, w)
+    out_a, out_b, w = randn(gen, 2, 3, 4, 5), randn(gen, 2, 3, 4, 5), randn(gen, 3)
+    weight = randn(gen, 2, 3, 4, 5)
+    got, (_, _, grad_w) = run_beside(fn, grads, [out_a, out_b, w], weight)
     expect_tensor(got, (2, 3, 4, 5), torch.float64, shape_text="[B, H, T, D]")
-    expect_close(got.detach(), _gate_ref(out_a, out_b, w.detach()), _gate_models(out_a, out_b, w.detach()))
-    if not got.requires_grad:
+    expect_close(got, _gate_ref(out_a, out_b, w), _gate_models(out_a, out_b, w))
+    if grad_w is None:
         raise Mistake("detached")
-    (grad,) = torch.autograd.grad((got * out_a).sum(), w)
-    w_ref = w.detach().clone().requires_grad_(True)
-    (want,) = torch.autograd.grad((_gate_ref(out_a, out_b, w_ref) * out_a).sum(), w_ref)
-    if not close(grad, want):
+    w_ref = w.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad((_gate_ref(out_a, out_b, w_ref) * weight).sum(), w_ref)
+    if not close(grad_w, want):
         raise Mistake("wrong_values")
 
 
