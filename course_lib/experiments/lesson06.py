@@ -24,7 +24,7 @@ at equal memory bytes.
 
 Command (the shipped result ``docs/results/lesson06_text.json``)::
 
-    python -m course_lib.experiments.lesson06 text              # 7 designs x 3 seeds, ~10 min on 2 idle cores
+    python -m course_lib.experiments.lesson06 text              # 7 designs x 3 seeds: ~11 core-minutes (2 workers)
     python -m course_lib.experiments.lesson06 text --quick      # seconds: checks the pipeline
     python -m course_lib.experiments.lesson06 text --steps 150 --seeds 0 --designs window,xl,conv
 """

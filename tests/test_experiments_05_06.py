@@ -1,0 +1,117 @@
+"""course_lib.experiments.lesson05 and lesson06: the helpers behind lessons 05 and 06 agree with
+plain references, and the text experiment's command runs end to end (a tiny setting)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib import MemoryLM
+from course_lib.experiments import lesson05, lesson06
+
+
+def _loop_read(kind, K, V):
+    """The memories written out token by token (the equations of lesson 05), then read with every key."""
+    b, n, d = K.shape
+    S = K.new_zeros(b, d, V.shape[-1])
+    z = K.new_zeros(b, d)
+    for j in range(n):
+        k, v = K[:, j], V[:, j]
+        if kind == "sum":
+            kn = F.normalize(k, dim=-1)
+            S = S + kn[:, :, None] * v[:, None, :]
+        elif kind == "linear":
+            f = F.elu(k) + 1
+            S, z = S + f[:, :, None] * v[:, None, :], z + f
+        else:
+            kn = F.normalize(k, dim=-1)
+            S = S + kn[:, :, None] * (v - (kn[:, None, :] @ S)[:, 0])[:, None, :]
+    if kind == "linear":
+        f = F.elu(K) + 1
+        return (f @ S) / (f @ z[:, :, None])
+    return F.normalize(K, dim=-1) @ S
+
+
+@pytest.mark.parametrize("kind", lesson05.KINDS)
+@pytest.mark.parametrize("n", [1, 5, 23, 70])  # 70 > chunk size 64 of the chunked delta rule
+def test_read_back_equals_the_token_loop(kind, n):
+    gen = torch.Generator().manual_seed(n)
+    K = torch.randn(3, n, 7, generator=gen, dtype=torch.float64)
+    V = torch.randn(3, n, 5, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(lesson05.read_back(kind, K, V), _loop_read(kind, K, V))
+
+
+def test_orthogonal_keys_are_read_back_exactly_up_to_d():
+    keys = lesson05.orthogonal_keys(2, 6, 6)
+    torch.testing.assert_close(keys @ keys.transpose(1, 2), torch.eye(6, dtype=torch.float64).expand(2, 6, 6))
+    curve = lesson05.capacity(8, [4, 8, 16], keys="orthogonal", reps=4)
+    assert curve["sum"]["all"][:2] == pytest.approx([1.0, 1.0]) and curve["sum"]["all"][2] < 0.9
+    assert curve["delta"]["newest"][2] > curve["delta"]["oldest"][2]  # recency past n = d
+    with pytest.raises(ValueError, match="keys must be"):
+        lesson05.capacity(8, [4], keys="smooth")
+    with pytest.raises(ValueError, match="kind must be"):
+        lesson05.read_back("gated", keys, keys)
+
+
+def test_accuracy_by_gap_bins_half_open():
+    gaps = torch.tensor([1, 2, 8, 9, 20])
+    right = torch.tensor([True, False, True, True, False])
+    acc = lesson05.accuracy_by_gap(gaps, right, [1, 8, 12, 24, 32])
+    assert acc[:3] == [0.5, 1.0, 0.0] and acc[3] != acc[3]  # the empty bin is NaN
+
+
+def test_designs_hold_the_same_bytes_and_the_compressive_one_follows_the_paper():
+    s = replace(lesson06.TEXT_QUICK, slots=8, ratio=4, segment_len=4)
+    sizes = set()
+    for name in ("window", "xl", "mean", "conv"):
+        model = MemoryLM(16, 8, 1, 1, lesson06.make_memory_for(name, s))
+        _, state = model(torch.zeros(1, 12, dtype=torch.long))
+        sizes.add(model.state_nbytes(state))
+    assert len(sizes) == 1
+    memory = lesson06.make_memory_for("mean", s)
+    assert (memory.mem_len, memory.cmem_len, memory.ratio) == (4, 4, 4)
+    with pytest.raises(ValueError, match="design must be"):
+        lesson06.make_memory_for("lstm", s)
+
+
+def test_extra_loss_sums_the_reconstruction_losses_of_the_layers():
+    torch.manual_seed(0)
+    s = replace(lesson06.TEXT_QUICK, slots=8, ratio=2)
+    model = MemoryLM(16, 8, 2, 1, lesson06.make_memory_for("conv", s))
+    state = None
+    for seg in torch.randint(0, 16, (2, 12)).split(4, dim=1):
+        _, state = model(seg, state)
+    loss = lesson06.extra_loss(model, state)
+    assert loss is not None and loss.requires_grad
+    torch.testing.assert_close(loss, sum(state.extra_losses.values()))
+    plain = MemoryLM(16, 8, 1, 1, lesson06.make_memory_for("window", s))
+    assert lesson06.extra_loss(plain, plain(torch.zeros(1, 4, dtype=torch.long))[1]) is None
+
+
+def test_summaries_and_paired_differences_by_seed():
+    rows = [{"design": d, "label": d, "seed": s, "bpc": b, "nbytes": 1}
+            for d, s, b in [("window", 0, 2.0), ("window", 1, 3.0), ("xl", 0, 2.5), ("xl", 1, 3.1)]]
+    summary = {r["design"]: r for r in lesson06.summarise(rows)}
+    assert summary["window"]["bpc"] == 2.5 and summary["window"]["std"] == pytest.approx(2 ** -0.5)
+    paired = {r["design"]: r for r in lesson06.paired(rows, "window")}
+    assert paired["xl"]["diff"] == pytest.approx(0.3) and paired["xl"]["worse"] == 2
+    assert paired["window"]["diff"] == 0
+    lesson06.plot_text(lesson06.summarise(rows))  # a pure function: draws without pyplot
+
+
+def test_the_text_command_writes_its_result_and_resumes(tmp_path):
+    out = tmp_path / "text.json"
+    args = ["text", "--quick", "--designs", "window,conv", "--jobs", "1", "--out", str(out)]
+    assert lesson06.main(args) == 0
+    result = json.loads(out.read_text())
+    assert [r["design"] for r in result["summary"]] == ["window", "conv"]
+    assert result["command"].startswith("python -m course_lib.experiments.lesson06 text --quick")
+    conv = next(r for r in result["runs"] if r["design"] == "conv")
+    assert conv["filters_before"] and conv["recon_loss_last"] is not None
+    before = result["runs"]
+    assert lesson06.main(args + ["--resume"]) == 0  # nothing left to run: the same runs come back
+    assert json.loads(out.read_text())["runs"] == before
