@@ -234,3 +234,15 @@ class Preallocated48:
         return self.buf_k[:, :, :keep], self.buf_v[:, :, :keep]
 
 
+
+
+@mutant("02.max_context", hint="off_by_one")
+def counts_the_current_token_too(budget_bytes, n_layers, n_kv_heads, head_dim, batch=1, bytes_per_value=2):
+    return budget_bytes // _per_token(n_layers, n_kv_heads, head_dim, batch, bytes_per_value) + 1
+
+
+@mutant("02.cached_attention", hint="recent_only")
+def newest_64_pairs(q, k, v, cache):
+    K, V = cache.update(k, v)
+    K, V = K[:, :, -64:], V[:, :, -64:]
+    return attention_reference(q, K, V, causal_mask(q.shape[2], K.shape[2]))

@@ -153,6 +153,8 @@ CACHED_HINTS = {
                      "(torch's is_causal=True aligns the queries to the first positions when T != m).",
     "ignores_cache": "Attend over everything cache.update returns, K_{<=i} and V_{<=i}, not only the "
                      "new chunk's keys and values.",
+    "recent_only": "Attend over every cached pair, K_{<=i} and V_{<=i}: keeping only the newest pairs makes a "
+                   "window memory (lesson 04), not the full cache of this lesson.",
     "no_scale": "Divide the scores by sqrt(d) (course_lib.attention does it for you): the 1/sqrt(d) "
                 "scale is missing.",
     "double_update": "Call cache.update(k, v) exactly once per call: the cache now holds some tokens twice.",
@@ -186,6 +188,9 @@ def _cached_models(q, k, v, chunks):
             qc, k[:, :, end - n:end], v[:, :, end - n:end], causal_mask(n, n))),
         "no_scale": lambda: _per_chunk(q, chunks, lambda qc, end, n: attention_reference(
             qc, k[:, :, :end], v[:, :, :end], causal_mask(n, end), scale=1.0)),
+        **{f"recent_only#{w}": (lambda w=w: _per_chunk(q, chunks, lambda qc, end, n: attention_reference(
+            qc, k[:, :, max(0, end - w):end], v[:, :, max(0, end - w):end], causal_mask(n, min(end, w)))))
+           for w in (32, 48, 64, 100, 128)},
     }
 
 
@@ -224,6 +229,8 @@ CACHED_ATTENTION = Exercise(
         Check("batch 2, float32", _cached_check(45, 2, 3, 8, [2, 1, 3], dtype=torch.float32)),
         Check("a StaticKVCache (its K, V are views into a preallocated buffer)",
               _cached_check(46, 2, 2, 8, [3, 1, 2], static=True)),
+        Check("a prompt of 60 tokens, 10 decoding steps, then chunks of 8 up to 102 tokens: every pair is used",
+              _cached_check(47, 1, 1, 4, [60] + [1] * 10 + [8] * 4)),
     ],
 )
 
@@ -233,6 +240,8 @@ CONTEXT_HINTS = {
     "rounds_up": "The cache must FIT: take the largest m whose bytes are <= the budget, rounding down "
                  "(integer division //), never up.",
     "no_factor_two": "Count keys AND values: each token costs 2 * L * n_g * d_h * batch * bytes_per_value bytes.",
+    "off_by_one": "One token off: m tokens cost m times the bytes per token, so the answer is exactly "
+                  "budget_bytes // bytes_per_token (no + 1 for the current token, no - 1 for safety).",
     "no_batch": "Each sequence in the batch has its own cache: the budget is shared by batch caches.",
     "no_bytes": "Divide by the bytes per token, bytes_per_value included: as written you count stored numbers.",
     "no_layers": "Every layer keeps its own cache: multiply the bytes per token by n_layers.",
@@ -251,12 +260,14 @@ def _context_check(budget, n_layers, n_kv_heads, head_dim, *, batch=None, bytes_
         token = 2 * n_layers * n_kv_heads * head_dim * b * per
         want = budget // token
         mistakes = {
-            "rounds_up": -(-budget // token),
+            # one more than the right number: rounding up where the budget is not a multiple of a token
+            ("rounds_up" if budget % token else "off_by_one"): budget // token + 1,
             "no_factor_two": budget // (token // 2),
             "no_batch": budget // (token // b),
             "no_bytes": budget // (token // per),
             "no_layers": budget // (token // n_layers),
             "default_bytes": budget // (token // per * 4),
+            "off_by_one#minus": budget // token - 1,
         }
         got = fn(budget, n_layers, n_kv_heads, head_dim, **kwargs)
         expect_number(got, want, _unambiguous(mistakes, want), integer=True)
