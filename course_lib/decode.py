@@ -17,8 +17,10 @@ per layer and reading the weights. This module computes the same function with l
 
 A :class:`DecodePlan` holds what every step needs, looked up once: :func:`prepare` builds it
 and rebuilds it when a parameter changed (an optimizer step, a new parameter or submodule,
-``.to()``). ``MemoryLM.forward`` takes this path for one token whenever no gradient is recorded
-and no dropout is active, so a hand-written decoding loop gets the step that ``generate`` uses
+``.to()``; not a write through ``p.data``, which bypasses the version counter: change
+parameters in place under ``torch.no_grad()`` instead). ``MemoryLM.forward`` takes this path
+for one token whenever no gradient is recorded and no dropout is active, so a hand-written
+decoding loop gets the step that ``generate`` uses
 (checked once per call: the token ids, the state, the plan). ``generate`` also runs under
 ``torch.inference_mode()``, which skips autograd's bookkeeping: a loop under
 ``torch.no_grad()`` is about a tenth slower per token, one under ``torch.inference_mode()`` as
