@@ -1,0 +1,452 @@
+r"""The capstone's measurements: a chatbot memory design, measured against a device's budget.
+
+A design is plain data (so it can cross from a learner's kernel to the grader): a dict
+``{"name": <registry name>, **sizes}``, with ``"memories": [spec, ...]`` and ``"combine"``
+for a ``multi`` memory, for example::
+
+    {"name": "multi", "combine": "gate",
+     "memories": [{"name": "window", "window": 32}, {"name": "delta"}]}
+
+:func:`build_memory` turns it into a :class:`~course_lib.memory.Memory`. Three measurements
+decide whether the design fits the device (:class:`Capstone` holds the device and the limits):
+
+* :func:`state_bytes`: the bytes of the model's state after ``m`` tokens, measured by
+  streaming random ``q, k, v`` through one layer's memory (chunks of 1,024 tokens) and
+  multiplying by the ``L`` layers (each layer holds its own copy of the memory). A memory
+  that is already over the budget stops being streamed there (a full cache at 64k tokens
+  costs minutes of attention; its growth is measured by then).
+* :func:`decode_ms`: ms per generated token of the (untrained) model at two context lengths
+  (:func:`course_lib.cost.measure_decode`, one CPU thread, the best of a few repeats);
+  their ratio says whether the cost of a token grows with the conversation.
+* :func:`train_recall`: a short, seeded training run of the small ``MemoryLM`` on
+  :func:`course_lib.data.long_dialogue` (the user states a fact, chats, and asks for it),
+  then the share of held-out conversations whose answer the model gets entirely right.
+
+:func:`measure_design` runs all three; the grader (``09.chatbot_design``) and lesson 09 call it.
+The recall runs that lesson 09 shows were made with (one process per design, about 17 minutes
+each on a 2-core CPU shared with other work)::
+
+    python -m course_lib.experiments.capstone --design "window 32" --out docs/results/capstone_window.json
+    python -m course_lib.experiments.capstone --design "window 16 + delta" --out docs/results/capstone_delta.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Capstone", "SETUP", "build_memory", "spec_label", "state_bytes", "decode_ms", "dialogue_data",
+           "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
+           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "main"]
+
+
+@dataclass(frozen=True)
+class Capstone:
+    """The device, its budget and the measurement settings (all sizes for batch 1).
+
+    The model is small so that the check can train it on a CPU; the budget is scaled to it:
+    ``budget`` bytes hold the KV cache of ``budget / kv_bytes_per_token`` tokens.
+    """
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4  # tau, d_h = 16
+    context: int = 65_536  # the conversation length the budget must hold
+    budget: int = 32 * 1024  # bytes of state, all layers, at ``context`` tokens
+    decode_contexts: tuple = (1024, 16_384)  # ms/token measured at these m
+    max_ms_ratio: float = 1.5  # ms/token at the long context over the short one
+    # recall: a short training run on long_dialogue
+    dialogue_length: int = 100  # characters of chat before the question (the fact is further back)
+    n_facts: int = 1
+    n_train: int = 2000
+    n_test: int = 100
+    steps: int = 500
+    batch_size: int = 16
+    lr: float = 3e-3
+    answer_weight: float = 1.0  # the answer's mean loss is added to the text's mean loss
+    segment_len: int = 64  # n_s: evaluation reads each conversation in segments, state carried
+    # training reads each conversation in one pass, so the answer's loss reaches the keys of the fact
+    min_recall: float = 0.4  # share of held-out conversations answered exactly
+    seed: int = 0
+
+
+SETUP = Capstone()
+
+#: the designs lesson 09 compares (plain data, see :func:`build_memory`)
+DESIGNS = {
+    "full KV cache": {"name": "full"},
+    "window 32": {"name": "window", "window": 32},
+    "sinks 8 + window 24": {"name": "sink", "sinks": 8, "window": 24},
+    "compressive": {"name": "compressive", "mem_len": 8, "cmem_len": 8, "ratio": 4},
+    "window 16 + delta": {"name": "multi", "combine": "gate",
+                          "memories": [{"name": "window", "window": 16}, {"name": "delta"}]},
+    "window 16 + linear": {"name": "multi", "combine": "gate",
+                           "memories": [{"name": "window", "window": 16}, {"name": "linear"}]},
+}
+
+
+def format_bytes(n: float) -> str:
+    """``65536 -> '64 KiB'``, ``1536 -> '1.5 KiB'``."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def kv_bytes_per_token(setup: Capstone = SETUP, bytes_per_value: int = 4) -> int:
+    """``2 L n_g d_h`` values per token (keys and values of every layer), fp32 by default."""
+    return 2 * setup.n_layers * setup.d_model * bytes_per_value
+
+
+# ------------------------------------------------------------------- designs as data
+
+
+def _check_spec(spec, where="design"):
+    from ..memory import MEMORIES
+
+    if not isinstance(spec, dict):
+        raise TypeError(f"{where} must be a dict such as {{'name': 'window', 'window': 32}}, got {type(spec).__name__}")
+    name = spec.get("name")
+    if name not in MEMORIES:
+        raise ValueError(f"{where}['name'] must be one of {', '.join(MEMORIES)}, got {name!r}")
+    return name
+
+
+def build_memory(spec: dict, setup: Capstone = SETUP):
+    """The :class:`~course_lib.memory.Memory` that ``spec`` describes (``n_heads`` of a gated
+    ``multi`` memory is filled in from ``setup``).
+
+    >>> build_memory({"name": "sink", "sinks": 4, "window": 8})
+    SinkMemory(window=8, sinks=4)
+    """
+    from ..memory import make_memory
+
+    name = _check_spec(spec)
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "memories")}
+    if name == "multi":
+        parts = spec.get("memories")
+        if not isinstance(parts, (list, tuple)) or len(parts) < 2:
+            raise ValueError("a 'multi' design needs 'memories': a list of at least two designs")
+        subs = [build_memory(_checked(p, f"design['memories'][{i}]"), setup) for i, p in enumerate(parts)]
+        kwargs.setdefault("combine", "gate")
+        if kwargs["combine"] == "gate":
+            kwargs.setdefault("n_heads", setup.n_heads)
+        return make_memory("multi", memories=subs, **kwargs)
+    try:
+        return make_memory(name, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"design {spec!r}: {err}") from None
+
+
+def _checked(spec, where):
+    _check_spec(spec, where)
+    return spec
+
+
+def spec_label(spec: dict) -> str:
+    """A short name: ``sink S=48 n_c=16``, ``window 32 + delta (gate)``."""
+    name = spec["name"]
+    if name == "multi":
+        return " + ".join(spec_label(p) for p in spec["memories"]) + f" ({spec.get('combine', 'gate')})"
+    short = {"window": "n_c", "sinks": "S", "mem_len": "n_m", "cmem_len": "n_cm", "ratio": "c",
+             "capacity": "N", "top_k": "k"}
+    sizes = " ".join(f"{short.get(k, k)}={v}" for k, v in spec.items() if k != "name" and k in short)
+    extra = spec.get("compress")
+    return " ".join(x for x in (name, sizes, extra) if x)
+
+
+def _model(memory, setup: Capstone):
+    from ..data import CharVocab
+    from ..models import MemoryLM
+
+    return MemoryLM(len(CharVocab.ascii()), setup.d_model, setup.n_layers, setup.n_heads, memory)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread inside (timings and training repeat on a shared machine), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------ bytes
+
+
+@torch.no_grad()
+def state_bytes(spec: dict, contexts=(1024, 4096, 16_384, 65_536), setup: Capstone = SETUP, *,
+                chunk: int = 1024, stop_above: float | None = None, seed: int = 0) -> list[dict]:
+    """Bytes of the whole model's state (``L`` layers, batch 1) after ``m`` tokens, for each ``m``.
+
+    Streams random unit-scale ``q, k, v`` (``[1, tau, chunk, d_h]``) through one layer's memory
+    and reads ``nbytes`` at each ``m``; a state's size does not depend on what its vectors hold.
+    Streaming stops at the first ``m`` whose bytes exceed ``stop_above`` (default: 4 x the
+    budget); the rows stop there. Returns ``[{"context", "nbytes"}]``.
+    """
+    memory = build_memory(spec, setup)
+    memory.eval()
+    stop_above = 4 * setup.budget if stop_above is None else stop_above
+    h, d = setup.n_heads, setup.d_model // setup.n_heads
+    gen = torch.Generator().manual_seed(seed)
+    state = memory.init_state(1, h, d)
+    pos, rows = 0, []
+    for m in sorted(int(c) for c in contexts):
+        while pos < m:
+            t = min(chunk, m - pos)
+            q, k, v = (torch.randn(1, h, t, d, generator=gen) for _ in range(3))
+            _, state = memory(q, k, v, state)
+            pos += t
+        rows.append({"context": m, "nbytes": setup.n_layers * memory.nbytes(state)})
+        if rows[-1]["nbytes"] > stop_above:
+            break
+    return rows
+
+
+# ------------------------------------------------------------------------ reach
+
+REACH_THRESHOLD = 1e-6  # relative change of the read-out below which a part of the text "has no effect"
+
+
+@torch.no_grad()
+def document_reach(spec: dict, setup: Capstone = SETUP, *, length: int = 16_384, block: int = 256,
+                   chunk: int = 1024, readout: int = 64, seed: int = 0) -> dict[int, float]:
+    """How much each quarter of a ``length``-token document still matters at its end.
+
+    Streams random ``q, k, v`` (float64) through one layer's memory; then, for each quarter
+    ``j``, replaces the values of its first ``block`` tokens and streams the rest unchanged.
+    Returns ``{j: ||out' - out|| / ||out||}`` over the outputs of the last ``readout`` queries:
+    0 when that part of the document no longer reaches the memory's read-out.
+    """
+    memory = build_memory(spec, setup).to(torch.float64).eval()
+    h, d = setup.n_heads, setup.d_model // setup.n_heads
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, h, length, d, generator=gen, dtype=torch.float64) for _ in range(3))
+    starts = [j * length // 4 for j in range(4)]
+    cuts = sorted(set(range(0, length, chunk)) | set(starts) | {s + block for s in starts} | {length - readout})
+    pieces = list(zip(cuts, cuts[1:] + [length]))
+
+    def stream(state, first, vv):
+        out = None
+        for a, b in pieces:
+            if a >= first:
+                out, state = memory(q[:, :, a:b], k[:, :, a:b], vv[:, :, a:b], state)
+        return out  # the last piece: the read-out queries
+
+    saved, state = {}, memory.init_state(1, h, d, dtype=torch.float64)
+    for a, b in pieces:  # the unchanged document, keeping the state where each quarter starts
+        if a in starts:
+            saved[a] = state
+        base, state = memory(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], state)
+    reach = {}
+    for j, s in enumerate(starts):
+        vv = v.clone()
+        vv[:, :, s:s + block] = torch.randn(1, h, block, d, generator=gen, dtype=torch.float64)
+        out = stream(saved[s], s, vv)
+        reach[j] = float((out - base).norm() / base.norm())
+    return reach
+
+
+# ---------------------------------------------------------------------- ms/token
+
+
+def decode_ms(spec: dict, contexts=None, setup: Capstone = SETUP, *, steps: int = 32, repeats: int = 3,
+              seed: int = 0) -> list[dict]:
+    """ms per decoded token of the (untrained) model after ``m`` tokens, the best of ``repeats``
+    runs of :func:`course_lib.cost.measure_decode` (one thread): ``[{"context", "ms_per_token"}]``.
+    A step's time does not depend on the weights, so the model needs no training for this."""
+    from ..cost import measure_decode
+
+    contexts = setup.decode_contexts if contexts is None else contexts
+    torch.manual_seed(seed)
+    model = _model(build_memory(spec, setup), setup)
+    best = {int(m): math.inf for m in contexts}
+    with one_thread():
+        for r in range(repeats):
+            for row in measure_decode(model, list(best), steps=steps, warmup=4, progress=False, seed=seed + r):
+                best[row["context"]] = min(best[row["context"]], row["ms_per_token"])
+    return [{"context": m, "ms_per_token": ms} for m, ms in best.items()]
+
+
+# ------------------------------------------------------------------------ recall
+
+
+def dialogue_data(n: int, setup: Capstone = SETUP, *, seed: int):
+    """``(inputs, lm_labels, answer_labels)`` ``[n, T]`` from :func:`course_lib.data.long_dialogue`:
+    every next character is a language-model label; ``answer_labels`` keeps only the answer's."""
+    from ..data import IGNORE, CharVocab, encode_examples, long_dialogue
+
+    vocab = CharVocab.ascii()
+    examples = long_dialogue(n, setup.dialogue_length, seed=seed, n_facts=setup.n_facts)
+    x, answer = encode_examples(examples, vocab)
+    lengths = torch.tensor([len(e.text) - 1 for e in examples])
+    lm = torch.full_like(x, IGNORE)
+    lm[:, :-1] = x[:, 1:]
+    lm[torch.arange(x.shape[1])[None, :] >= lengths[:, None] - 1] = IGNORE  # no padding as labels
+    lm = torch.where(answer != IGNORE, answer, lm)
+    return x, lm, answer, examples
+
+
+def _loss(model, x, y_lm, y_answer, setup):
+    from ..data import IGNORE
+
+    n_lm, n_answer = (y_lm != IGNORE).sum(), (y_answer != IGNORE).sum()
+    state, total = None, 0.0
+    for xs, ys, ya in ((x, y_lm, y_answer),):
+        logits, state = model(xs, state)
+        flat = logits.flatten(0, 1)
+        loss = F.cross_entropy(flat, ys.flatten(), ignore_index=IGNORE, reduction="sum") / n_lm
+        if (ya != IGNORE).any():
+            loss = loss + setup.answer_weight * F.cross_entropy(
+                flat, ya.flatten(), ignore_index=IGNORE, reduction="sum") / n_answer
+        extra = getattr(state, "extra_losses", None)
+        if extra:
+            loss = loss + sum(extra.values())
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+@torch.no_grad()
+def recall_of(model, x, y_answer, setup: Capstone = SETUP) -> torch.Tensor:
+    """``[N]`` bool: the greedy prediction of every answer character is right (teacher forcing)."""
+    from ..data import IGNORE
+    from ..train import forward_segments
+
+    model.eval()
+    logits, _ = forward_segments(model, x, setup.segment_len)
+    return ((logits.argmax(-1) == y_answer) | (y_answer == IGNORE)).all(dim=1)
+
+
+_RECALL_CACHE: dict = {}
+
+
+def train_recall(spec: dict, setup: Capstone = SETUP, *, progress: bool = False, log_every: int = 0) -> dict:
+    """Train the small ``MemoryLM`` with the design for ``setup.steps`` steps (seeded, one thread,
+    the same data for every design) and measure recall on held-out conversations.
+
+    Returns ``{"recall", "recall_curve" (step, recall) if log_every, "seconds", "distance"}``;
+    ``distance`` is the median number of tokens between the fact's answer and the question's.
+    """
+    import json
+
+    from ..train import progress_bar
+
+    key = (json.dumps(spec, sort_keys=True), setup, log_every)
+    if key in _RECALL_CACHE:  # the run is deterministic: the same design and setup give the same numbers
+        return dict(_RECALL_CACHE[key])
+    x, y_lm, y_answer, _ = dialogue_data(setup.n_train, setup, seed=setup.seed + 1)
+    xt, _, yt, test = dialogue_data(setup.n_test, setup, seed=setup.seed + 2)
+    lengths = (x != 0).sum(1)
+    with one_thread():
+        torch.manual_seed(setup.seed)
+        model = _model(build_memory(spec, setup), setup)
+        for module in model.modules():  # PyTorch's width-aware init (see course_lib.bench.recall)
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+        opt = torch.optim.AdamW(model.parameters(), lr=setup.lr)
+        gen = torch.Generator().manual_seed(setup.seed)
+        curve, t0 = [], time.perf_counter()
+        for step in progress_bar(range(setup.steps), enabled=progress, desc=spec_label(spec)):
+            model.train()
+            idx = torch.randint(len(x), (setup.batch_size,), generator=gen)
+            width = int(lengths[idx].max())
+            opt.zero_grad(set_to_none=True)
+            _loss(model, x[idx, :width], y_lm[idx, :width], y_answer[idx, :width], setup)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if log_every and (step + 1) % log_every == 0:
+                curve.append((step + 1, float(recall_of(model, xt, yt, setup).float().mean())))
+        seconds = time.perf_counter() - t0
+        right = recall_of(model, xt, yt, setup)
+    distance = sorted(e.answer_start - (e.fact_start + e.text[e.fact_start:].index(e.answer)) for e in test)
+    out = {"recall": float(right.float().mean()), "recall_curve": curve, "seconds": seconds,
+           "distance": distance[len(distance) // 2], "model": model}
+    _RECALL_CACHE[key] = out
+    return dict(out)
+
+
+# ------------------------------------------------------------------- all at once
+
+
+def measure_design(spec: dict, setup: Capstone = SETUP, *, recall: bool = True, progress: bool = False) -> dict:
+    """Bytes at ``setup.context`` tokens, ms/token at two contexts and (if ``recall`` and the
+    design fits the budget) recall after training. Each verdict is in ``"fits"``, ``"flat"``,
+    ``"recalls"`` (``None``: not measured)."""
+    rows = state_bytes(spec, (1024, 4096, 16_384, setup.context), setup)
+    last = rows[-1]
+    fits = last["context"] >= setup.context and last["nbytes"] <= setup.budget
+    ms = decode_ms(spec, setup=setup)
+    ratio = ms[-1]["ms_per_token"] / ms[0]["ms_per_token"]
+    out = {"label": spec_label(spec), "bytes": rows, "nbytes": last["nbytes"], "bytes_at": last["context"],
+           "fits": fits, "ms": ms, "ms_ratio": ratio, "flat": ratio <= setup.max_ms_ratio,
+           "recall": None, "recalls": None}
+    if recall and fits:
+        r = train_recall(spec, setup, progress=progress)
+        out.update(recall=r["recall"], recalls=r["recall"] >= setup.min_recall, train_seconds=r["seconds"],
+                   distance=r["distance"])
+    return out
+
+
+def plot_designs(rows: list[dict], setup: Capstone = SETUP):
+    """Two panels: state bytes and ms/token against the context ``m`` (log axes), one line per
+    design, the budget as a dashed line. ``rows``: ``{"label", "bytes": [...], "ms": [...]}`` as
+    :func:`state_bytes` and :func:`decode_ms` return them. A pure function: returns a Figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_b, ax_t = fig.subplots(1, 2)
+    for row in rows:
+        line, = ax_b.plot([r["context"] for r in row["bytes"]], [r["nbytes"] for r in row["bytes"]],
+                          marker="o", label=row["label"])
+        ax_t.plot([r["context"] for r in row["ms"]], [r["ms_per_token"] for r in row["ms"]], marker="o",
+                  color=line.get_color(), label=row["label"])
+    ax_b.axhline(setup.budget, color="red", linestyle="--", label=f"budget {format_bytes(setup.budget)}")
+    ax_b.set(xscale="log", yscale="log", xlabel="context m (tokens)", ylabel="state bytes (all layers, batch 1)",
+             title="bytes (streamed; stopped once 4x over the budget)")
+    ax_t.set(xscale="log", xlabel="context m (tokens)", ylabel="ms per generated token (1 thread)",
+             title="time per token")
+    ax_t.set_ylim(bottom=0)
+    ax_b.legend(fontsize=8)
+    for ax in (ax_b, ax_t):
+        ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def main(argv=None) -> int:
+    """Recall of one of :data:`DESIGNS` after the grade's training run, with its learning curve, as JSON."""
+    import argparse
+    import json
+    import platform
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.capstone", description=main.__doc__)
+    parser.add_argument("--design", required=True, choices=list(DESIGNS))
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    spec = DESIGNS[args.design]
+    t0 = time.process_time()
+    r = train_recall(spec, log_every=100)
+    row = {"design": args.design, "spec": spec, "recall": r["recall"], "curve": r["recall_curve"],
+           "train_seconds": round(r["seconds"], 1), "cpu_seconds": round(time.process_time() - t0, 1),
+           "distance": r["distance"], "min_recall": SETUP.min_recall, "steps": SETUP.steps,
+           "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads available, "
+                      f"torch {torch.__version__}",
+           "command": f"python -m course_lib.experiments.capstone --design {args.design!r} --out {args.out}"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(row, indent=1) + "\n")
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
