@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Mistake", "Check", "Exercise", "CheckResult", "CheckLine", "run_exercise", "format_score",
+__all__ = ["Mistake", "Check", "Exercise", "code_exercise", "CheckResult", "CheckLine", "run_exercise", "format_score",
            "TIMEOUT_ENV"]
 
 TIMEOUT_ENV = "COURSE_CHECK_TIMEOUT"  # seconds per check (default DEFAULT_TIMEOUT)
@@ -100,6 +100,16 @@ class Exercise:
     @property
     def lesson(self) -> str:
         return self.id.split(".", 1)[0]
+
+
+def code_exercise(id: str, title: str, hints: dict[str, str], checks: list[Check], *, points: float = 2,
+                  error_hints: dict[str, str] | None = None) -> Exercise:
+    """A code exercise (the answer is a function or class the checks call), worth 2 points unless said.
+
+    The questions' counterparts are :func:`course_lib.grading.questions.choice_exercise` and
+    :func:`~course_lib.grading.questions.number_exercise`."""
+    return Exercise(id=id, title=title, kind="code", points=points, hints=hints, checks=checks,
+                    error_hints=dict(error_hints or {}))
 
 
 @dataclass

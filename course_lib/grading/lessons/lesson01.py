@@ -18,7 +18,7 @@ import torch
 from ... import attention_reference
 from ... import causal_mask as ref_causal_mask
 from ..compare import call_keeping_inputs, expect_close, expect_tensor, heads_view, randn, seeded
-from ..core import Check, Exercise, Mistake
+from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 01.scaled_attention
@@ -114,11 +114,8 @@ def _shape_only(fn):
     expect_tensor(fn(q, k, v), (2, 3, 4, 5), shape_text="[B, H, T_q, d_v]")
 
 
-SCALED_ATTENTION = Exercise(
-    id="01.scaled_attention",
-    title="Scaled dot-product attention",
-    kind="code",
-    points=2,
+SCALED_ATTENTION = code_exercise(
+    id="01.scaled_attention", title="Scaled dot-product attention",
     hints=ATTENTION_HINTS,
     checks=[
         Check("output shape [B, H, T_q, d_v] (4 queries over 6 keys, d = 8, d_v = 5)", _shape_only),
@@ -200,11 +197,8 @@ def _mask_check(t_q, t_k, window=None):
     return run
 
 
-CAUSAL_MASK = Exercise(
-    id="01.causal_mask",
-    title="The causal mask, with an optional window",
-    kind="code",
-    points=2,
+CAUSAL_MASK = code_exercise(
+    id="01.causal_mask", title="The causal mask, with an optional window",
     hints=MASK_HINTS,
     checks=[
         Check("a bool tensor of shape [t_q, t_k] (t_q = t_k = 4)", _mask_check(4, 4)),
@@ -252,11 +246,8 @@ def _split_check(seed, b, t, d_model, n_heads, *, dtype=torch.float64, transpose
     return run
 
 
-SPLIT_HEADS = Exercise(
-    id="01.split_heads",
-    title="Split the model width into heads",
-    kind="code",
-    points=2,
+SPLIT_HEADS = code_exercise(
+    id="01.split_heads", title="Split the model width into heads",
     hints=SPLIT_HINTS,
     checks=[
         Check("B = 2, T = 5, d_model = 12, tau = 3", _split_check(21, 2, 5, 12, 3)),

@@ -19,7 +19,7 @@ import torch
 
 from ... import KVCache, StaticKVCache, attention_reference, causal_mask, kv_cache_bytes
 from ..compare import call_keeping_inputs, close, expect_close, expect_number, expect_tensor, make, randn, seeded
-from ..core import Check, Exercise, Mistake
+from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 02.growing_cache
@@ -121,11 +121,8 @@ def _independent_check(cls):
         raise Mistake("shared")
 
 
-GROWING_CACHE = Exercise(
-    id="02.growing_cache",
-    title="A KV cache that grows",
-    kind="code",
-    points=2,
+GROWING_CACHE = code_exercise(
+    id="02.growing_cache", title="A KV cache that grows",
     hints=CACHE_HINTS,
     error_hints={r"must match except in dimension [013]": "wrong_axis"},
     checks=[
@@ -214,11 +211,8 @@ def _cached_check(seed, b, h, d, chunks, *, dtype=torch.float64, static=False):
     return run
 
 
-CACHED_ATTENTION = Exercise(
-    id="02.cached_attention",
-    title="Attention over a KV cache",
-    kind="code",
-    points=2,
+CACHED_ATTENTION = code_exercise(
+    id="02.cached_attention", title="Attention over a KV cache",
     hints=CACHED_HINTS,
     checks=[
         Check("decoding 6 tokens one at a time equals causal attention over all 6",
@@ -274,11 +268,8 @@ def _context_check(budget, n_layers, n_kv_heads, head_dim, *, batch=None, bytes_
     return run
 
 
-MAX_CONTEXT = Exercise(
-    id="02.max_context",
-    title="The longest context a memory budget holds",
-    kind="code",
-    points=2,
+MAX_CONTEXT = code_exercise(
+    id="02.max_context", title="The longest context a memory budget holds",
     hints=CONTEXT_HINTS,
     checks=[
         Check("a budget that holds exactly 100 tokens (L = 2, n_g = 3, d_h = 4, fp16)",

@@ -25,7 +25,7 @@ from ...experiments.lesson03 import global_mask, window_mask
 from ...experiments.lesson03 import strided_mask as ref_strided_mask
 from ...memory import linear_attention_parallel
 from ..compare import call_keeping_inputs, expect_close, expect_tensor, heads_view, randn, seeded
-from ..core import Check, Exercise, Mistake
+from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 03.linear_attention
@@ -94,11 +94,8 @@ def _linear_check(seed, b, h, t, d, d_v=None, *, dtype=torch.float64, non_contig
     return run
 
 
-LINEAR_ATTENTION = Exercise(
-    id="03.linear_attention",
-    title="Causal linear attention through the mu, nu recurrence",
-    kind="code",
-    points=2,
+LINEAR_ATTENTION = code_exercise(
+    id="03.linear_attention", title="Causal linear attention through the mu, nu recurrence",
     hints=LINEAR_HINTS,
     checks=[
         Check("random float64 inputs, B = 1, H = 1, T = 5, D = 4", _linear_check(301, 1, 1, 5, 4)),
@@ -153,11 +150,8 @@ def _strided_check(t_q, t_k, stride):
     return run
 
 
-STRIDED_MASK = Exercise(
-    id="03.strided_mask",
-    title="The Sparse Transformer's strided mask",
-    kind="code",
-    points=2,
+STRIDED_MASK = code_exercise(
+    id="03.strided_mask", title="The Sparse Transformer's strided mask",
     hints=STRIDED_HINTS,
     checks=[
         Check("a bool [t_q, t_k] mask, T = 10, stride 3", _strided_check(10, 10, 3)),
@@ -225,11 +219,8 @@ def _random_causal(seed, size, p):
     return (torch.rand(size, size, generator=gen) < p) & causal_mask(size, size)
 
 
-EVICTABLE = Exercise(
-    id="03.evictable",
-    title="Which cached keys no future query reads",
-    kind="code",
-    points=2,
+EVICTABLE = code_exercise(
+    id="03.evictable", title="Which cached keys no future query reads",
     hints=EVICT_HINTS,
     checks=[
         Check("window n_c = 3 over T = 10, t = 6: the old keys go", _evict_check(lambda: window_mask(10, 3), 6)),

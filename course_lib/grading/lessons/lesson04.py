@@ -16,7 +16,7 @@ import torch
 
 from ... import CumulativeAverageMemory, MovingAverageMemory, WindowMemory
 from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, heads_view, randn, seeded
-from ..core import Check, Exercise, Mistake
+from ..core import Check, Exercise, Mistake, code_exercise
 from ..questions import answer_value, choice_exercise
 
 # ---------------------------------------------------------------- 04.window_update
@@ -83,11 +83,8 @@ def _window_check(seed, b, h, m, t, d, n_c, *, dtype=torch.float64, non_contiguo
     return run
 
 
-WINDOW_UPDATE = Exercise(
-    id="04.window_update",
-    title="The window memory's Update",
-    kind="code",
-    points=2,
+WINDOW_UPDATE = code_exercise(
+    id="04.window_update", title="The window memory's Update",
     hints=WINDOW_HINTS,
     checks=[
         Check("m = 3 pairs held, one new token, n_c = 5: nothing leaves yet", _window_check(401, 1, 1, 3, 1, 4, 5)),
@@ -170,11 +167,8 @@ def _cumavg_stream_check(seed, n, b=2, h=3, d=4, *, dtype=torch.float64):
     return run
 
 
-CUMULATIVE_AVERAGE_UPDATE = Exercise(
-    id="04.cumulative_average_update",
-    title="The cumulative average as a recursion",
-    kind="code",
-    points=2,
+CUMULATIVE_AVERAGE_UPDATE = code_exercise(
+    id="04.cumulative_average_update", title="The cumulative average as a recursion",
     hints=CUMAVG_HINTS,
     error_hints={r"division by zero|divide by zero": "divide_by_i"},
     checks=[
@@ -241,11 +235,8 @@ def _moving_check(seed, b, h, t, d, weights, *, dtype=torch.float64, non_contigu
     return run
 
 
-MOVING_AVERAGE = Exercise(
-    id="04.moving_average",
-    title="A weighted moving average",
-    kind="code",
-    points=2,
+MOVING_AVERAGE = code_exercise(
+    id="04.moving_average", title="A weighted moving average",
     hints=MOVING_HINTS,
     checks=[
         Check("4 rows, weights [1, 2, 3, 4]", _moving_check(421, 1, 1, 4, 3, [1.0, 2.0, 3.0, 4.0])),

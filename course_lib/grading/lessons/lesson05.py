@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...memory import delta_rule_recurrent, linear_attention_recurrent
 from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, make, randn, seeded
-from ..core import Check, Exercise, Mistake
+from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 05.delta_update
@@ -95,11 +95,8 @@ def _overwrite_check(fn):
                             .squeeze(-2)})
 
 
-DELTA_UPDATE = Exercise(
-    id="05.delta_update",
-    title="One write of the delta rule",
-    kind="code",
-    points=2,
+DELTA_UPDATE = code_exercise(
+    id="05.delta_update", title="One write of the delta rule",
     hints=DELTA_HINTS,
     error_hints={r"size of tensor a \(\d+\) must match the size of tensor b \(\d+\)": "outer_order"},
     checks=[
@@ -176,11 +173,8 @@ def _linear_check(seed, b, h, d, d_v, *, dtype=torch.float64, non_contiguous=Fal
     return run
 
 
-LINEAR_MEMORY_UPDATE = Exercise(
-    id="05.linear_memory_update",
-    title="One write of the linear-attention memory",
-    kind="code",
-    points=2,
+LINEAR_MEMORY_UPDATE = code_exercise(
+    id="05.linear_memory_update", title="One write of the linear-attention memory",
     hints=LINEAR_HINTS,
     error_hints={r"size of tensor a \(\d+\) must match the size of tensor b \(\d+\)": "outer_order"},
     checks=[
@@ -258,11 +252,8 @@ def detached_probe(fn, args):
     return [bool(x.requires_grad) for x in out]
 
 
-SEGMENT_UPDATE = Exercise(
-    id="05.segment_update",
-    title="Transformer-XL's memory update",
-    kind="code",
-    points=2,
+SEGMENT_UPDATE = code_exercise(
+    id="05.segment_update", title="Transformer-XL's memory update",
     hints=SEGMENT_HINTS,
     checks=[
         Check("an empty memory (m = 0), a segment of T = 3, mem_len = 5: all 3 are kept",

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ... import attention_reference
 from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, heads_view, make, randn, seeded
-from ..core import Check, Exercise, Mistake
+from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 06.compress
@@ -81,11 +81,8 @@ def _remainder_check(fn):
     raise Mistake("no_error")
 
 
-COMPRESS = Exercise(
-    id="06.compress",
-    title="Compress groups of c pairs: mean and max pooling",
-    kind="code",
-    points=2,
+COMPRESS = code_exercise(
+    id="06.compress", title="Compress groups of c pairs: mean and max pooling",
     hints=COMPRESS_HINTS,
     checks=[
         Check("mean, n = 6, c = 2, B = H = 1, D = 3", _compress_check(601, 1, 1, 6, 3, 2, "mean")),
@@ -199,11 +196,8 @@ def _update_check(seed, b, h, d, m, n_cm_held, t, n_m, n_cm, c, *, dtype=torch.f
     return run
 
 
-COMPRESSIVE_UPDATE = Exercise(
-    id="06.compressive_update",
-    title="The Compressive Transformer's memory update",
-    kind="code",
-    points=3,
+COMPRESSIVE_UPDATE = code_exercise(
+    id="06.compressive_update", title="The Compressive Transformer's memory update", points=3,
     hints=UPDATE_HINTS,
     checks=[
         Check("the paper's rule: Mem full (n_m = 4), a segment of n_s = 4, c = 2, CMem empty",
@@ -305,11 +299,8 @@ def _recon_grad_check(fn):
         raise Mistake("comp_detached")
 
 
-RECONSTRUCTION_LOSS = Exercise(
-    id="06.reconstruction_loss",
-    title="The attention-reconstruction loss",
-    kind="code",
-    points=2,
+RECONSTRUCTION_LOSS = code_exercise(
+    id="06.reconstruction_loss", title="The attention-reconstruction loss",
     hints=RECON_HINTS,
     checks=[
         Check("float64, B = 1, H = 2, 3 queries, 6 old pairs compressed into 3, D = 4",

@@ -19,7 +19,7 @@ import torch
 from ... import attention_reference
 from ..compare import (call_keeping_inputs, close, expect_close, expect_tensor, grads, heads_view, randn, run_beside,
                        seeded)
-from ..core import Check, Exercise, Mistake
+from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 07.gate
@@ -87,11 +87,8 @@ def _gate_grad_check(fn):
         raise Mistake("wrong_values")
 
 
-GATE = Exercise(
-    id="07.gate",
-    title="A learned gate per head",
-    kind="code",
-    points=2,
+GATE = code_exercise(
+    id="07.gate", title="A learned gate per head",
     hints=GATE_HINTS,
     error_hints={r"must match the size of tensor b .* at non-singleton dimension 3": "not_per_head",
                  r"a Tensor with \d+ elements cannot be converted to Scalar": "one_gate"},
@@ -193,11 +190,8 @@ def _knn_too_many(fn):
     raise Mistake("no_error")
 
 
-KNN_SELECT = Exercise(
-    id="07.knn_select",
-    title="k-NN retrieval: the top-k pairs by q . k",
-    kind="code",
-    points=2,
+KNN_SELECT = code_exercise(
+    id="07.knn_select", title="k-NN retrieval: the top-k pairs by q . k",
     hints=KNN_HINTS,
     checks=[
         Check("B = 2, H = 3, N = 10 stored pairs, top_k = 3, D = 4", _knn_check(81, 2, 3, 10, 4, 3)),
@@ -263,11 +257,8 @@ def _concat_check(seed, b, h, t_q, n_a, n_b, d, d_v=None, *, dtype=torch.float64
     return run
 
 
-CONCAT = Exercise(
-    id="07.concat_attention",
-    title="Concatenation: one softmax over two memories",
-    kind="code",
-    points=2,
+CONCAT = code_exercise(
+    id="07.concat_attention", title="Concatenation: one softmax over two memories",
     hints=CONCAT_HINTS,
     checks=[
         Check("B = 2, H = 2, T_q = 3 queries, |Mem_a| = 5, |Mem_b| = 2, d = 8", _concat_check(91, 2, 2, 3, 5, 2, 8)),

@@ -18,7 +18,7 @@ import torch
 
 from ...experiments.lesson08 import answer_accuracy, compressed_slots, error_by_age, pareto_front
 from ..compare import call_keeping_inputs, expect_close, expect_number, expect_tensor, randn, seeded
-from ..core import Check, Exercise, Mistake
+from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 08.pareto_front
@@ -91,11 +91,8 @@ def _random_designs(seed, n):
     return b, a
 
 
-PARETO = Exercise(
-    id="08.pareto_front",
-    title="The Pareto front of bytes and accuracy",
-    kind="code",
-    points=2,
+PARETO = code_exercise(
+    id="08.pareto_front", title="The Pareto front of bytes and accuracy",
     hints=PARETO_HINTS,
     checks=[
         Check("four designs, all on the front, given out of order",
@@ -171,11 +168,8 @@ def _accuracy_check(seed, b, t, v, *, ignore_index=-100, p_ignore=0.5, dtype=tor
     return run
 
 
-ACCURACY = Exercise(
-    id="08.answer_accuracy",
-    title="Accuracy at the answers",
-    kind="code",
-    points=2,
+ACCURACY = code_exercise(
+    id="08.answer_accuracy", title="Accuracy at the answers",
     hints=ACCURACY_HINTS,
     checks=[
         Check("B = 3, T = 8, V = 10, about half the positions ignored", _accuracy_check(111, 3, 8, 10, sharp=True)),
@@ -239,11 +233,8 @@ def _age_check(seed, t, d, n_m, n_cm, c, *, dtype=torch.float64, scale=1.0):
     return run
 
 
-ERROR_BY_AGE = Exercise(
-    id="08.error_by_age",
-    title="Reconstruction error against token age",
-    kind="code",
-    points=2,
+ERROR_BY_AGE = code_exercise(
+    id="08.error_by_age", title="Reconstruction error against token age",
     hints=AGE_HINTS,
     checks=[
         Check("T = 20, D = 4: 4 exact tokens, 3 slots of c = 4, the 4 oldest forgotten", _age_check(121, 20, 4, 4, 3, 4)),
