@@ -52,10 +52,10 @@ def test_moving_the_step_slider_redraws_the_inspector_through_a_live_kernel(lab,
         inspector = panel.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider")).first
         readout = inspector.locator(".widget-html")
         picture = inspector.locator(".widget-image")
-        expect(readout).to_contain_text("step 8 of 8")
+        expect(readout).to_contain_text("step 5 of 5")
         expect(picture).to_be_visible()
+        # the last cell ran (so all did) in this environment's Python
         expect(panel.locator(".jp-OutputArea-output", has_text="kernel python:")).to_contain_text(sys.executable)
-        expect(panel.locator(".jp-OutputArea-output", has_text="random keys")).to_be_visible()  # all ran
         wait_idle(page)
         inspector.evaluate("node => node.scrollIntoView({block: 'start'})")
         before_text = readout.inner_text()
@@ -68,12 +68,12 @@ def test_moving_the_step_slider_redraws_the_inspector_through_a_live_kernel(lab,
         page.keyboard.press("ArrowLeft")
 
         # the kernel recomputed the readout (it sends the new picture before the readout)
-        expect(readout).to_contain_text("step 6 of 8")
-        expect(step.locator(".widget-readout")).to_have_text("6")
+        expect(readout).to_contain_text("step 3 of 5")
+        expect(step.locator(".widget-readout")).to_have_text("3")
         wait_idle(page)
         after_text = readout.inner_text()
         assert after_text != before_text
-        assert "positions 18..23 evicted from Mem and compressed" in after_text
+        assert "positions 12..17 evicted from Mem and compressed" in after_text
         assert picture.screenshot() != before_picture, "the picture did not change after moving the slider"
         inspector.screenshot(path=str(ARTIFACTS / "browser_inspector_after.png"))
         page.screenshot(path=str(ARTIFACTS / "browser_page_after.png"))

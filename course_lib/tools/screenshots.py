@@ -47,8 +47,8 @@ SHOTS = {
         ready="full KV cache: at m", press="measure", pressed_ready="measured full KV cache"),
     "memory_inspector": Shot(
         "from course_lib.widgets import MemoryInspector\n\n"
-        'MemoryInspector(memory="compressive", mem_len=6, cmem_len=8, ratio=3, chunk=4, step=6)',
-        ready="step 6 of 8"),
+        'MemoryInspector(memory="compressive", mem_len=6, cmem_len=8, ratio=3, chunk=6, step=4)',
+        ready="step 4 of 5"),
     "compression_playground": Shot(
         "from course_lib.widgets import CompressionPlayground\n\n"
         'CompressionPlayground(compress="mean", ratio=4, signal="smooth")',
