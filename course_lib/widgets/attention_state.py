@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import attention_reference, causal_mask
+from .common import check_at_least, check_choice
 
 __all__ = ["MASKS", "DEMO_TEXT", "AttentionState", "update_attention", "attention_mask_for", "attention_view",
            "toy_qk"]
@@ -33,12 +34,10 @@ def update_attention(state: AttentionState, changes: dict) -> AttentionState:
     new = dataclasses.replace(state, **changes)
     if not 0 <= new.i < new.length:
         raise ValueError(f"i={new.i} is not a position of the {new.length} tokens; expected 0 <= i < {new.length}")
-    if new.mask not in MASKS:
-        raise ValueError(f"mask={new.mask!r}; expected one of {MASKS}")
+    check_choice("mask", new.mask, MASKS)
     if new.window < 1:
         raise ValueError(f"window (n_c) must be >= 1, got {new.window}")
-    if new.sinks < 0:
-        raise ValueError(f"sinks must be >= 0, got {new.sinks}")
+    check_at_least(new, ("sinks",), 0)
     return new
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["has_widget_frontend", "FRONTEND_NOTE", "ranges_text", "with_option"]
+__all__ = ["has_widget_frontend", "FRONTEND_NOTE", "ranges_text", "with_option", "check_choice", "check_at_least"]
 
 FRONTEND_NOTE = "static picture: no live widgets in this frontend; run the notebook in JupyterLab to move the controls"
 
@@ -19,6 +19,19 @@ def has_widget_frontend() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def check_choice(name: str, value, choices) -> None:
+    """A state's setting ``name`` must be one of ``choices`` (the error names both)."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {choices}")
+
+
+def check_at_least(state, names, minimum: int) -> None:
+    """Each of the state's settings ``names`` must be ``>= minimum`` (the error names the first that is not)."""
+    for name in names:
+        if getattr(state, name) < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {getattr(state, name)}")
 
 
 def with_option(options, value) -> list:

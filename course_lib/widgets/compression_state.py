@@ -9,6 +9,7 @@ import torch
 
 from ..attention import attention_reference
 from ..memory import COMPRESSIONS, CompressiveMemory, attention_reconstruction_loss
+from .common import check_at_least, check_choice
 
 __all__ = ["SIGNALS", "LEARNED", "CompressionState", "update_compression", "playground_data", "compression_error",
            "train_compressor", "error_curves", "compression_view"]
@@ -37,14 +38,11 @@ class CompressionState:
 
 def update_compression(state: CompressionState, changes: dict, n_pairs: int) -> CompressionState:
     new = dataclasses.replace(state, **changes)
-    if new.compress not in COMPRESSIONS:
-        raise ValueError(f"compress={new.compress!r}; expected one of {COMPRESSIONS}")
+    check_choice("compress", new.compress, COMPRESSIONS)
     if new.ratio < 1 or n_pairs % new.ratio:
         raise ValueError(f"ratio={new.ratio} must be >= 1 and divide the {n_pairs} pairs")
-    if new.signal not in SIGNALS:
-        raise ValueError(f"signal={new.signal!r}; expected one of {SIGNALS}")
-    if new.train_steps < 0:
-        raise ValueError(f"train_steps must be >= 0, got {new.train_steps}")
+    check_choice("signal", new.signal, SIGNALS)
+    check_at_least(new, ("train_steps",), 0)
     return new
 
 

@@ -15,6 +15,7 @@ import torch
 
 from ..cost import ModelConfig, cost_curve
 from ..memory import REGISTERED, memory_class
+from .common import check_at_least, check_choice
 
 __all__ = ["DTYPES", "COST_MEMORIES", "CostState", "update_cost", "cost_view", "cost_memory", "sizes_used",
            "build_cost_model", "measure_cost"]
@@ -44,13 +45,9 @@ def update_cost(state: CostState, changes: dict) -> CostState:
     """Check ``changes`` and return the new state; ``n_kv_heads`` snaps to a divisor of ``n_heads``."""
     new = dataclasses.replace(state, **changes)
     ModelConfig(new.n_layers, new.n_heads, new.head_dim)  # validates the sizes
-    if new.dtype not in DTYPES:
-        raise ValueError(f"dtype={new.dtype!r}; expected one of {list(DTYPES)}")
-    if new.memory not in COST_MEMORIES:
-        raise ValueError(f"memory={new.memory!r}; expected one of {list(COST_MEMORIES)}")
-    for name in ("size", "ratio", "max_context"):
-        if getattr(new, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(new, name)}")
+    check_choice("dtype", new.dtype, list(DTYPES))
+    check_choice("memory", new.memory, list(COST_MEMORIES))
+    check_at_least(new, ("size", "ratio", "max_context"), 1)
     if new.n_heads % new.n_kv_heads:  # n_g must divide tau: take the largest divisor not above the request
         g = max(d for d in range(1, new.n_heads + 1) if new.n_heads % d == 0 and d <= max(1, new.n_kv_heads))
         new = dataclasses.replace(new, n_kv_heads=g)

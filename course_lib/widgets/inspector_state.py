@@ -17,6 +17,7 @@ import torch
 
 from ..attention import attention_reference
 from ..memory import COMPRESSIONS, REGISTERED, memory_class
+from .common import check_at_least, check_choice
 
 __all__ = ["STORY", "INSPECT_MEMORIES", "INSPECTOR_SIZES", "InspectorState", "update_inspector",
            "make_inspected_memory", "slot_layout", "memory_frames", "frame_changes"]
@@ -56,13 +57,9 @@ def update_inspector(state: InspectorState, changes: dict, n_tokens: int) -> Ins
     new = dataclasses.replace(state, **changes)
     if new.memory not in INSPECT_MEMORIES:
         raise ValueError(f"memory={new.memory!r}; the inspector shows slot memories {INSPECT_MEMORIES}")
-    for name in ("window", "mem_len", "cmem_len", "ratio", "capacity", "top_k", "chunk"):
-        if getattr(new, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(new, name)}")
-    if new.sinks < 0:
-        raise ValueError(f"sinks must be >= 0, got {new.sinks}")
-    if new.compress not in COMPRESSIONS:
-        raise ValueError(f"compress={new.compress!r}; expected one of {COMPRESSIONS}")
+    check_at_least(new, ("window", "mem_len", "cmem_len", "ratio", "capacity", "top_k", "chunk"), 1)
+    check_at_least(new, ("sinks",), 0)
+    check_choice("compress", new.compress, COMPRESSIONS)
     used = INSPECTOR_SIZES[new.memory]
     if "mem_len" in used and "ratio" in used and new.mem_len < new.ratio:
         new = dataclasses.replace(new, mem_len=new.ratio)  # M >= c: evictions pop whole groups
