@@ -401,7 +401,7 @@ def plot_designs(rows: list[dict], setup: Capstone = SETUP):
     """Two panels: state bytes and ms/token against the context ``m`` (log axes), one line per
     design, the budget as a dashed line. ``rows``: ``{"label", "bytes": [...], "ms": [...]}`` as
     :func:`state_bytes` and :func:`decode_ms` return them. A pure function: returns a Figure."""
-    from matplotlib.figure import Figure
+    from ..viz import Figure  # shows itself as a PNG in a notebook
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_b, ax_t = fig.subplots(1, 2)

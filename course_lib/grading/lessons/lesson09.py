@@ -1,0 +1,311 @@
+r"""Exercises of lesson 09, the capstone: a memory design measured against a device's budget.
+
+* ``09.window_for_budget``: the largest window ``n_c`` whose cache fits a byte budget
+* ``09.chatbot_design``: a chatbot's memory design, MEASURED: state bytes at 64k tokens within
+  the budget, bytes that stop growing, flat ms/token, and recall of a fact stated at the start
+  of a ``long_dialogue`` after a short training run that the check performs itself
+* ``09.summarisation_design``: the long-document variant: within the budget, and every part of
+  a 16k-token document still changes what the memory reads out at its end
+* ``09.residual_risk``: the risk left in the chatbot design and its mitigation (multiple choice)
+* ``09.scenario_chatbot``, ``09.scenario_mobile``, ``09.scenario_document``: the three scenarios
+  of the course (multiple choice, every option explained)
+
+The designs are plain data (``{"memory": {"name": ..., sizes...}, "justification": "..."}``),
+built by :func:`course_lib.experiments.capstone.build_memory`; every measurement is in
+:mod:`course_lib.experiments.capstone`, which the lesson calls too.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from ...experiments import capstone
+from ...experiments.capstone import SETUP, format_bytes
+from ..compare import expect_number
+from ..core import Check, Exercise, Mistake
+from ..questions import answer_value, choice_exercise
+
+# ------------------------------------------------------------ 09.window_for_budget
+
+WINDOW_HINTS = {
+    "no_factor_2": "A window cache holds a key AND a value per token, layer and KV head: "
+                   "2 L n_g d_h values per token. The factor 2 is missing.",
+    "no_layers": "Every layer keeps its own window: multiply the bytes per token by the L layers.",
+    "rounded_up": "The window must FIT: round down (floor division //), never up or to the nearest.",
+    "not_int": "Return an int: a number of tokens.",
+    "not_number": "Return an int: a number of tokens.",
+    "wrong_number": "n_c = floor(budget / (2 L n_g d_h bytes_per_value)): check each factor.",
+}
+
+
+def _window_case(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
+    def run(fn):
+        got = fn(budget, n_layers, n_kv_heads, head_dim, bytes_per_value)
+        if isinstance(got, bool) or not isinstance(got, numbers.Integral):
+            raise Mistake("not_int", f"got {type(got).__name__}")
+        per = n_layers * n_kv_heads * head_dim * bytes_per_value
+        expect_number(int(got), budget // (2 * per), {
+            "no_factor_2": budget // per,
+            "no_layers": budget // (2 * n_kv_heads * head_dim * bytes_per_value),
+            "rounded_up": -(-budget // (2 * per)),
+            "rounded_up#nearest": round(budget / (2 * per)),
+        }, integer=True)
+    return run
+
+
+WINDOW_FOR_BUDGET = Exercise(
+    id="09.window_for_budget", title="The largest window a budget holds", kind="code", points=1,
+    hints=WINDOW_HINTS,
+    checks=[
+        Check("the capstone's device: 64 KiB, L = 2, n_g = 4, d_h = 16, fp32", _window_case(65536, 2, 4, 16, 4)),
+        Check("a budget that is not a multiple: 100,000 B, L = 3, n_g = 2, d_h = 8, fp16",
+              _window_case(100_000, 3, 2, 8, 2)),
+        Check("8 GiB, L = 32, n_g = 8 (GQA), d_h = 128, bf16", _window_case(8 * 2**30, 32, 8, 128, 2)),
+        Check("a budget smaller than one token: 1,000 B, L = 4, n_g = 4, d_h = 64", _window_case(1000, 4, 4, 64, 2)),
+    ],
+)
+
+# ------------------------------------------------------------ designs as data
+
+DESIGN_HINTS = {
+    "not_design": "Return a dict {'memory': {...}, 'justification': '...'}; 'memory' is a design such as "
+                  "{'name': 'sink', 'sinks': 48, 'window': 16} (see the lesson).",
+    "invalid_memory": "course_lib.memory could not build this design: check the names and sizes.",
+    "grows": "The state keeps growing with the conversation (a full KV cache, or a cache with no cap "
+             "reached yet): no fixed budget holds it at 64k tokens. Use memories of fixed size.",
+    "over_budget": "The state is over the device's budget: shrink the slots (window, sinks, n_m, n_cm, "
+                   "capacity) or hand the long range to a small fixed-size matrix memory (delta, linear).",
+    "slows": "The time per token grows with the context: some part of the memory attends to (or searches) "
+             "more with every token. A fixed-size memory keeps each step O(1).",
+    "not_measured": "Recall is measured only for a design that fits the budget (fix the budget first).",
+    "no_recall": "The trained model does not recall the fact stated at the start of the conversation: "
+                 "it lies further back than your memory reaches. Keep the first tokens (sinks) or add a "
+                 "long-term memory that is trained end to end (a delta or linear memory beside the window).",
+    "no_justification": "Write the justification: at least 20 words on which constraint each part of the "
+                        "design serves and what it still forgets.",
+}
+MIN_WORDS = 20
+
+
+def _design(answer):
+    got = answer_value(answer)
+    if not isinstance(got, dict) or not isinstance(got.get("memory"), dict):
+        raise Mistake("not_design", f"got {type(got).__name__}")
+    return got
+
+
+def _spec(answer):
+    spec = _design(answer)["memory"]
+    try:
+        capstone.build_memory(spec)
+    except (TypeError, ValueError) as err:
+        raise Mistake("invalid_memory", " ".join(str(err).split())[:160]) from None
+    return spec
+
+
+def _check_builds(answer):
+    _spec(answer)
+
+
+def _check_budget(answer):
+    spec = _spec(answer)
+    rows = capstone.state_bytes(spec, (1024, 4096, 16_384, SETUP.context))
+    last = rows[-1]
+    if last["nbytes"] > SETUP.budget:
+        where = f"at {SETUP.context:,} tokens" if last["context"] == SETUP.context else \
+            f"already at {last['context']:,} tokens (and growing)"
+        raise Mistake("over_budget", f"{format_bytes(last['nbytes'])} {where} against {format_bytes(SETUP.budget)}: "
+                                     f"{last['nbytes'] / SETUP.budget:.1f}x the budget")
+
+
+def _check_flat_bytes(answer):
+    spec = _spec(answer)
+    a, b = capstone.state_bytes(spec, (4096, 8192), stop_above=float("inf"))
+    if b["nbytes"] > a["nbytes"]:
+        raise Mistake("grows", f"{format_bytes(a['nbytes'])} at 4,096 tokens, {format_bytes(b['nbytes'])} at 8,192: "
+                               f"{(b['nbytes'] - a['nbytes']) / 4096:.0f} B more per token")
+
+
+def _check_flat_time(answer):
+    spec = _spec(answer)
+    short, long = capstone.decode_ms(spec)
+    ratio = long["ms_per_token"] / short["ms_per_token"]
+    if ratio > SETUP.max_ms_ratio:
+        raise Mistake("slows", f"{short['ms_per_token']:.2f} ms/token at m = {short['context']:,}, "
+                               f"{long['ms_per_token']:.2f} at m = {long['context']:,}: {ratio:.1f}x "
+                               f"(at most {SETUP.max_ms_ratio}x)")
+
+
+def _check_recall(answer):
+    spec = _spec(answer)
+    rows = capstone.state_bytes(spec, (1024, 4096, 16_384, SETUP.context))
+    if rows[-1]["context"] < SETUP.context or rows[-1]["nbytes"] > SETUP.budget:
+        raise Mistake("not_measured", "over the budget")
+    r = capstone.train_recall(spec)
+    if r["recall"] < SETUP.min_recall:
+        raise Mistake("no_recall", f"{r['recall']:.0%} of {SETUP.n_test} held-out conversations answered, "
+                                   f"{SETUP.min_recall:.0%} needed; the fact lies about {r['distance']} tokens "
+                                   "before its question")
+
+
+def _check_justification(answer):
+    text = _design(answer).get("justification")
+    if not isinstance(text, str) or len(text.split()) < MIN_WORDS:
+        words = len(text.split()) if isinstance(text, str) else 0
+        raise Mistake("no_justification", f"{words} words")
+
+
+CHATBOT_DESIGN = Exercise(
+    id="09.chatbot_design", title="A long-conversation chatbot under a 64 KiB memory budget", kind="code", points=3,
+    hints=DESIGN_HINTS,
+    checks=[
+        Check("the design is one that course_lib.memory builds", _check_builds),
+        Check(f"state bytes at {SETUP.context:,} tokens within {format_bytes(SETUP.budget)} (L = {SETUP.n_layers}, "
+              "batch 1, fp32)", _check_budget, timeout=120),
+        Check("state bytes the same at 4,096 and 8,192 tokens", _check_flat_bytes, timeout=120),
+        Check(f"ms/token at m = {SETUP.decode_contexts[1]:,} at most {SETUP.max_ms_ratio}x that at "
+              f"m = {SETUP.decode_contexts[0]:,}", _check_flat_time, timeout=180),
+        Check(f"recall of the fact from the start of {SETUP.n_test} held-out long_dialogue conversations after "
+              f"{SETUP.steps} training steps: at least {SETUP.min_recall:.0%}", _check_recall, timeout=1800),
+        Check(f"a justification of at least {MIN_WORDS} words", _check_justification),
+    ],
+)
+
+# ------------------------------------------------------------ 09.summarisation_design
+
+SUMMARY_HINTS = {
+    **{k: DESIGN_HINTS[k] for k in ("not_design", "invalid_memory", "grows", "over_budget", "no_justification")},
+    "forgets": "The end of the document no longer depends on its early parts: a window or FIFO drops old "
+               "tokens, and the delta rule overwrites them (each write shrinks the old state along the new "
+               "key). A summary needs an update that never fully lets go: a sum or an average (a linear "
+               "memory) beside the window.",
+    "only_start": "Only the very start (the sinks) and the end reach the read-out: the middle of the document "
+                  "is lost. Add a memory that every token writes into (a linear memory).",
+}
+
+
+def _check_reach(answer):
+    spec = _spec(answer)
+    rows = capstone.state_bytes(spec, (4096,), stop_above=float("inf"))
+    if rows[-1]["nbytes"] > SETUP.budget:
+        raise Mistake("over_budget", "reach measured only within the budget")
+    reach = capstone.document_reach(spec)
+    lost = [q for q, change in reach.items() if change < capstone.REACH_THRESHOLD]
+    if not lost:
+        return
+    detail = "no effect from the tokens of quarter(s) " + ", ".join(str(q + 1) for q in lost)
+    raise Mistake("only_start" if 0 not in lost else "forgets", detail)
+
+
+SUMMARISATION_DESIGN = Exercise(
+    id="09.summarisation_design", title="Summarising a long document under the same budget", kind="code",
+    points=2, hints=SUMMARY_HINTS,
+    checks=[
+        Check("the design is one that course_lib.memory builds", _check_builds),
+        Check(f"state bytes at {SETUP.context:,} tokens within {format_bytes(SETUP.budget)}", _check_budget,
+              timeout=120),
+        Check("every quarter of a 16,384-token document changes the memory's read-out at its end",
+              _check_reach, timeout=120),
+        Check(f"a justification of at least {MIN_WORDS} words", _check_justification),
+    ],
+)
+
+# ------------------------------------------------------------ questions
+
+RESIDUAL_RISK = choice_exercise(
+    id="09.residual_risk",
+    title="The risk left in the chatbot design, and its mitigation",
+    options={
+        "A": "A fact told thousands of tokens ago fades: each delta write shrinks old associations, so after "
+             "long small talk it is gone; let a learned gate write small talk weakly (a gated delta rule).",
+        "B": "The delta matrix grows by one outer product per token, so on a long chat its bytes creep past "
+             "the budget: reset it every thousand tokens to keep the state inside 32 KiB.",
+        "C": "Rotary positions beyond the training length break the window's attention after 64k tokens: "
+             "switch to a full KV cache for chats that run longer than that one limit.",
+        "D": "The window stores keys in float32, which overflows once positions pass 65,536: store them in "
+             "float16 to halve their bytes and keep the budget as the chat grows.",
+    },
+    correct="A",
+    wrong_hints={
+        "B": "An outer product is ADDED into the same d_h x d_h matrix: the bytes never change (measured flat "
+             "from 1k to 64k tokens). Resetting it would throw away the facts it keeps.",
+        "C": "The window's queries only ever meet keys at most n_c positions back, distances seen in training "
+             "(and the delta memory uses no rotary positions); a full KV cache is what the budget rules out.",
+        "D": "Positions are not stored in the keys' float32 values and nothing overflows with length; float16 "
+             "would halve the bytes but forget exactly as much.",
+    },
+)
+
+SCENARIO_CHATBOT = choice_exercise(
+    id="09.scenario_chatbot",
+    title="A chatbot whose speed must not fall, with no external knowledge base",
+    options={
+        "A": "A full KV cache with grouped-query attention: fewer key/value heads keep each step cheap, "
+             "and the whole conversation stays available exactly.",
+        "B": "A window cache for the recent turns plus a fixed-size long-term memory (sinks, delta or "
+             "compressive): each step costs the same and early facts can survive.",
+        "C": "Retrieval from an external vector store of past turns (RAG): only the relevant turns come "
+             "back, so the model's own memory stays small.",
+        "D": "A window cache alone, as large as the budget allows: it is exact, fixed in size and the "
+             "fastest design, which matters most for speed.",
+    },
+    correct="B",
+    wrong_hints={
+        "A": "GQA divides the cache by tau / n_g but it still grows with every token, so each step reads "
+             "more and the speed still falls as the chat goes on.",
+        "C": "The scenario rules out an external knowledge base; and a store that keeps every turn grows "
+             "with the chat too.",
+        "D": "A window forgets everything older than n_c tokens: the user's early facts are lost, as the "
+             "window design measured (recall near chance).",
+    },
+)
+
+SCENARIO_MOBILE = choice_exercise(
+    id="09.scenario_mobile",
+    title="A mobile app with a strict memory limit",
+    options={
+        "A": "A compressive memory whose slots are float32 so that compressed pairs keep full precision; "
+             "its size grows slowly enough for a phone.",
+        "B": "A k-NN memory holding every past pair on flash storage, with top-k retrieval: the RAM holds "
+             "only the k pairs retrieved at each step.",
+        "C": "A design whose bytes at the longest expected context are measured under the limit, such "
+             "as a small window plus a delta memory, checked at that context.",
+        "D": "A full KV cache in int8: quantising to one byte per value makes a 64k-token cache small "
+             "enough for any phone.",
+    },
+    correct="C",
+    wrong_hints={
+        "A": "A compressive memory is fixed in size (n_m + n_cm slots), not slowly growing; what matters "
+             "is that its bytes are measured under the limit at the longest context.",
+        "B": "The store still grows with the text (on flash), and searching it costs more each step: "
+             "neither the footprint nor the latency is fixed.",
+        "D": "int8 divides the bytes by 4 (from fp32) but the cache still grows linearly: at 64k tokens "
+             "it is still hundreds of times this device's budget.",
+    },
+)
+
+SCENARIO_DOCUMENT = choice_exercise(
+    id="09.scenario_document",
+    title="Summarising a document far longer than the memory",
+    options={
+        "A": "Sinks plus a window: the sinks hold the title and introduction, which summarise the "
+             "document, and the window holds the conclusion.",
+        "B": "A delta-rule memory with beta = 1 alone: it overwrites stale associations, so the memory "
+             "always holds the most useful content of the whole text.",
+        "C": "A window as large as the budget allows: summaries depend mostly on the last pages, so "
+             "the most recent tokens carry the summary.",
+        "D": "A window for local fluency plus a memory that every token adds into (a linear memory, or a "
+             "cumulative average): each part of the text leaves a trace at the end.",
+    },
+    correct="D",
+    wrong_hints={
+        "A": "The middle of the document never reaches the memory: the reach measurement shows no effect "
+             "from the middle quarters.",
+        "B": "Overwriting is the problem here: along random keys each write shrinks the old state, and "
+             "after thousands of tokens the early parts have no measurable effect.",
+        "C": "A window reads only its last n_c tokens: everything earlier has no effect on the summary.",
+    },
+)
+
+EXERCISES = [WINDOW_FOR_BUDGET, CHATBOT_DESIGN, RESIDUAL_RISK, SUMMARISATION_DESIGN, SCENARIO_CHATBOT,
+             SCENARIO_MOBILE, SCENARIO_DOCUMENT]

@@ -1,0 +1,155 @@
+"""Lesson 09's mutants (poor designs and wrong answers, as learners write them) and reference answers.
+
+The chatbot mutants are the three poor designs the capstone must reject, each for its own
+reason: a full KV cache (grows, over budget at 64k tokens), a window that fits the budget but
+is too small to recall (fails the measured recall after training), and a combined memory
+over the budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import mutant, value_mutant
+
+WHY = ("A window keeps the recent turn exact and a delta memory keeps the user's facts from the start in "
+       "a fixed matrix read by content, so bytes and time per token stay flat; old facts still fade.")
+
+REFERENCES = {
+    "09.window_for_budget": lambda budget, n_layers, n_kv_heads, head_dim, bytes_per_value: int(
+        math.floor(budget / (2 * n_layers * n_kv_heads * head_dim * bytes_per_value))),
+    # the solution's design (the check is deterministic, so its training run is shared), in other words
+    "09.chatbot_design": lambda: {
+        "justification": WHY,
+        "memory": {"name": "multi", "memories": [{"name": "window", "window": 16}, {"name": "delta"}],
+                   "combine": "gate"},
+    },
+    "09.summarisation_design": lambda: {
+        "memory": {"name": "multi", "combine": "gate",
+                   "memories": [{"name": "window", "window": 8}, {"name": "cumulative_average"}]},
+        "justification": "The window keeps the latest sentences exact; the cumulative average folds every "
+                         "token of the document into one pair per head, so every part leaves a trace, diluted.",
+    },
+    "09.residual_risk": "a",
+    "09.scenario_chatbot": "B",
+    "09.scenario_mobile": lambda: "c",
+    "09.scenario_document": "D",
+}
+
+# ---------------------------------------------------------------- 09.window_for_budget
+
+
+@mutant("09.window_for_budget", hint="no_factor_2")
+def keys_only(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
+    return budget // (n_layers * n_kv_heads * head_dim * bytes_per_value)
+
+
+@mutant("09.window_for_budget", hint="no_layers")
+def one_layer(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
+    return budget // (2 * n_kv_heads * head_dim * bytes_per_value)
+
+
+@mutant("09.window_for_budget", hint="rounded_up")
+def rounded(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
+    return round(budget / (2 * n_layers * n_kv_heads * head_dim * bytes_per_value))
+
+
+@mutant("09.window_for_budget", hint="not_int")
+def a_float(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
+    return budget / (2 * n_layers * n_kv_heads * head_dim * bytes_per_value)
+
+
+# ---------------------------------------------------------------- 09.chatbot_design
+
+
+@mutant("09.chatbot_design", hint="over_budget")
+def full_kv_cache():
+    return {"memory": {"name": "full"},
+            "justification": "The full KV cache keeps every token of the conversation exactly, so no fact is "
+                             "ever lost, and it is the standard design that every transformer uses."}
+
+
+@mutant("09.chatbot_design", hint="grows")
+def full_kv_cache_grows():
+    return full_kv_cache()
+
+
+@mutant("09.chatbot_design", hint="no_recall")
+def window_too_small():
+    return {"memory": {"name": "window", "window": 32},
+            "justification": "The largest window that fits: 32 tokens per layer is exactly 32 KiB, exact "
+                             "attention over the recent turn, fixed in size, so the time per token stays flat."}
+
+
+@mutant("09.chatbot_design", hint="over_budget")
+def over_budget():
+    return {"memory": {"name": "multi", "combine": "gate",
+                       "memories": [{"name": "window", "window": 64}, {"name": "delta"}]},
+            "justification": "A window of 64 tokens for the recent turns and a delta memory for the facts "
+                             "from the start: both are fixed in size, so the time per token stays flat."}
+
+
+@mutant("09.chatbot_design", hint="not_measured")
+def over_budget_not_trained():
+    return over_budget()
+
+
+@mutant("09.chatbot_design", hint="invalid_memory")
+def misspelt_size():
+    return {"memory": {"name": "window", "size": 16}, "justification": WHY}
+
+
+@mutant("09.chatbot_design", hint="no_justification")
+def no_reasons():
+    return {"memory": {"name": "multi", "combine": "gate",
+                       "memories": [{"name": "window", "window": 16}, {"name": "delta"}]},
+            "justification": "window + delta"}
+
+
+# ---------------------------------------------------------------- 09.summarisation_design
+
+
+@mutant("09.summarisation_design", hint="forgets")
+def summary_window():
+    return {"memory": {"name": "window", "window": 32},
+            "justification": "The largest window that fits the budget reads the last 32 tokens exactly in each "
+                             "layer, and the end of a document is where its conclusions are written down."}
+
+
+@mutant("09.summarisation_design", hint="only_start")
+def summary_sinks():
+    return {"memory": {"name": "sink", "sinks": 16, "window": 16},
+            "justification": "The sinks keep the title and the introduction, which say what the document is "
+                             "about, and the window keeps the conclusion: together they hold the summary."}
+
+
+@mutant("09.summarisation_design", hint="forgets")
+def summary_delta():
+    return {"memory": {"name": "multi", "combine": "gate",
+                       "memories": [{"name": "window", "window": 16}, {"name": "delta"}]},
+            "justification": "The chatbot's design again: the window for fluency, the delta memory for what was "
+                             "said long ago, which worked for the facts of a conversation."}
+
+
+@mutant("09.summarisation_design", hint="over_budget")
+def summary_full():
+    return {"memory": {"name": "full"},
+            "justification": "Summaries need every detail of the document, so keep every key and value: the "
+                             "full KV cache forgets nothing at all, whatever the document's length."}
+
+
+# ---------------------------------------------------------------- questions
+
+for letter in "BCD":
+    value_mutant("09.residual_risk", f"chose_{letter}", f"chose_{letter}", letter)
+for letter in "ACD":
+    value_mutant("09.scenario_chatbot", f"chose_{letter}", f"chose_{letter}", letter)
+for letter in "ABD":
+    value_mutant("09.scenario_mobile", f"chose_{letter}", f"chose_{letter}", letter)
+for letter in "ABC":
+    value_mutant("09.scenario_document", f"chose_{letter}", f"chose_{letter}", letter)
+
+
+@mutant("09.chatbot_design", hint="slows", name="full_kv_cache_slows")
+def _full_kv_cache_slows():
+    return full_kv_cache()
