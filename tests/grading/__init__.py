@@ -11,6 +11,7 @@ edit). Each such module registers:
           ...
 
       value_mutant("01.why_sqrt_d", "causality", "chose_C", "C")  # a question's wrong answer
+      choice_mutants("01.why_sqrt_d", causality="C")  # the same: a wrong letter gets chose_<letter>
 
 * ``REFERENCES``: ``{exercise id: a correct answer}``, written another way than the solution
   notebook where that is natural (course_lib's own function, a lower-case letter, ...).
@@ -26,7 +27,7 @@ import pkgutil
 import re
 from dataclasses import dataclass
 
-__all__ = ["Mutant", "MUTANTS", "mutant", "value_mutant", "load"]
+__all__ = ["Mutant", "MUTANTS", "mutant", "value_mutant", "choice_mutants", "load"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ def mutant(exercise_id: str, *, hint: str, name: str | None = None):
 def value_mutant(exercise_id: str, name: str, hint: str, value) -> None:
     """Register a value (or a function of no arguments) as a wrong answer to a question."""
     MUTANTS.append(Mutant(exercise_id, name, hint, value))
+
+
+def choice_mutants(exercise_id: str, **wrong: str) -> None:
+    """Register wrong letters of a multiple-choice question: ``name="C"`` must get the hint ``chose_C``."""
+    for name, letter in wrong.items():
+        value_mutant(exercise_id, name, f"chose_{letter}", letter)
 
 
 def load() -> tuple[list[Mutant], dict]:

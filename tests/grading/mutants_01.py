@@ -8,7 +8,7 @@ import torch
 
 from course_lib import attention_reference, causal_mask
 
-from . import mutant, value_mutant
+from . import choice_mutants, mutant, value_mutant
 
 REFERENCES = {
     "01.scaled_attention": lambda q, k, v, mask=None: attention_reference(q, k, v, mask),
@@ -174,8 +174,7 @@ def transposes_wrong_axes(x, n_heads):
 
 # ---------------------------------------------------------------- 01 questions
 
-value_mutant("01.first_query", "mean_of_values", "chose_A", "A")
-value_mutant("01.first_query", "zero_before_any_key", "chose_C", "C")
+choice_mutants("01.first_query", mean_of_values="A", zero_before_any_key="C")
 value_mutant("01.first_query", "next_key_too", "chose_D", lambda: "d")
 value_mutant("01.first_query", "not_a_letter", "invalid_choice", "v_0")
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from course_lib import KVCache, attention, attention_reference, causal_mask, kv_cache_bytes
 
-from . import mutant, value_mutant
+from . import choice_mutants, mutant, value_mutant
 
 
 def _cached_with_course_lib(q, k, v, cache):
@@ -191,9 +191,7 @@ value_mutant("02.budget_context", "all_query_heads", "mha", 16 * 2**30 // (2 * 3
 value_mutant("02.budget_context", "keys_only", "no_factor_two", 65536)
 value_mutant("02.budget_context", "fp32", "fp32", lambda: 16 * 2**30 // (2 * 32 * 8 * 128 * 4 * 4))
 
-value_mutant("02.double_context", "last_step_constant", "chose_A", "A")
-value_mutant("02.double_context", "bytes_quadratic", "chose_C", "C")
-value_mutant("02.double_context", "total_linear", "chose_D", "D")
+choice_mutants("02.double_context", last_step_constant="A", bytes_quadratic="C", total_linear="D")
 
 
 # ---------------------------------------------------------------- 02: wrong answers of issue 11 B

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from course_lib.experiments.lesson03 import evictable, strided_mask
 from course_lib.memory import LinearMemory
 
-from . import mutant, value_mutant
+from . import choice_mutants, mutant, value_mutant
 
 
 def _linear_memory(q, k, v):
@@ -158,6 +158,4 @@ def every_unread_column(mask, t):
 value_mutant("03.state_bytes", "forgets_nu", "no_nu", 128.0)
 value_mutant("03.state_bytes", "keys_only", "no_factor_two", lambda: (24 * 16 * 64 * 4096 * 2) / (24 * 16 * 4160 * 2))
 value_mutant("03.state_bytes", "state_over_cache", "inverted", 4160 / (2 * 64 * 4096))
-value_mutant("03.sparse_cache", "next_query_only", "chose_A", "A")
-value_mutant("03.sparse_cache", "recompute", "chose_C", "C")
-value_mutant("03.sparse_cache", "sqrt", "chose_D", "D")
+choice_mutants("03.sparse_cache", next_query_only="A", recompute="C", sqrt="D")

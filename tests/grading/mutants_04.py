@@ -6,7 +6,7 @@ import torch
 
 from course_lib import MovingAverageMemory
 
-from . import mutant, value_mutant
+from . import choice_mutants, mutant, value_mutant
 
 
 def _window_pair_by_pair(K_mem, V_mem, k, v, n_c):
@@ -148,6 +148,4 @@ value_mutant("04.is_update_form", "every_average", "chose_B", "ABCDF")
 value_mutant("04.is_update_form", "top_k_too", "chose_E", "ACDEF")
 value_mutant("04.is_update_form", "forgets_the_count", "missing_D", "ACF")
 value_mutant("04.is_update_form", "softmax_only", "missing_F", "ACD")
-value_mutant("04.sink_role", "instructions", "chose_A", "A")
-value_mutant("04.sink_role", "positions", "chose_C", "C")
-value_mutant("04.sink_role", "big_values", "chose_D", "D")
+choice_mutants("04.sink_role", instructions="A", positions="C", big_values="D")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from course_lib.memory import delta_rule_recurrent, linear_attention_recurrent
 
-from . import mutant, value_mutant
+from . import choice_mutants, mutant, value_mutant
 
 
 def _ref_delta(S, k, v, beta):
@@ -147,6 +147,4 @@ def segment_off_by_one(K_mem, V_mem, k, v, mem_len):
 value_mutant("05.capacity", "counts_entries", "entries", 4096)
 value_mutant("05.capacity", "square_root", "sqrt", 8)
 value_mutant("05.capacity", "double", "two_d", 128)
-value_mutant("05.overwrite", "newest_wins", "chose_A", "A")
-value_mutant("05.overwrite", "swapped", "chose_C", "C")
-value_mutant("05.overwrite", "no_removal", "chose_D", "D")
+choice_mutants("05.overwrite", newest_wins="A", swapped="C", no_removal="D")

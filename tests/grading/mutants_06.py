@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from course_lib import attention_reference
 
-from . import mutant, value_mutant
+from . import choice_mutants, mutant, value_mutant
 
 
 def _ref_compress(x, c, how):
@@ -183,6 +183,4 @@ def recon_no_scale(q, old_k, old_v, comp_k, comp_v):
 value_mutant("06.reach", "forgot_ratio", "no_ratio", 32)
 value_mutant("06.reach", "forgot_mem", "no_mem", 60)
 value_mutant("06.reach", "c_slots_per_segment", "slots_per_segment", 57)
-value_mutant("06.equal_bytes", "same_bytes_same_reach", "chose_B", "B")
-value_mutant("06.equal_bytes", "xl_too", "chose_C", "C")
-value_mutant("06.equal_bytes", "none", "chose_D", "D")
+choice_mutants("06.equal_bytes", same_bytes_same_reach="B", xl_too="C", none="D")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from course_lib import MultiMemory, WindowMemory, attention_reference
 
-from . import mutant, value_mutant
+from . import choice_mutants, mutant, value_mutant
 
 
 def _gate_through_multimemory(out_a, out_b, w):
@@ -187,7 +187,7 @@ def concat_softmax_over_queries(q, K_a, V_a, K_b, V_b):
 
 # ---------------------------------------------------------------- questions
 
-value_mutant("07.internal_external", "rag", "chose_A", "A")
+choice_mutants("07.internal_external", rag="A")
 value_mutant("07.internal_external", "knn_lm", "chose_B", lambda: "B")
 value_mutant("07.internal_external", "full_cache", "chose_D", "d")
 value_mutant("07.internal_external", "two_letters", "invalid_choice", "C or A")

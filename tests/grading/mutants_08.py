@@ -6,7 +6,7 @@ import torch
 
 from course_lib.experiments import lesson08
 
-from . import mutant, value_mutant
+from . import choice_mutants, mutant, value_mutant
 
 
 def _front_by_sweep(nbytes, accuracy):
@@ -196,8 +196,7 @@ def age_counted_from_one(values, spans, slot_values):
 
 # ---------------------------------------------------------------- questions
 
-value_mutant("08.budget_choice", "window_in_fp16", "chose_A", "A")
-value_mutant("08.budget_choice", "linear", "chose_C", "C")
+choice_mutants("08.budget_choice", window_in_fp16="A", linear="C")
 value_mutant("08.budget_choice", "smallest", "chose_D", lambda: "d")
 value_mutant("08.budget_choice", "a_name", "invalid_choice", "delta")
 
