@@ -38,6 +38,13 @@ class _CatCache:
     def seq_len(self):
         return 0 if self.k is None else self.k.shape[2]
 
+    def update(self, k, v):
+        self.k, self.v = self._append(self.k, k), self._append(self.v, v)
+        return self.k, self.v
+
+    def _append(self, held, new):
+        return new if held is None else torch.cat([held, new], dim=2)
+
 
 @mutant("02.growing_cache", hint="never_grows")
 class NeverGrows(_CatCache):
@@ -50,39 +57,29 @@ class NeverGrows(_CatCache):
 class EvictsOldest(_CatCache):
     max_tokens = 8
 
-    def update(self, k, v):
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)[:, :, -self.max_tokens:]
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)[:, :, -self.max_tokens:]
-        return self.k, self.v
+    def _append(self, held, new):
+        return new if held is None else torch.cat([held, new], dim=2)[:, :, -self.max_tokens:]
 
 
 @mutant("02.growing_cache", hint="wrong_axis")
 class GrowsAlongHeads(_CatCache):
-    def update(self, k, v):
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=1)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=1)
-        return self.k, self.v
+    def _append(self, held, new):
+        return new if held is None else torch.cat([held, new], dim=1)
 
 
 @mutant("02.growing_cache", hint="prepends")
 class Prepends(_CatCache):
-    def update(self, k, v):
-        self.k = k if self.k is None else torch.cat([k, self.k], dim=2)
-        self.v = v if self.v is None else torch.cat([v, self.v], dim=2)
-        return self.k, self.v
+    def _append(self, held, new):
+        return new if held is None else torch.cat([new, held], dim=2)
 
 
 @mutant("02.growing_cache", hint="counts_updates")
-class CountsUpdates:
-    def __init__(self):
-        self.k = self.v = None
-        self.seq_len = 0
+class CountsUpdates(_CatCache):
+    seq_len = 0  # a counter of calls, where the tokens held are expected
 
     def update(self, k, v):
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
         self.seq_len += 1
-        return self.k, self.v
+        return super().update(k, v)
 
 
 @mutant("02.growing_cache", hint="shared")
@@ -104,11 +101,6 @@ class SharedClassStorage:
 class SeqLenMethod(_CatCache):
     def seq_len(self):  # a method, where a property is expected
         return 0 if self.k is None else self.k.shape[2]
-
-    def update(self, k, v):
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
 
 
 # ---------------------------------------------------------------- 02.cached_attention
@@ -208,10 +200,7 @@ class DowncastsAndKeeps64(_CatCache):
 @mutant("02.growing_cache", hint="dtype_changed")
 class Float16Cache(_CatCache):
     def update(self, k, v):
-        k, v = k.half(), v.half()
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
+        return super().update(k.half(), v.half())
 
 
 @mutant("02.growing_cache", hint="evicts")
