@@ -46,6 +46,14 @@ REFERENCES = {
 # ---------------------------------------------------------------- 06.compress
 
 
+def _groups(x, c):
+    """``[B, H, n, D] -> [B, H, n / c, c, D]``, refusing an ``n`` that ``c`` does not divide."""
+    b, h, n, d = x.shape
+    if n % c:
+        raise ValueError("n must be a multiple of c")
+    return x.reshape(b, h, n // c, c, d)
+
+
 @mutant("06.compress", hint="strided")
 def compress_strided(x, c, how):
     b, h, n, d = x.shape
@@ -64,19 +72,13 @@ def compress_drops_remainder(x, c, how):
 
 @mutant("06.compress", hint="max_tuple")
 def compress_max_tuple(x, c, how):
-    b, h, n, d = x.shape
-    if n % c:
-        raise ValueError("n must be a multiple of c")
-    groups = x.reshape(b, h, n // c, c, d)
+    groups = _groups(x, c)
     return groups.mean(3) if how == "mean" else groups.max(3)
 
 
 @mutant("06.compress", hint="ignores_how")
 def compress_always_mean(x, c, how):
-    b, h, n, d = x.shape
-    if n % c:
-        raise ValueError("n must be a multiple of c")
-    return x.reshape(b, h, n // c, c, d).mean(3)
+    return _groups(x, c).mean(3)
 
 
 
@@ -85,8 +87,7 @@ def compress_always_mean(x, c, how):
 
 
 def _groups_mean(x, c):
-    b, h, n, d = x.shape
-    return x.reshape(b, h, n // c, c, d).mean(3)
+    return _groups(x, c).mean(3)
 
 
 @mutant("06.compressive_update", hint="evict_first")
