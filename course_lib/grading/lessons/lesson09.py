@@ -57,7 +57,7 @@ WINDOW_FOR_BUDGET = Exercise(
     id="09.window_for_budget", title="The largest window a budget holds", kind="code", points=1,
     hints=WINDOW_HINTS,
     checks=[
-        Check("the capstone's device: 64 KiB, L = 2, n_g = 4, d_h = 16, fp32", _window_case(65536, 2, 4, 16, 4)),
+        Check("the capstone's device: 32 KiB, L = 2, n_g = 4, d_h = 16, fp32", _window_case(32768, 2, 4, 16, 4)),
         Check("a budget that is not a multiple: 100,000 B, L = 3, n_g = 2, d_h = 8, fp16",
               _window_case(100_000, 3, 2, 8, 2)),
         Check("8 GiB, L = 32, n_g = 8 (GQA), d_h = 128, bf16", _window_case(8 * 2**30, 32, 8, 128, 2)),
