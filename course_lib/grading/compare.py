@@ -16,7 +16,7 @@ import torch
 from .core import Mistake
 
 __all__ = ["seeded", "randn", "heads_view", "expect_tensor", "close", "expect_close", "expect_number",
-           "call_keeping_inputs", "make", "run_beside", "grads"]
+           "call_keeping_inputs", "expect_answer", "make", "run_beside", "grads"]
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -125,6 +125,18 @@ def expect_close(got: torch.Tensor, want: torch.Tensor, models: Mapping[str, Cal
     if got.is_floating_point() and not bool(torch.isfinite(got).all()):
         raise Mistake("nonfinite")
     raise Mistake(fallback)
+
+
+def expect_answer(fn, args: tuple, shape: tuple, dtype: torch.dtype, reference: Callable,
+                  models: Callable | None = None, *, shape_text: str = "") -> torch.Tensor:
+    """The usual tensor check: ``fn(*args)`` leaves its inputs as they were (:func:`call_keeping_inputs`),
+    returns a tensor of ``shape`` and ``dtype`` (:func:`expect_tensor`) and matches ``reference(*args)``;
+    otherwise the first of the mistake models ``models(*args)`` that it matches names the hint
+    (:func:`expect_close`). The reference and the models are computed after the call, from the same inputs."""
+    got = call_keeping_inputs(fn, *args)
+    expect_tensor(got, shape, dtype, shape_text=shape_text)
+    expect_close(got, reference(*args), () if models is None else models(*args))
+    return got
 
 
 def expect_number(got, want: float, models: Mapping[str, float] = (), *, integer: bool = False,

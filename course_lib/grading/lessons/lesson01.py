@@ -17,7 +17,7 @@ import torch
 
 from ... import attention_reference
 from ... import causal_mask as ref_causal_mask
-from ..compare import call_keeping_inputs, expect_close, expect_tensor, heads_view, randn, seeded
+from ..compare import expect_answer, expect_close, expect_tensor, heads_view, randn, seeded
 from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
@@ -102,9 +102,9 @@ def _attention_check(seed, b, h, t_q, t_k, d, d_v=None, *, masked=False, dtype=t
             q = randn(gen, b, h, t_q, d, dtype=dtype, scale=scale)
             k, v = randn(gen, b, h, t_k, d, dtype=dtype, scale=scale), randn(gen, b, h, t_k, dv, dtype=dtype)
         mask = mask_fn(gen) if mask_fn is not None else ref_causal_mask(t_q, t_k) if masked else None
-        out = call_keeping_inputs(fn, q, k, v) if mask is None else call_keeping_inputs(fn, q, k, v, mask)
-        expect_tensor(out, (b, h, t_q, dv), dtype, shape_text="[B, H, T_q, d_v]")
-        expect_close(out, attention_reference(q, k, v, mask), _attention_models(q, k, v, mask))
+        args = (q, k, v) if mask is None else (q, k, v, mask)
+        expect_answer(fn, args, (b, h, t_q, dv), dtype, attention_reference, _attention_models,
+                      shape_text="[B, H, T_q, d_v]")
     return run
 
 
@@ -237,12 +237,10 @@ def _split_check(seed, b, t, d_model, n_heads, *, dtype=torch.float64, transpose
         x = randn(gen, t, b, d_model, dtype=dtype).transpose(0, 1) if transposed else \
             randn(gen, b, t, d_model, dtype=dtype)
         d_h = d_model // n_heads
-        got = call_keeping_inputs(fn, x, n_heads)
-        expect_tensor(got, (b, n_heads, t, d_h), dtype, shape_text="[B, tau, T, d_h]")
-        expect_close(got, _split_reference(x, n_heads), {
+        expect_answer(fn, (x, n_heads), (b, n_heads, t, d_h), dtype, _split_reference, lambda x, n_heads: {
             "no_transpose": lambda: x.reshape(b, n_heads, t, d_h),
             "interleaved": lambda: x.reshape(b, t, d_h, n_heads).permute(0, 3, 1, 2),
-        })
+        }, shape_text="[B, tau, T, d_h]")
     return run
 
 

@@ -24,7 +24,7 @@ from ...experiments.lesson03 import evictable as ref_evictable
 from ...experiments.lesson03 import global_mask, window_mask
 from ...experiments.lesson03 import strided_mask as ref_strided_mask
 from ...memory import linear_attention_parallel
-from ..compare import call_keeping_inputs, expect_close, expect_tensor, heads_view, randn, seeded
+from ..compare import call_keeping_inputs, expect_answer, expect_close, expect_tensor, heads_view, randn, seeded
 from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
@@ -87,10 +87,8 @@ def _linear_check(seed, b, h, t, d, d_v=None, *, dtype=torch.float64, non_contig
         else:
             q, k = randn(gen, b, h, t, d, dtype=dtype, scale=scale), randn(gen, b, h, t, d, dtype=dtype, scale=scale)
             v = randn(gen, b, h, t, d_v, dtype=dtype)
-        out = call_keeping_inputs(fn, q, k, v)
-        expect_tensor(out, (b, h, t, d_v), dtype, shape_text="[B, H, T, D_v]")
-        want, _, _ = linear_attention_parallel(q, k, v)
-        expect_close(out, want, _linear_models(q, k, v))
+        expect_answer(fn, (q, k, v), (b, h, t, d_v), dtype, lambda *qkv: linear_attention_parallel(*qkv)[0],
+                      _linear_models, shape_text="[B, H, T, D_v]")
     return run
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...memory import delta_rule_recurrent, linear_attention_recurrent
-from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, make, randn, seeded
+from ..compare import call_keeping_inputs, close, expect_answer, expect_close, expect_tensor, make, randn, seeded
 from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
@@ -74,9 +74,7 @@ def _delta_check(seed, b, h, d, d_v, *, beta=1.0, beta_per_head=False, dtype=tor
         k = F.normalize(randn(gen, b, h, d, dtype=dtype), dim=-1)
         v = randn(gen, b, h, d_v, dtype=dtype)
         bt = (0.2 + 0.7 * torch.rand(b, h, generator=gen, dtype=torch.float64)).to(dtype) if beta_per_head else beta
-        out = call_keeping_inputs(fn, S, k, v, bt)
-        expect_tensor(out, (b, h, d, d_v), dtype, shape_text="[B, H, D, D_v]")
-        expect_close(out, _delta_ref(S, k, v, bt), _delta_models(S, k, v, bt))
+        expect_answer(fn, (S, k, v, bt), (b, h, d, d_v), dtype, _delta_ref, _delta_models, shape_text="[B, H, D, D_v]")
     return run
 
 

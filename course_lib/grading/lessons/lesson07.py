@@ -17,8 +17,8 @@ import math
 import torch
 
 from ... import attention_reference
-from ..compare import (call_keeping_inputs, close, expect_close, expect_tensor, grads, heads_view, randn, run_beside,
-                       seeded)
+from ..compare import (call_keeping_inputs, close, expect_answer, expect_close, expect_tensor, grads, heads_view, randn,
+                       run_beside, seeded)
 from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
@@ -65,9 +65,7 @@ def _gate_check(seed, b, h, t, d, *, w=None, dtype=torch.float64, non_contiguous
         else:
             out_a, out_b = randn(gen, b, h, t, d, dtype=dtype), randn(gen, b, h, t, d, dtype=dtype)
         ww = randn(gen, h, dtype=dtype, scale=1.5) if w is None else torch.tensor(w, dtype=dtype)
-        got = call_keeping_inputs(fn, out_a, out_b, ww)
-        expect_tensor(got, (b, h, t, d), dtype, shape_text="[B, H, T, D]")
-        expect_close(got, _gate_ref(out_a, out_b, ww), _gate_models(out_a, out_b, ww))
+        expect_answer(fn, (out_a, out_b, ww), (b, h, t, d), dtype, _gate_ref, _gate_models, shape_text="[B, H, T, D]")
     return run
 
 
@@ -243,6 +241,10 @@ def _concat_models(q, Ka, Va, Kb, Vb):
     }
 
 
+def _concat_ref(q, Ka, Va, Kb, Vb):
+    return attention_reference(q, torch.cat([Ka, Kb], 2), torch.cat([Va, Vb], 2))
+
+
 def _concat_check(seed, b, h, t_q, n_a, n_b, d, d_v=None, *, dtype=torch.float64, non_contiguous=False):
     def run(fn):
         gen = seeded(seed)
@@ -250,10 +252,8 @@ def _concat_check(seed, b, h, t_q, n_a, n_b, d, d_v=None, *, dtype=torch.float64
         q = heads_view(gen, b, h, t_q, d, dtype) if non_contiguous else randn(gen, b, h, t_q, d, dtype=dtype, scale=2)
         Ka, Kb = randn(gen, b, h, n_a, d, dtype=dtype), randn(gen, b, h, n_b, d, dtype=dtype)
         Va, Vb = randn(gen, b, h, n_a, d_v_, dtype=dtype), randn(gen, b, h, n_b, d_v_, dtype=dtype)
-        got = call_keeping_inputs(fn, q, Ka, Va, Kb, Vb)
-        expect_tensor(got, (b, h, t_q, d_v_), dtype, shape_text="[B, H, T_q, D_v]")
-        want = attention_reference(q, torch.cat([Ka, Kb], 2), torch.cat([Va, Vb], 2))
-        expect_close(got, want, _concat_models(q, Ka, Va, Kb, Vb))
+        expect_answer(fn, (q, Ka, Va, Kb, Vb), (b, h, t_q, d_v_), dtype, _concat_ref, _concat_models,
+                      shape_text="[B, H, T_q, D_v]")
     return run
 
 
