@@ -64,10 +64,23 @@ def kernel_argv(rw: Path, work: Path, *, sandbox: bool, memory: int = DEFAULT_ME
         return limits + kernel
     rw = str(Path(rw).resolve())
     bwrap = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-             "--tmpfs", "/tmp", "--bind", rw, rw, "--unshare-all", "--die-with-parent", "--new-session",
+             "--tmpfs", "/tmp", *_keep_under_tmp(), "--bind", rw, rw, "--unshare-all", "--die-with-parent", "--new-session",
              "--chdir", str(Path(work).resolve()), "--unsetenv", "JPY_PARENT_PID",
              "--setenv", "MPLCONFIGDIR", "/tmp/matplotlib", "--setenv", "IPYTHONDIR", "/tmp/ipython"]
     return limits + bwrap + kernel
+
+
+def _keep_under_tmp() -> list[str]:
+    """``--ro-bind`` arguments that bring back, read-only, what the kernel needs from under ``/tmp``
+    (a checkout or virtual environment there, as in a CI clone), which the sandbox's own tmpfs hides."""
+    import course_lib
+
+    needed = {Path(sys.prefix), Path(sys.base_prefix), Path(course_lib.__file__).parents[1]}
+    args: list[str] = []
+    for path in sorted({str(p.resolve()) for p in needed}):
+        if path == "/tmp" or path.startswith("/tmp/"):
+            args += ["--ro-bind", path, path]
+    return args
 
 
 def copy_working_folder(source: Path, dest: Path, *, max_bytes: int = 50 * 2**20) -> None:
