@@ -16,7 +16,7 @@ import torch
 from .core import Mistake
 
 __all__ = ["seeded", "randn", "heads_view", "expect_tensor", "close", "expect_close", "expect_number",
-           "call_keeping_inputs", "expect_answer", "make", "run_beside", "grads"]
+           "call_keeping_inputs", "expect_answer", "expect_mask", "make", "run_beside", "grads"]
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -137,6 +137,15 @@ def expect_answer(fn, args: tuple, shape: tuple, dtype: torch.dtype, reference: 
     expect_tensor(got, shape, dtype, shape_text=shape_text)
     expect_close(got, reference(*args), () if models is None else models(*args))
     return got
+
+
+def expect_mask(got, want: torch.Tensor, models: Mapping[str, Callable[[], torch.Tensor]] = ()) -> None:
+    """A boolean attention mask ``[t_q, t_k]``: the shape of ``want`` (hint ``shape``), dtype bool (hint
+    ``dtype_bool``), then the values, the mistake ``models`` naming the hint (:func:`expect_close`)."""
+    expect_tensor(got, tuple(want.shape), shape_text="[t_q, t_k]")
+    if got.dtype != torch.bool:
+        raise Mistake("dtype_bool", f"got {got.dtype}")
+    expect_close(got, want, models)
 
 
 def expect_number(got, want: float, models: Mapping[str, float] = (), *, integer: bool = False,

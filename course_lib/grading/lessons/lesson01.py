@@ -17,8 +17,8 @@ import torch
 
 from ... import attention_reference
 from ... import causal_mask as ref_causal_mask
-from ..compare import expect_answer, expect_close, expect_tensor, heads_view, randn, seeded
-from ..core import Check, Mistake, code_exercise
+from ..compare import expect_answer, expect_mask, expect_tensor, heads_view, randn, seeded
+from ..core import Check, code_exercise
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 01.scaled_attention
@@ -190,10 +190,7 @@ def _mask_models(t_q, t_k, window):
 def _mask_check(t_q, t_k, window=None):
     def run(fn):
         got = fn(t_q, t_k) if window is None else fn(t_q, t_k, window)
-        expect_tensor(got, (t_q, t_k), shape_text="[t_q, t_k]")
-        if got.dtype != torch.bool:
-            raise Mistake("dtype_bool", f"got {got.dtype}")
-        expect_close(got, ref_causal_mask(t_q, t_k, window=window), _mask_models(t_q, t_k, window))
+        expect_mask(got, ref_causal_mask(t_q, t_k, window=window), _mask_models(t_q, t_k, window))
     return run
 
 

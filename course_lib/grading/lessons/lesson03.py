@@ -24,7 +24,7 @@ from ...experiments.lesson03 import evictable as ref_evictable
 from ...experiments.lesson03 import global_mask, window_mask
 from ...experiments.lesson03 import strided_mask as ref_strided_mask
 from ...memory import linear_attention_parallel
-from ..compare import call_keeping_inputs, expect_answer, expect_close, expect_tensor, heads_view, randn, seeded
+from ..compare import call_keeping_inputs, expect_answer, expect_mask, heads_view, randn, seeded
 from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
@@ -140,11 +140,7 @@ def _strided_models(t_q, t_k, stride):
 
 def _strided_check(t_q, t_k, stride):
     def run(fn):
-        got = fn(t_q, t_k, stride)
-        expect_tensor(got, (t_q, t_k), shape_text="[t_q, t_k]")
-        if got.dtype != torch.bool:
-            raise Mistake("dtype_bool", f"got {got.dtype}")
-        expect_close(got, ref_strided_mask(t_q, t_k, stride), _strided_models(t_q, t_k, stride))
+        expect_mask(fn(t_q, t_k, stride), ref_strided_mask(t_q, t_k, stride), _strided_models(t_q, t_k, stride))
     return run
 
 
