@@ -12,6 +12,12 @@ import math
 
 from . import mutant, value_mutant
 
+
+def _window_and_delta(window):
+    """Infini-attention's pair, gated: a window of ``window`` tokens beside a delta memory."""
+    return {"name": "multi", "combine": "gate", "memories": [{"name": "window", "window": window}, {"name": "delta"}]}
+
+
 WHY = ("A window keeps the recent turn exact and a delta memory keeps the user's facts from the start in "
        "a fixed matrix read by content, so bytes and time per token stay flat; old facts still fade.")
 
@@ -62,16 +68,13 @@ def a_float(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
 # ---------------------------------------------------------------- 09.chatbot_design
 
 
+@mutant("09.chatbot_design", hint="slows", name="full_kv_cache_slows")
+@mutant("09.chatbot_design", hint="grows", name="full_kv_cache_grows")
 @mutant("09.chatbot_design", hint="over_budget")
 def full_kv_cache():
     return {"memory": {"name": "full"},
             "justification": "The full KV cache keeps every token of the conversation exactly, so no fact is "
                              "ever lost, and it is the standard design that every transformer uses."}
-
-
-@mutant("09.chatbot_design", hint="grows")
-def full_kv_cache_grows():
-    return full_kv_cache()
 
 
 @mutant("09.chatbot_design", hint="no_recall")
@@ -81,17 +84,12 @@ def window_too_small():
                              "attention over the recent turn, fixed in size, so the time per token stays flat."}
 
 
+@mutant("09.chatbot_design", hint="not_measured", name="over_budget_not_trained")
 @mutant("09.chatbot_design", hint="over_budget")
 def over_budget():
-    return {"memory": {"name": "multi", "combine": "gate",
-                       "memories": [{"name": "window", "window": 64}, {"name": "delta"}]},
+    return {"memory": _window_and_delta(64),
             "justification": "A window of 64 tokens for the recent turns and a delta memory for the facts "
                              "from the start: both are fixed in size, so the time per token stays flat."}
-
-
-@mutant("09.chatbot_design", hint="not_measured")
-def over_budget_not_trained():
-    return over_budget()
 
 
 @mutant("09.chatbot_design", hint="invalid_memory")
@@ -101,9 +99,7 @@ def misspelt_size():
 
 @mutant("09.chatbot_design", hint="no_justification")
 def no_reasons():
-    return {"memory": {"name": "multi", "combine": "gate",
-                       "memories": [{"name": "window", "window": 16}, {"name": "delta"}]},
-            "justification": "window + delta"}
+    return {"memory": _window_and_delta(16), "justification": "window + delta"}
 
 
 # ---------------------------------------------------------------- 09.summarisation_design
@@ -125,8 +121,7 @@ def summary_sinks():
 
 @mutant("09.summarisation_design", hint="forgets")
 def summary_delta():
-    return {"memory": {"name": "multi", "combine": "gate",
-                       "memories": [{"name": "window", "window": 16}, {"name": "delta"}]},
+    return {"memory": _window_and_delta(16),
             "justification": "The chatbot's design again: the window for fluency, the delta memory for what was "
                              "said long ago, which worked for the facts of a conversation."}
 
@@ -148,8 +143,3 @@ for letter in "ABD":
     value_mutant("09.scenario_mobile", f"chose_{letter}", f"chose_{letter}", letter)
 for letter in "ABC":
     value_mutant("09.scenario_document", f"chose_{letter}", f"chose_{letter}", letter)
-
-
-@mutant("09.chatbot_design", hint="slows", name="full_kv_cache_slows")
-def _full_kv_cache_slows():
-    return full_kv_cache()
