@@ -22,7 +22,7 @@ import numbers
 from ...experiments import capstone
 from ...experiments.capstone import SETUP, format_bytes
 from ..compare import expect_number
-from ..core import Check, Exercise, Mistake
+from ..core import Check, Mistake, code_exercise
 from ..questions import answer_value, choice_exercise
 
 # ------------------------------------------------------------ 09.window_for_budget
@@ -53,8 +53,8 @@ def _window_case(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
     return run
 
 
-WINDOW_FOR_BUDGET = Exercise(
-    id="09.window_for_budget", title="The largest window a budget holds", kind="code", points=1,
+WINDOW_FOR_BUDGET = code_exercise(
+    id="09.window_for_budget", title="The largest window a budget holds", points=1,
     hints=WINDOW_HINTS,
     checks=[
         Check("the capstone's device: 32 KiB, L = 2, n_g = 4, d_h = 16, fp32", _window_case(32768, 2, 4, 16, 4)),
@@ -155,8 +155,8 @@ def _check_justification(answer):
         raise Mistake("no_justification", f"{words} words")
 
 
-CHATBOT_DESIGN = Exercise(
-    id="09.chatbot_design", title="A long-conversation chatbot under a 64 KiB memory budget", kind="code", points=3,
+CHATBOT_DESIGN = code_exercise(
+    id="09.chatbot_design", title="A long-conversation chatbot under a 64 KiB memory budget", points=3,
     hints=DESIGN_HINTS,
     checks=[
         Check("the design is one that course_lib.memory builds", _check_builds),
@@ -197,9 +197,9 @@ def _check_reach(answer):
     raise Mistake("only_start" if 0 not in lost else "forgets", detail)
 
 
-SUMMARISATION_DESIGN = Exercise(
-    id="09.summarisation_design", title="Summarising a long document under the same budget", kind="code",
-    points=2, hints=SUMMARY_HINTS,
+SUMMARISATION_DESIGN = code_exercise(
+    id="09.summarisation_design", title="Summarising a long document under the same budget",
+    hints=SUMMARY_HINTS,
     checks=[
         Check("the design is one that course_lib.memory builds", _check_builds),
         Check(f"state bytes at {SETUP.context:,} tokens within {format_bytes(SETUP.budget)}", _check_budget,
