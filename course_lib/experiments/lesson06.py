@@ -243,7 +243,6 @@ def plot_text(summary: list[dict], title: str = ""):
 # MQAR where reach matters: shared with lesson 05
 from .lesson05 import MqarSetup, accuracy_by_gap, mqar_reach  # noqa: E402
 
-
 # ------------------------------------------------------------------------------ command line
 
 

@@ -101,7 +101,8 @@ def train_and_probe(steps: int = 300, *, seed: int = 0, segment_len: int = 8, lr
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson07", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson07",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -210,7 +210,8 @@ def load_result(path) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson08", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson08",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     rec = sub.add_parser("recall", help="MQAR accuracy against state bytes (bench recall's designs), as JSON")
     rec.add_argument("--steps", type=int, default=None)
@@ -226,7 +227,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    result = {"command": "python -m course_lib.experiments.lesson08 " + " ".join(argv if argv is not None else sys.argv[1:]),
+    given = argv if argv is not None else sys.argv[1:]
+    result = {"command": "python -m course_lib.experiments.lesson08 " + " ".join(given),
               "machine": _machine()}
     if args.what == "recall":
         s = recall.FULL if args.steps is None else dataclasses.replace(recall.FULL, steps=args.steps)

@@ -64,7 +64,8 @@ def kernel_argv(rw: Path, work: Path, *, sandbox: bool, memory: int = DEFAULT_ME
         return limits + kernel
     rw = str(Path(rw).resolve())
     bwrap = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-             "--tmpfs", "/tmp", *_keep_under_tmp(), "--bind", rw, rw, "--unshare-all", "--die-with-parent", "--new-session",
+             "--tmpfs", "/tmp", *_keep_under_tmp(), "--bind", rw, rw,
+             "--unshare-all", "--die-with-parent", "--new-session",
              "--chdir", str(Path(work).resolve()), "--unsetenv", "JPY_PARENT_PID",
              "--setenv", "MPLCONFIGDIR", "/tmp/matplotlib", "--setenv", "IPYTHONDIR", "/tmp/ipython"]
     return limits + bwrap + kernel

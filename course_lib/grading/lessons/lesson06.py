@@ -51,7 +51,7 @@ def _compress_check(seed, b, h, n, d, c, how, *, dtype=torch.float64, non_contig
         out = call_keeping_inputs(fn, x, c, how)
         if not isinstance(out, torch.Tensor):
             try:
-                out.indices  # torch.max(x, dim) returns (values, indices)
+                out.indices  # noqa: B018 -- torch.max(x, dim) returns (values, indices)
             except Exception:  # anything else: the shape check names it
                 pass
             else:

@@ -17,8 +17,18 @@ import math
 import torch
 
 from ... import attention_reference
-from ..compare import (call_keeping_inputs, close, expect_answer, expect_close, expect_tensor, grads, heads_view, randn,
-                       run_beside, seeded)
+from ..compare import (
+    call_keeping_inputs,
+    close,
+    expect_answer,
+    expect_close,
+    expect_tensor,
+    grads,
+    heads_view,
+    randn,
+    run_beside,
+    seeded,
+)
 from ..core import Check, Mistake, code_exercise
 from ..questions import choice_exercise, number_exercise
 
@@ -265,7 +275,8 @@ CONCAT = code_exercise(
         Check("one query, one slot in Mem_b", _concat_check(92, 1, 1, 1, 4, 1, 4)),
         Check("values wider than keys (D_v = 6 != d = 4)", _concat_check(93, 1, 2, 2, 3, 3, 4, 6)),
         Check("float32 in, float32 out", _concat_check(94, 2, 3, 4, 6, 5, 8, dtype=torch.float32)),
-        Check("non-contiguous q (heads split from [B, T, H, D])", _concat_check(95, 2, 3, 5, 4, 3, 8, non_contiguous=True)),
+        Check("non-contiguous q (heads split from [B, T, H, D])",
+              _concat_check(95, 2, 3, 5, 4, 3, 8, non_contiguous=True)),
     ],
 )
 

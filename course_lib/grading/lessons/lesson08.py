@@ -237,7 +237,8 @@ ERROR_BY_AGE = code_exercise(
     id="08.error_by_age", title="Reconstruction error against token age",
     hints=AGE_HINTS,
     checks=[
-        Check("T = 20, D = 4: 4 exact tokens, 3 slots of c = 4, the 4 oldest forgotten", _age_check(121, 20, 4, 4, 3, 4)),
+        Check("T = 20, D = 4: 4 exact tokens, 3 slots of c = 4, the 4 oldest forgotten",
+              _age_check(121, 20, 4, 4, 3, 4)),
         Check("a window of 5 over T = 12: exact, then forgotten", _age_check(122, 12, 3, 5, 0, 1)),
         Check("uniform compression: 6 slots of c = 3 cover all T = 18", _age_check(123, 18, 5, 0, 6, 3)),
         Check("values of scale 10 (the error is relative)", _age_check(124, 16, 4, 4, 2, 6, scale=10.0)),
