@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from memory_helpers import qkv as random_qkv
 
 import course_lib
 from course_lib.cost import ModelConfig
-from course_lib.memory import FIXED_SIZE_MEMORIES, MEMORIES, REGISTERED, FullMemory, SinkMemory, make_memory
+from course_lib.memory import FIXED_SIZE_MEMORIES, MEMORIES, REGISTERED, SinkMemory, make_memory
 from course_lib.memory._slots import SlotMemory
 from course_lib.memory.base import state_tensors
 
@@ -269,11 +271,26 @@ def test_fixed_size_memories_keep_constant_bytes_over_100k_tokens(name):
 
 
 def test_the_full_cache_grows_with_every_token_and_the_check_sees_it():
-    memory = FullMemory()
-    _, k, v = (x.float() for x in qkv(6, 199, d=16))
-    state = memory.init_state(1, H, 16, dtype=torch.float32)
-    rss = _rss()
-    for _ in range(503):  # append only: the cache's growth without the cost of attending to it
-        state = memory.append(state, k, v)
-    assert memory.nbytes(state) == 503 * 199 * H * (16 + 16) * 4  # keys and values, float32
-    assert _rss() - rss > 8 * 2**20  # 25 MB of pairs: the bound above would catch a leak of this size
+    # in a fresh process: here, memory freed by earlier tests is reused, and the growth may not show in the RSS
+    script = """
+import os, torch
+from course_lib.memory import FullMemory
+H = int(os.environ["HEADS"])
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+k, v = torch.randn(2, 1, H, 199, 16).unbind(0)
+memory = FullMemory()
+state = memory.init_state(1, H, 16, dtype=torch.float32)
+before = rss()
+for _ in range(503):  # append only: the cache's growth without the cost of attending to it
+    state = memory.append(state, k, v)
+assert memory.nbytes(state) == 503 * 199 * H * (16 + 16) * 4, memory.nbytes(state)  # keys and values, float32
+print(rss() - before)
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "HEADS": str(H)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) > 8 * 2**20  # 25 MB of pairs: the bound above would catch a leak this size
