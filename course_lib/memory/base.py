@@ -145,13 +145,11 @@ class Memory(nn.Module, abc.ABC):
         return ", ".join(f"{p}={value!r}" for p, value in kept
                          if value is not None and not isinstance(value, (nn.Module, torch.Tensor, list)))
 
+    @abc.abstractmethod
     def cost_per_token(self, config, context: int) -> dict:
         """Analytic ``{"bytes", "flops"}`` of this memory when decoding the token after ``context``
         tokens, for one sequence and every layer of ``config`` (a :class:`course_lib.cost.ModelConfig`):
         the bytes its state holds and the attention FLOPs of reading it."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no analytic cost model; define cost_per_token(config, context)"
-        )
 
     # -- protocol -------------------------------------------------------------------------
     @abc.abstractmethod
