@@ -14,11 +14,13 @@ Each ``solutions/src/NN_topic_solutions.md`` (or, for a solution without a text 
 A region must sit inside a function or class body (indented): at the top level of a cell
 the ``raise`` would stop the exercise notebook, which must run from top to bottom.
 
-A learner's work is never lost. An exercise notebook whose cells no longer match the
-fingerprint it was generated with (and that is not the committed version) holds a
-learner's answers: it is left as it is, the
-command says so and exits 1. ``--force`` (``make exercises FORCE=1``) first moves it to
-``exercises/backups/`` and then writes the fresh copy.
+A learner's work is never lost. An exercise notebook whose cells differ both from the
+fingerprint it was generated with (what the course wrote last time) and from the fresh copy
+(what it would write now) holds a learner's answers, committed to git or not: it is left as it
+is, the command says so and exits 0 (keeping your work is a normal outcome, not an error).
+``--force`` (``make exercises FORCE=1``) first moves it to ``exercises/backups/``, says where
+and how to bring it back, and then writes the fresh copy. Git plays no part: a learner who
+commits their answers is protected the same way.
 
     python -m course_lib.grading.make_exercises [--check] [--force] [SOLUTION ...]
 
@@ -31,6 +33,7 @@ import argparse
 import copy
 import hashlib
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -45,7 +48,7 @@ MARKDOWN_STUB = ("YOUR ANSWER HERE",)
 BACKUPS = "backups"
 
 __all__ = ["strip_solutions", "make_exercise", "render", "render_text", "exercise_path", "solution_paths",
-           "holds_answers", "fingerprint", "main"]
+           "holds_answers", "is_learners_work", "fingerprint", "main"]
 
 
 def strip_solutions(source: str, *, cell_type: str = "code", where: str = "cell") -> str:
@@ -203,6 +206,22 @@ def _show(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def is_learners_work(current: str, fresh: str) -> bool:
+    """Whether the exercise notebook ``current`` holds work the course did not generate.
+
+    Compared with what the course generated (the fingerprint it stamped into the notebook last
+    time) and with what it would generate now (``fresh``), never with git: a learner's answers are
+    theirs whether or not they committed them. Outputs and execution counts are not work (running
+    the notebook again recreates them)."""
+    if not holds_answers(current):
+        return False
+    try:
+        cells = fingerprint(nbformat.reads(current, as_version=4))
+    except Exception:
+        return True
+    return cells != fingerprint(nbformat.reads(fresh, as_version=4))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.grading.make_exercises",
                                      description=__doc__.split("\n")[0])
@@ -222,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         stale.append(target)
         if args.check:
             continue
-        if current is not None and holds_answers(current) and current != committed_text(target):
+        if current is not None and is_learners_work(current, text):
             if not args.force:
                 kept.append(target)
                 continue
-            print(f"moved {_show(target)} (it holds your answers) to {_show(backup(target))}")
+            saved = backup(target)
+            print(f"moved {_show(target)} (it holds your answers) to {_show(saved)}; to bring it back: "
+                  f"mv {shlex.quote(_show(saved))} {shlex.quote(_show(target))}")
         target.parent.mkdir(exist_ok=True)
         target.write_text(text, encoding="utf-8")
         print(f"wrote {_show(target)}")
@@ -235,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for target in kept:
         print(f"left {_show(target)} as it is: it holds your answers (it was changed since it was generated). "
-              f"To replace it with a fresh copy, run `make exercises FORCE=1`: your version is first moved to "
-              f"exercises/{BACKUPS}/.", file=sys.stderr)
-    return 1 if kept else 0
+              f"Nothing was lost. To replace it with a fresh copy, run `make exercises FORCE=1`: your version is "
+              f"first moved to exercises/{BACKUPS}/.", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
