@@ -14,12 +14,19 @@ Cell ids are not positional, so inserting or moving a cell leaves the others' id
 
 Editing a cell's text changes that cell's derived id only; give a cell an explicit id when
 something outside the notebook refers to it.
+
+A built notebook carries ``metadata.course.built_from``: a fingerprint of the cells it was
+built with (types and texts). :func:`manual_edits` uses it to tell a notebook the course wrote
+from one somebody edited by hand (a note added in JupyterLab): a notebook whose cells match
+neither that fingerprint, nor its source as it is now, nor its committed source (for notebooks
+built before the fingerprint) holds manual edits, and ``make notebooks`` does not overwrite it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -30,7 +37,10 @@ PAIRED_DIRS = ("notebooks", "solutions")  # exercises/ is generated from solutio
 FORMAT = "md:myst"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-__all__ = ["source_for", "notebook_for", "all_sources", "read_source", "from_text", "assign_ids", "input_cells"]
+BUILT_FROM = "built_from"  # metadata.course.built_from: the fingerprint of the cells a notebook was built with
+
+__all__ = ["source_for", "notebook_for", "all_sources", "read_source", "from_text", "assign_ids", "input_cells",
+           "cells_fingerprint", "stamp", "built_from", "manual_edits"]
 
 
 def source_for(notebook: Path) -> Path:
@@ -109,3 +119,74 @@ def input_cells(nb) -> list[tuple]:
         meta = {k: v for k, v in cell.metadata.items() if k not in ("execution", "collapsed", "scrolled")}
         rows.append((cell.get("id"), cell.cell_type, cell.source, meta))
     return rows
+
+
+def cells_fingerprint(nb) -> str:
+    """A hash of the cells' types and texts (not outputs, ids or metadata): what somebody edits by hand."""
+    h = hashlib.sha1()
+    for cell in nb.cells:
+        h.update(f"{cell.cell_type}\0{cell.source}\0\0".encode())
+    return h.hexdigest()[:16]
+
+
+def stamp(nb):
+    """Record in ``nb.metadata.course`` the fingerprint of the cells it is being built with; in place."""
+    course = nb.metadata.get("course")
+    course = dict(course) if isinstance(course, dict) else {}
+    course[BUILT_FROM] = cells_fingerprint(nb)
+    nb.metadata["course"] = nbformat.from_dict(course)
+    return nb
+
+
+def built_from(nb) -> str | None:
+    """The fingerprint ``nb`` was built with (None for a notebook built before fingerprints)."""
+    course = nb.metadata.get("course")
+    value = course.get(BUILT_FROM) if isinstance(course, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _committed_text(path: Path) -> str | None:
+    """``path`` as committed (``git show HEAD:./name`` in its folder); None without git or when not committed."""
+    path = Path(path)
+    try:
+        out = subprocess.run(["git", "show", f"HEAD:./{path.name}"], cwd=path.parent, capture_output=True,
+                             timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.decode("utf-8") if out.returncode == 0 else None
+
+
+def generated_fingerprints(notebook_nb, source: Path) -> set[str]:
+    """The fingerprints of every version of the cells the course generated for a notebook: the one
+    it was built with (its stamp), its source's as it is now, and its committed source's."""
+    found = set()
+    stamped = built_from(notebook_nb)
+    if stamped:
+        found.add(stamped)
+    source = Path(source)
+    texts = [source.read_text(encoding="utf-8")] if source.exists() else []
+    committed = _committed_text(source)
+    if committed is not None:
+        texts.append(committed)
+    for text in texts:
+        try:
+            found.add(cells_fingerprint(from_text(text, where=str(source))))
+        except Exception:  # a source being edited may not parse; it then matches nothing
+            pass
+    return found
+
+
+def manual_edits(notebook: Path, source: Path) -> bool:
+    """Whether ``notebook`` holds cells nobody generated from ``source`` (edited by hand: keep it).
+
+    Compared with what the course generated (the stamp written at build time, the source now, the
+    committed source), never with the committed notebook: edits are somebody's work whether or
+    not they were committed. Outputs are not compared (running a notebook is not editing it)."""
+    notebook = Path(notebook)
+    if not notebook.exists():
+        return False
+    try:
+        nb = nbformat.read(notebook, as_version=4)
+    except Exception:
+        return True  # unreadable: nothing tells it apart from somebody's work
+    return cells_fingerprint(nb) not in generated_fingerprints(nb, source)
