@@ -6,6 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Extra flags for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port 8890"
+LAB_ARGS ?=
+# As root (containers) JupyterLab refuses to start unless told it may.
+LAB_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 .PHONY: lab test env exercises notebooks lint bench clean-venv
 
@@ -17,28 +21,35 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# JupyterLab at the project's root, so that notebooks/ (the lessons) and exercises/ (where you
+# answer) are both in its file browser; it opens lesson 00.
 lab: env
-	$(VENV)/bin/jupyter lab notebooks/00_welcome.ipynb
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(LAB_ROOT) $(LAB_ARGS) notebooks/00_welcome.ipynb
 
 test: env
 	COURSE_DEVICE=cpu COURSE_QUIET=1 PYTHONHASHSEED=0 $(PY) -m pytest $(PYTEST_ARGS)
 
 # Regenerate exercises/ from the solutions' sources (solutions/src/). A notebook holding a
-# learner's answers is left as it is; FORCE=1 moves it to exercises/backups/ first.
+# learner's answers (committed or not) is left as it is, and that is no error; FORCE=1 moves
+# it to exercises/backups/ first and says how to bring it back.
 exercises: env
 	$(PY) -m course_lib.grading.make_exercises $(if $(FORCE),--force)
 
 # Build each notebook in notebooks/ and solutions/ from its text source (src/NN_topic.md,
 # jupytext MyST) and execute it in place with the project's own kernel: its outputs are
-# what nbval then compares. NB=path (the .ipynb or its .md) for one notebook.
+# what nbval then compares. NB=path (the .ipynb or its .md) for one notebook. An author's
+# command: a notebook edited by hand (cells that no source generated) is left as it is;
+# FORCE=1 moves it to backups/notebooks/ (or backups/solutions/) first.
 notebooks: env
-	$(PY) -m course_lib.tools.execute_notebooks $(NB)
+	$(PY) -m course_lib.tools.execute_notebooks $(if $(FORCE),--force) $(NB)
 
 lint: env
 	$(VENV)/bin/ruff check course_lib tests
 
+# The plot goes to runs/ (ignored by git), not into the repository's root.
 bench: env
-	$(PY) -m course_lib bench decode
+	@mkdir -p runs
+	$(PY) -m course_lib bench decode --out runs/bench_decode.png
 
 clean-venv:
 	rm -rf $(VENV)
