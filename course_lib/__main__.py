@@ -32,11 +32,15 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     grade = sub.add_parser("grade", help="run a learner's notebook in a fresh kernel and score it")
     grade.add_argument("notebook", help="path to an exercises notebook (.ipynb); it is never modified")
     grade.add_argument("--json", action="store_true", help="print the report as JSON")
-    grade.add_argument("--timeout", type=float, default=120.0, help="seconds per cell (default 120)")
+    grade.add_argument("--timeout", type=float, default=None,
+                       help="seconds for the whole grade (default 3x the lessons' expected time)")
+    grade.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell (default 120)")
+    grade.add_argument("--disk-gb", type=float, default=None,
+                       help="GiB the notebook may write: its /tmp, working folder and answers (default 1)")
     grade.add_argument("--memory-gb", type=float, default=None,
                        help="the kernel's address-space limit in GiB (default 8)")
     grade.add_argument("--cpu-seconds", type=float, default=None,
-                       help="the kernel's CPU-time limit in seconds, all cells together (default 3600)")
+                       help="CPU seconds for the notebook's processes, all cells together (default 3600)")
 
     bench = sub.add_parser("bench", help="benchmarks: print a table, save a PNG")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
@@ -63,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grade":
         from .grading.cli import main as grade_main
 
-        return grade_main(args.notebook, as_json=args.json, timeout=args.timeout, memory_gb=args.memory_gb,
-                          cpu_seconds=args.cpu_seconds)
+        return grade_main(args.notebook, as_json=args.json, timeout=args.timeout, cell_timeout=args.cell_timeout,
+                          memory_gb=args.memory_gb, cpu_seconds=args.cpu_seconds, disk_gb=args.disk_gb)
     return _bench_module(args.bench_module).run(args) or 0
 
 

@@ -1,10 +1,13 @@
-"""``python -m course_lib grade NOTEBOOK.ipynb [--json] [--timeout S]``: score a notebook.
+"""``python -m course_lib grade NOTEBOOK.ipynb [--json] [--timeout S] [--cell-timeout S]``: score a notebook.
 
 The notebook runs in a fresh kernel inside a sandbox (:mod:`course_lib.grading.sandbox`:
-bubblewrap when the machine has it, memory and CPU-time limits always) with a throw-away
-copy of its folder as working folder, cell after cell with a per-cell timeout. A cell
-that raises does not stop the run, a cell that overstays is interrupted, and a kernel
-that dies ends the run with a report of what was reached.
+bubblewrap when the machine has it; memory, CPU, disk and time limits always) with a
+throw-away copy of the notebook alone in its working folder, cell after cell with a
+per-cell timeout, the whole grade under a wall-clock limit (``--timeout``, by default 3x the
+lessons' expected time). A cell that raises does not stop the run, a cell that overstays is
+interrupted, a kernel that dies or passes a limit ends the run with a report of what was
+reached and which limit was hit. What the kernel prints is kept up to a limit per cell and
+for the whole run, so a flood of output cannot fill the grader's memory.
 
 Scores come from this process, not from the notebook: right after the first cell that
 calls ``check("NN.name", answer)`` has run, the grader runs that exercise's checks here,
@@ -29,9 +32,11 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +44,16 @@ from pathlib import Path
 from . import sandbox as sb
 from .core import format_score, run_exercise
 from .lessons import lesson_exercises
+from .remote import safe_name
 
 __all__ = ["main", "grade_notebook", "Report", "Item"]
+
+CELL_OUTPUT_BYTES = 2**20  # what the report keeps of one cell's output
+TOTAL_OUTPUT_BYTES = 16 * 2**20  # and of the whole run's
+MAX_CELL_ERRORS = 50  # cell errors listed in a report (the rest counted)
+EXPECTED_SECONDS = {"09": 150}  # a lesson's grade on a quiet 2-core CPU; the others take about 20 s
+DEFAULT_EXPECTED = 20
+LIMIT_GRACE = 30  # seconds past the deadline before the kernel is killed rather than interrupted
 
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["'](\d\d\.\w+)["']""")
 CHECK_ARG = re.compile(r"""\bcheck\(\s*["'](\d\d\.\w+)["']\s*,\s*"""
@@ -66,6 +79,7 @@ class Report:
     stopped: str = ""  # why the run ended early, if it did
     sandbox: str = ""  # "bubblewrap", or "none: why"
     lessons: list[str] = field(default_factory=list)
+    limits: list[dict] = field(default_factory=list)  # each limit hit: {"limit": name, "reason": words}
 
     @property
     def score(self) -> float:
@@ -78,8 +92,10 @@ class Report:
     def as_dict(self) -> dict:
         return {"notebook": self.notebook, "lessons": self.lessons, "score": self.score,
                 "max_score": self.max_score, "exercises": [item.as_dict() for item in self.items],
-                "cell_errors": [{"cell": number, "error": error} for number, error in self.cell_errors],
-                "stopped": self.stopped, "sandbox": self.sandbox}
+                "cell_errors": [{"cell": number, "error": error}
+                                for number, error in self.cell_errors[:MAX_CELL_ERRORS]],
+                "cell_errors_not_listed": max(len(self.cell_errors) - MAX_CELL_ERRORS, 0),
+                "stopped": self.stopped, "sandbox": self.sandbox, "limits": self.limits}
 
     def table(self) -> str:
         width = max([len("exercise"), *(len(item.id) for item in self.items)])
@@ -90,10 +106,14 @@ class Report:
         for item, score in zip(self.items, scores):
             lines.append(f"{item.id:<{width}}  {score:>{swidth}}  {item.feedback}")
         lines.append(f"{'total':<{width}}  {total:>{swidth}}")
-        for number, error in self.cell_errors:
+        for number, error in self.cell_errors[:MAX_CELL_ERRORS]:
             lines.append(f"cell {number} raised {error}")
+        if len(self.cell_errors) > MAX_CELL_ERRORS:
+            lines.append(f"... and {len(self.cell_errors) - MAX_CELL_ERRORS} more cells raised")
         if self.stopped:
             lines.append(f"the run stopped early: {self.stopped}")
+        for hit in self.limits:
+            lines.append(f"limit hit ({hit['limit']}): {hit['reason']}")
         if self.sandbox.startswith("none"):
             lines.append(f"note: graded WITHOUT a sandbox ({self.sandbox[len('none: '):]})")
         return "\n".join(lines)
@@ -108,15 +128,16 @@ def _mark_unrun(nb, start: int) -> None:
 def _error_output(cell):
     for output in cell.get("outputs", []):
         if output.get("output_type") == "error":
-            return output.get("ename", "Error")
+            return safe_name(output.get("ename", "Error"))
     return None
 
 
 def _error_text(cell) -> str:
     for output in cell.get("outputs", []):
         if output.get("output_type") == "error":
-            text = " ".join(str(output.get("evalue", "")).split())
-            return f"{output.get('ename', 'Error')}: {text[:200]}" if text else str(output.get("ename", "Error"))
+            text = " ".join(str(output.get("evalue", ""))[:1000].split())
+            name = safe_name(output.get("ename", "Error"))
+            return f"{name}: {text[:200]}" if text else name
     return ""
 
 
@@ -140,15 +161,17 @@ def _not_reached(target, ran, stopped: str) -> str:
 
 
 NO_SANDBOX_NOTICE = ("grade: no sandbox: {reason}. The notebook's code ran with your user's rights: it could read "
-                     "and write your files and use the network, and a process it started could outlive grading. "
+                     "and write your files and use the network, and a process it started could outlive grading; "
+                     "only the limits (memory, CPU, disk, time, output) and a minimal environment applied. "
                      "Grade only notebooks you trust this way.")
 
 
-def main(notebook, as_json: bool = False, timeout: float = 120.0, memory_gb: float | None = None,
-         cpu_seconds: float | None = None) -> int:
+def main(notebook, as_json: bool = False, timeout: float | None = None, memory_gb: float | None = None,
+         cpu_seconds: float | None = None, cell_timeout: float = 120.0, disk_gb: float | None = None) -> int:
     """Grade ``notebook`` and print a table (or JSON). Returns the exit status."""
     try:
-        report = grade_notebook(notebook, timeout=timeout, memory_gb=memory_gb, cpu_seconds=cpu_seconds)
+        report = grade_notebook(notebook, timeout=timeout, cell_timeout=cell_timeout, memory_gb=memory_gb,
+                                cpu_seconds=cpu_seconds, disk_gb=disk_gb)
     except GradingError as err:
         print(f"grade: {err}", file=sys.stderr)
         return 2
@@ -171,36 +194,61 @@ class _Target:
     expr: str | None = None
 
 
-def grade_notebook(notebook, *, timeout: float = 120.0, sandbox: bool | None = None,
-                   memory_gb: float | None = None, cpu_seconds: float | None = None) -> Report:
+def expected_seconds(lessons) -> float:
+    """How long grading these lessons takes on a quiet 2-core CPU (the default limit is 3x that)."""
+    return float(sum(EXPECTED_SECONDS.get(lesson, DEFAULT_EXPECTED) for lesson in lessons) or DEFAULT_EXPECTED)
+
+
+def _positive(name: str, value, *, optional: bool = True):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+        raise GradingError(f"{name} must be a positive number, got {value!r}")
+    return value
+
+
+def grade_notebook(notebook, *, timeout: float | None = None, cell_timeout: float = 120.0,
+                   sandbox: bool | None = None, memory_gb: float | None = None, cpu_seconds: float | None = None,
+                   disk_gb: float | None = None) -> Report:
     """Run ``notebook`` in a fresh sandboxed kernel and score every exercise of its lesson(s).
 
-    ``sandbox``: None uses bubblewrap when it works here; False runs without it (limits only)."""
+    ``timeout``: seconds for the whole grade (default 3x :func:`expected_seconds`);
+    ``cell_timeout``: seconds per cell; ``sandbox``: None uses bubblewrap when it works here,
+    False runs without it (limits only), True requires it."""
     import nbformat
 
     path = Path(notebook)
     if not path.is_file():
         raise GradingError(f"notebook {str(path)!r} does not exist (expected a path to an .ipynb file)")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise GradingError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    for name, value in (("memory_gb", memory_gb), ("cpu_seconds", cpu_seconds)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-            raise GradingError(f"{name} must be a positive number, got {value!r}")
+    _positive("timeout", timeout)
+    _positive("cell_timeout", cell_timeout, optional=False)
+    for name, value in (("memory_gb", memory_gb), ("cpu_seconds", cpu_seconds), ("disk_gb", disk_gb)):
+        _positive(name, value)
     try:
         nb = nbformat.read(path, as_version=4)
+        _plain_sources(nb)
+    except GradingError:
+        raise
     except Exception as err:  # not JSON, not a notebook
-        raise GradingError(f"cannot read {str(path)!r} as a notebook: {err}") from None
+        detail = " ".join(str(err).split())[:300]
+        raise GradingError(f"cannot read {str(path)!r} as a notebook: {detail}") from None
 
     lessons, targets = _targets(nb, path)
     reason = sb.bwrap_reason() if sandbox in (None, True) else "the caller asked for no sandbox"
     if sandbox is True and reason:
         raise GradingError(f"a sandbox was required but {reason}")
     use_bwrap = not reason
+    limits = sb.Limits(memory=int((memory_gb or sb.DEFAULT_MEMORY / 2**30) * 2**30),
+                       cpu=int(cpu_seconds or sb.DEFAULT_CPU),
+                       disk=int((disk_gb or sb.DEFAULT_DISK / 2**30) * 2**30))
+    total = float(timeout) if timeout is not None else 3 * expected_seconds(lessons)
     results: dict[str, object] = {}
+    hits: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="course_grade_", dir=_private_tmp()) as tmp:
-        ran, stopped = _run(copy.deepcopy(nb), Path(tmp), path.resolve().parent, timeout, targets, results,
-                            sandbox=use_bwrap, memory=int((memory_gb or sb.DEFAULT_MEMORY / 2**30) * 2**30),
-                            cpu=int(cpu_seconds or sb.DEFAULT_CPU))
+        layout = sb.Layout.create(Path(tmp))
+        shutil.copyfile(path, layout.source / _safe_file_name(path.name))
+        ran, stopped = _run(copy.deepcopy(nb), layout, float(cell_timeout), targets, results, hits,
+                            sandbox=use_bwrap, limits=limits, deadline=time.monotonic() + total, total=total)
 
     items = []
     for exercise_id, target in targets.items():
@@ -213,7 +261,22 @@ def grade_notebook(notebook, *, timeout: float = 120.0, sandbox: bool | None = N
     errors = [(index + 1, _error_text(cell)) for index, cell in enumerate(ran.cells)
               if cell.cell_type == "code" and _error_output(cell) is not None]
     return Report(str(notebook), items, errors, stopped, "bubblewrap" if use_bwrap else f"none: {reason}",
-                  lessons)
+                  lessons, hits)
+
+
+def _safe_file_name(name: str) -> str:
+    cleaned = re.sub(r"[^\w.-]", "_", name)[:100]
+    return cleaned if cleaned.endswith(".ipynb") else "notebook.ipynb"
+
+
+def _plain_sources(nb) -> None:
+    """Every cell's source as one string (a cell whose source is not text is refused by name)."""
+    for index, cell in enumerate(nb.cells):
+        source = cell.get("source", "")
+        if isinstance(source, list) and all(isinstance(part, str) for part in source):
+            cell["source"] = "".join(source)
+        elif not isinstance(source, str):
+            raise GradingError(f"cell {index + 1}'s source must be text, got {type(source).__name__}")
 
 
 def _private_tmp() -> str | None:
@@ -278,52 +341,147 @@ def _expected_items(nb, path: Path, exercises=None) -> dict[str, int | None]:
     return {i: t.cell for i, t in _targets(nb, path)[1].items()}
 
 
-def _kernel_manager(tmp: Path, work: Path, *, sandbox: bool, memory: int, cpu: int):
-    """A kernel manager whose kernel runs in the sandbox and talks over sockets in ``tmp/rw``."""
+def _kernel_manager(layout: sb.Layout, *, sandbox: bool, limits: sb.Limits):
+    """A kernel manager whose kernel runs in the sandbox and talks over sockets in ``layout.sockets``."""
+    import zmq
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
 
-    spec = tmp / "spec" / "course-graded"
+    spec = layout.spec / "course-graded"
     spec.mkdir(parents=True)
-    argv = sb.kernel_argv(tmp / "rw", work, sandbox=sandbox, memory=memory, cpu=cpu)
+    argv = sb.kernel_argv(layout, sandbox=sandbox, limits=limits)
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "graded notebook",
                                                   "language": "python", "interrupt_mode": "message"}))
-    return AsyncKernelManager(kernel_name="course-graded", kernel_spec_manager=KernelSpecManager(
-        kernel_dirs=[str(tmp / "spec")]), transport="ipc", ip=str(tmp / "rw" / "kernel"),
-        connection_file=str(tmp / "connection.json"))
+    km = AsyncKernelManager(kernel_name="course-graded", kernel_spec_manager=KernelSpecManager(
+        kernel_dirs=[str(layout.spec)]), transport="ipc", ip=str(layout.sockets / "kernel"),
+        connection_file=str(layout.connection_file))
+    km.context.setsockopt(zmq.MAXMSGSIZE, 4 * CELL_OUTPUT_BYTES)  # a larger message drops the kernel's link
+    return km
 
 
-def _run(nb, tmp: Path, folder: Path, timeout: float, targets: dict, results: dict, *, sandbox: bool,
-         memory: int, cpu: int):
+def _content_bytes(x, depth: int = 0) -> int:
+    if isinstance(x, str):
+        return len(x)
+    if isinstance(x, (bytes, bytearray)):
+        return len(x)
+    if depth > 8:
+        return 0
+    if isinstance(x, dict):
+        return sum(_content_bytes(v, depth + 1) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return sum(_content_bytes(v, depth + 1) for v in x)
+    return 8
+
+
+def _bounded_client_class():
+    from nbclient import NotebookClient
+
+    class BoundedClient(NotebookClient):
+        """Keeps at most ``CELL_OUTPUT_BYTES`` of a cell's output and ``TOTAL_OUTPUT_BYTES`` in all."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.course_total, self.course_cell, self.course_truncated = 0, 0, set()
+
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            self.course_cell = 0
+            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+
+        def output(self, outs, msg, display_id, cell_index):
+            size = _content_bytes(msg.get("content", {}))
+            if self.course_cell + size > CELL_OUTPUT_BYTES or self.course_total + size > TOTAL_OUTPUT_BYTES:
+                if msg.get("msg_type") == "error":  # keep the error itself, shortened
+                    msg = copy.deepcopy(msg)
+                    msg["content"]["traceback"] = []
+                    msg["content"]["evalue"] = str(msg["content"].get("evalue", ""))[:1000]
+                    msg["content"]["ename"] = safe_name(msg["content"].get("ename", "Error"))
+                    return super().output(outs, msg, display_id, cell_index)
+                if id(outs) not in self.course_truncated:
+                    self.course_truncated.add(id(outs))
+                    from nbformat.v4 import new_output
+
+                    outs.append(new_output("stream", name="stderr", text="[course grader: output truncated]\n"))
+                return None
+            self.course_cell += size
+            self.course_total += size
+            return super().output(outs, msg, display_id, cell_index)
+
+    return BoundedClient
+
+
+class _Watchdog(threading.Thread):
+    """Watches the kernel's process tree while it runs: its CPU time (all processes together), the
+    bytes it wrote where the grader can see them, and the grade's deadline; past a limit it kills
+    the tree and records which limit and why."""
+
+    def __init__(self, km, limits: sb.Limits, deadline: float, total: float, folders, hits: list, worker=None):
+        super().__init__(daemon=True)
+        self.km, self.limits, self.deadline, self.total, self.folders = km, limits, deadline, total, folders
+        self.hits, self.worker = hits, worker
+        self.done = threading.Event()
+
+    def pid(self):
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return None if process is None or process.poll() is not None else process.pid
+
+    def hit(self, limit: str, reason: str) -> None:
+        if not any(h["limit"] == limit for h in self.hits):
+            self.hits.append({"limit": limit, "reason": reason})
+        pid = self.pid()
+        if pid is not None:
+            sb.kill_tree(pid)
+        if self.worker is not None and self.worker.process is not None:
+            sb.kill_tree(self.worker.process.pid)
+
+    def run(self) -> None:
+        while not self.done.wait(0.25):
+            pid = self.pid()
+            if time.monotonic() > self.deadline + LIMIT_GRACE:
+                self.hit("time", f"the grade ran past its {self.total:g} s limit and the kernel was stopped")
+            if pid is not None:
+                cpu = sb.tree_cpu_seconds(pid)
+                if self.worker is not None and self.worker.process is not None:
+                    cpu += sb.tree_cpu_seconds(self.worker.process.pid)
+                if cpu > self.limits.cpu:
+                    self.hit("cpu", f"the notebook's processes used {cpu:.0f} s of CPU (limit {self.limits.cpu} s)")
+            written = sum(sb.folder_bytes(f, self.limits.disk) for f in self.folders)
+            if written > self.limits.disk:
+                self.hit("disk", f"the notebook wrote more than {self.limits.disk / 2**20:.0f} MiB")
+
+
+def _run(nb, layout: sb.Layout, timeout: float, targets: dict, results: dict, hits: list, *, sandbox: bool,
+         limits: sb.Limits, deadline: float, total: float):
     """Execute ``nb`` in memory, grading each exercise after its check cell; returns (the executed
     notebook, why it stopped early or "")."""
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
-    from .remote import KernelGone, Session, remote_code
+    from .remote import Exchange, KernelGone, ProbeWorker, Session, remote_code
 
-    (tmp / "rw").mkdir()
-    work = tmp / "rw" / "work"
-    sb.copy_working_folder(folder, work)
-    km = _kernel_manager(tmp, work, sandbox=sandbox, memory=memory, cpu=cpu)
-    client = NotebookClient(
+    km = _kernel_manager(layout, sandbox=sandbox, limits=limits)
+    client = _bounded_client_class()(
         nb, km=km, timeout=int(math.ceil(timeout)), allow_errors=True, interrupt_on_timeout=True,
         error_on_timeout={"ename": "CellTimeoutError", "evalue": f"the cell ran longer than {timeout:g} s "
                           "and was interrupted", "traceback": []},
-        startup_timeout=120, resources={"metadata": {"path": str(work)}},
+        startup_timeout=120, resources={"metadata": {"path": str(layout.work)}},
     )
-    env = {**os.environ, sb.GRADING_ENV: "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("COURSE_GRADE_RECORD", None)
+    env = sb.minimal_env({sb.GRADING_ENV: "1"})
     by_cell: dict[int, list[str]] = {}
     for exercise_id, target in targets.items():
         if target.cell is not None:
             by_cell.setdefault(target.cell, []).append(exercise_id)
 
+    def left() -> float:
+        return deadline - time.monotonic()
+
     def transport(request, response, remaining):
+        from .core import CheckTimeout
+
+        if left() <= 0:
+            raise CheckTimeout()
         cell = nbformat.v4.new_code_cell(remote_code(request, response))
         scratch = nbformat.v4.new_notebook(cells=[cell])
-        real, limit = client.nb, int(math.ceil((remaining or timeout) + 5))
+        real, limit = client.nb, int(math.ceil(min((remaining or timeout) + 5, max(left(), 1))))
         start = time.monotonic()
         try:
             client.nb, client.timeout = scratch, limit
@@ -333,18 +491,29 @@ def _run(nb, tmp: Path, folder: Path, timeout: float, targets: dict, results: di
         finally:
             client.nb, client.timeout = real, int(math.ceil(timeout))
         if _error_output(cell) in ("KeyboardInterrupt", "CellTimeoutError") or time.monotonic() - start >= limit:
-            from .core import CheckTimeout
-
             raise CheckTimeout()
 
-    session = Session(transport, tmp / "rw" / "exchange")
+    probe_dir = layout.root / "probe"
+    probe_dir.mkdir()
+    worker = ProbeWorker(sb.worker_argv(sandbox=sandbox, limits=limits), sb.minimal_env(), cwd=str(probe_dir))
+    session = Session(transport, Exchange(layout.requests, layout.responses), prober=worker)
+    watched = [layout.responses, layout.sockets] + ([] if sandbox else [layout.work, probe_dir])
+    watchdog = _Watchdog(km, limits, deadline, total, watched, hits, worker)
     stopped = ""
     try:
         with client.setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+            watchdog.start()
             timeouts_in_a_row = 0
             for index, cell in enumerate(nb.cells):
                 if cell.cell_type != "code":
                     continue
+                if left() <= 0:
+                    stopped = f"the grade ran past its {total:g} s limit"
+                    _hit(hits, "time", f"the grade ran past its {total:g} s limit (--timeout)")
+                    _mark_unrun(nb, index)
+                    break
+                cell_limit = min(timeout, max(left(), 1.0))
+                client.timeout = int(math.ceil(cell_limit))
                 start = time.monotonic()
                 try:
                     client.execute_cell(cell, index)
@@ -352,8 +521,10 @@ def _run(nb, tmp: Path, folder: Path, timeout: float, targets: dict, results: di
                     stopped = f"the kernel died in cell {index + 1}"
                     _mark_unrun(nb, index)
                     break
+                finally:
+                    client.timeout = int(math.ceil(timeout))
                 # interrupted (KeyboardInterrupt), or still running when the interrupt did not take
-                if time.monotonic() - start >= timeout and _error_output(cell) in ("KeyboardInterrupt", None):
+                if time.monotonic() - start >= cell_limit and _error_output(cell) in ("KeyboardInterrupt", None):
                     cell["metadata"]["course_timed_out"] = timeout
                     timeouts_in_a_row += 1
                 else:
@@ -364,6 +535,7 @@ def _run(nb, tmp: Path, folder: Path, timeout: float, targets: dict, results: di
                     break
                 if _error_output(cell) is not None or cell["metadata"].get("course_timed_out"):
                     continue
+                session.hard_deadline = deadline
                 gone = _grade_after(cell, by_cell.get(index, []), targets, session, results)
                 if gone:
                     stopped = f"the kernel died while {gone} was checked"
@@ -376,22 +548,39 @@ def _run(nb, tmp: Path, folder: Path, timeout: float, targets: dict, results: di
             raise GradingError(f"could not start a python3 kernel: {err}") from None
         stopped = stopped or f"the kernel failed: {err}"
     finally:
+        watchdog.done.set()
+        worker.close()
         _shutdown(km)
+        session.exchange.close()
+    for hit in hits:  # a limit the watchdog enforced explains why the kernel died
+        if hit["limit"] != "time" or not stopped:
+            stopped = f"{stopped}; {hit['reason']}" if stopped else hit["reason"]
+            break
     return nb, stopped
+
+
+def _hit(hits: list, limit: str, reason: str) -> None:
+    if not any(h["limit"] == limit for h in hits):
+        hits.append({"limit": limit, "reason": reason})
 
 
 def _shutdown(km) -> None:
     """End the kernel and, with it, the sandbox and every process started in it."""
     from jupyter_core.utils import run_sync
 
+    process = getattr(getattr(km, "provisioner", None), "process", None)
     try:
         if run_sync(km.is_alive)():
             run_sync(km.shutdown_kernel)(now=True)
     except Exception:  # already gone
         pass
-    process = getattr(getattr(km, "provisioner", None), "process", None)
-    if process is not None and process.poll() is None:
-        process.kill()
+    if process is not None:
+        if process.poll() is None:
+            sb.kill_tree(process.pid)
+        try:
+            process.wait(timeout=10)
+        except Exception:
+            pass
 
 
 def _grade_after(cell, exercise_ids, targets, session, results) -> str:

@@ -7,10 +7,22 @@ request to the kernel, which runs the learner's code and answers with data only.
 
 Both directions are files written with ``torch.save`` and read with
 ``torch.load(weights_only=True)``: tensors, numbers, strings, booleans, ``None``, and
-lists, tuples and dicts of them. Anything else the learner's code returns (a model, a
+lists, tuples and dicts of them. The grader writes each request into a folder the sandboxed
+kernel can only read (created with ``O_EXCL | O_NOFOLLOW``, under a name it cannot guess),
+and reads each response from the folder the kernel writes through a descriptor of that folder
+opened once, with ``O_NOFOLLOW | O_NONBLOCK``, only if it is a regular file, and at most
+:data:`MAX_RESPONSE_BYTES` of it: a link, a FIFO or a device planted there is refused, never
+followed, waited on or read to its end. Anything else the learner's code returns (a model, a
 cache, a function) stays in the kernel and comes back as a handle, wrapped here in a
 proxy. Nothing the kernel sends is ever unpickled, so no code of the submission runs in
 the grading process, and a kernel that lies can only hand back wrong data.
+
+What cannot cross as data (gradients, whether a state was detached) is measured by a
+*probe* (:func:`course_lib.grading.compare.probe`), which never runs in the kernel: the
+kernel hands over its function as source text and the names it uses
+(:func:`export_function`), and a fresh sandboxed interpreter (:mod:`course_lib.grading.probe`),
+which imported the probes before any of the learner's code, rebuilds it and runs the probe;
+the grader then checks that the rebuilt function gives the values the kernel's gives.
 
 :func:`serve` is the kernel's side (run by the request cell); :class:`Session` the
 grader's; :class:`LoopbackTransport` serves requests in this process, through the same
@@ -20,10 +32,16 @@ files, so the tests can hold every check to the same rules cheaply.
 from __future__ import annotations
 
 import importlib
+import inspect
 import io
 import itertools
 import os
+import re
+import secrets
+import stat
+import textwrap
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -32,7 +50,9 @@ from .core import CheckTimeout
 
 __all__ = ["Session", "RemoteObject", "RemoteCallable", "RemoteError", "KernelGone", "serve", "LoopbackTransport"]
 
-MAX_RESPONSE_BYTES = 256 * 2**20
+MAX_RESPONSE_BYTES = 64 * 2**20
+MAX_NAME = 60  # characters of a learner's exception name that reach a report
+MAX_MESSAGE = 300
 HANDLE = "__course_remote__"
 _PRIMITIVES = (bool, int, float, complex, str, bytes, type(None))
 
@@ -41,8 +61,15 @@ class RemoteError(Exception):
     """The learner's code raised in the kernel; ``remote_type`` is the name of its exception."""
 
     def __init__(self, remote_type: str, message: str):
+        remote_type, message = safe_name(remote_type), str(message)[:MAX_MESSAGE]
         super().__init__(message)
         self.remote_type = remote_type
+
+
+def safe_name(name) -> str:
+    """A name the kernel sent, as a report may show it: identifier characters only, truncated."""
+    cleaned = re.sub(r"[^\w.]", "", str(name))[:MAX_NAME]
+    return cleaned or "Error"
 
 
 _ERROR_CLASSES: dict[str, type] = {}
@@ -53,6 +80,7 @@ def remote_error(remote_type: str, message: str) -> RemoteError:
     (``except ValueError`` in a check catches a ValueError the learner's code raised)."""
     import builtins
 
+    remote_type = safe_name(remote_type)
     base = getattr(builtins, remote_type, None)
     if not (isinstance(base, type) and issubclass(base, Exception)) or issubclass(base, RemoteError):
         return RemoteError(remote_type, message)
@@ -81,11 +109,110 @@ def _dump(obj, path: Path) -> None:
 
 
 def _load(path: Path):
-    path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_RESPONSE_BYTES:
-        raise RemoteError("ResponseTooLarge", f"the answer sent back {size} bytes (at most {MAX_RESPONSE_BYTES})")
-    return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    """The kernel's side: read the grader's request (a file the kernel cannot write)."""
+    return _loads(Path(path).read_bytes())
+
+
+def _loads(data: bytes):
+    value = torch.load(io.BytesIO(data), weights_only=True)
+    _refuse_odd_tensors(value)
+    return value
+
+
+def _refuse_odd_tensors(x, depth: int = 0) -> None:
+    """Only plain strided tensors cross (a sparse tensor with indices out of range loads, then breaks)."""
+    if depth > 50:
+        raise RemoteError("BadAnswer", "the answer is nested too deeply")
+    if isinstance(x, torch.Tensor):
+        if x.layout != torch.strided or x.is_quantized or x.is_meta:
+            raise RemoteError("BadAnswer", f"the answer holds a {x.layout} tensor; return plain (strided) tensors")
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            _refuse_odd_tensors(v, depth + 1)
+    elif isinstance(x, dict):
+        for v in x.values():
+            _refuse_odd_tensors(v, depth + 1)
+
+
+def read_bounded(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd``; raises when there are more."""
+    chunks, total = [], 0
+    while True:
+        chunk = os.read(fd, min(2**20, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise RemoteError("ResponseTooLarge", f"the answer sent back more than {limit} bytes")
+
+
+class Exchange:
+    """The grader's two folders: ``requests`` (it writes; the sandbox binds it read-only) and
+    ``responses`` (the kernel writes), each used through a descriptor opened once, so that
+    replacing a folder by a link later changes nothing."""
+
+    def __init__(self, requests: Path, responses: Path):
+        self.requests, self.responses = Path(requests), Path(responses)
+        for folder in (self.requests, self.responses):
+            folder.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        self._req_fd = os.open(self.requests, flags)
+        self._resp_fd = os.open(self.responses, flags)
+        self._token = secrets.token_hex(8)
+
+    def names(self, n: int) -> tuple[str, str]:
+        return f"request-{n}-{self._token}.pt", f"response-{n}-{self._token}.pt"
+
+    def write_request(self, name: str, data: bytes) -> Path:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(name, flags, 0o644, dir_fd=self._req_fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        return self.requests / name
+
+    def read_response(self, name: str) -> bytes | None:
+        """The response's bytes, None when there is none; refuses anything but a regular file."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(name, flags, dir_fd=self._resp_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as err:  # ELOOP: a symbolic link
+            raise RemoteError("BadAnswer", f"the kernel's answer is not a plain file ({err.strerror})") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise RemoteError("BadAnswer", "the kernel's answer is not a plain file (a FIFO, device or folder)")
+            if info.st_size > MAX_RESPONSE_BYTES:
+                raise RemoteError("ResponseTooLarge",
+                                  f"the answer sent back {info.st_size} bytes (at most {MAX_RESPONSE_BYTES})")
+            return read_bounded(fd, MAX_RESPONSE_BYTES)
+        finally:
+            os.close(fd)
+
+    def remove(self, request: str, response: str) -> None:
+        for name, fd in ((request, self._req_fd), (response, self._resp_fd)):
+            try:
+                os.unlink(name, dir_fd=fd)  # unlink never follows a link
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        for fd in (self._req_fd, self._resp_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._req_fd = self._resp_fd = -1
+
+    def __del__(self):
+        if getattr(self, "_req_fd", -1) >= 0:
+            self.close()
 
 
 def _is_data(x) -> bool:
@@ -167,6 +294,8 @@ def serve(request_path, response_path, namespace: dict) -> None:
             args = _decode_request(request["args"])
             kwargs = _decode_request(request["kwargs"])
             value, modified = _call_tracking_inputs(_HANDLES[request["target"]], args, kwargs, request["timeout"])
+        elif op == "export":
+            value = export_function(_HANDLES[request["target"]])
         elif op == "make":
             factory = importlib.import_module(request["module"])
             for part in request["name"].split("."):
@@ -181,9 +310,59 @@ def serve(request_path, response_path, namespace: dict) -> None:
         if isinstance(err, KeyboardInterrupt):
             response = {"error": {"type": "CheckTimeout", "message": "interrupted", "timeout": True}}
         else:
-            response = {"error": {"type": type(err).__name__, "message": " ".join(str(err).split())[:500],
+            response = {"error": {"type": safe_name(type(err).__name__),
+                                  "message": " ".join(str(err).split())[:MAX_MESSAGE],
                                   "not_implemented": isinstance(err, NotImplementedError)}}
     _dump(response, response_path)
+
+
+def _names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+MAX_SOURCE = 200_000
+
+
+def export_function(fn, depth: int = 0) -> dict:
+    """``fn`` as data for a probe: its source and, for each global name it uses, the module, the
+    importable object, the data, or the learner's own function (exported the same way) it names."""
+    if not isinstance(fn, types.FunctionType):
+        raise TypeError(f"this check re-runs the answer alone: it must be a function defined with def, "
+                        f"got {type(fn).__name__}")
+    if fn.__name__ == "<lambda>":
+        raise TypeError("this check re-runs the answer alone: define it with def, not lambda")
+    if fn.__closure__:
+        raise TypeError("this check re-runs the answer alone: define it at the top level of a cell "
+                        "(it uses variables of an enclosing function)")
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        raise TypeError("this check re-runs the answer alone and cannot find its source: define it with def "
+                        "in a cell of the notebook") from None
+    if len(source) > MAX_SOURCE:
+        raise TypeError(f"the answer's source is longer than {MAX_SOURCE} characters")
+    found = {}
+    for name in sorted(_names(fn.__code__)):
+        if name not in fn.__globals__:
+            continue
+        value = fn.__globals__[name]
+        if value is fn:
+            continue
+        if isinstance(value, types.ModuleType):
+            found[name] = {"module": value.__name__}
+        elif isinstance(value, types.FunctionType) and value.__module__ == fn.__module__:
+            if depth < 8:
+                found[name] = {"function": export_function(value, depth + 1)}
+        elif callable(value) and isinstance(getattr(value, "__module__", None), str) \
+                and isinstance(getattr(value, "__qualname__", None), str) and value.__module__ != fn.__module__:
+            found[name] = {"import": [value.__module__, value.__qualname__]}
+        elif _is_data(value):
+            found[name] = {"value": _encode(value)}
+    return {"name": fn.__name__, "source": source, "globals": found}
 
 
 # ---------------------------------------------------------------- the grader's side
@@ -233,13 +412,21 @@ class Session:
 
     ``transport(request_path, response_path, timeout)`` makes the kernel run :func:`serve`
     on the request; it raises :class:`CheckTimeout` when the kernel overstays and
-    :class:`KernelGone` when it cannot answer any more."""
+    :class:`KernelGone` when it cannot answer any more. ``folder`` holds the exchange's
+    ``requests`` and ``responses`` folders (or pass an :class:`Exchange`). ``prober`` runs
+    probes (a :class:`ProbeWorker`); without one a probe runs where the answer lives, as in
+    the learner's own notebook."""
 
-    def __init__(self, transport, folder: Path):
+    def __init__(self, transport, folder, prober=None):
         self.transport = transport
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.deadline: float | None = None
+        if isinstance(folder, Exchange):
+            self.exchange = folder
+        else:
+            folder = Path(folder)
+            self.exchange = Exchange(folder / "requests", folder / "responses")
+        self.prober = prober
+        self.deadline: float | None = None  # the current check's (set by core)
+        self.hard_deadline: float | None = None  # the whole grade's
         self._n = itertools.count(1)
 
     # what checks use (through the proxies)
@@ -256,14 +443,36 @@ class Session:
         module, name = getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)
         if not module or not name or "<" in name:
             raise TypeError(f"compare.make needs an importable class or function, got {factory!r}")
+        if getattr(factory, "__course_probe__", False) and self.prober is not None:
+            return self.probe(factory, args, kwargs)
         return self.request({"op": "make", "module": module, "name": name, "args": self._encode(list(args)),
                              "kwargs": self._encode(dict(kwargs))})
 
+    def probe(self, factory, args, kwargs):
+        """``factory(fn, fn_args, *rest)`` in the probe interpreter, on the learner's function rebuilt
+        there; then the rebuilt function and the kernel's must agree on ``fn(*fn_args)``."""
+        args = list(args)
+        if len(args) < 2 or not isinstance(args[0], RemoteCallable) or not isinstance(args[1], (list, tuple)):
+            raise TypeError("a probe is called as probe(answer, [its arguments], ...)")
+        fn, fn_args = args[0], list(args[1])
+        exported = self.request({"op": "export", "target": fn._handle})
+        request = {"probe": [factory.__module__, factory.__qualname__], "function": exported,
+                   "args": self._encode(args[1:]), "kwargs": self._encode(dict(kwargs)),
+                   "plain_args": self._encode(fn_args), "timeout": self._remaining() or 60.0}
+        response = self.prober.run(request, (self._remaining() or 60.0) + 5.0)
+        mine = self.call(fn._handle, fn_args, {})
+        if not _same(response.get("plain"), mine):
+            raise RemoteError("InconsistentAnswer", "re-run alone, outside the notebook, the answer gave other "
+                              "values than in the notebook: it must depend only on its arguments")
+        return self._decode(response.get("value"))
+
     # plumbing
     def _remaining(self) -> float:
-        if self.deadline is None:
+        """Seconds left for the current check (0: no limit); the grade's own deadline caps it."""
+        ends = [d for d in (self.deadline, self.hard_deadline) if d is not None]
+        if not ends:
             return 0.0
-        left = self.deadline - time.monotonic()
+        left = min(ends) - time.monotonic()
         if left <= 0:
             raise CheckTimeout()
         return left
@@ -285,7 +494,7 @@ class Session:
     def _decode(self, x):
         if isinstance(x, dict) and HANDLE in x:
             cls = RemoteCallable if x.get("callable") else RemoteObject
-            return cls(self, int(x[HANDLE]), str(x.get("type", "object")))
+            return cls(self, int(x[HANDLE]), safe_name(x.get("type", "object")))
         if isinstance(x, (list, tuple)):
             return type(x)(self._decode(v) for v in x)
         if isinstance(x, dict):
@@ -294,25 +503,27 @@ class Session:
 
     def request(self, request: dict, modified=None):
         n = next(self._n)
-        req, resp = self.folder / f"request-{n}.pt", self.folder / f"response-{n}.pt"
+        req_name, resp_name = self.exchange.names(n)
         timeout = self._remaining()
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)  # the kernel may have deleted it
-            _dump(request, req)
-            self.transport(req, resp, timeout)
-            if not resp.exists():
+            buffer = io.BytesIO()
+            torch.save(request, buffer)
+            req = self.exchange.write_request(req_name, buffer.getvalue())
+            self.transport(req, self.exchange.responses / resp_name, timeout)
+            data = self.exchange.read_response(resp_name)
+            if data is None:
                 raise RemoteError("NoAnswer", "the learner's kernel did not answer the grader's request")
-            response = _load(resp)
+            response = _loads(data)
         except (CheckTimeout, KernelGone, RemoteError):
             raise
         except Exception as err:  # a file that is not what serve writes
-            raise RemoteError("BadAnswer", f"the learner's kernel sent back something unreadable ({err})") from None
+            detail = " ".join(str(err).split())[:120]
+            raise RemoteError("BadAnswer", f"the learner's kernel sent back something unreadable ({detail})") from None
         finally:
-            for p in (req, resp):
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
+            self.exchange.remove(req_name, resp_name)
+        return self._response(response, modified)
+
+    def _response(self, response, modified=None):
         if not isinstance(response, dict):
             raise RemoteError("BadAnswer", "the learner's kernel sent back something unreadable")
         if "error" in response:
@@ -320,7 +531,7 @@ class Session:
             if error.get("timeout"):
                 raise CheckTimeout()
             if error.get("not_implemented"):
-                raise NotImplementedError(str(error.get("message", "")))
+                raise NotImplementedError(str(error.get("message", ""))[:MAX_MESSAGE])
             raise remote_error(str(error.get("type", "Error")), str(error.get("message", "")))
         if modified is not None:
             self._copy_back(response.get("modified") or {}, *modified)
@@ -330,13 +541,129 @@ class Session:
     def _copy_back(changes: dict, args: list, kwargs: dict) -> None:
         """In-place changes the learner's code made to tensor arguments, made to the grader's
         tensors too, so that ``compare.call_keeping_inputs`` sees them as it would locally."""
+        if not isinstance(changes, dict):
+            return
         for key, value in changes.items():
-            target = args[key] if isinstance(key, int) and key < len(args) else kwargs.get(key)
+            target = args[key] if isinstance(key, int) and 0 <= key < len(args) else kwargs.get(key)
             if isinstance(target, torch.Tensor) and isinstance(value, torch.Tensor):
                 if value.shape == target.shape and value.dtype == target.dtype:
                     target.copy_(value)
                 else:
                     target.fill_(float("nan")) if target.is_floating_point() else target.zero_()
+
+
+def _same(a, b) -> bool:
+    """Data from the probe interpreter and from the kernel agree (tensors to float64 round-off)."""
+    if isinstance(b, RemoteObject):  # something that stayed in the kernel: the probe's is a placeholder
+        return isinstance(a, dict) and HANDLE in a
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape \
+                or a.dtype != b.dtype:
+            return False
+        if a.dtype == torch.bool or not (a.is_floating_point() or a.is_complex()):
+            return bool(torch.equal(a, b))
+        return bool(torch.allclose(a.double(), b.double(), rtol=1e-6, atol=1e-9, equal_nan=True))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+class ProbeWorker:
+    """The fresh interpreter probes run in (``python -m course_lib.grading.probe`` in the sandbox):
+    started on first use, it imports every probe before it reads a request; each request and
+    response is a length-prefixed ``torch.save``, the response read with a time and size limit."""
+
+    STARTUP_S = 180.0
+
+    def __init__(self, argv: list[str], env: dict, cwd: str | None = None):
+        self.argv, self.env, self.cwd = list(argv), dict(env), cwd
+        self.process = None
+
+    def _start(self) -> None:
+        import subprocess
+
+        self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
+                                        start_new_session=True)
+        ready = self._read(self.STARTUP_S)
+        if ready != {"ready": True}:
+            self.close()
+            raise RemoteError("ProbeFailed", "the grader's probe interpreter did not start")
+
+    def run(self, request: dict, timeout: float) -> dict:
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        buffer = io.BytesIO()
+        torch.save(request, buffer)
+        data = buffer.getvalue()
+        try:
+            self.process.stdin.write(len(data).to_bytes(8, "little") + data)
+            self.process.stdin.flush()
+        except OSError:
+            self.close()
+            raise RemoteError("ProbeFailed", "the probe interpreter ended while running the answer") from None
+        response = self._read(timeout)
+        if not isinstance(response, dict):
+            self.close()
+            raise RemoteError("BadAnswer", "the probe interpreter sent back something unreadable")
+        if "error" in response:
+            error = response["error"] if isinstance(response["error"], dict) else {}
+            if error.get("timeout"):
+                raise CheckTimeout()
+            raise remote_error(str(error.get("type", "Error")), str(error.get("message", "")))
+        return response
+
+    def _read(self, timeout: float):
+        import select
+
+        fd = self.process.stdout.fileno()
+        end = time.monotonic() + max(timeout, 0.1)
+
+        def exactly(n: int) -> bytes:
+            chunks, got = [], 0
+            while got < n:
+                left = end - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    self.close()
+                    raise CheckTimeout()
+                chunk = os.read(fd, min(n - got, 2**20))
+                if not chunk:
+                    self.close()
+                    raise RemoteError("ProbeFailed", "the probe interpreter ended while running the answer")
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks)
+
+        size = int.from_bytes(exactly(8), "little")
+        if size > MAX_RESPONSE_BYTES:
+            self.close()
+            raise RemoteError("ResponseTooLarge", f"the probe sent back {size} bytes (at most {MAX_RESPONSE_BYTES})")
+        try:
+            return _loads(exactly(size))
+        except (CheckTimeout, RemoteError):
+            raise
+        except Exception:
+            self.close()
+            raise RemoteError("BadAnswer", "the probe interpreter sent back something unreadable") from None
+
+    def close(self) -> None:
+        if self.process is not None:
+            from .sandbox import kill_tree
+
+            if self.process.poll() is None:
+                kill_tree(self.process.pid)
+            try:
+                self.process.wait(timeout=10)
+            except Exception:
+                pass
+            for stream in (self.process.stdin, self.process.stdout):
+                try:
+                    stream.close()
+                except Exception:
+                    pass
+            self.process = None
 
 
 class LoopbackTransport:
@@ -349,9 +676,10 @@ class LoopbackTransport:
         serve(request_path, response_path, self.namespace)
 
 
-def loopback_answer(answer, folder: Path):
-    """``answer`` as a check would see it under the grade command, served in this process."""
-    session = Session(LoopbackTransport({"answer": answer}), folder)
+def loopback_answer(answer, folder: Path, prober=None):
+    """``answer`` as a check would see it under the grade command, served in this process
+    (probes too, unless a ``prober`` is given)."""
+    session = Session(LoopbackTransport({"answer": answer}), folder, prober=prober)
     return session, session.answer("answer")
 
 
