@@ -11,9 +11,12 @@ import re
 import signal
 import threading
 import time
+import warnings
+from pathlib import Path
 
+import nbformat
 import pytest
-from grading import load
+from grading import RIGHT, load
 
 from course_lib import attention_reference
 from course_lib.grading import EXERCISES, check, get_exercise, run_exercise
@@ -87,6 +90,91 @@ def test_course_lib_reference_scores_full_marks(exercise_id, capsys):
 def test_course_lib_reference_scores_full_marks_through_the_grader_proxy(exercise_id, tmp_path):
     result = run_exercise(EXERCISES[exercise_id], _through_proxy(REFERENCES[exercise_id], tmp_path))
     assert result.passed and result.score == result.max_score, result.feedback
+
+
+@pytest.mark.parametrize("r", RIGHT, ids=[f"{r.exercise_id}-{r.name}" for r in RIGHT])
+def test_a_right_answer_in_another_style_scores_full_marks(r, tmp_path):
+    """The styles learners write right answers in (tests/grading/mutants_NN.py, ``@right``), in the
+    notebook and under the grade command."""
+    result = check(r.exercise_id, r.answer, quiet=True)
+    assert result.passed and result.score == result.max_score, result.feedback
+    graded = run_exercise(get_exercise(r.exercise_id), _through_proxy(r.answer, tmp_path))
+    assert graded.passed and graded.score == graded.max_score, graded.feedback
+
+
+# ---------------------------------------------------------------- check and grade agree
+
+
+def _solution_answers():
+    """(exercise id, the solution notebook's answer) for every check call of every solution notebook,
+    its code cells run in this process with ``check`` recording instead of checking."""
+    from course_lib import grading
+
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "solutions").glob("*_solutions.ipynb")):
+        namespace: dict = {"__name__": "__solution__"}
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code":
+                exec(compile(cell.source, path.name, "exec"), namespace)
+                if namespace.get("check") is grading.check:
+                    namespace["check"] = lambda exercise_id, answer, **kw: found.append((exercise_id, answer))
+    return found
+
+
+_AGREE = [(m.exercise_id, f"mutant-{m.name}", m.answer) for m in MUTANTS] + \
+         [(r.exercise_id, f"right-{r.name}", r.answer) for r in RIGHT]
+
+
+def _agree(exercise_id, answer, tmp_path):
+    in_notebook = check(exercise_id, answer, timeout=5, quiet=True)
+    graded = run_exercise(get_exercise(exercise_id), _through_proxy(answer, tmp_path), timeout=5)
+    assert (in_notebook.score, in_notebook.feedback) == (graded.score, graded.feedback)
+
+
+@pytest.mark.parametrize("exercise_id,name,answer", _AGREE, ids=[f"{e}-{n}" for e, n, _ in _AGREE])
+def test_check_and_grade_give_the_same_score_and_feedback(exercise_id, name, answer, tmp_path):
+    _agree(exercise_id, answer, tmp_path)
+
+
+def test_check_and_grade_agree_on_every_solution(tmp_path, capsys):
+    answers = _solution_answers()
+    assert {e for e, _ in answers} == set(EXERCISES)
+    for exercise_id, answer in answers:
+        _agree(exercise_id, answer, tmp_path)
+
+
+_IS_MEAN = """
+def compress(x, c, how):
+    b, h, n, d = x.shape
+    if n % c:
+        raise ValueError("n must be a multiple of c")
+    g = x.reshape(b, h, n // c, c, d)
+    if how is "mean":
+        return g.mean(3)
+    return g.amax(3)
+"""
+
+
+def test_a_string_compared_with_is_fails_in_the_notebook_as_under_grade():
+    """A.2.4: ``how is "mean"`` holds in the notebook (both literals interned) but not for a string that
+    crossed from the grader (a new object): check calls the answer as the grader does."""
+    namespace: dict = {}
+    with warnings.catch_warnings():  # Python warns about `is` with a literal: the learner's mistake
+        warnings.simplefilter("ignore", SyntaxWarning)
+        exec(compile(_IS_MEAN, "<learner>", "exec"), namespace)
+    compress = namespace["compress"]
+    result = check("06.compress", compress, quiet=True)
+    assert result.score < result.max_score and get_exercise("06.compress").hint("ignores_how") in result.feedback
+
+
+def test_an_exception_keeps_the_learners_name_not_the_proxys(tmp_path):
+    def compress(x, c, how):
+        assert x.shape[2] % c == 0
+        return x.unflatten(2, (-1, c)).mean(3) if how == "mean" else x.unflatten(2, (-1, c)).amax(3)
+
+    for result in (check("06.compress", compress, quiet=True),
+                   run_exercise(get_exercise("06.compress"), _through_proxy(compress, tmp_path))):
+        assert "got AssertionError" in result.feedback and "Remote" not in result.feedback
 
 
 # ---------------------------------------------------------------- stubs and partial answers
@@ -267,3 +355,11 @@ def test_a_question_answer_must_be_a_letter_or_a_number(capsys):
     assert "Answer with one letter: 'A', 'B', 'C', 'D'. (got 2)" in capsys.readouterr().out
     assert check("02.budget_context", "1 GiB").score == 0
     assert "Answer with a number (in tokens). (got str)" in capsys.readouterr().out
+
+
+def test_a_hint_with_its_details_is_given_once(capsys):
+    """A.3: 04.moving_average summed over D got the shape hint 7 times, each with another detail."""
+    result = check("04.moving_average", next(m.answer for m in MUTANTS if m.name == "sums_over_d"))
+    out = capsys.readouterr().out
+    hint = get_exercise("04.moving_average").hint("shape")
+    assert out.count(hint) == 1 and result.feedback.count(hint) == 1

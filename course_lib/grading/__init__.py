@@ -15,6 +15,10 @@ An answer that still raises ``NotImplementedError`` is reported as "not attempte
 so an untouched exercise notebook runs from top to bottom. Under ``python -m course_lib
 grade`` (``COURSE_GRADE_SESSION`` set) ``check`` prints one line and leaves the checks to
 the grader, which calls your answer from its own process (:mod:`course_lib.grading.cli`).
+Everywhere else ``check`` calls your answer the way the grader does, through
+:mod:`course_lib.grading.remote` (served in this process, through the same files): only data
+crosses, strings arrive as new objects, a numpy array is not a list, an exception keeps its
+own name. So the notebook shows the score the grade command gives.
 Each check runs under a
 timeout (``COURSE_CHECK_TIMEOUT`` seconds, default 10), so an endless loop cannot hang it.
 
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
+from pathlib import Path
 
 from .core import CheckResult, Exercise, run_exercise
 from .lessons import all_exercises, lesson_exercises, lesson_total
@@ -72,7 +78,35 @@ def check(exercise_id: str, answer, *, timeout: float | None = None, quiet: bool
         if not quiet:
             print(f"{exercise_id}: checked by the grade command")
         return CheckResult(exercise_id, 0.0, exercise.points, "not attempted", [], exercise.kind)
-    result = run_exercise(exercise, answer, timeout=timeout)
+    result = run_as_graded(exercise, answer, timeout=timeout)
     if not quiet:
         print(result.render())
     return result
+
+
+def _reading_key(err) -> str:
+    from .core import COMMON_ERROR_HINTS
+
+    return next((key for pattern, key in COMMON_ERROR_HINTS.items() if re.search(pattern, str(err))), "raised")
+
+
+def run_as_graded(exercise: Exercise, answer, *, timeout: float | None = None) -> CheckResult:
+    """:func:`~course_lib.grading.core.run_exercise` on ``answer`` as the grade command's checks see
+    it: behind the proxy of :mod:`course_lib.grading.remote`, served in this process through the
+    same files, so that ``check`` and ``grade`` give the same verdict and the same feedback."""
+    from . import remote
+    from .core import CheckLine, error_name
+
+    before = set(remote._HANDLES)
+    try:
+        with tempfile.TemporaryDirectory(prefix="course_check_") as folder:
+            try:
+                _, proxied = remote.loopback_answer(answer, Path(folder) / "exchange")
+            except remote.RemoteError as err:  # as the grade command: the answer cannot even be read
+                line = CheckLine("reading your answer", "failed", f"raised {error_name(err)}: "
+                                 f"{' '.join(str(err).split())[:160]}. {exercise.hint(_reading_key(err))}")
+                return CheckResult(exercise.id, 0.0, exercise.points, "failed", [line], exercise.kind)
+            return run_exercise(exercise, proxied, timeout=timeout)
+    finally:  # the objects this check handed out stay alive no longer than the check
+        for handle in set(remote._HANDLES) - before:
+            remote._HANDLES.pop(handle, None)

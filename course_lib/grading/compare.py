@@ -13,10 +13,11 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from .core import Mistake
+from .core import Mistake, type_name
 
 __all__ = ["seeded", "randn", "heads_view", "expect_tensor", "close", "expect_close", "expect_number",
-           "call_keeping_inputs", "expect_answer", "expect_mask", "make", "run_beside", "grads"]
+           "call_keeping_inputs", "expect_answer", "expect_mask", "make", "run_beside", "grads", "twice",
+           "number_tolerance"]
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -39,6 +40,27 @@ def tolerance(dtype: torch.dtype) -> dict:
     return {"rtol": 1e-9, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
 
 
+def number_tolerance(dtype: torch.dtype | None = None) -> float:
+    """The relative tolerance for a number computed in ``dtype``: a Python float (``None``) or
+    float64 is compared to 1e-9; a float32 result may carry float32 rounding (about 6e-8 per
+    operation), so 1e-6; float16 and bfloat16 1e-2."""
+    if dtype is None or dtype == torch.float64:
+        return 1e-9
+    return 1e-6 if dtype == torch.float32 else 1e-2
+
+
+def twice(run: Callable) -> Callable:
+    """A check that runs ``run(answer)`` twice on the same inputs: an answer that passes the first
+    time and not the second keeps state between calls (hint ``stateful``)."""
+    def both(answer):
+        run(answer)
+        try:
+            run(answer)
+        except Mistake:
+            raise Mistake("stateful", "the first call passed, the second, on the same inputs, did not") from None
+    return both
+
+
 def close(got: torch.Tensor, want: torch.Tensor) -> bool:
     """Same shape and values (NaN equal to NaN, so a NaN-producing mistake can be recognised)."""
     if not isinstance(got, torch.Tensor) or got.shape != want.shape:
@@ -53,7 +75,7 @@ def close(got: torch.Tensor, want: torch.Tensor) -> bool:
 def expect_tensor(got, shape: tuple, dtype: torch.dtype | None = None, *, shape_text: str = "") -> torch.Tensor:
     """Raise :class:`Mistake` unless ``got`` is a tensor of ``shape`` (and ``dtype``)."""
     if not isinstance(got, torch.Tensor):
-        raise Mistake("not_tensor", f"got {type(got).__name__}")
+        raise Mistake("not_tensor", f"got {type_name(got)}")
     if tuple(got.shape) != tuple(shape):
         want = f"expected {shape_text} = {tuple(shape)}" if shape_text else f"expected {tuple(shape)}"
         raise Mistake("shape", f"got {tuple(got.shape)}, {want}")
@@ -149,20 +171,38 @@ def expect_mask(got, want: torch.Tensor, models: Mapping[str, Callable[[], torch
 
 
 def expect_number(got, want: float, models: Mapping[str, float] = (), *, integer: bool = False,
-                  fallback: str = "wrong_number") -> None:
-    """Numeric answers: pass when equal to ``want`` (relative 1e-9), else name the mistake.
+                  fallback: str = "wrong_number", rel_tol: float = 1e-9) -> None:
+    """Numeric answers: pass when equal to ``want`` (relative ``rel_tol``, 1e-9 unless the answer may
+    be computed in float32: see :func:`number_tolerance`), else name the mistake: the first of the
+    ``models`` it matches, then ``rounded`` for the right value rounded or cut to a few digits
+    (126 for 126.03, 0.667 for 2/3), then ``fallback``.
 
     With ``integer=True`` the answer must also be an int (hint ``not_int``)."""
     if isinstance(got, bool) or not isinstance(got, numbers.Real):
-        raise Mistake("not_number", f"got {type(got).__name__}")
+        raise Mistake("not_number", f"got {type_name(got)}")
     value = float(got)
-    if math.isclose(value, want, rel_tol=1e-9, abs_tol=0.0) or (want == 0 and value == 0):
+    if math.isclose(value, want, rel_tol=rel_tol, abs_tol=0.0) or (want == 0 and value == 0):
         if integer and not isinstance(got, numbers.Integral):
-            raise Mistake("not_int", f"got {type(got).__name__}")
+            raise Mistake("not_int", f"got {type_name(got)}")
         return
     for key, candidate in dict(models).items():
-        if math.isclose(value, candidate, rel_tol=1e-9, abs_tol=1e-12):
+        if math.isclose(value, candidate, rel_tol=rel_tol, abs_tol=1e-12):
             raise Mistake(key.split("#")[0])
     if integer and not isinstance(got, numbers.Integral):
-        raise Mistake("not_int", f"got {type(got).__name__}")
+        raise Mistake("not_int", f"got {type_name(got)}")
+    if not integer and _rounded(value, want):
+        raise Mistake("rounded", f"got {value:.10g}")
     raise Mistake(fallback)
+
+
+def _rounded(value: float, want: float) -> bool:
+    """``value`` is ``want`` rounded (or cut) to 2..8 significant digits, and differs from it."""
+    if not math.isfinite(value) or not math.isfinite(want) or want == 0:
+        return False
+    for digits in range(2, 9):
+        exponent = math.floor(math.log10(abs(want))) - digits + 1
+        step = 10.0 ** exponent
+        for short in (round(want / step) * step, math.trunc(want / step) * step):
+            if short != want and math.isclose(value, short, rel_tol=1e-12, abs_tol=0.0):
+                return True
+    return False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 import signal
 import threading
 import time
@@ -21,11 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Mistake", "Check", "Exercise", "code_exercise", "CheckResult", "CheckLine", "run_exercise", "format_score",
-           "TIMEOUT_ENV"]
+           "TIMEOUT_ENV", "echo", "type_name", "error_name", "REQUIRED_SHARE"]
 
 TIMEOUT_ENV = "COURSE_CHECK_TIMEOUT"  # seconds per check (default DEFAULT_TIMEOUT)
 DEFAULT_TIMEOUT = 10.0
 PASS, FAIL = "\u2713", "\u2717"  # check mark, ballot x
+ECHO_CHARS = 40  # the most characters of a learner's value, or of a name it chose, that feedback repeats
+DETAIL_CHARS = 200  # the most characters of a Mistake's detail in feedback
+REQUIRED_SHARE = 0.2  # while a required check fails, the exercise keeps at most this share of its points
 
 # hints shared by every exercise; an exercise's own hints take precedence
 COMMON_HINTS = {
@@ -42,8 +46,50 @@ COMMON_HINTS = {
     "modified_input": "Your code changed an input tensor in place (such as q /= ... or x.mul_(...)): "
                       "compute new tensors and leave the inputs as they were.",
     "raised": "Read the error: it names the operation that failed on this input.",
+    "stateful": "Called twice on the same inputs, your code gave another result the second time: it keeps "
+                "state between calls (a global, a default argument, an attribute). Compute everything from "
+                "the arguments of each call.",
+    "rounded": "Do not round: give the exact value (leave the division as it is, such as 2 / 3 or "
+               "8192 / 65, or write every digit).",
+    "numpy": "Return Python values (an int, a float, a list) or torch tensors, not numpy arrays: convert "
+             "with .tolist() for a list, or torch.from_numpy(...) for a tensor.",
 }
-COMMON_ERROR_HINTS = {r"view size is not compatible": "non_contiguous"}
+COMMON_ERROR_HINTS = {r"view size is not compatible": "non_contiguous",
+                      r"can only convert an array of size 1 to a Python scalar": "numpy"}
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_ECHO = reprlib.Repr()
+_ECHO.maxstring, _ECHO.maxother, _ECHO.maxlist, _ECHO.maxtuple, _ECHO.maxdict = ECHO_CHARS, ECHO_CHARS, 6, 6, 4
+_ECHO.maxlevel = 2
+
+
+def echo(value) -> str:
+    """A learner's value as feedback may repeat it: its repr, at most :data:`ECHO_CHARS` characters
+    (a string of 50 MiB is cut before it is copied; containers show their first elements)."""
+    try:
+        text = _ECHO.repr(value)
+    except Exception:  # a repr that raises: its type is enough
+        text = f"<{type_name(value)}>"
+    return _shortened(" ".join(text.split()), ECHO_CHARS)
+
+
+def type_name(value) -> str:
+    """The name of ``value``'s type, as the learner's code made it, at most :data:`ECHO_CHARS` characters
+    (for an object that stayed in the learner's kernel, its type there, not the grader's proxy)."""
+    from .remote import RemoteObject  # remote imports this module
+
+    name = value._course_type_name if isinstance(value, RemoteObject) else type(value).__name__
+    return _shortened(str(name), ECHO_CHARS)
+
+
+def error_name(err: BaseException) -> str:
+    """The name of the exception the learner's code raised (``AssertionError``, never the grader's
+    ``RemoteAssertionError``), at most :data:`ECHO_CHARS` characters."""
+    return _shortened(str(getattr(err, "remote_type", type(err).__name__)), ECHO_CHARS)
 
 
 class Mistake(Exception):
@@ -66,11 +112,15 @@ class Check:
 
     ``timeout`` (seconds) is for a check that needs longer than the default (a training
     run); without it the check gets ``check(..., timeout=)``, ``COURSE_CHECK_TIMEOUT`` or 10 s.
+    ``required`` marks what the exercise asks for (a capstone design's budget, its recall):
+    while a required check fails, the exercise keeps at most :data:`REQUIRED_SHARE` of its points,
+    whatever else passes.
     """
 
     name: str
     run: Callable
     timeout: float | None = None
+    required: bool = False
 
 
 @dataclass
@@ -117,6 +167,8 @@ class CheckLine:
     name: str
     status: str  # "passed", "failed", "timed out", "skipped", "not implemented"
     hint: str = ""
+    key: str = ""  # the hint without its detail: a mistake already named above is not repeated
+    required: bool = False
 
     @property
     def passed(self) -> bool:
@@ -138,6 +190,7 @@ class CheckResult:
     status: str  # "passed", "failed", "not attempted"
     lines: list[CheckLine] = field(default_factory=list)
     kind: str = "code"
+    capped_by: str = ""  # the first required check that failed (the score is capped), else ""
 
     @property
     def passed(self) -> bool:
@@ -150,6 +203,8 @@ class CheckResult:
     @property
     def summary(self) -> str:
         score = f"score {format_score(self.score)}/{format_score(self.max_score)}"
+        if self.capped_by:
+            score += f" (at most {REQUIRED_SHARE:.0%} of the points while a required check fails: {self.capped_by})"
         if self.status == "not attempted":
             return f"not attempted yet; {score}"
         if self.kind == "question":
@@ -163,8 +218,9 @@ class CheckResult:
         seen = set()
         for line in self.lines:
             if line.status == "failed":
-                yield line, line.hint not in seen
-                seen.add(line.hint)
+                key = line.key or line.hint
+                yield line, key not in seen
+                seen.add(key)
 
     @property
     def feedback(self) -> str:
@@ -216,8 +272,11 @@ def run_exercise(exercise: Exercise, answer, *, timeout: float | None = None) ->
         return CheckResult(exercise.id, 0.0, exercise.points, "not attempted", lines, exercise.kind)
     passed = sum(line.passed for line in lines)
     score = round(exercise.points * passed / len(lines), 2)
+    capped_by = next((line.name for line in lines if line.required and not line.passed), "")
+    if capped_by:
+        score = min(score, round(exercise.points * REQUIRED_SHARE, 2))
     status = "passed" if passed == len(lines) else "failed"
-    return CheckResult(exercise.id, score, exercise.points, status, lines, exercise.kind)
+    return CheckResult(exercise.id, score, exercise.points, status, lines, exercise.kind, capped_by)
 
 
 def default_timeout() -> float:
@@ -229,6 +288,12 @@ def default_timeout() -> float:
 
 
 def _run_check(exercise: Exercise, check: Check, answer, timeout: float) -> CheckLine:
+    line = _run_check_line(exercise, check, answer, timeout)
+    line.required = check.required
+    return line
+
+
+def _run_check_line(exercise: Exercise, check: Check, answer, timeout: float) -> CheckLine:
     session = getattr(answer, "_session", None) if type(answer).__name__.startswith("Remote") else None
     try:
         if session is not None:  # the answer runs in the learner's kernel, which enforces the time limit
@@ -241,7 +306,8 @@ def _run_check(exercise: Exercise, check: Check, answer, timeout: float) -> Chec
             call_with_timeout(lambda: check.run(answer), timeout)
     except Mistake as m:
         hint = exercise.hint(m.key)
-        return CheckLine(check.name, "failed", f"{hint} ({m.detail})" if m.detail else hint)
+        detail = _shortened(" ".join(str(m.detail).split()), DETAIL_CHARS) if m.detail else ""
+        return CheckLine(check.name, "failed", f"{hint} ({detail})" if detail else hint, key=hint)
     except NotImplementedError:
         return CheckLine(check.name, "not implemented", "not implemented yet (raises NotImplementedError)")
     except CheckTimeout:
@@ -250,7 +316,7 @@ def _run_check(exercise: Exercise, check: Check, answer, timeout: float) -> Chec
         if type(err).__name__ == "KernelGone":
             raise
         message = _one_line(err).rstrip(".")
-        name = getattr(err, "remote_type", type(err).__name__)
+        name = error_name(err)
         return CheckLine(check.name, "failed", f"raised {name}: {message}. {exercise.hint(_error_key(exercise, err))}")
     return CheckLine(check.name, "passed")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .compare import expect_number
-from .core import Check, Exercise, Mistake
+from .core import Check, Exercise, Mistake, echo
 
 __all__ = ["choice_exercise", "number_exercise", "answer_value"]
 
@@ -35,7 +35,7 @@ def choice_exercise(id: str, title: str, options: Mapping[str, str], correct: st
         value = answer_value(answer)
         letter = value.strip().upper() if isinstance(value, str) else None
         if letter not in options:
-            raise Mistake("invalid_choice", f"got {value!r}")
+            raise Mistake("invalid_choice", f"got {echo(value)}")
         if letter != correct:
             raise Mistake(f"chose_{letter}")
 

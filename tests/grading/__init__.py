@@ -15,6 +15,14 @@ edit). Each such module registers:
 
 * ``REFERENCES``: ``{exercise id: a correct answer}``, written another way than the solution
   notebook where that is natural (course_lib's own function, a lower-case letter, ...).
+* more right answers, in the styles learners write them (a Python loop, ``hits / n``, a FIFO
+  of lists), each of which must score full marks::
+
+      @right("08.answer_accuracy")
+      def python_division(logits, targets, ignore_index=-100):
+          ...
+
+      right_value("07.concat_weight", "a_fraction", 2 / 3)
 
 tests/test_grading.py holds every exercise to: >= 3 mutants, each rejected with its hint,
 the reference scoring full marks, a stub "not attempted yet".
@@ -27,7 +35,7 @@ import pkgutil
 import re
 from dataclasses import dataclass
 
-__all__ = ["Mutant", "MUTANTS", "mutant", "value_mutant", "choice_mutants", "load"]
+__all__ = ["Mutant", "MUTANTS", "mutant", "value_mutant", "choice_mutants", "RIGHT", "right", "right_value", "load"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,22 @@ def mutant(exercise_id: str, *, hint: str, name: str | None = None):
         MUTANTS.append(Mutant(exercise_id, name or answer.__name__, hint, answer))
         return answer
     return register
+
+
+RIGHT: list[Mutant] = []  # right answers in other styles (hint unused: "")
+
+
+def right(exercise_id: str, *, name: str | None = None):
+    """Register the decorated function or class as a right answer to ``exercise_id`` (full marks)."""
+    def register(answer):
+        RIGHT.append(Mutant(exercise_id, name or answer.__name__, "", answer))
+        return answer
+    return register
+
+
+def right_value(exercise_id: str, name: str, value) -> None:
+    """Register a value (or a function of no arguments) as a right answer to a question."""
+    RIGHT.append(Mutant(exercise_id, name, "", value))
 
 
 def value_mutant(exercise_id: str, name: str, hint: str, value) -> None:

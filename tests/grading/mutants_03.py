@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from course_lib.experiments.lesson03 import evictable, strided_mask
 from course_lib.memory import LinearMemory
 
-from . import choice_mutants, mutant, value_mutant
+from . import choice_mutants, mutant, right, right_value, value_mutant
 
 
 def _linear_memory(q, k, v):
@@ -89,6 +89,49 @@ def accumulates_in_float64(q, k, v):
     return out
 
 
+_STATE: dict = {}
+
+
+@mutant("03.linear_attention", hint="stateful")
+def state_kept_between_calls(q, k, v):
+    """A.2.1: a streaming decoder's state that is reset only when the shapes change."""
+    b, h, t, d = q.shape
+    key = (b, h, d, v.shape[-1], q.dtype)
+    if _STATE.get("key") != key:
+        _STATE.clear()
+        _STATE["key"] = key
+        _STATE["mu"] = q.new_zeros(b, h, d, v.shape[-1])
+        _STATE["nu"] = q.new_zeros(b, h, d)
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    outs = []
+    for i in range(t):
+        _STATE["mu"] = _STATE["mu"] + fk[:, :, i, :, None] * v[:, :, i, None, :]
+        _STATE["nu"] = _STATE["nu"] + fk[:, :, i]
+        num = (fq[:, :, i, :, None] * _STATE["mu"]).sum(-2)
+        den = (fq[:, :, i] * _STATE["nu"]).sum(-1, keepdim=True)
+        outs.append(num / den)
+    return torch.stack(outs, 2)
+
+
+@mutant("03.linear_attention", hint="eps")
+def epsilon_in_the_denominator(q, k, v):
+    """A.1.3: the usual eps of fast-transformers."""
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    mu = torch.einsum("bhjd,bhje->bhjde", fk, v).cumsum(2)
+    nu = fk.cumsum(2)
+    return torch.einsum("bhid,bhide->bhie", fq, mu) / ((fq * nu).sum(-1, keepdim=True) + 1e-6)
+
+
+@right("03.linear_attention")
+def cumsum_and_where(q, k, v):
+    """cumsum + einsum, elu + 1 written with torch.where (accepted in the review)."""
+    fq = torch.where(q > 0, q + 1, q.exp())
+    fk = torch.where(k > 0, k + 1, k.exp())
+    mu = torch.einsum("bhjd,bhje->bhjde", fk, v).cumsum(2)
+    nu = fk.cumsum(2)
+    return torch.einsum("bhid,bhide->bhie", fq, mu) / (fq * nu).sum(-1, keepdim=True)
+
+
 # ---------------------------------------------------------------- 03.strided_mask
 
 
@@ -153,9 +196,48 @@ def every_unread_column(mask, t):
     return [j for j in range(mask.shape[1]) if not mask[t:, j].any()]
 
 
+@mutant("03.evictable", hint="all_keys", name="includes_key_t")
+def includes_key_t(mask, t):
+    """A.2.2: range(t + 1) lists key t, which is not cached yet."""
+    read = mask[t:, :].any(0)
+    return [j for j in range(min(t + 1, mask.shape[1])) if not read[j]]
+
+
+@mutant("03.evictable", hint="all_instead_of_any")
+def not_read_by_all(mask, t):
+    """.all() where not .any() is meant: keys that not every future query reads."""
+    return [j for j in range(t) if not mask[t:, j].all()]
+
+
+@mutant("03.evictable", hint="past_queries", name="rows_from_t_minus_1")
+def rows_from_t_minus_1(mask, t):
+    return [j for j in range(t) if not mask[max(t - 1, 0):, j].any()]
+
+
+@mutant("03.evictable", hint="numpy")
+def numpy_positions(mask, t):
+    import numpy as np
+    return np.flatnonzero(~mask[t:, :t].any(0).numpy())
+
+
+@right("03.evictable")
+def flatnonzero_as_list(mask, t):
+    import numpy as np
+    return np.flatnonzero(~mask[t:, :t].numpy().any(0)).tolist()
+
+
+@right("03.evictable")
+def set_arithmetic(mask, t):
+    read = {j for i in range(t, mask.shape[0]) for j in range(t) if bool(mask[i, j])}
+    return sorted(set(range(t)) - read)
+
+
 # ---------------------------------------------------------------- questions
 
 value_mutant("03.state_bytes", "forgets_nu", "no_nu", 128.0)
 value_mutant("03.state_bytes", "keys_only", "no_factor_two", lambda: (24 * 16 * 64 * 4096 * 2) / (24 * 16 * 4160 * 2))
 value_mutant("03.state_bytes", "state_over_cache", "inverted", 4160 / (2 * 64 * 4096))
+value_mutant("03.state_bytes", "rounded", "rounded", lambda: round(2 * 4096 / 65))  # A.1.3
+value_mutant("03.state_bytes", "two_decimals", "rounded", 126.03)
+right_value("03.state_bytes", "as_a_fraction", lambda: 2 * 4096 / 65)
 choice_mutants("03.sparse_cache", next_query_only="A", recompute="C", sqrt="D")

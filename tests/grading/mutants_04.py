@@ -6,7 +6,7 @@ import torch
 
 from course_lib import MovingAverageMemory
 
-from . import choice_mutants, mutant, value_mutant
+from . import choice_mutants, mutant, right, right_value, value_mutant
 
 
 def _window_pair_by_pair(K_mem, V_mem, k, v, n_c):
@@ -73,6 +73,34 @@ def writes_into_the_memory(K_mem, V_mem, k, v, n_c):
     return K, V
 
 
+@right("04.window_update")
+def fifo_of_lists(K_mem, V_mem, k, v, n_c):
+    """A.1.1: a FIFO of Python lists, one token at a time (correct under the task's m <= n_c)."""
+    ks, vs = list(K_mem.unbind(2)), list(V_mem.unbind(2))
+    for t in range(k.shape[2]):
+        ks.append(k[:, :, t])
+        vs.append(v[:, :, t])
+        if len(ks) > n_c:
+            ks.pop(0)
+            vs.pop(0)
+    return torch.stack(ks, 2), torch.stack(vs, 2)
+
+
+_WINDOW: dict = {}
+
+
+@mutant("04.window_update", hint="stateful")
+def window_kept_between_calls(K_mem, V_mem, k, v, n_c):
+    """Keeps its own window from the last call (while the shapes stay the same) instead of K_mem."""
+    key = (tuple(K_mem.shape[:2]), K_mem.shape[-1], n_c, K_mem.dtype)
+    if _WINDOW.get("key") != key:
+        _WINDOW.clear()
+        _WINDOW.update(key=key, K=K_mem, V=V_mem)
+    K, V = torch.cat([_WINDOW["K"], k], 2)[:, :, -n_c:], torch.cat([_WINDOW["V"], v], 2)[:, :, -n_c:]
+    _WINDOW.update(K=K, V=V)
+    return K, V
+
+
 # ---------------------------------------------------------------- 04.cumulative_average_update
 
 
@@ -106,6 +134,22 @@ def updates_in_place(k_bar, v_bar, k, v, i):
     k_bar.mul_(i).add_(k).div_(i + 1)
     v_bar.mul_(i).add_(v).div_(i + 1)
     return k_bar, v_bar
+
+
+@mutant("04.cumulative_average_update", hint="divide_by_i", name="incremental_divides_by_i")
+def incremental_divides_by_i(k_bar, v_bar, k, v, i):
+    n = max(i, 1)
+    return k_bar + (k - k_bar) / n, v_bar + (v - v_bar) / n
+
+
+@mutant("04.cumulative_average_update", hint="floor_division")
+def floor_division(k_bar, v_bar, k, v, i):
+    return (k + i * k_bar) // (i + 1), (v + i * v_bar) // (i + 1)
+
+
+@right("04.cumulative_average_update")
+def lerp(k_bar, v_bar, k, v, i):
+    return torch.lerp(k_bar, k, 1 / (i + 1)), torch.lerp(v_bar, v, 1 / (i + 1))
 
 
 # ---------------------------------------------------------------- 04.moving_average
@@ -142,6 +186,19 @@ def drops_the_time_axis(x, weights):
     return torch.einsum("bhtd,t->bhd", x, w / w.sum())
 
 
+@mutant("04.moving_average", hint="shape", name="sums_over_d")
+def sums_over_d(x, weights):
+    """Sums over the last axis (D) instead of the time axis: the shape hint, given once."""
+    w = weights[-x.shape[2]:].to(x.dtype)
+    return (x * (w / w.sum())[:, None]).sum(dim=-1, keepdim=True)
+
+
+@right("04.moving_average")
+def ones_row_matmul(x, weights):
+    w = weights[-x.shape[2]:].to(x.dtype)
+    return (w / w.sum())[None, None, None, :] @ x
+
+
 # ---------------------------------------------------------------- questions
 
 value_mutant("04.is_update_form", "every_average", "chose_B", "ABCDF")
@@ -149,3 +206,4 @@ value_mutant("04.is_update_form", "top_k_too", "chose_E", "ACDEF")
 value_mutant("04.is_update_form", "forgets_the_count", "missing_D", "ACF")
 value_mutant("04.is_update_form", "softmax_only", "missing_F", "ACD")
 choice_mutants("04.sink_role", instructions="A", positions="C", big_values="D")
+right_value("04.is_update_form", "spaced_letters", "a c d f")

@@ -19,7 +19,7 @@ import torch
 
 from ... import KVCache, StaticKVCache, attention_reference, causal_mask, kv_cache_bytes
 from ..compare import call_keeping_inputs, close, expect_close, expect_number, expect_tensor, make, randn, seeded
-from ..core import Check, Mistake, code_exercise
+from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 02.growing_cache
@@ -49,7 +49,7 @@ CACHE_HINTS = {
 def _seq_len(cache) -> int:
     n = cache.seq_len
     if callable(n) or isinstance(n, torch.Tensor) or isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise Mistake("seq_len_not_int", f"got {type(n).__name__}")
+        raise Mistake("seq_len_not_int", f"got {type_name(n)}")
     return int(n)
 
 
@@ -63,10 +63,10 @@ def _fresh(cls):
 def _update(cache, k, v):
     out = cache.update(k, v)
     if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise Mistake("not_pair", f"got {type(out).__name__}")
+        raise Mistake("not_pair", f"got {type_name(out)}")
     K, V = out
     if not isinstance(K, torch.Tensor) or not isinstance(V, torch.Tensor):
-        raise Mistake("not_pair", f"got ({type(K).__name__}, {type(V).__name__})")
+        raise Mistake("not_pair", f"got ({type_name(K)}, {type_name(V)})")
     return K, V
 
 

@@ -24,8 +24,8 @@ from ...experiments.lesson03 import evictable as ref_evictable
 from ...experiments.lesson03 import global_mask, window_mask
 from ...experiments.lesson03 import strided_mask as ref_strided_mask
 from ...memory import linear_attention_parallel
-from ..compare import call_keeping_inputs, expect_answer, expect_mask, heads_view, randn, seeded
-from ..core import Check, Mistake, code_exercise
+from ..compare import call_keeping_inputs, expect_answer, expect_mask, heads_view, randn, seeded, twice
+from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 03.linear_attention
@@ -43,6 +43,8 @@ LINEAR_HINTS = {
     "phi_on_v": "phi applies to queries and keys only; the values enter as they are: mu += phi(k_i)^T v_i.",
     "softmax": "This is softmax attention: linear attention replaces exp(q k^T / sqrt(d)) by phi(q) phi(k)^T "
                "(no softmax, no 1/sqrt(d)).",
+    "eps": "Leave the epsilon out of the denominator: with phi = elu + 1 every term of phi(q_i) . nu_i is "
+           "positive, so the division is safe, and an eps only shifts every output a little.",
     "wrong_values": "out_i = phi(q_i) mu_i / (phi(q_i) . nu_i) with mu_i = sum_{j<=i} phi(k_j)^T v_j and "
                     "nu_i = sum_{j<=i} phi(k_j), phi = elu + 1.",
     "shape": "Return one row per query: shape [B, H, T, D_v], D_v = v.shape[-1].",
@@ -73,6 +75,9 @@ def _linear_models(q, k, v):
         "wrong_phi#elu": lambda: _masked_linear(F.elu(q), F.elu(k), v),
         "phi_on_v": lambda: _masked_linear(fq, fk, _phi(v)),
         "softmax": lambda: attention_reference(q, k, v, causal_mask(t, t)),
+        **{f"eps#{eps:g}": (lambda eps=eps: _masked_linear(fq, fk, v, normalise=False)
+                            / (_masked_linear(fq, fk, torch.ones_like(v[..., :1]), normalise=False) + eps))
+           for eps in (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)},
     }
 
 
@@ -102,6 +107,8 @@ LINEAR_ATTENTION = code_exercise(
         Check("large queries and keys (scale 3): the feature map matters", _linear_check(304, 1, 2, 9, 4, scale=3.0)),
         Check("float32 in, float32 out", _linear_check(305, 2, 2, 6, 4, dtype=torch.float32)),
         Check("non-contiguous q, k, v (views of [B, T, H, D])", _linear_check(306, 2, 3, 7, 4, 6, non_contiguous=True)),
+        Check("called twice on the same inputs (B = 1, H = 2, T = 6, D = 3): the same result both times",
+              twice(_linear_check(309, 1, 2, 6, 3))),
     ],
 )
 
@@ -168,13 +175,15 @@ EVICT_HINTS = {
     "all_keys": "Only keys j < t are cached after step t - 1: do not list keys at positions t and beyond.",
     "transposed": "Rows are queries and columns are keys: key j is read by query i when mask[i, j] is True "
                   "(look down column j, from row t).",
+    "all_instead_of_any": "Key j may go only when NO query i >= t reads it: not mask[t:, j].any(). A key that "
+                          "some, but not all, of those queries read is still needed (not .all() is not enough).",
     "wrong_list": "Key j < t is evictable when mask[i, j] is False for every query i >= t.",
 }
 
 
 def _as_positions(got):
     if isinstance(got, torch.Tensor) or not isinstance(got, (list, tuple)):
-        raise Mistake("not_list", f"got {type(got).__name__}")
+        raise Mistake("not_list", f"got {type_name(got)}")
     if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in got):
         raise Mistake("not_list", "it holds something other than ints")
     return [int(x) for x in got]
@@ -185,7 +194,10 @@ def _evict_models(mask, t):
     keys = torch.arange(t)
     return {
         "strict": (~mask[t + 1:, :t].any(0)).nonzero().flatten().tolist(),
+        "all_instead_of_any": (~mask[t:, :t].all(0)).nonzero().flatten().tolist() if t < big else [],
         "past_queries": (~mask[:t, :t].any(0)).nonzero().flatten().tolist(),
+        "past_queries#from_t_minus_1": (~mask[max(t - 1, 0):, :t].any(0)).nonzero().flatten().tolist(),
+        "all_keys#key_t": (~mask[t:, :t + 1].any(0)).nonzero().flatten().tolist(),
         "kept": mask[t:, :t].any(0).nonzero().flatten().tolist(),
         "all_keys": (~mask[t:, :].any(0)).nonzero().flatten().tolist() if t < big else list(range(big)),
         "transposed": keys[~mask[:t, t:].any(1)].tolist(),
@@ -203,7 +215,7 @@ def _evict_check(make_mask, t):
             raise Mistake("not_sorted")
         for key, model in _evict_models(mask, t).items():
             if got == model or sorted(got) == sorted(model):
-                raise Mistake(key)
+                raise Mistake(key.split("#")[0])
         raise Mistake("wrong_list")
     return run
 
@@ -211,6 +223,14 @@ def _evict_check(make_mask, t):
 def _random_causal(seed, size, p):
     gen = seeded(seed)
     return (torch.rand(size, size, generator=gen) < p) & causal_mask(size, size)
+
+
+def _unread_key_t(seed, size, p, t):
+    """A random causal pattern in which no query reads key ``t`` (its diagonal is False too): key t is
+    not cached yet at step t, so it must not be listed although nobody reads it."""
+    mask = _random_causal(seed, size, p)
+    mask[:, t] = False
+    return mask
 
 
 EVICTABLE = code_exercise(
@@ -228,6 +248,8 @@ EVICTABLE = code_exercise(
               _evict_check(lambda: window_mask(8, 1) | (torch.arange(8)[:, None] == 5) & (torch.arange(8) == 2), 5)),
         Check("t = 0: nothing is cached yet", _evict_check(lambda: window_mask(6, 2), 0)),
         Check("t = T: no query is left, every key may go (T = 5)", _evict_check(lambda: ref_strided_mask(5, 5, 2), 5)),
+        Check("a random causal pattern in which no query reads key t, T = 10, t = 4",
+              _evict_check(lambda: _unread_key_t(314, 10, 0.25, 4), 4)),
     ],
 )
 

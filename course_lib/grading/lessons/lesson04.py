@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from ... import CumulativeAverageMemory, MovingAverageMemory, WindowMemory
-from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, heads_view, randn, seeded
-from ..core import Check, Exercise, Mistake, code_exercise
+from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, heads_view, randn, seeded, twice
+from ..core import Check, Exercise, Mistake, code_exercise, echo, type_name
 from ..questions import answer_value, choice_exercise
 
 # ---------------------------------------------------------------- 04.window_update
@@ -67,7 +67,7 @@ def _window_check(seed, b, h, m, t, d, n_c, *, dtype=torch.float64, non_contiguo
         K, V, k, v = make(m), make(m), make(t), make(t)
         got = call_keeping_inputs(fn, K, V, k, v, n_c)
         if not isinstance(got, (tuple, list)) or len(got) != 2:
-            raise Mistake("not_pair", f"got {type(got).__name__}")
+            raise Mistake("not_pair", f"got {type_name(got)}")
         gk, gv = got
         want_k, want_v = _window_ref(K, V, k, v, n_c)
         if isinstance(gk, torch.Tensor) and isinstance(gv, torch.Tensor) and close(gk, want_v) and close(gv, want_k) \
@@ -91,11 +91,13 @@ WINDOW_UPDATE = code_exercise(
         Check("m = 4, one new token, n_c = 4: the oldest pair leaves", _window_check(402, 1, 2, 4, 1, 4, 4)),
         Check("an empty memory (m = 0) and a chunk of T = 3, n_c = 5", _window_check(403, 2, 2, 0, 3, 4, 5)),
         Check("m = 2 and a chunk of T = 7 longer than n_c = 4", _window_check(404, 1, 2, 2, 7, 3, 4)),
-        Check("n_c = 1: only the newest pair stays", _window_check(405, 2, 1, 3, 2, 4, 1)),
+        Check("n_c = 1, m = 1, T = 2: only the newest pair stays", _window_check(405, 2, 1, 1, 2, 4, 1)),
         Check("m = 6, T = 5, n_c = 6, B = 2, H = 3, float32",
               _window_check(406, 2, 3, 6, 5, 4, 6, dtype=torch.float32)),
-        Check("non-contiguous inputs (views of [B, T, H, D]), m = 5, T = 2, n_c = 4",
-              _window_check(407, 2, 3, 5, 2, 4, 4, non_contiguous=True)),
+        Check("non-contiguous inputs (views of [B, T, H, D]), m = 4, T = 2, n_c = 4",
+              _window_check(407, 2, 3, 4, 2, 4, 4, non_contiguous=True)),
+        Check("called twice on the same inputs (m = 2, T = 3, n_c = 4, H = 3, D = 2): the same result both times",
+              twice(_window_check(408, 1, 3, 2, 3, 2, 4))),
     ],
 )
 
@@ -110,6 +112,7 @@ CUMAVG_HINTS = {
     "one_based": "Positions count from 0: before token i the memory averages i tokens (not i + 1), so "
                  "Mem_i = ((k_i, v_i) + i Mem_{i-1}) / (i + 1).",
     "swapped": "Return (k_bar, v_bar): the keys' mean first, then the values'.",
+    "floor_division": "Divide with /, not //: floor division rounds every coordinate of the mean down.",
     "wrong_values": "Mem_i = ((k_i, v_i) + i * Mem_{i-1}) / (i + 1), for keys and values alike.",
 }
 
@@ -117,6 +120,8 @@ CUMAVG_HINTS = {
 def _cumavg_models(kb, vb, k, v, i):
     return {
         "divide_by_i": ((k + i * kb) / i, (v + i * vb) / i) if i > 0 else None,
+        "divide_by_i#incremental": (kb + (k - kb) / i, vb + (v - vb) / i) if i > 0 else None,
+        "floor_division": ((k + i * kb) // (i + 1), (v + i * vb) // (i + 1)),
         "plain_mean": ((k + kb) / 2, (v + vb) / 2),
         "weights_swapped": ((i * k + kb) / (i + 1), (i * v + vb) / (i + 1)),
         "one_based": ((k + (i + 1) * kb) / (i + 2), (v + (i + 1) * vb) / (i + 2)),
@@ -125,13 +130,13 @@ def _cumavg_models(kb, vb, k, v, i):
 
 def _cumavg_expect(got, want, models, dtype, shape):
     if not isinstance(got, (tuple, list)) or len(got) != 2:
-        raise Mistake("not_pair", f"got {type(got).__name__}")
+        raise Mistake("not_pair", f"got {type_name(got)}")
     gk, gv = got
     if isinstance(gk, torch.Tensor) and close(gk, want[1]) and close(gv, want[0]) and not close(gk, want[0]):
         raise Mistake("swapped")
     for key, pair in models.items():
         if pair is not None and not close(pair[0], want[0]) and close(gk, pair[0]) and close(gv, pair[1]):
-            raise Mistake(key)
+            raise Mistake(key.split("#")[0])
     expect_tensor(gk, shape, dtype, shape_text="[B, H, 1, D]")
     expect_tensor(gv, shape, dtype, shape_text="[B, H, 1, D]")
     expect_close(gk, want[0])
@@ -280,10 +285,10 @@ UPDATE_FORM_HINTS = {
 def _update_form_run(answer):
     value = answer_value(answer)
     if not isinstance(value, str) or not value.strip():
-        raise Mistake("invalid", f"got {value!r}")
+        raise Mistake("invalid", f"got {echo(value)}")
     letters = set(value.replace(",", "").replace(" ", "").upper())
     if not letters <= set(UPDATE_FORM_OPTIONS):
-        raise Mistake("invalid", f"got {value!r}")
+        raise Mistake("invalid", f"got {echo(value)}")
     for letter in "BE":
         if letter in letters:
             raise Mistake(f"chose_{letter}")

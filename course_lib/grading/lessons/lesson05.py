@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...memory import delta_rule_recurrent, linear_attention_recurrent
 from ..compare import call_keeping_inputs, close, expect_answer, expect_close, expect_tensor, make, randn, seeded
-from ..core import Check, Mistake, code_exercise
+from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 05.delta_update
@@ -144,7 +144,7 @@ def _linear_check(seed, b, h, d, d_v, *, dtype=torch.float64, non_contiguous=Fal
             k, v = randn(gen, b, h, d, dtype=dtype, scale=scale), randn(gen, b, h, d_v, dtype=dtype)
         out = call_keeping_inputs(fn, S, z, k, v)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise Mistake("not_pair", f"got {type(out).__name__}")
+            raise Mistake("not_pair", f"got {type_name(out)}")
         S_new, z_new = out
         expect_tensor(S_new, (b, h, d, d_v), dtype, shape_text="S [B, H, D, D_v]")
         expect_tensor(z_new, (b, h, d), dtype, shape_text="z [B, H, D]")
@@ -214,7 +214,7 @@ def _segment_check(seed, b, h, m, t, d, mem_len, *, dtype=torch.float64, grad=Fa
             if flags is not None and any(flags):
                 raise Mistake("not_detached")
         if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(x, torch.Tensor) for x in out):
-            raise Mistake("not_pair", f"got {type(out).__name__}")
+            raise Mistake("not_pair", f"got {type_name(out)}")
         K, V = out
         all_k, all_v = torch.cat([K_mem, k.detach()], 2), torch.cat([V_mem, v.detach()], 2)
         n = min(m + t, mem_len)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ... import attention_reference
 from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, heads_view, make, randn, seeded
-from ..core import Check, Mistake, code_exercise
+from ..core import Check, Mistake, code_exercise, error_name, type_name
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 06.compress
@@ -75,7 +75,7 @@ def _remainder_check(fn):
     except NotImplementedError:
         raise
     except Exception as err:
-        raise Mistake("wrong_error", f"got {type(err).__name__}") from None
+        raise Mistake("wrong_error", f"got {error_name(err)}") from None
     if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2] == 3:
         raise Mistake("drop_remainder")
     raise Mistake("no_error")
@@ -147,7 +147,7 @@ def _flat(result):
     try:
         (k, v), (ck, cv) = result
     except (TypeError, ValueError):
-        raise Mistake("not_pairs", f"got {type(result).__name__}") from None
+        raise Mistake("not_pairs", f"got {type_name(result)}") from None
     out = [k, v, ck, cv]
     if not all(isinstance(x, torch.Tensor) for x in out):
         raise Mistake("not_pairs")

@@ -29,7 +29,7 @@ from ..compare import (
     run_beside,
     seeded,
 )
-from ..core import Check, Mistake, code_exercise
+from ..core import Check, Mistake, code_exercise, error_name, type_name
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 07.gate
@@ -160,7 +160,7 @@ def _knn_models(q, K, V, top_k, which):
 
 def _pair(out):
     if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(x, torch.Tensor) for x in out):
-        raise Mistake("not_pair", f"got {type(out).__name__}")
+        raise Mistake("not_pair", f"got {type_name(out)}")
     return out
 
 
@@ -194,7 +194,7 @@ def _knn_too_many(fn):
     except NotImplementedError:
         raise
     except Exception as err:  # torch's own RuntimeError from topk: not a learner-facing error
-        raise Mistake("no_error", f"got {type(err).__name__}") from None
+        raise Mistake("no_error", f"got {error_name(err)}") from None
     raise Mistake("no_error")
 
 

@@ -18,7 +18,7 @@ import torch
 
 from ...experiments.lesson08 import answer_accuracy, compressed_slots, error_by_age, pareto_front
 from ..compare import call_keeping_inputs, expect_close, expect_number, expect_tensor, randn, seeded
-from ..core import Check, Mistake, code_exercise
+from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
 
 # ---------------------------------------------------------------- 08.pareto_front
@@ -41,7 +41,7 @@ PARETO_HINTS = {
 
 def _as_indices(got):
     if isinstance(got, torch.Tensor) or not isinstance(got, (list, tuple)):
-        raise Mistake("not_list", f"got {type(got).__name__}")
+        raise Mistake("not_list", f"got {type_name(got)}")
     if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in got):
         raise Mistake("not_list", "an element is not an int")
     return [int(i) for i in got]

@@ -22,7 +22,7 @@ import numbers
 from ...experiments import capstone
 from ...experiments.capstone import SETUP, format_bytes
 from ..compare import expect_number
-from ..core import Check, Mistake, code_exercise
+from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import answer_value, choice_exercise
 
 # ------------------------------------------------------------ 09.window_for_budget
@@ -42,7 +42,7 @@ def _window_case(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
     def run(fn):
         got = fn(budget, n_layers, n_kv_heads, head_dim, bytes_per_value)
         if isinstance(got, bool) or not isinstance(got, numbers.Integral):
-            raise Mistake("not_int", f"got {type(got).__name__}")
+            raise Mistake("not_int", f"got {type_name(got)}")
         per = n_layers * n_kv_heads * head_dim * bytes_per_value
         expect_number(int(got), budget // (2 * per), {
             "no_factor_2": budget // per,
@@ -90,7 +90,7 @@ MIN_WORDS = 20
 def _design(answer):
     got = answer_value(answer)
     if not isinstance(got, dict) or not isinstance(got.get("memory"), dict):
-        raise Mistake("not_design", f"got {type(got).__name__}")
+        raise Mistake("not_design", f"got {type_name(got)}")
     return got
 
 
