@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Extra flags for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port 8890"
 LAB_ARGS ?=
 # As root (containers) JupyterLab refuses to start unless told it may.
-LAB_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
+LAB_ROOT = $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 .PHONY: lab test env exercises notebooks lint bench clean-venv
 

@@ -274,6 +274,7 @@ def free_port() -> int:
 
 @pytest.mark.skipif(not HAS_MAKE, reason="needs make")
 def test_make_lab_serves_the_lessons_and_the_exercises_opens_lesson_00_and_starts_as_root(tmp_path):
+    pytest.importorskip("jupyterlab")
     port = free_port()
     extra = (f"--no-browser --ip 127.0.0.1 --port {port} --ServerApp.port_retries=0 --ServerApp.token= "
              "--ServerApp.password= --LabApp.news_url=None "
