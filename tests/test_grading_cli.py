@@ -53,7 +53,7 @@ def test_a_notebook_that_crashes_halfway_still_gets_a_full_report(tmp_path, caps
     assert untouched(path) == before, "grading must never write to the notebook"
 
     assert set(report) == {"notebook", "lessons", "score", "max_score", "exercises", "cell_errors", "stopped",
-                           "sandbox"}
+                           "sandbox", "limits", "cell_errors_not_listed"}
     assert report["lessons"] == ["01", "02"]  # the file name's, and the one of the exercises it checks
     items = {item["id"]: item for item in report["exercises"]}
     assert list(items) == LESSON_01 + LESSON_02, "every registered exercise of both lessons, in order"
@@ -87,7 +87,7 @@ def test_a_notebook_that_loops_forever_is_interrupted_and_still_reported(tmp_pat
         'check("01.window_scores", 1)',
     )
     before = untouched(path)
-    report = grade_notebook(path, timeout=2)
+    report = grade_notebook(path, cell_timeout=2)
     assert untouched(path) == before
     items = {item.id: item for item in report.items}
     assert items["01.first_query"].score == 0

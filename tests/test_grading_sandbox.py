@@ -91,8 +91,9 @@ def test_forging_attacks_inside_the_kernel_gain_nothing_and_write_nothing_outsid
     assert found["01.first_query"].score == 0 and "Causality comes from the mask" in found["01.first_query"].feedback
     assert (report.score, report.max_score) == (shape_only, 8), "maximum = lesson 01's registered total"
     errors = dict(report.cell_errors)
-    assert sorted(errors) == [9, 10], report.cell_errors  # cell 8 wrote to the sandbox's own /tmp
-    assert "Read-only file system" in errors[9]
+    # cell 8 wrote to the sandbox's own /tmp; cell 12 found only read-only files above its working folder
+    assert sorted(errors) == [9, 10, 12], report.cell_errors
+    assert "Read-only file system" in errors[9] and "Read-only file system" in errors[12]
     assert "URLError" in errors[10]
     assert not outside.exists(), "the system's /tmp was not written"
     assert digest(GRADING_INIT) == before, "course_lib was not modified"
@@ -157,13 +158,21 @@ def test_without_a_sandbox_the_grade_says_so(tmp_path, monkeypatch, capsys):
 
 
 def test_the_kernel_command_sets_limits_and_wraps_bubblewrap(tmp_path):
-    argv = sandbox.kernel_argv(tmp_path / "rw", tmp_path / "rw" / "work", sandbox=True, memory=2**30, cpu=60)
-    assert argv[1:7] == ["-m", "course_lib.grading.sandbox", "--memory", str(2**30), "--cpu", "60"]
+    layout = sandbox.Layout.create(tmp_path / "grade")
+    limits = sandbox.Limits(memory=2**30, cpu=60, disk=2**28)
+    argv = sandbox.kernel_argv(layout, sandbox=True, limits=limits)
+    launcher = argv.index("course_lib.grading.sandbox") - 2
+    assert argv[launcher + 1:launcher + 9] == ["-m", "course_lib.grading.sandbox", "--memory", str(2**30), "--cpu",
+                                                "60", "--fsize", str(2**28)]
     joined = " ".join(argv)
-    for flag in ("--ro-bind / /", "--tmpfs /tmp", "--unshare-all", "--die-with-parent", "--new-session"):
+    for flag in ("--tmpfs /tmp", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+                 "--remount-ro /", f"--ro-bind {layout.requests} {layout.requests}",
+                 f"--bind {layout.responses} {layout.responses}", f"--tmpfs {layout.work}"):
         assert flag in joined
+    assert "--ro-bind / /" not in joined, "an allow-list, not the whole file system"
+    assert f"--ro-bind {ROOT} " not in joined + " ", "the course's package only, not its checkout"
     assert argv[-3:] == ["ipykernel_launcher", "-f", "{connection_file}"]
-    plain = sandbox.kernel_argv(tmp_path, tmp_path, sandbox=False)
+    plain = sandbox.kernel_argv(layout, sandbox=False, limits=limits)
     assert "bwrap" not in " ".join(plain) and "--memory" in plain
 
 

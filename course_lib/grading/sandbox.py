@@ -82,6 +82,7 @@ class Layout:
     @classmethod
     def create(cls, root: Path) -> Layout:
         layout = cls(Path(root).resolve())
+        layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(layout.root, 0o700)
         for folder in (layout.requests, layout.responses, layout.sockets, layout.source, layout.work):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_CPU, (args.cpu, args.cpu + 5))
     if args.fsize:
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize, args.fsize))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails (EFBIG) instead of killing
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ValueError, OSError):
