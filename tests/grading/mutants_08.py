@@ -6,7 +6,7 @@ import torch
 
 from course_lib.experiments import lesson08
 
-from . import choice_mutants, mutant, value_mutant
+from . import choice_mutants, mutant, right, value_mutant
 
 
 def _front_by_sweep(nbytes, accuracy):
@@ -97,7 +97,72 @@ def pareto_as_tensor(nbytes, accuracy):
     return torch.tensor(sorted(_correct_set(nbytes, accuracy), key=lambda i: (nbytes[i], i)))
 
 
+@mutant("08.pareto_front", hint="accuracy_order", name="pareto_sorted_descending")
+def pareto_sorted_descending(nbytes, accuracy):
+    return sorted(_correct_set(nbytes, accuracy), key=lambda i: (nbytes[i], i), reverse=True)
+
+
+@mutant("08.pareto_front", hint="not_list", name="pareto_as_numpy")
+def pareto_as_numpy(nbytes, accuracy):
+    import numpy as np
+    return np.array(sorted(_correct_set(nbytes, accuracy), key=lambda i: (nbytes[i], i)))
+
+
+@right("08.pareto_front")
+def pareto_with_numpy(nbytes, accuracy):
+    import numpy as np
+    b, a = np.asarray(nbytes), np.asarray(accuracy)
+    beaten = ((b[None, :] <= b[:, None]) & (a[None, :] >= a[:, None])
+              & ((b[None, :] < b[:, None]) | (a[None, :] > a[:, None]))).any(1)
+    return sorted(np.flatnonzero(~beaten).tolist(), key=lambda i: (nbytes[i], i))
+
+
 # ---------------------------------------------------------------- 08.answer_accuracy
+
+
+@right("08.answer_accuracy")
+def python_division(logits, targets, ignore_index=-100):
+    """A.1.2: exact, hits / n in Python (0.33/2 against the float32 reference)."""
+    keep = targets.ne(ignore_index)
+    hits = torch.where(keep, logits.argmax(-1).eq(targets), torch.zeros_like(keep))
+    return float(hits.sum()) / float(keep.sum())
+
+
+@right("08.answer_accuracy")
+def python_loop(logits, targets, ignore_index=-100):
+    pred = logits.argmax(dim=2)
+    right = total = 0
+    for b in range(targets.shape[0]):
+        for t in range(targets.shape[1]):
+            if targets[b, t].item() != ignore_index:
+                total += 1
+                right += int(pred[b, t].item() == targets[b, t].item())
+    return right / total
+
+
+@right("08.answer_accuracy")
+def double_mean(logits, targets, ignore_index=-100):
+    keep = targets != ignore_index
+    return (logits.argmax(-1)[keep] == targets[keep]).double().mean().item()
+
+
+@right("08.answer_accuracy")
+def item_over_item(logits, targets, ignore_index=-100):
+    keep = targets != ignore_index
+    return (logits.argmax(-1)[keep] == targets[keep]).sum().item() / keep.sum().item()
+
+
+@mutant("08.answer_accuracy", hint="integer_division")
+def accuracy_floor_division(logits, targets, ignore_index=-100):
+    keep = targets != ignore_index
+    return (logits.argmax(-1)[keep] == targets[keep]).sum().item() // keep.sum().item()
+
+
+@mutant("08.answer_accuracy", hint="soft")
+def accuracy_soft(logits, targets, ignore_index=-100):
+    keep = targets != ignore_index
+    p = logits.softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return p[keep].mean().item()
 
 
 @mutant("08.answer_accuracy", hint="counts_ignored")

@@ -17,7 +17,7 @@ import numbers
 import torch
 
 from ...experiments.lesson08 import answer_accuracy, compressed_slots, error_by_age, pareto_front
-from ..compare import call_keeping_inputs, expect_close, expect_number, expect_tensor, randn, seeded
+from ..compare import call_keeping_inputs, expect_close, expect_number, expect_tensor, number_tolerance, randn, seeded
 from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
 
@@ -31,9 +31,12 @@ PARETO_HINTS = {
     "drops_ties": "Identical designs (same bytes, same accuracy) both belong on the front: neither beats "
                   "the other. Keep every index, not only the first of a tie.",
     "index_order": "Sort the front by bytes (fewest first), not by index.",
-    "accuracy_order": "Sort the front by bytes (fewest first), not by accuracy.",
+    "accuracy_order": "Sort the front by bytes ASCENDING, fewest bytes first (on the front that is also the least "
+                      "accurate first): you sorted it the other way round (reverse=True, or by accuracy from the "
+                      "highest).",
     "tie_order": "Designs with equal bytes go in index order.",
-    "not_list": "Return a list of int indices (positions in the input sequences).",
+    "not_list": "Return a Python list of int indices (positions in the input sequences), not a numpy array "
+                "or a tensor (.tolist() converts either).",
     "wrong_values": "Keep index i unless some j has bytes[j] <= bytes[i] and accuracy[j] >= accuracy[i] "
                     "with one of the two strict; then sort the kept indices by (bytes, index).",
 }
@@ -62,6 +65,8 @@ def _pareto_models(b, a):
             dropped.append(i)
             seen.add((b[i], a[i]))
     return {
+        "accuracy_order#descending": sorted(front, key=lambda i: (b[i], i), reverse=True),
+        "accuracy_order#descending_ties_in_order": sorted(front, key=lambda i: (-b[i], i)),
         "non_strict": sorted(non_strict, key=lambda i: (b[i], i)),
         "strict_both": sorted(strict_both, key=lambda i: (b[i], i)),
         "drops_ties": dropped,
@@ -79,7 +84,7 @@ def _pareto_check(b, a, *, as_tuple=False):
             return
         for key, model in _pareto_models(b, a).items():
             if model != want and got == model:
-                raise Mistake(key)
+                raise Mistake(key.split("#")[0])
         raise Mistake("wrong_values")
     return run
 
@@ -93,7 +98,7 @@ def _random_designs(seed, n):
 
 PARETO = code_exercise(
     id="08.pareto_front", title="The Pareto front of bytes and accuracy",
-    hints=PARETO_HINTS,
+    hints=PARETO_HINTS, error_hints={r"can only convert an array of size 1 to a Python scalar": "not_list"},
     checks=[
         Check("four designs, all on the front, given out of order",
               _pareto_check([4096, 2048, 8192, 1024], [0.5, 0.3, 0.9, 0.1])),
@@ -124,22 +129,30 @@ ACCURACY_HINTS = {
     "percent": "Return a fraction between 0 and 1, not a percentage.",
     "not_float": "Return a Python float (.item() of a 0-d tensor).",
     "not_number": "Return a Python float between 0 and 1.",
-    "wrong_number": "pred = logits.argmax(-1); keep = targets != ignore_index; accuracy = "
-                    "(pred[keep] == targets[keep]).float().mean().item().",
+    "integer_division": "Divide with /, not //: the number of right answers // the number of labelled positions "
+                        "is 0 unless every answer is right (on integer tensors // floors too).",
+    "soft": "Count a labelled position as right (1) when the argmax of its logits equals its target, else 0: "
+            "not the probability the model gives the target.",
+    "wrong_number": "pred = logits.argmax(-1); keep = targets != ignore_index; accuracy = the number of kept "
+                    "positions where pred == targets, divided by the number of kept positions (a float in [0, 1]).",
 }
 
 
 def _accuracy_models(logits, targets, ignore_index):
     pred = logits.argmax(-1)
     keep = targets != ignore_index
-    right = (pred == targets).float()
+    right = (pred == targets).double()
+    hits, n = int((pred == targets)[keep].sum()), int(keep.sum())
+    soft = logits.double().softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
     models = {  # hardcoded_ignore first: with ignore_index = -1 it gives the same number as counts_ignored
+        "integer_division": float(hits // n),
         "hardcoded_ignore": right[targets != -100].mean().item() if bool((targets != -100).any()) else -1.0,
         "counts_ignored": right.mean().item(),
         "ignored_right": ((pred == targets) | ~keep).float().mean().item(),
         "shifted": ((pred[:, :-1] == targets[:, 1:]) & keep[:, 1:]).float().sum().item()
         / max(1, keep[:, 1:].sum().item()),
         "percent": 100 * right[keep].mean().item(),
+        "soft": soft[keep].mean().item(),
     }
     if logits.shape[1] == logits.shape[2]:  # T == V: argmax over the time axis gives a [B, V] result
         wrong = logits.argmax(1)
@@ -162,9 +175,13 @@ def _accuracy_check(seed, b, t, v, *, ignore_index=-100, p_ignore=0.5, dtype=tor
         got = call_keeping_inputs(fn, *args)
         if isinstance(got, torch.Tensor):
             raise Mistake("not_float", f"got a tensor of shape {tuple(got.shape)}")
-        want = answer_accuracy(logits, targets, ignore_index)
-        models = {k: m for k, m in _accuracy_models(logits, targets, ignore_index).items() if abs(m - want) > 1e-9}
-        expect_number(got, want, models)
+        keep = targets != ignore_index
+        # exact, in float64: hits / n. An answer computed in float32 (.float().mean()) may differ by
+        # float32 rounding, so the tolerance is float32's, and float64 or Python division is exact.
+        want = int((logits.argmax(-1) == targets)[keep].sum()) / int(keep.sum())
+        assert abs(want - answer_accuracy(logits, targets, ignore_index)) <= 1e-6 * want
+        models = {k: m for k, m in _accuracy_models(logits, targets, ignore_index).items() if abs(m - want) > 1e-6}
+        expect_number(got, want, models, rel_tol=number_tolerance(torch.float32))
     return run
 
 
