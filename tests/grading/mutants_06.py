@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 from course_lib import attention_reference
 
-from . import choice_mutants, mutant, value_mutant
+from . import choice_mutants, mutant, right, value_mutant
 
 
 def _ref_compress(x, c, how):
@@ -86,6 +87,47 @@ def compress_always_mean(x, c, how):
 # ---------------------------------------------------------------- 06.compressive_update
 
 
+_IS_MEAN = """
+def compress_is_mean(x, c, how):
+    b, h, n, d = x.shape
+    if n % c:
+        raise ValueError("n must be a multiple of c")
+    g = x.reshape(b, h, n // c, c, d)
+    if how is "mean":
+        return g.mean(3)
+    return g.amax(3)
+"""
+with warnings.catch_warnings():  # `is` with a literal: the learner's mistake, which Python warns about
+    warnings.simplefilter("ignore", SyntaxWarning)
+    _namespace: dict = {}
+    exec(compile(_IS_MEAN, "<learner>", "exec"), _namespace)
+# A.2.4: full marks in the notebook while "mean" was the interned literal; a new string under grade
+mutant("06.compress", hint="ignores_how", name="compress_is_mean")(_namespace["compress_is_mean"])
+
+
+@mutant("06.compress", hint="wrong_error")
+def compress_asserts(x, c, how):
+    """An assert for the precondition: AssertionError (named as such, not as the grader's proxy class)."""
+    assert x.shape[2] % c == 0, "n must be a multiple of c"
+    g = x.unflatten(2, (-1, c))
+    return g.mean(3) if how == "mean" else g.amax(3)
+
+
+@mutant("06.compress", hint="subsampled")
+def compress_subsamples(x, c, how):
+    if x.shape[2] % c:
+        raise ValueError("n must be a multiple of c")
+    return x[:, :, ::c]
+
+
+@right("06.compress")
+def compress_with_unfold(x, c, how):
+    if x.shape[2] % c:
+        raise ValueError(f"n = {x.shape[2]} is not a multiple of c = {c}")
+    g = x.unfold(2, c, c)  # [B, H, n / c, D, c]
+    return g.mean(-1) if how == "mean" else g.amax(-1)
+
+
 def _groups_mean(x, c):
     return _groups(x, c).mean(3)
 
@@ -144,6 +186,17 @@ def update_keeps_oldest_cmem(mem, cmem, s_kv, n_m, n_cm, c):
 # ---------------------------------------------------------------- 06.reconstruction_loss
 
 
+@mutant("06.compressive_update", hint="max_pool")
+def update_max_pools(mem, cmem, s_kv, n_m, n_cm, c):
+    """A.3: max pooling where f_c is the mean: the counts are right, so the detail says the values differ."""
+    k, v = torch.cat([mem[0], s_kv[0]], 2), torch.cat([mem[1], s_kv[1]], 2)
+    n_pop = math.ceil((k.shape[2] - n_m) / c) * c if k.shape[2] > n_m else 0
+    popped = [x[:, :, :n_pop].unflatten(2, (-1, c)).amax(3) for x in (k, v)]
+    ck, cv = (torch.cat([old, new], 2) for old, new in zip(cmem, popped))
+    keep = max(0, ck.shape[2] - n_cm)
+    return (k[:, :, n_pop:], v[:, :, n_pop:]), (ck[:, :, keep:], cv[:, :, keep:])
+
+
 @mutant("06.reconstruction_loss", hint="q_leak")
 def recon_q_not_detached(q, old_k, old_v, comp_k, comp_v):
     target = attention_reference(q, old_k.detach(), old_v.detach())
@@ -167,6 +220,12 @@ def recon_sum(q, old_k, old_v, comp_k, comp_v):
     q, old_k, old_v = q.detach(), old_k.detach(), old_v.detach()
     diff = attention_reference(q, comp_k, comp_v) - attention_reference(q, old_k, old_v)
     return (diff ** 2).sum()
+
+
+@mutant("06.reconstruction_loss", hint="sum", name="recon_sum_over_d")
+def recon_sum_over_d(q, old_k, old_v, comp_k, comp_v):
+    target = attention_reference(q.detach(), old_k.detach(), old_v.detach())
+    return ((attention_reference(q.detach(), comp_k, comp_v) - target) ** 2).sum(-1).mean()
 
 
 @mutant("06.reconstruction_loss", hint="no_scale")

@@ -34,6 +34,8 @@ COMPRESS_HINTS = {
                       "silently dropping the last rows: a compressed memory must not lose pairs unnoticed.",
     "no_error": "n must be a multiple of c: raise ValueError otherwise.",
     "wrong_error": "Raise a ValueError (not another exception type) when n is not a multiple of c.",
+    "subsampled": "Pool each whole group of c rows (its mean or max, over dim 3 of x.reshape(B, H, n // c, c, D)): "
+                  "x[:, :, ::c] keeps the first row of each group and drops the others.",
     "shape": "Return [B, H, n // c, D]: one row per group of c.",
     "wrong_values": "Row g of the result is the mean (or max) of rows g*c .. g*c + c - 1 of x.",
 }
@@ -61,6 +63,7 @@ def _compress_check(seed, b, h, n, d, c, how, *, dtype=torch.float64, non_contig
         expect_close(out, _compress_ref(x, c, how), {
             "strided": lambda: x.unflatten(2, (c, -1)).mean(2) if how == "mean" else x.unflatten(2, (c, -1)).amax(2),
             "ignores_how": lambda: _compress_ref(x, c, other),
+            "subsampled": lambda: x[:, :, ::c],
         })
     return run
 
@@ -109,6 +112,8 @@ UPDATE_HINTS = {
     "no_cap": "CMem is a FIFO of n_cm slots: after appending, keep only its newest n_cm.",
     "cap_oldest": "Keep CMem's NEWEST n_cm slots (the last ones), not its oldest: the oldest leave.",
     "prepend": "Append the new compressed slots at the END of CMem (they are its newest), oldest first.",
+    "max_pool": "Compress each group of c popped pairs with its MEAN (f_c here is mean pooling): max pooling "
+                "keeps each coordinate's largest value instead.",
     "not_pairs": "Return (mem, cmem), each a pair (K, V) of tensors.",
     "shape": "Mem keeps between n_m - c + 1 and n_m pairs after an eviction; CMem at most n_cm slots.",
     "mem_wrong": "Mem after the update: [Mem, S_kv] without its oldest ceil((len - n_m) / c) * c pairs "
@@ -119,7 +124,7 @@ UPDATE_HINTS = {
 
 
 def _update_model(mem, cmem, s_kv, n_m, n_cm, c, *, pop="ceil", which="oldest", compress=True, cap="newest",
-                  prepend=False):
+                  prepend=False, how="mean"):
     (mk, mv), (ck, cv), (sk, sv) = mem, cmem, s_kv
     k, v = torch.cat([mk, sk], 2), torch.cat([mv, sv], 2)
     n = k.shape[2]
@@ -133,7 +138,8 @@ def _update_model(mem, cmem, s_kv, n_m, n_cm, c, *, pop="ceil", which="oldest", 
         pk, pv, k, v = k[:, :, n - n_pop:], v[:, :, n - n_pop:], k[:, :, :n - n_pop], v[:, :, :n - n_pop]
     if compress:
         g = n_pop // c
-        nk, nv = (x[:, :, :g * c].unflatten(2, (g, c)).mean(3) for x in (pk, pv))
+        nk, nv = (x[:, :, :g * c].unflatten(2, (g, c)).mean(3) if how == "mean" else
+                  x[:, :, :g * c].unflatten(2, (g, c)).amax(3) for x in (pk, pv))
         ck, cv = (torch.cat([new, old] if prepend else [old, new], 2) for old, new in ((ck, nk), (cv, nv)))
         if cap == "newest":
             ck, cv = ck[:, :, max(0, ck.shape[2] - n_cm):], cv[:, :, max(0, cv.shape[2] - n_cm):]
@@ -156,6 +162,15 @@ def _flat(result):
 
 def _all_close(got, want):
     return all(close(g, w) for g, w in zip(got, want))
+
+
+def _count_detail(name, unit, got, want):
+    """What differs in Mem or CMem: how many rows it holds, or, when that is right, their values."""
+    n_got, n_want = got.shape[2] if got.dim() == 4 else None, want.shape[2]
+    if n_got == n_want and tuple(got.shape) == tuple(want.shape):
+        return f"{name} holds the right number of {unit} ({n_want}), but their values differ"
+    return f"{name} holds {n_got} {unit}, expected {n_want}" if n_got is not None else \
+        f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
 
 
 def _update_check(seed, b, h, d, m, n_cm_held, t, n_m, n_cm, c, *, dtype=torch.float64, d_v=None):
@@ -185,14 +200,15 @@ def _update_check(seed, b, h, d, m, n_cm_held, t, n_m, n_cm, c, *, dtype=torch.f
             "no_cap": dict(cap=None),
             "cap_oldest": dict(cap="oldest"),
             "prepend": dict(prepend=True),
+            "max_pool": dict(how="max"),
         }
         for key, kw in variants.items():
             model = _flat(_update_model(mem, cmem, s_kv, n_m, n_cm, c, **kw))
             if not _all_close(model, want) and _all_close(got, model):
                 raise Mistake(key)
         if not (close(got[0], want[0]) and close(got[1], want[1])):
-            raise Mistake("mem_wrong", f"Mem holds {tuple(got[0].shape)[2:3]} pairs, expected {want[0].shape[2]}")
-        raise Mistake("cmem_wrong", f"CMem holds {tuple(got[2].shape)[2:3]} slots, expected {want[2].shape[2]}")
+            raise Mistake("mem_wrong", _count_detail("Mem", "pairs", got[0], want[0]))
+        raise Mistake("cmem_wrong", _count_detail("CMem", "slots", got[2], want[2]))
     return run
 
 
@@ -262,6 +278,7 @@ def _recon_value_check(seed, b, h, t, n, c, d, d_v=None, *, dtype=torch.float64)
             "no_scale": lambda: F.mse_loss(attention_reference(q, ck, cv, scale=1.0),
                                            attention_reference(q, ok, ov, scale=1.0)),
             "rmse": lambda: F.mse_loss(a, target).sqrt(),
+            "sum#last_axis": lambda: ((a - target) ** 2).sum(-1).mean(),
         })
     return run
 
