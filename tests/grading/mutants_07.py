@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from course_lib import MultiMemory, WindowMemory, attention_reference
 
-from . import choice_mutants, mutant, value_mutant
+from . import choice_mutants, mutant, right, right_value, value_mutant
 
 
 def _gate_through_multimemory(out_a, out_b, w):
@@ -197,3 +197,47 @@ value_mutant("07.concat_weight", "count_of_slots", "scores_ignored", lambda: 2 /
 value_mutant("07.concat_weight", "mem_share", "other_memory", 1 / 3)
 value_mutant("07.concat_weight", "percent", "percent", 66.66666666666667)
 value_mutant("07.concat_weight", "as_text", "not_number", "2/3")
+
+
+# ---------------------------------------------------------------- the review's cases (A.1.3, A.3)
+
+
+@mutant("07.gate", hint="batch_axis")
+def gate_on_the_batch_axis(out_a, out_b, w):
+    g = torch.sigmoid(w).view(-1, 1, 1, 1)
+    return g * out_a + (1 - g) * out_b
+
+
+@mutant("07.concat_attention", hint="scale_by_n")
+def concat_scaled_by_slots(q, K_a, V_a, K_b, V_b):
+    K, V = torch.cat([K_a, K_b], 2), torch.cat([V_a, V_b], 2)
+    return torch.softmax(q @ K.transpose(-2, -1) / math.sqrt(K.shape[2]), -1) @ V
+
+
+@mutant("07.concat_attention", hint="causal")
+def concat_is_causal(q, K_a, V_a, K_b, V_b):
+    return F.scaled_dot_product_attention(q, torch.cat([K_a, K_b], 2), torch.cat([V_a, V_b], 2), is_causal=True)
+
+
+@right("07.concat_attention")
+def concat_log_sum_exp(q, K_a, V_a, K_b, V_b):
+    """Two partial softmaxes merged by their log-sum-exp (accepted in the review)."""
+    s_a = q @ K_a.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    s_b = q @ K_b.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    l_a, l_b = s_a.logsumexp(-1, keepdim=True), s_b.logsumexp(-1, keepdim=True)
+    total = torch.logaddexp(l_a, l_b)
+    return (l_a - total).exp() * (s_a.softmax(-1) @ V_a) + (l_b - total).exp() * (s_b.softmax(-1) @ V_b)
+
+
+@mutant("07.knn_select", hint="wrong_axis")
+def knn_one_selection_for_all_heads(q, K_store, V_store, top_k):
+    if top_k > K_store.shape[2]:
+        raise ValueError(f"top_k={top_k} must be at most N={K_store.shape[2]}")
+    scores = (q @ K_store.transpose(-2, -1)).mean(1, keepdim=True)  # [B, 1, 1, N]: the heads averaged
+    idx = scores.topk(top_k, -1).indices.sort(-1).values[:, :, 0].expand(-1, K_store.shape[1], -1)
+    gather = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
+    return gather(K_store), gather(V_store)
+
+
+value_mutant("07.concat_weight", "rounded", "rounded", 0.667)
+right_value("07.concat_weight", "as_a_fraction", lambda: 12 / 18)

@@ -42,6 +42,9 @@ GATE_HINTS = {
     "not_per_head": "g must broadcast over the head axis (dim 1) of [B, H, T, D]: reshape it to "
                     "[1, H, 1, 1] (g[None, :, None, None] or g.view(1, -1, 1, 1)); a plain [H] "
                     "tensor lines up with the last axis, D.",
+    "batch_axis": "g has one value per HEAD, the axis 1 of [B, H, T, D]: reshape it to [1, H, 1, 1] "
+                  "(g.view(1, -1, 1, 1)); g.view(-1, 1, 1, 1) lines it up with the batch axis (dim 0), "
+                  "and g.view(1, 1, -1, 1) with the time axis.",
     "softmax": "Each head has its own independent gate g_h = sigmoid(w_h); a softmax over the heads "
                "would make them compete (they need not sum to 1).",
     "detached": "Keep g in the autograd graph: compute it with torch.sigmoid on the tensor w (no "
@@ -99,6 +102,7 @@ GATE = code_exercise(
     id="07.gate", title="A learned gate per head",
     hints=GATE_HINTS,
     error_hints={r"must match the size of tensor b .* at non-singleton dimension 3": "not_per_head",
+                 r"must match the size of tensor b .* at non-singleton dimension [02]": "batch_axis",
                  r"a Tensor with \d+ elements cannot be converted to Scalar": "one_gate"},
     checks=[
         Check("B = 2, H = 3, T = 4, D = 5, float64, w of both signs", _gate_check(71, 2, 3, 4, 5)),
@@ -122,6 +126,8 @@ KNN_HINTS = {
                  "(they differ when keys have different norms).",
     "newest_first": "Keep the store's order, oldest first: do not reverse or flip the selected pairs.",
     "keys_for_values": "Select the values with the same indices as the keys, from V_store.",
+    "wrong_axis": "Take the top-k over the N stored pairs, the last axis of the scores [B, H, 1, N] (dim=-1), "
+                  "separately for every batch and head: not over the queries or the heads.",
     "no_error": "top_k larger than the store must raise a ValueError that names top_k and N.",
     "not_pair": "Return a pair (K_selected, V_selected) of tensors.",
     "shape": "Each returned tensor must be [B, H, top_k, D] (values: [B, H, top_k, D_v]).",
@@ -155,7 +161,16 @@ def _knn_models(q, K, V, top_k, which):
     }
     if which == 1:
         models["keys_for_values"] = lambda: _knn_ref(q, K, V, top_k)[0]
+    models["wrong_axis#heads"] = lambda: _knn_shared(q, K, V, top_k, dims=(1,))[which]
+    models["wrong_axis#batch_and_heads"] = lambda: _knn_shared(q, K, V, top_k, dims=(0, 1))[which]
     return models
+
+
+def _knn_shared(q, K, V, top_k, dims):
+    """One selection for every head (and batch) along ``dims``: the scores summed over them."""
+    scores = (q @ K.transpose(-2, -1))[:, :, 0].sum(dims, keepdim=True)  # [B or 1, H or 1, N]
+    idx = scores.topk(top_k, dim=-1).indices.sort(dim=-1).values.expand(K.shape[0], K.shape[1], -1)
+    return _select(K, idx), _select(V, idx)
 
 
 def _pair(out):
@@ -224,6 +239,10 @@ CONCAT_HINTS = {
                        "two separate attentions gives weights that sum to 2.",
     "no_scale": "Divide the scores by sqrt(d), d = q.shape[-1], before the softmax.",
     "scale_by_dv": "The d in 1/sqrt(d) is the width of q and k, not of the values.",
+    "scale_by_n": "The d in 1/sqrt(d) is the width of q and k (q.shape[-1]), not the number of slots in the "
+                  "memories.",
+    "causal": "No mask here: every query reads every slot of both memories (they hold the past), so no "
+              "is_causal=True and no triangular mask.",
     "values_order": "Concatenate the values in the same order as the keys: [V_a, V_b] with [K_a, K_b].",
     "wrong_axis": "The softmax runs over the keys (the last axis of the scores), not over the queries.",
     "only_a": "Attend over both memories, not only the first.",
@@ -244,7 +263,9 @@ def _concat_models(q, Ka, Va, Kb, Vb):
         "two_softmax_mean": lambda: (attention_reference(q, Ka, Va) + attention_reference(q, Kb, Vb)) / 2,
         "two_softmax_sum": lambda: attention_reference(q, Ka, Va) + attention_reference(q, Kb, Vb),
         "no_scale": lambda: attention_reference(q, K, V, scale=1.0),
+        "scale_by_n": lambda: attention_reference(q, K, V, scale=K.shape[2] ** -0.5),
         "scale_by_dv": lambda: attention_reference(q, K, V, scale=V.shape[-1] ** -0.5),
+        "causal": lambda: torch.nn.functional.scaled_dot_product_attention(q, K, V, is_causal=True),
         "values_order": lambda: attention_reference(q, K, torch.cat([Vb, Va], 2)),
         "wrong_axis": wrong_axis,
         "only_a": lambda: attention_reference(q, Ka, Va),
@@ -273,7 +294,7 @@ CONCAT = code_exercise(
     checks=[
         Check("B = 2, H = 2, T_q = 3 queries, |Mem_a| = 5, |Mem_b| = 2, d = 8", _concat_check(91, 2, 2, 3, 5, 2, 8)),
         Check("one query, one slot in Mem_b", _concat_check(92, 1, 1, 1, 4, 1, 4)),
-        Check("values wider than keys (D_v = 6 != d = 4)", _concat_check(93, 1, 2, 2, 3, 3, 4, 6)),
+        Check("values wider than keys (D_v = 6 != d = 4)", _concat_check(93, 1, 2, 2, 3, 2, 4, 6)),
         Check("float32 in, float32 out", _concat_check(94, 2, 3, 4, 6, 5, 8, dtype=torch.float32)),
         Check("non-contiguous q (heads split from [B, T, H, D])",
               _concat_check(95, 2, 3, 5, 4, 3, 8, non_contiguous=True)),
