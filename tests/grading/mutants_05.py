@@ -148,3 +148,20 @@ value_mutant("05.capacity", "counts_entries", "entries", 4096)
 value_mutant("05.capacity", "square_root", "sqrt", 8)
 value_mutant("05.capacity", "double", "two_d", 128)
 choice_mutants("05.overwrite", newest_wins="A", swapped="C", no_removal="D")
+
+
+_MEMORY: dict = {}
+
+
+@mutant("05.delta_update", hint="stateful")
+def delta_memory_kept_between_calls(S, k, v, beta):
+    """Keeps its own S from the last call while the shapes stay the same (a streaming memory never reset)."""
+    key = (tuple(S.shape), S.dtype)
+    if _MEMORY.get("key") != key:
+        _MEMORY.clear()
+        _MEMORY.update(key=key, S=S)
+    S = _MEMORY["S"]
+    b = beta if not isinstance(beta, torch.Tensor) else beta[..., None, None]
+    read = torch.einsum("bhd,bhde->bhe", k, S)
+    _MEMORY["S"] = S + b * torch.einsum("bhd,bhe->bhde", k, v - read)
+    return _MEMORY["S"]

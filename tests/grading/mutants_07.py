@@ -241,3 +241,22 @@ def knn_one_selection_for_all_heads(q, K_store, V_store, top_k):
 
 value_mutant("07.concat_weight", "rounded", "rounded", 0.667)
 right_value("07.concat_weight", "as_a_fraction", lambda: 12 / 18)
+
+
+_STORE: dict = {}
+
+
+@mutant("07.knn_select", hint="stateful")
+def knn_store_kept_between_calls(q, K_store, V_store, top_k):
+    """Appends every store it is given to its own (while the shapes stay the same), as a datastore would."""
+    key = (tuple(K_store.shape), tuple(V_store.shape), K_store.dtype)
+    if top_k > K_store.shape[2]:
+        raise ValueError(f"top_k={top_k} must be at most N={K_store.shape[2]}")
+    if _STORE.get("key") != key:
+        _STORE.clear()
+        _STORE.update(key=key, K=K_store[:, :, :0], V=V_store[:, :, :0])
+    _STORE["K"], _STORE["V"] = torch.cat([_STORE["K"], K_store], 2), torch.cat([_STORE["V"], V_store], 2)
+    K, V = _STORE["K"], _STORE["V"]
+    idx = (q @ K.transpose(-2, -1))[:, :, 0].topk(top_k, -1).indices.sort(-1).values
+    gather = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
+    return gather(K), gather(V)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...memory import delta_rule_recurrent, linear_attention_recurrent
-from ..compare import call_keeping_inputs, close, expect_answer, expect_close, expect_tensor, make, randn, seeded
+from ..compare import call_keeping_inputs, close, expect_answer, expect_close, expect_tensor, make, randn, seeded, twice
 from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
 
@@ -108,6 +108,8 @@ DELTA_UPDATE = code_exercise(
         Check("float32 in, float32 out; S a non-contiguous (transposed) view",
               _delta_check(505, 2, 2, 4, 5, beta=0.7, dtype=torch.float32, non_contiguous=True)),
         Check("the same key written twice (beta = 1): reading it returns the second value", _overwrite_check),
+        Check("called twice on the same inputs (B = 1, H = 2, D = 3, D_v = 2, beta = 0.7): the same result",
+              twice(_delta_check(506, 1, 2, 3, 2, beta=0.7))),
     ],
 )
 

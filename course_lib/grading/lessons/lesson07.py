@@ -28,6 +28,7 @@ from ..compare import (
     randn,
     run_beside,
     seeded,
+    twice,
 )
 from ..core import Check, Mistake, code_exercise, error_name, type_name
 from ..questions import choice_exercise, number_exercise
@@ -227,6 +228,8 @@ KNN_SELECT = code_exercise(
         Check("top_k = 6 > N = 5 raises ValueError", _knn_too_many),
         Check("a non-contiguous store (heads split from [B, N, H, D])",
               _knn_check(88, 2, 3, 9, 4, 3, non_contiguous=True)),
+        Check("called twice on the same store (B = 1, H = 2, N = 8, top_k = 2): the same pairs both times",
+              twice(_knn_check(89, 1, 2, 8, 3, 2))),
     ],
 )
 
