@@ -18,8 +18,9 @@ def _window_and_delta(window):
     return {"name": "multi", "combine": "gate", "memories": [{"name": "window", "window": window}, {"name": "delta"}]}
 
 
-WHY = ("A window keeps the recent turn exact and a delta memory keeps the user's facts from the start in "
-       "a fixed matrix read by content, so bytes and time per token stay flat; old facts still fade.")
+WHY = ("A window of 16 tokens keeps the recent turn exact and a delta memory keeps the user's facts from the start "
+       "in a fixed matrix read by content, so the bytes (24 KiB) and the time per token stay flat; old facts still "
+       "fade as later writes overwrite them.")
 
 REFERENCES = {
     "09.window_for_budget": lambda budget, n_layers, n_kv_heads, head_dim, bytes_per_value: int(
@@ -33,8 +34,9 @@ REFERENCES = {
     "09.summarisation_design": lambda: {
         "memory": {"name": "multi", "combine": "gate",
                    "memories": [{"name": "window", "window": 8}, {"name": "cumulative_average"}]},
-        "justification": "The window keeps the latest sentences exact; the cumulative average folds every "
-                         "token of the document into one pair per head, so every part leaves a trace, diluted.",
+        "justification": "The window of 8 tokens keeps the latest sentences exact; the cumulative average folds "
+                         "every token of the document into one pair per head, so every part leaves a trace at the "
+                         "end, diluted as the document grows: a gist, not exact recall.",
     },
     "09.residual_risk": "a",
     "09.scenario_chatbot": "B",
@@ -102,6 +104,19 @@ def no_reasons():
     return {"memory": _window_and_delta(16), "justification": "window + delta"}
 
 
+@mutant("09.chatbot_design", hint="no_justification")
+def twenty_copies_of_one_word():
+    """A.2.3: 20 copies of one word (full marks when only words were counted)."""
+    return {"memory": _window_and_delta(16), "justification": " ".join(["memory"] * 20)}
+
+
+@mutant("09.chatbot_design", hint="no_justification")
+def reasons_without_numbers_or_risks():
+    return {"memory": _window_and_delta(16),
+            "justification": "The window keeps the recent turns and the delta memory keeps the facts, so the design "
+                             "fits the budget of the device and the time per token stays the same as it grows."}
+
+
 # ---------------------------------------------------------------- 09.summarisation_design
 
 
@@ -131,6 +146,13 @@ def summary_full():
     return {"memory": {"name": "full"},
             "justification": "Summaries need every detail of the document, so keep every key and value: the "
                              "full KV cache forgets nothing at all, whatever the document's length."}
+
+
+@mutant("09.summarisation_design", hint="no_justification", name="summary_twenty_copies")
+def summary_twenty_copies():
+    return {"memory": {"name": "multi", "combine": "gate",
+                       "memories": [{"name": "window", "window": 16}, {"name": "linear"}]},
+            "justification": " ".join(["summary"] * 20)}
 
 
 # ---------------------------------------------------------------- questions
