@@ -411,3 +411,18 @@ def test_a_front_sorted_the_wrong_way_is_told_to_sort_ascending():
     result = check("08.pareto_front", next(m.answer for m in MUTANTS if m.name == "pareto_sorted_descending"),
                    quiet=True)
     assert "ASCENDING" in result.feedback and "not by index" not in result.feedback
+
+
+def test_feedback_never_echoes_unbounded_learner_text():
+    """Point 9 (B01, B04): a huge answer, a huge exception name or message: the report stays short."""
+    huge = "A" * (5 * 2**20)
+    for exercise_id in ("01.first_query", "04.is_update_form"):
+        result = check(exercise_id, huge + " B", quiet=True)
+        assert result.score == 0 and len(result.feedback) < 600, len(result.feedback)
+    long_name = type("E" * 10_000, (Exception,), {})
+
+    def raises(x, c, how):
+        raise long_name("m" * 10_000)
+
+    result = check("06.compress", raises, quiet=True)
+    assert len(result.feedback) < 3000 and "E" * 41 not in result.feedback
