@@ -225,8 +225,9 @@ def grade_notebook(notebook, *, timeout: float | None = None, cell_timeout: floa
     for name, value in (("memory_gb", memory_gb), ("cpu_seconds", cpu_seconds), ("disk_gb", disk_gb)):
         _positive(name, value)
     try:
-        nb = nbformat.read(path, as_version=4)
-        _plain_sources(nb)
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        _plain_sources(raw)
+        nb = nbformat.reads(json.dumps(raw), as_version=4)
     except GradingError:
         raise
     except Exception as err:  # not JSON, not a notebook
@@ -271,7 +272,10 @@ def _safe_file_name(name: str) -> str:
 
 def _plain_sources(nb) -> None:
     """Every cell's source as one string (a cell whose source is not text is refused by name)."""
-    for index, cell in enumerate(nb.cells):
+    cells = nb.get("cells", []) if isinstance(nb, dict) else []
+    for index, cell in enumerate(cells if isinstance(cells, list) else []):
+        if not isinstance(cell, dict):
+            raise GradingError(f"cell {index + 1} must be a JSON object, got {type(cell).__name__}")
         source = cell.get("source", "")
         if isinstance(source, list) and all(isinstance(part, str) for part in source):
             cell["source"] = "".join(source)
@@ -355,7 +359,11 @@ def _kernel_manager(layout: sb.Layout, *, sandbox: bool, limits: sb.Limits):
     km = AsyncKernelManager(kernel_name="course-graded", kernel_spec_manager=KernelSpecManager(
         kernel_dirs=[str(layout.spec)]), transport="ipc", ip=str(layout.sockets / "kernel"),
         connection_file=str(layout.connection_file))
-    km.context.setsockopt(zmq.MAXMSGSIZE, 4 * CELL_OUTPUT_BYTES)  # a larger message drops the kernel's link
+    # a message larger than this (ipykernel sends a flood of prints as a few huge ones) drops the link
+    # for a moment instead of landing in the grader's memory; the output is lost, the grade goes on
+    km.context.setsockopt(zmq.MAXMSGSIZE, 4 * CELL_OUTPUT_BYTES)
+    make_client = km.client
+    km.client = lambda **kwargs: make_client(**{"context": km.context, **kwargs})  # the client's sockets too
     return km
 
 
@@ -374,6 +382,7 @@ def _content_bytes(x, depth: int = 0) -> int:
 
 
 def _bounded_client_class():
+    from jupyter_core.utils import run_sync
     from nbclient import NotebookClient
 
     class BoundedClient(NotebookClient):
@@ -382,13 +391,29 @@ def _bounded_client_class():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.course_total, self.course_cell, self.course_truncated = 0, 0, set()
+            self.course_lost_in_a_row = 0
+            self.course_flood = lambda reason: None  # called once the output passes the whole run's limit
 
         async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
             self.course_cell = 0
-            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+            out = await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+            # a message too large for the link is dropped with the cell's "idle": three cells in a row
+            # that way mean the kernel is still pushing a flood of output
+            if cell.get("metadata", {}).get("execution", {}).get("iopub.status.idle"):
+                self.course_lost_in_a_row = 0
+            else:
+                self.course_lost_in_a_row += 1
+                if self.course_lost_in_a_row >= 3:
+                    self.course_flood("the notebook's output came in messages too large to read "
+                                      f"(more than {4 * CELL_OUTPUT_BYTES // 2**20} MiB each)")
+            return out
+
+        execute_cell = run_sync(async_execute_cell)
 
         def output(self, outs, msg, display_id, cell_index):
             size = _content_bytes(msg.get("content", {}))
+            if self.course_total + size > TOTAL_OUTPUT_BYTES:
+                self.course_flood(f"the notebook printed more than {TOTAL_OUTPUT_BYTES // 2**20} MiB")
             if self.course_cell + size > CELL_OUTPUT_BYTES or self.course_total + size > TOTAL_OUTPUT_BYTES:
                 if msg.get("msg_type") == "error":  # keep the error itself, shortened
                     msg = copy.deepcopy(msg)
@@ -463,7 +488,8 @@ def _run(nb, layout: sb.Layout, timeout: float, targets: dict, results: dict, hi
         nb, km=km, timeout=int(math.ceil(timeout)), allow_errors=True, interrupt_on_timeout=True,
         error_on_timeout={"ename": "CellTimeoutError", "evalue": f"the cell ran longer than {timeout:g} s "
                           "and was interrupted", "traceback": []},
-        startup_timeout=120, resources={"metadata": {"path": str(layout.work)}},
+        startup_timeout=120, resources={"metadata": {"path": str(layout.work)}}, record_timing=True,
+        iopub_timeout=10,
     )
     env = sb.minimal_env({sb.GRADING_ENV: "1"})
     by_cell: dict[int, list[str]] = {}
@@ -499,6 +525,7 @@ def _run(nb, layout: sb.Layout, timeout: float, targets: dict, results: dict, hi
     session = Session(transport, Exchange(layout.requests, layout.responses), prober=worker)
     watched = [layout.responses, layout.sockets] + ([] if sandbox else [layout.work, probe_dir])
     watchdog = _Watchdog(km, limits, deadline, total, watched, hits, worker)
+    client.course_flood = lambda reason: watchdog.hit("output", reason)
     stopped = ""
     try:
         with client.setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
