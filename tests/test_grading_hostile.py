@@ -103,14 +103,14 @@ def test_B11_links_planted_where_the_grader_exchanges_files_are_never_written_th
             "for folder in ex:\n"
             "    for n in range(1, 60):\n"
             "        for name in (f'request-{n}.pt', f'response-{n}.pt'):\n"
-            "            for target in (%r, %r):\n"
+            "            for target in (VICTIMS):\n"
             "                try:\n"
             "                    os.symlink(target, os.path.join(folder, name + str(hash(target))[-3:]))\n"
             "                    os.symlink(target, os.path.join(folder, name))\n"
             "                    planted.append(folder)\n"
             "                except OSError:\n"
             "                    pass\n"
-            "print(sorted(set(planted)))" % (str(victim), str(home_victim)))
+            "print(sorted(set(planted)))").replace("VICTIMS", f"{str(victim)!r}, {str(home_victim)!r}")
         path = write_notebook(tmp_path / "03_links.ipynb", IMPORT, RIGHT_03, plant, *CHECKS_03)
         report = grade_notebook(path, timeout=120)
         assert victim.read_text() == "untouched" and home_victim.read_text() == "untouched"
@@ -134,11 +134,11 @@ def test_B11_without_a_sandbox_links_for_the_next_requests_are_refused_not_follo
         "            if m:\n"
         "                for n in range(int(m.group(1)) + 1, int(m.group(1)) + 40):\n"
         "                    try:\n"
-        "                        os.symlink(%r, os.path.join(os.path.dirname(p), f'request-{n}-{m.group(2)}.pt'))\n"
+        "                        os.symlink(VICTIM, os.path.join(os.path.dirname(p), f'request-{n}-{m.group(2)}.pt'))\n"
         "                    except OSError:\n"
         "                        pass\n"
         "        time.sleep(0.01)\n"
-        "threading.Thread(target=plant, daemon=True).start()" % str(victim))
+        "threading.Thread(target=plant, daemon=True).start()").replace("VICTIM", repr(str(victim)))
     path = write_notebook(tmp_path / "03_links_plain.ipynb", IMPORT, RIGHT_03, plant, *CHECKS_03)
     report = grade_notebook(path, timeout=120)
     assert victim.read_text() == "untouched"
@@ -310,7 +310,7 @@ def test_B01_B02_B17_secrets_files_and_other_submissions_stay_out_of_the_kernel_
             "    raise type('LEAK=' + LEAK, (Exception,), {})('exfiltrated through the exception class name')",
             *CHECKS_03, 'check("03.sparse_cache", strided_cache)',
             # B02: run the instructor's solutions from disk
-            "sol = json.load(open(%r))\n" % str(ROOT / "solutions" / "03_two_routes_solutions.ipynb"))
+            f"sol = json.load(open({str(ROOT / 'solutions' / '03_two_routes_solutions.ipynb')!r}))\n")
         report = grade_notebook(path, timeout=120)
         text = report_text(report)
         for secret in (token, "HOME-SECRET-5678", "BOB-ANSWERS-9999", "BOB-BESIDE-1111", "course_grade_other",
@@ -345,8 +345,11 @@ def test_B15_cells_that_each_overstay_cannot_stretch_the_grade_past_its_limit(tm
 
 @needs_bwrap
 def test_B16_the_private_tmp_and_the_working_folder_are_size_limited(tmp_path):
-    write = ("chunk = b'\\0' * 2**24\nwith open(%r, 'wb') as f:\n    for _ in range(16):\n        f.write(chunk)")
-    path = write_notebook(tmp_path / "03_disk.ipynb", IMPORT, write % "bigfile.bin", write % "/tmp/bigfile.bin",
+    def write(name):
+        return (f"chunk = b'\\0' * 2**24\nwith open({name!r}, 'wb') as f:\n"
+                "    for _ in range(16):\n        f.write(chunk)")
+
+    path = write_notebook(tmp_path / "03_disk.ipynb", IMPORT, write("bigfile.bin"), write("/tmp/bigfile.bin"),
                           "ok = 1", 'check("03.sparse_cache", "B")')
     report = grade_notebook(path, timeout=120, disk_gb=0.25)  # 128 MiB for /tmp, 128 MiB for the work copy
     errors = dict(report.cell_errors)
