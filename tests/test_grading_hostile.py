@@ -246,6 +246,23 @@ def test_B10_patching_the_gradient_probe_does_not_pass_a_reconstruction_loss_tha
 
 
 @needs_bwrap
+def test_B10_patching_compare_grads_does_not_pass_a_gate_that_is_not_learned(tmp_path):
+    path = write_notebook(
+        tmp_path / "07_forged_grads.ipynb", IMPORT,
+        "def _right(out_a, out_b, w):\n"
+        "    g = torch.sigmoid(w)[None, :, None, None]\n"
+        "    return g * out_a + (1 - g) * out_b\n"
+        "import course_lib.grading.compare as _C\n_orig = _C.grads\n"
+        "_C.grads = lambda fn, inputs, weight: _orig(_right, inputs, weight)",
+        "def gate(out_a, out_b, w):  # WRONG: the gate is detached, so w never learns\n"
+        "    g = torch.sigmoid(w).detach()[None, :, None, None]\n"
+        "    return g * out_a + (1 - g) * out_b",
+        'check("07.gate", gate)')
+    found = items(grade_notebook(path, timeout=120))
+    assert found["07.gate"].score < 2, found["07.gate"].feedback
+
+
+@needs_bwrap
 def test_B10_sending_the_probe_another_function_than_the_one_graded_is_caught(tmp_path):
     """The kernel's export is patched to hand the probe a correct, detaching function."""
     path = write_notebook(

@@ -143,6 +143,8 @@ def test_memory_and_cpu_limits_contain_a_greedy_notebook(tmp_path):
     found = items(report)
     assert found["01.first_query"].score == 1
     assert found["01.window_scores"].score == 0 and report.stopped, report.stopped
+    assert [hit["limit"] for hit in report.limits] == ["cpu", "memory"], report.limits
+    assert "limit 20 s" in report.stopped and "3 GiB" in report.limits[1]["reason"]
 
 
 @pytest.mark.slow
@@ -163,7 +165,7 @@ def test_the_kernel_command_sets_limits_and_wraps_bubblewrap(tmp_path):
     argv = sandbox.kernel_argv(layout, sandbox=True, limits=limits)
     launcher = argv.index("course_lib.grading.sandbox") - 2
     assert argv[launcher + 1:launcher + 9] == ["-m", "course_lib.grading.sandbox", "--memory", str(2**30), "--cpu",
-                                                "60", "--fsize", str(2**28)]
+                                                str(60 + sandbox.CPU_BACKSTOP), "--fsize", str(2**28)]
     joined = " ".join(argv)
     for flag in ("--tmpfs /tmp", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
                  "--remount-ro /", f"--ro-bind {layout.requests} {layout.requests}",

@@ -579,6 +579,11 @@ def _run(nb, layout: sb.Layout, timeout: float, targets: dict, results: dict, hi
         worker.close()
         _shutdown(km)
         session.exchange.close()
+    for index, cell in enumerate(nb.cells):
+        text = _error_text(cell).lower() if cell.cell_type == "code" else ""
+        if text.startswith("memoryerror") or "can't allocate memory" in text or "out of memory" in text:
+            _hit(hits, "memory", f"cell {index + 1} ran out of memory (at most {limits.memory / 2**30:g} GiB of "
+                                 "address space per process)")
     for hit in hits:  # a limit the watchdog enforced explains why the kernel died
         if hit["limit"] != "time" or not stopped:
             stopped = f"{stopped}; {hit['reason']}" if stopped else hit["reason"]

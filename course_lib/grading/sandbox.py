@@ -42,6 +42,7 @@ __all__ = ["bwrap_reason", "kernel_argv", "worker_argv", "Limits", "Layout", "mi
 DEFAULT_MEMORY = 8 * 2**30  # bytes of address space per process (torch reserves far more than it touches)
 DEFAULT_CPU = 3600  # seconds of CPU time for the whole notebook: all threads and processes together
 DEFAULT_DISK = 1 * 2**30  # bytes the kernel may write: private /tmp + working folder + its answers
+CPU_BACKSTOP = 10  # seconds a single process may run past the tree's CPU limit before RLIMIT_CPU ends it
 GRADING_ENV = "COURSE_GRADE_SESSION"  # set in a graded kernel: check() leaves the checks to the grader
 
 # What a graded kernel inherits of the grader's environment: course settings and numeric-library
@@ -194,8 +195,9 @@ def _bwrap(layout: Layout | None, limits: Limits, env: dict[str, str], chdir: Pa
 
 
 def _launcher(limits: Limits, copy_from: Path | None = None) -> list[str]:
+    # the per-process CPU limit is a backstop: the grader's watchdog stops the whole tree first
     args = [sys.executable, "-m", "course_lib.grading.sandbox", "--memory", str(int(limits.memory)),
-            "--cpu", str(int(limits.cpu)), "--fsize", str(int(limits.file_size))]
+            "--cpu", str(int(limits.cpu) + CPU_BACKSTOP), "--fsize", str(int(limits.file_size))]
     if copy_from is not None:
         args += ["--copy-from", str(copy_from)]
     return args + ["--"]
