@@ -27,7 +27,7 @@ from course_lib.grading.cli import grade_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_bwrap = pytest.mark.skipif(bool(sandbox.bwrap_reason()), reason=f"no sandbox: {sandbox.bwrap_reason()}")
-pytestmark = [pytest.mark.slow]
+
 
 IMPORT = "from course_lib.grading import check\nimport os, glob, torch"
 # Right answers to lesson 03 that take no time to write: the course's own references (allowed).
@@ -90,6 +90,7 @@ def baseline_rss(tmp_path_factory):
 # ---------------------------------------------------------------- B11, B12: the exchange
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B11_links_planted_where_the_grader_exchanges_files_are_never_written_through(tmp_path):
     victim = tmp_path / "victim.txt"
@@ -119,6 +120,7 @@ def test_B11_links_planted_where_the_grader_exchanges_files_are_never_written_th
         home_victim.unlink()
 
 
+@pytest.mark.slow
 def test_B11_without_a_sandbox_links_for_the_next_requests_are_refused_not_followed(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_GRADE_NO_SANDBOX", "1")
     victim = tmp_path / "victim.txt"
@@ -156,6 +158,7 @@ PATCH_DUMP = (
     "R._dump = _dump")
 
 
+@pytest.mark.slow
 @needs_bwrap
 @pytest.mark.parametrize("plant", ["os.mkfifo(path)", "os.symlink('/dev/zero', path)"], ids=["fifo", "dev-zero"])
 def test_B12_a_fifo_or_dev_zero_in_place_of_an_answer_neither_hangs_nor_fills_the_grader(
@@ -172,6 +175,7 @@ def test_B12_a_fifo_or_dev_zero_in_place_of_an_answer_neither_hangs_nor_fills_th
 # ---------------------------------------------------------------- B04, B05: size
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B04_enormous_answers_stay_small_in_the_grader_and_out_of_the_report(tmp_path, baseline_rss):
     path = write_notebook(
@@ -195,6 +199,7 @@ def test_B04_enormous_answers_stay_small_in_the_grader_and_out_of_the_report(tmp
         "feedback"]
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B05_a_flood_of_output_is_cut_off_and_the_grader_stays_small(tmp_path, baseline_rss):
     path = write_notebook(tmp_path / "03_flood.ipynb", IMPORT, RIGHT_03, *CHECKS_03[:2],
@@ -213,6 +218,7 @@ def test_B05_a_flood_of_output_is_cut_off_and_the_grader_stays_small(tmp_path, b
 # ---------------------------------------------------------------- B10: probes
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B10_patching_the_stop_gradient_probe_in_the_kernel_does_not_pass_a_memory_without_detach(tmp_path):
     path = write_notebook(
@@ -229,6 +235,7 @@ def test_B10_patching_the_stop_gradient_probe_in_the_kernel_does_not_pass_a_memo
     assert "detach" in found["05.segment_update"].feedback
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B10_patching_the_gradient_probe_does_not_pass_a_reconstruction_loss_that_leaks_into_q(tmp_path):
     path = write_notebook(
@@ -245,6 +252,7 @@ def test_B10_patching_the_gradient_probe_does_not_pass_a_reconstruction_loss_tha
     assert "q" in found["06.reconstruction_loss"].feedback
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B10_patching_compare_grads_does_not_pass_a_gate_that_is_not_learned(tmp_path):
     path = write_notebook(
@@ -262,6 +270,7 @@ def test_B10_patching_compare_grads_does_not_pass_a_gate_that_is_not_learned(tmp
     assert found["07.gate"].score < 2, found["07.gate"].feedback
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B10_sending_the_probe_another_function_than_the_one_graded_is_caught(tmp_path):
     """The kernel's export is patched to hand the probe a correct, detaching function."""
@@ -279,6 +288,7 @@ def test_B10_sending_the_probe_another_function_than_the_one_graded_is_caught(tm
     assert found["05.segment_update"].score < 1, found["05.segment_update"].feedback
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_a_right_answer_that_uses_its_own_helpers_and_modules_passes_the_probe(tmp_path):
     path = write_notebook(
@@ -297,6 +307,7 @@ def test_a_right_answer_that_uses_its_own_helpers_and_modules_passes_the_probe(t
 # ---------------------------------------------------------------- B01, B02, B17: what the kernel sees
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B01_B02_B17_secrets_files_and_other_submissions_stay_out_of_the_kernel_and_the_report(
         tmp_path, monkeypatch):
@@ -347,6 +358,7 @@ def test_B01_B02_B17_secrets_files_and_other_submissions_stay_out_of_the_kernel_
 # ---------------------------------------------------------------- B15, B16, CPU of the tree: limits
 
 
+@pytest.mark.slow
 def test_B15_cells_that_each_overstay_cannot_stretch_the_grade_past_its_limit(tmp_path):
     cells = []
     for _ in range(8):
@@ -360,6 +372,7 @@ def test_B15_cells_that_each_overstay_cannot_stretch_the_grade_past_its_limit(tm
     assert "not reached" in items(report)["03.linear_attention"].feedback
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B16_the_private_tmp_and_the_working_folder_are_size_limited(tmp_path):
     def write(name):
@@ -374,6 +387,7 @@ def test_B16_the_private_tmp_and_the_working_folder_are_size_limited(tmp_path):
     assert items(report)["03.sparse_cache"].score == 1, "the kernel goes on after a full disk"
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_B16_answers_written_past_the_disk_limit_stop_the_kernel(tmp_path):
     path = write_notebook(
@@ -391,6 +405,7 @@ def test_B16_answers_written_past_the_disk_limit_stop_the_kernel(tmp_path):
     assert items(report)["03.sparse_cache"].score == 0
 
 
+@pytest.mark.slow
 def test_the_cpu_limit_holds_for_the_whole_process_tree(tmp_path):
     burn = ("import subprocess, sys\n"
             "code = 'import time\\nend = time.process_time() + 8\\nwhile time.process_time() < end: pass'\n"
@@ -414,3 +429,81 @@ def test_B13_a_cell_whose_source_is_not_text_gets_a_clear_message(tmp_path, caps
     path.write_text(json.dumps(nb))
     assert course_main(["grade", str(path)]) == 2
     assert "cell 1's source must be text, got list" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the exchange, file by file (no kernel needed)
+
+
+def test_the_grader_never_writes_through_a_link_planted_under_a_request_name(tmp_path):
+    from course_lib.grading.remote import Exchange
+
+    exchange = Exchange(tmp_path / "requests", tmp_path / "responses")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    request, _ = exchange.names(1)
+    os.symlink(victim, exchange.requests / request)
+    with pytest.raises(OSError):
+        exchange.write_request(request, b"payload")
+    assert victim.read_text() == "untouched"
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "dev-zero", "folder"])
+def test_an_answer_that_is_not_a_plain_file_is_refused_at_once(tmp_path, plant):
+    from course_lib.grading.remote import Exchange, RemoteError
+
+    exchange = Exchange(tmp_path / "requests", tmp_path / "responses")
+    _, response = exchange.names(1)
+    target = exchange.responses / response
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET")
+    {"symlink": lambda: os.symlink(secret, target), "fifo": lambda: os.mkfifo(target),
+     "dev-zero": lambda: os.symlink("/dev/zero", target), "folder": lambda: target.mkdir()}[plant]()
+    start = time.monotonic()
+    with pytest.raises(RemoteError) as err:
+        exchange.read_response(response)
+    assert time.monotonic() - start < 1 and "not a plain file" in str(err.value)
+
+
+def test_replacing_the_answers_folder_by_a_link_changes_nothing_the_grader_reads(tmp_path):
+    from course_lib.grading.remote import Exchange
+
+    exchange = Exchange(tmp_path / "requests", tmp_path / "responses")
+    _, response = exchange.names(1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / response).write_bytes(b"planted")
+    exchange.responses.rename(tmp_path / "moved")
+    os.symlink(elsewhere, tmp_path / "responses")
+    assert exchange.read_response(response) is None, "the grader reads the folder it opened, not the link"
+
+
+def test_an_oversized_answer_is_refused_without_reading_it(tmp_path, monkeypatch):
+    from course_lib.grading import remote
+
+    monkeypatch.setattr(remote, "MAX_RESPONSE_BYTES", 1024)
+    exchange = remote.Exchange(tmp_path / "requests", tmp_path / "responses")
+    _, response = exchange.names(1)
+    with open(exchange.responses / response, "wb") as f:
+        f.truncate(2**40)  # a sparse 1 TiB file
+    with pytest.raises(remote.RemoteError, match="at most 1024"):
+        exchange.read_response(response)
+
+
+def test_B09_a_sparse_tensor_with_indices_out_of_range_is_refused(tmp_path):
+    import torch
+
+    from course_lib.grading.remote import RemoteError, loopback_answer
+
+    def answer():
+        return torch.sparse_coo_tensor([[0, 10**9], [0, 5]], [1.0, 2.0], (4, 4), check_invariants=False)
+
+    _, remote_answer = loopback_answer(answer, tmp_path)
+    with pytest.raises(RemoteError, match="strided"):
+        remote_answer()
+
+
+def test_exception_names_from_the_kernel_reach_a_report_short_and_plain():
+    from course_lib.grading.remote import remote_error
+
+    err = remote_error("LEAK=" + "{'secret': 1}" * 1000, "x" * 10_000)
+    assert len(err.remote_type) <= 60 and "{" not in err.remote_type and len(str(err)) <= 300
