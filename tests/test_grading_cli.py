@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_notebook
+from notebook_helpers import write_notebook
 
 from course_lib.__main__ import main as course_main
 from course_lib.grading import EXERCISES
@@ -23,12 +23,6 @@ LESSON_01 = [i for i in EXERCISES if i.startswith("01.")]
 LESSON_02 = [i for i in EXERCISES if i.startswith("02.")]
 
 
-def write_notebook(path, *sources):
-    cells = [new_markdown_cell("# a synthetic notebook")] + [new_code_cell(s) for s in sources]
-    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                            "language": "python"}})
-    nbformat.write(nb, path)
-    return path
 
 
 def untouched(path):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_notebook
+from notebook_helpers import write_notebook
 
 from course_lib.grading import sandbox
 from course_lib.grading.cli import grade_notebook
@@ -44,12 +45,6 @@ CHECKS_03 = [f'check("03.{name}", {answer})' for name, answer in (
     ("state_bytes", "cache_over_state"))]
 
 
-def write_notebook(path, *sources):
-    cells = [new_markdown_cell("# a hostile notebook")] + [new_code_cell(s) for s in sources]
-    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                            "language": "python"}})
-    nbformat.write(nb, path)
-    return path
 
 
 def items(report) -> dict:

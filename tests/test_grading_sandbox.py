@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from notebook_helpers import write_notebook
 
 import course_lib.grading as grading_package
 from course_lib.__main__ import main as course_main
@@ -32,12 +32,6 @@ IMPORT = "from course_lib.grading import check"
 WRONG_ATTENTION = "def scaled_attention(q, k, v, mask=None):\n    return v[..., : q.shape[2], :] * 0 + 1"
 
 
-def write_notebook(path, *sources, metadata=None):
-    cells = [new_markdown_cell("# a hostile notebook")] + [new_code_cell(s) for s in sources]
-    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                            "language": "python"}, **(metadata or {})})
-    nbformat.write(nb, path)
-    return path
 
 
 def digest(path: Path) -> str:
