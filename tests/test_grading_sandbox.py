@@ -182,3 +182,17 @@ def test_the_limits_launcher_applies_them_before_running_the_command(tmp_path):
                           "resource.getrlimit(resource.RLIMIT_CPU)[0])"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ})
     assert out.stdout.split() == [str(2**31), "7"], out.stderr
+
+
+SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*_solutions.ipynb"))
+
+
+@pytest.mark.slow
+@needs_bwrap
+@pytest.mark.parametrize("path", SOLUTIONS, ids=[p.name[:2] for p in SOLUTIONS])
+def test_every_worked_solution_gets_full_marks_through_the_sandbox(path):
+    """Honest notebooks lose nothing to the allow-list, the minimal environment, the probe
+    interpreter or the default limits."""
+    report = grade_notebook(path)
+    assert report.sandbox == "bubblewrap" and not report.limits and not report.stopped, report.table()
+    assert report.score == report.max_score > 0, report.table()
