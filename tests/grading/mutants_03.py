@@ -214,7 +214,7 @@ def rows_from_t_minus_1(mask, t):
     return [j for j in range(t) if not mask[max(t - 1, 0):, j].any()]
 
 
-@mutant("03.evictable", hint="numpy")
+@mutant("03.evictable", hint="not_list", name="numpy_positions")
 def numpy_positions(mask, t):
     import numpy as np
     return np.flatnonzero(~mask[t:, :t].any(0).numpy())
