@@ -97,7 +97,7 @@ def run_as_graded(exercise: Exercise, answer, *, timeout: float | None = None) -
     from . import remote
     from .core import CheckLine, error_name
 
-    before = set(remote._HANDLES)
+    before = remote.handles()
     try:
         with tempfile.TemporaryDirectory(prefix="course_check_") as folder:
             try:
@@ -108,5 +108,4 @@ def run_as_graded(exercise: Exercise, answer, *, timeout: float | None = None) -
                 return CheckResult(exercise.id, 0.0, exercise.points, "failed", [line], exercise.kind)
             return run_exercise(exercise, proxied, timeout=timeout)
     finally:  # the objects this check handed out stay alive no longer than the check
-        for handle in set(remote._HANDLES) - before:
-            remote._HANDLES.pop(handle, None)
+        remote.release(before)

@@ -16,7 +16,7 @@ import torch
 from .core import Mistake, type_name
 
 __all__ = ["seeded", "randn", "heads_view", "expect_tensor", "close", "expect_close", "expect_number",
-           "call_keeping_inputs", "expect_answer", "expect_mask", "make", "run_beside", "grads", "twice",
+           "call_keeping_inputs", "expect_answer", "expect_mask", "make", "probe", "run_beside", "grads", "twice",
            "number_tolerance"]
 
 
@@ -97,16 +97,31 @@ def make(answer, factory, *args, **kwargs):
     return factory(*args, **kwargs)
 
 
-def run_beside(answer, probe, *args, **kwargs):
-    """``probe(answer, *args, **kwargs)``, run where ``answer`` lives; ``probe`` returns data.
-
-    For what cannot cross as data: gradients, ``requires_grad``, whether a state was
-    detached, an object's identity. ``probe`` must be a module-level function (importable,
-    for example in ``course_lib.grading.lessons.lessonNN``) that calls the answer and
-    returns tensors, numbers or containers of them."""
-    return make(answer, probe, answer, *args, **kwargs)
+PROBES: dict[tuple[str, str], Callable] = {}
 
 
+def probe(fn: Callable) -> Callable:
+    """Register ``fn`` as a probe: ``fn(answer, args, *rest)`` calls ``answer(*args)`` and returns
+    data about it (gradients, ``requires_grad``, whether a state was detached).
+
+    Under the grade command a probe never runs in the learner's kernel, whose modules the
+    notebook can replace: the grader runs it in a fresh sandboxed interpreter
+    (:mod:`course_lib.grading.probe`) on the answer rebuilt from its source, and checks that
+    the rebuilt answer gives the kernel's values for ``args``. In the learner's own notebook
+    it runs beside the answer. ``fn`` must be a module-level function of an importable module."""
+    fn.__course_probe__ = True
+    PROBES[(fn.__module__, fn.__qualname__)] = fn
+    return fn
+
+
+def run_beside(answer, probe_fn, args, *rest, **kwargs):
+    """``probe_fn(answer, args, *rest, **kwargs)`` for a registered :func:`probe`; returns its data."""
+    if not getattr(probe_fn, "__course_probe__", False):
+        raise TypeError(f"run_beside needs a function registered with compare.probe, got {probe_fn!r}")
+    return make(answer, probe_fn, answer, args, *rest, **kwargs)
+
+
+@probe
 def grads(fn, inputs, weight):
     """A probe for :func:`run_beside`: ``(out, [d (out * weight).sum() / d x for x in inputs])``,
     with each input a fresh leaf that requires grad (None where no gradient reached it)."""

@@ -257,6 +257,17 @@ def _encode(x):
     return {HANDLE: handle, "type": type(x).__name__, "callable": callable(x)}
 
 
+def handles() -> set[int]:
+    """The handles this process holds for a grader (see :func:`release`)."""
+    return set(_HANDLES)
+
+
+def release(keep: set[int]) -> None:
+    """Forget every handle not in ``keep`` (the objects a finished check made)."""
+    for handle in set(_HANDLES) - set(keep):
+        _HANDLES.pop(handle, None)
+
+
 def _decode_request(x):
     """Grader -> kernel: handles back to the kernel's objects."""
     if isinstance(x, dict) and HANDLE in x:

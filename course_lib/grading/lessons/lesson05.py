@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ...memory import delta_rule_recurrent, linear_attention_recurrent
 from ..compare import call_keeping_inputs, close, expect_answer, expect_close, expect_tensor, make, randn, seeded, twice
+from ..compare import probe as register_probe
 from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
 
@@ -240,10 +241,11 @@ def _segment_check(seed, b, h, m, t, d, mem_len, *, dtype=torch.float64, grad=Fa
     return run
 
 
+@register_probe
 def detached_probe(fn, args):
-    """Called where the answer lives (``compare.make``): ``fn(*args)`` with ``k, v`` (arguments 2
-    and 3) requiring grad, as in training; returns whether each returned tensor still requires grad
-    (``None`` when the answer does not return a pair of tensors)."""
+    """A probe (``compare.probe``: graded, it runs in a fresh interpreter, not the kernel):
+    ``fn(*args)`` with ``k, v`` (arguments 2 and 3) requiring grad, as in training; returns whether
+    each returned tensor still requires grad (``None`` when the answer does not return a pair of tensors)."""
     args = list(args)
     args[2], args[3] = (a.detach().clone().requires_grad_(True) for a in args[2:4])
     out = fn(*args)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ... import attention_reference
 from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, heads_view, make, randn, seeded
+from ..compare import probe as register_probe
 from ..core import Check, Mistake, code_exercise, error_name, type_name
 from ..questions import choice_exercise, number_exercise
 
@@ -283,8 +284,10 @@ def _recon_value_check(seed, b, h, t, n, c, d, d_v=None, *, dtype=torch.float64)
     return run
 
 
+@register_probe
 def gradient_probe(fn, args, needs_grad):
-    """Called where the answer lives (``compare.make``): ``fn(*args)`` with the arguments at the
+    """A probe (``compare.probe``: graded, it runs in a fresh interpreter, not the kernel):
+    ``fn(*args)`` with the arguments at the
     indices ``needs_grad`` requiring grad, then ``backward()`` on the (scalar) result. Returns data:
     ``{"requires_grad": bool, "reached": [index of each argument that got a nonzero gradient]}``."""
     args = [a.detach().clone().requires_grad_(True) if i in needs_grad else a for i, a in enumerate(args)]
