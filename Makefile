@@ -6,6 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# the memories README.md's decode table compares (the growing cache and three fixed-size ones)
+BENCH_ARGS  ?= --memory full --memory window --memory linear --memory compressive
 # Extra flags for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port 8890"
 LAB_ARGS ?=
 # As root (containers) JupyterLab refuses to start unless told it may.
@@ -49,7 +51,7 @@ lint: env
 # The plot goes to runs/ (ignored by git), not into the repository's root.
 bench: env
 	@mkdir -p runs
-	$(PY) -m course_lib bench decode --out runs/bench_decode.png
+	$(PY) -m course_lib bench decode $(BENCH_ARGS) --out runs/bench_decode.png
 
 clean-venv:
 	rm -rf $(VENV)

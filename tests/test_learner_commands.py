@@ -330,6 +330,8 @@ def test_make_bench_writes_its_plot_where_git_ignores_it():
     assert ignored.returncode == 0, f"{out} is not ignored by git"
     stray = subprocess.run(["git", "check-ignore", "-q", "bench_decode.png"], cwd=ROOT, timeout=30)
     assert stray.returncode == 0, "a plot written to the root by `python -m course_lib bench` is ignored too"
+    memories = [argv[i + 1] for i, a in enumerate(argv) if a == "--memory"]
+    assert memories == ["full", "window", "linear", "compressive"], "the memories README.md's table compares"
 
 
 # ---------------------------------------------------------------- lesson 06 on any CPU
