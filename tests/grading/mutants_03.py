@@ -241,3 +241,38 @@ value_mutant("03.state_bytes", "rounded", "rounded", lambda: round(2 * 4096 / 65
 value_mutant("03.state_bytes", "two_decimals", "rounded", 126.03)
 right_value("03.state_bytes", "as_a_fraction", lambda: 2 * 4096 / 65)
 choice_mutants("03.sparse_cache", next_query_only="A", recompute="C", sqrt="D")
+
+
+# ---------------------------------------------------------------- A.3: mistakes the feedback now names
+
+
+@mutant("03.linear_attention", hint="softmax_habits")
+def softplus_and_scale(q, k, v):
+    """softplus features and the 1/sqrt(d) of softmax attention, carried over."""
+    d = q.shape[-1]
+    fq, fk = F.softplus(q / d ** 0.5), F.softplus(k)
+    mu = torch.einsum("bhjd,bhje->bhjde", fk, v).cumsum(2)
+    nu = fk.cumsum(2)
+    return torch.einsum("bhid,bhide->bhie", fq, mu) / (fq * nu).sum(-1, keepdim=True)
+
+
+@mutant("03.strided_mask", hint="precedence")
+def or_without_brackets(t_q, t_k, stride):
+    i = torch.arange(t_k - t_q, t_k)[:, None]
+    j = torch.arange(t_k)[None, :]
+    d = i - j
+    return (d >= 0) & (d % stride == 0) | (d < stride)
+
+
+@mutant("03.strided_mask", hint="query_offset")
+def query_positions_off_by_one(t_q, t_k, stride):
+    i = torch.arange(t_k - t_q + 1, t_k + 1)[:, None]  # one past each query's position
+    j = torch.arange(t_k)[None, :]
+    d = i - j
+    return (d >= 0) & ((d < stride) | (d % stride == 0))
+
+
+value_mutant("03.state_bytes", "state_per_head", "per_head",
+             lambda: (2 * 24 * 16 * 64 * 4096 * 2) / ((64 * 64 + 64) * 2))
+value_mutant("03.state_bytes", "cache_per_head", "per_head",
+             lambda: (2 * 64 * 4096 * 2) / (24 * 16 * (64 * 64 + 64) * 2))

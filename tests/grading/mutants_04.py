@@ -207,3 +207,33 @@ value_mutant("04.is_update_form", "forgets_the_count", "missing_D", "ACF")
 value_mutant("04.is_update_form", "softmax_only", "missing_F", "ACD")
 choice_mutants("04.sink_role", instructions="A", positions="C", big_values="D")
 right_value("04.is_update_form", "spaced_letters", "a c d f")
+
+
+# ---------------------------------------------------------------- A.3: mistakes the feedback now names
+
+
+@mutant("04.cumulative_average_update", hint="one_based", name="incremental_counts_the_new_pair")
+def incremental_counts_the_new_pair(k_bar, v_bar, k, v, i):
+    """The count n = i + 1 taken to include the new pair already: one token too many in the divisor."""
+    n = i + 1
+    return k_bar + (k - k_bar) / (n + 1), v_bar + (v - v_bar) / (n + 1)
+
+
+@mutant("04.cumulative_average_update", hint="new_weight_i")
+def lerp_by_i(k_bar, v_bar, k, v, i):
+    """The new pair gets weight i in the interpolation, where its share is 1 / (i + 1)."""
+    return torch.lerp(k_bar, k, float(i)), torch.lerp(v_bar, v, float(i))
+
+
+@mutant("04.moving_average", hint="softmax")
+def softmax_of_the_weights(x, weights):
+    w = weights[-x.shape[2]:].softmax(0).to(x.dtype)
+    return (x * w[:, None]).sum(dim=2, keepdim=True)
+
+
+@mutant("04.moving_average", hint="shifted")
+def weights_shifted_by_one(x, weights):
+    """weights[-T - 1:][:T]: right for a full window, one step too old otherwise."""
+    t = x.shape[2]
+    w = weights[-t - 1:][:t].to(x.dtype)
+    return (x * (w / w.sum())[:, None]).sum(dim=2, keepdim=True)

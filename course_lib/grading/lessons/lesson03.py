@@ -39,7 +39,10 @@ LINEAR_HINTS = {
     "no_phi_q": "Apply the feature map to the query too: out_i = phi(q_i) mu_i / (phi(q_i) . nu_i).",
     "no_phi": "Apply phi(x) = elu(x) + 1 to the queries and keys: raw q k^T can be negative, and the "
               "normaliser can then approach 0.",
-    "wrong_phi": "The feature map is phi(x) = elu(x) + 1 (F.elu(x) + 1), not relu, exp or elu alone.",
+    "wrong_phi": "The feature map is phi(x) = elu(x) + 1 (F.elu(x) + 1), not relu, exp, softplus or elu alone.",
+    "softmax_habits": "No 1/sqrt(d) and no softplus here: both are carried over from softmax attention. Linear "
+                      "attention applies phi(x) = elu(x) + 1 to the raw q and k (the scale would change phi's "
+                      "input; the normaliser phi(q_i) . nu_i already makes the weights sum to 1).",
     "phi_on_v": "phi applies to queries and keys only; the values enter as they are: mu += phi(k_i)^T v_i.",
     "softmax": "This is softmax attention: linear attention replaces exp(q k^T / sqrt(d)) by phi(q) phi(k)^T "
                "(no softmax, no 1/sqrt(d)).",
@@ -63,7 +66,7 @@ def _masked_linear(fq, fk, v, *, normalise=True, diagonal=0):
 
 def _linear_models(q, k, v):
     fq, fk = _phi(q), _phi(k)
-    t = q.shape[2]
+    t, d = q.shape[2], q.shape[-1]
     return {
         "non_causal": lambda: (fq @ (fk.transpose(-2, -1) @ v)) / (fq @ fk.sum(2)[..., None]),
         "exclusive": lambda: _masked_linear(fq, fk, v, diagonal=-1),
@@ -75,6 +78,13 @@ def _linear_models(q, k, v):
         "wrong_phi#elu": lambda: _masked_linear(F.elu(q), F.elu(k), v),
         "phi_on_v": lambda: _masked_linear(fq, fk, _phi(v)),
         "softmax": lambda: attention_reference(q, k, v, causal_mask(t, t)),
+        "wrong_phi#softplus": lambda: _masked_linear(F.softplus(q), F.softplus(k), v),
+        "softmax_habits#softplus_q": lambda: _masked_linear(F.softplus(q * d ** -0.5), F.softplus(k), v),
+        "softmax_habits#softplus_both": lambda: _masked_linear(F.softplus(q * d ** -0.5), F.softplus(k * d ** -0.5), v),
+        "softmax_habits#softplus_quarter": lambda: _masked_linear(F.softplus(q * d ** -0.25),
+                                                                  F.softplus(k * d ** -0.25), v),
+        "softmax_habits#elu_q": lambda: _masked_linear(_phi(q * d ** -0.5), fk, v),
+        "softmax_habits#elu_both": lambda: _masked_linear(_phi(q * d ** -0.5), _phi(k * d ** -0.5), v),
         **{f"eps#{eps:g}": (lambda eps=eps: _masked_linear(fq, fk, v, normalise=False)
                             / (_masked_linear(fq, fk, torch.ones_like(v[..., :1]), normalise=False) + eps))
            for eps in (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)},
@@ -124,6 +134,11 @@ STRIDED_HINTS = {
     "fixed_pattern": "The strided part depends on the distance i - j: (i - j) % stride == 0. Testing the key's "
                      "position (j % stride == 0) gives the Sparse Transformer's other, 'fixed' pattern.",
     "not_causal": "Keep j <= i: (i - j) % stride == 0 also holds for future keys (i - j = -stride, ...).",
+    "precedence": "Bracket the 'or': & binds tighter than | in Python, so (d >= 0) & (d % s == 0) | (d < s) "
+                  "reads ((d >= 0) & (d % s == 0)) | (d < s), and d < s holds for every future key (d < 0). "
+                  "Write (d >= 0) & ((d < s) | (d % s == 0)).",
+    "query_offset": "The queries' positions are off by one: query row r sits at position i = t_k - t_q + r "
+                    "(torch.arange(t_k - t_q, t_k)), so the last query is at t_k - 1 and sees itself.",
     "inverted": "True means the query MAY attend (the visible pairs), not the blocked ones.",
     "shape": "The mask has one row per query and one column per key: shape [t_q, t_k].",
     "wrong_values": "True where j <= i and (i - j < stride or (i - j) % stride == 0), with i = t_k - t_q + r.",
@@ -135,7 +150,13 @@ def _strided_models(t_q, t_k, stride):
     j = torch.arange(t_k)[None, :]
     d = i - j
     top = torch.arange(t_q)[:, None] - j  # queries at positions 0..t_q-1
+    def pattern(d):
+        return (d >= 0) & ((d < stride) | (d % stride == 0))
+
     return {
+        "precedence": lambda: (d >= 0) & (d % stride == 0) | (d < stride),
+        "query_offset#late": lambda: pattern(d + 1),
+        "query_offset#early": lambda: pattern(d - 1),
         "first_aligned": lambda: (top >= 0) & ((top < stride) | (top % stride == 0)),
         "no_local": lambda: (d >= 0) & (d % stride == 0),
         "no_stride": lambda: (d >= 0) & (d < stride),
@@ -269,12 +290,19 @@ STATE_BYTES = number_exercise(
         "inverted": _STATE / _KV,
         "inverted#no_nu": (_L * _TAU * _D * _D * _B) / _KV,
         "bytes": _KV - _STATE,
+        "per_head": _KV / (_STATE / (_L * _TAU)),
+        "per_head#cache_per_head": (_KV / (_L * _TAU)) / _STATE,
+        "per_head#cache_per_layer": (_KV / _L) / _STATE,
+        "per_head#state_per_layer": _KV / (_STATE / _L),
     },
     hints={
         "no_nu": "The state is mu (d_h x d_h) AND nu (d_h values) per head: count both.",
         "no_factor_two": "The KV cache stores keys AND values: 2 * L * tau * d_h * m values.",
         "inverted": "The question asks how many times LARGER the KV cache is: cache bytes / state bytes.",
         "bytes": "Give the ratio (cache bytes / state bytes), not a difference of bytes.",
+        "per_head": "Count the cache and the state over the same layers and heads: both are kept for each of "
+                    "the L layers and tau heads (you counted one side per head or per layer and the other for "
+                    "all of them); L and tau then cancel in the ratio.",
         "wrong_number": "Cache: 2 * L * tau * d_h * m values; state: L * tau * (d_h * d_h + d_h) values; "
                         "the bytes per value cancel in the ratio.",
     },

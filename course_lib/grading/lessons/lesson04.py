@@ -113,6 +113,8 @@ CUMAVG_HINTS = {
                  "Mem_i = ((k_i, v_i) + i Mem_{i-1}) / (i + 1).",
     "swapped": "Return (k_bar, v_bar): the keys' mean first, then the values'.",
     "floor_division": "Divide with /, not //: floor division rounds every coordinate of the mean down.",
+    "new_weight_i": "The new pair's share of the mean is 1 / (i + 1), not i: Mem_i = Mem_{i-1} + "
+                    "((k_i, v_i) - Mem_{i-1}) / (i + 1), that is torch.lerp(k_bar, k, 1 / (i + 1)).",
     "wrong_values": "Mem_i = ((k_i, v_i) + i * Mem_{i-1}) / (i + 1), for keys and values alike.",
 }
 
@@ -125,6 +127,9 @@ def _cumavg_models(kb, vb, k, v, i):
         "plain_mean": ((k + kb) / 2, (v + vb) / 2),
         "weights_swapped": ((i * k + kb) / (i + 1), (i * v + vb) / (i + 1)),
         "one_based": ((k + (i + 1) * kb) / (i + 2), (v + (i + 1) * vb) / (i + 2)),
+        "one_based#incremental": (kb + (k - kb) / (i + 2), vb + (v - vb) / (i + 2)),
+        "one_based#same_count": ((k + (i + 1) * kb) / (i + 1), (v + (i + 1) * vb) / (i + 1)),
+        "new_weight_i": (kb + i * (k - kb), vb + i * (v - vb)),
     }
 
 
@@ -195,6 +200,10 @@ MOVING_HINTS = {
                       "the last T weights alone do not.",
     "reversed": "weights are oldest first, like the rows of x: weights[-1] goes with the newest row x[:, :, -1].",
     "plain_mean": "Use the weights: a plain mean gives every row the same weight.",
+    "softmax": "Normalise the weights by dividing by their sum, w / w.sum(): a softmax exponentiates them "
+               "first, which changes their ratios (weights 1 and 2 become e and e^2).",
+    "shifted": "The newest T weights are weights[-T:], ending with weights[-1] (the newest row's): your "
+               "window of weights is shifted one step toward the oldest.",
     "dtype": "Keep x's dtype: the weights come as float64, and float32 * float64 gives float64; cast them "
              "first with weights.to(x.dtype).",
     "keepdim": "Keep the time axis: return [B, H, 1, D] (sum with keepdim=True).",
@@ -208,14 +217,20 @@ def _moving_models(x, w):
         weights = weights.to(x.dtype)
         return (x * weights[:, None]).sum(2, keepdim=True)
     last = w[-t:]
-    return {
+    models = {
         "oldest_weights": lambda: mean(w[:t] / w[:t].sum()),
         "no_renormalise": lambda: mean(last / w.sum()),
         "no_renormalise#raw": lambda: mean(last),
         "reversed": lambda: mean(last.flip(0) / last.sum()),
         "reversed#all": lambda: mean(w.flip(0)[-t:] / w.flip(0)[-t:].sum()),
         "plain_mean": lambda: x.mean(2, keepdim=True),
+        "softmax": lambda: mean(last.softmax(0)),
+        "softmax#all": lambda: mean(w.softmax(0)[-t:]),
+        "softmax#all_renormalised": lambda: mean(w.softmax(0)[-t:] / w.softmax(0)[-t:].sum()),
     }
+    if t < len(w):  # the window of weights one step toward the oldest: weights[-T - 1:-1]
+        models["shifted"] = lambda: mean(w[-t - 1:-1] / w[-t - 1:-1].sum())
+    return models
 
 
 def _moving_ref(x, w):
@@ -246,8 +261,8 @@ MOVING_AVERAGE = code_exercise(
     checks=[
         Check("4 rows, weights [1, 2, 3, 4]", _moving_check(421, 1, 1, 4, 3, [1.0, 2.0, 3.0, 4.0])),
         Check("uniform weights over a full window of 5 (a plain mean)", _moving_check(422, 2, 2, 5, 4, [1.0] * 5)),
-        Check("3 rows, weights [0.5, 1, 2, 4, 8] (use and renormalise the newest 3)",
-              _moving_check(423, 1, 2, 3, 4, [0.5, 1.0, 2.0, 4.0, 8.0])),
+        Check("3 rows, weights [0.5, 1, 3, 2, 8] (use and renormalise the newest 3)",
+              _moving_check(423, 1, 2, 3, 4, [0.5, 1.0, 3.0, 2.0, 8.0])),
         Check("2 rows, decaying weights 0.6^age over a window of 6",
               _moving_check(424, 2, 1, 2, 3, [0.6 ** a for a in range(5, -1, -1)])),
         Check("1 row: the output is that row", _moving_check(425, 1, 3, 1, 4, [3.0, 1.0, 2.0])),
