@@ -165,3 +165,43 @@ def delta_memory_kept_between_calls(S, k, v, beta):
     read = torch.einsum("bhd,bhde->bhe", k, S)
     _MEMORY["S"] = S + b * torch.einsum("bhd,bhe->bhde", k, v - read)
     return _MEMORY["S"]
+
+
+# ---------------------------------------------------------------- A.3: mistakes the feedback now names
+
+
+@mutant("05.delta_update", hint="blend")
+def delta_as_a_blend(S, k, v, beta):
+    """beta read as a mixing weight between the old memory and the new pair."""
+    return (1 - _beta(beta)) * S + _beta(beta) * torch.einsum("bhd,bhe->bhde", k, v)
+
+
+@mutant("05.delta_update", hint="beta_tensor")
+def delta_float_beta(S, k, v, beta):
+    """float(beta): right for a number, a ValueError for the [B, H] tensor of one strength per head."""
+    b = float(beta)
+    v_old = torch.einsum("bhd,bhde->bhe", k, S)
+    return S + b * torch.einsum("bhd,bhe->bhde", k, v - v_old)
+
+
+@mutant("05.delta_update", hint="beta_on_v")
+def delta_beta_on_v_only(S, k, v, beta):
+    v_old = torch.einsum("bhd,bhde->bhe", k, S)
+    bv = v * (beta[..., None] if isinstance(beta, torch.Tensor) else beta)
+    return S + torch.einsum("bhd,bhe->bhde", k, bv - v_old)
+
+
+@mutant("05.linear_memory_update", hint="relu_plus_one")
+def linear_relu_plus_one(S, z, k, v):
+    fk = F.relu(k) + 1
+    return S + torch.einsum("bhd,bhe->bhde", fk, v), z + fk
+
+
+@mutant("05.segment_update", hint="not_called")
+def segment_detach_not_called(K_mem, V_mem, k, v, mem_len):
+    """`.detach` without brackets: a pair of bound methods comes back."""
+    K, V = torch.cat([K_mem, k], dim=2)[:, :, -mem_len:], torch.cat([V_mem, v], dim=2)[:, :, -mem_len:]
+    return K.detach, V.detach
+
+
+value_mutant("05.capacity", "one_less", "minus_one", 63)

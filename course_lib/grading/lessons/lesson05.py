@@ -37,6 +37,12 @@ DELTA_HINTS = {
     "sign": "Add the correction: S + beta k^T (v - k S). With a minus sign the memory moves away from v.",
     "beta_broadcast": "beta may be a [B, H] tensor, one strength per head: broadcast it over the last two "
                       "axes, beta[..., None, None], before multiplying a [B, H, D, D_v] tensor.",
+    "blend": "beta is not a blend of S and the new pair: (1 - beta) S + beta k^T v fades EVERY stored "
+             "association. The delta rule keeps S and corrects it along k only: S + beta k^T (v - k S).",
+    "beta_tensor": "beta may be a [B, H] tensor (one strength per head): do not turn it into one number "
+                   "(float(beta), beta.item()); multiply by beta[..., None, None] instead (a float works too).",
+    "beta_on_v": "Scale the whole correction by beta: beta k^T (v - k S), not k^T (beta v - k S) (beta on v "
+                 "only still subtracts all of k S).",
     "shape": "Return the new memory S, shape [B, H, D, D_v] like the input S.",
     "wrong_values": "S_new = S + beta * k^T (v - k S): read v_old = k S, take v - v_old, write it along k.",
 }
@@ -59,6 +65,8 @@ def _delta_models(S, k, v, beta):
         "outer_order": lambda: S + bb * (v - read)[..., :, None] * k[..., None, :],  # [D_v, D]: only when D = D_v
         "read_side": lambda: S + bb * k[..., :, None] * (v - (S @ k[..., :, None]).squeeze(-1))[..., None, :],
         "sign": lambda: S - bb * k[..., :, None] * (v - read)[..., None, :],
+        "blend": lambda: (1 - bb) * S + bb * k[..., :, None] * v[..., None, :],
+        "beta_on_v": lambda: S + k[..., :, None] * (bb * v - read)[..., None, :],
     }
     if isinstance(beta, torch.Tensor):
         models["beta_broadcast"] = lambda: S + beta * (k[..., :, None] * (v - read)[..., None, :])
@@ -97,7 +105,9 @@ def _overwrite_check(fn):
 DELTA_UPDATE = code_exercise(
     id="05.delta_update", title="One write of the delta rule",
     hints=DELTA_HINTS,
-    error_hints={r"size of tensor a \(\d+\) must match the size of tensor b \(\d+\)": "outer_order"},
+    error_hints={r"size of tensor a \(\d+\) must match the size of tensor b \(\d+\)": "outer_order",
+                 r"only one element tensors can be converted to Python scalars": "beta_tensor",
+                 r"Expected size for first two dimensions of batch2 tensor": "read_side"},
     checks=[
         Check("random float64, B = 1, H = 1, D = D_v = 4, beta = 1, a memory that already holds pairs",
               _delta_check(501, 1, 1, 4, 4)),
@@ -119,6 +129,8 @@ DELTA_UPDATE = code_exercise(
 LINEAR_HINTS = {
     "no_phi": "Apply the feature map to the key: phi(k) = elu(k) + 1 (F.elu(k) + 1), in both S and z.",
     "wrong_phi": "The feature map is phi(x) = elu(x) + 1, not relu, exp or elu alone.",
+    "relu_plus_one": "phi(x) = elu(x) + 1, not relu(x) + 1: they agree for x >= 0, but for negative x "
+                     "elu(x) + 1 = exp(x) shrinks towards 0 while relu(x) + 1 stays at 1.",
     "phi_on_v": "phi applies to the key only; the value enters as it is: S + phi(k)^T v.",
     "z_not_updated": "Update the normaliser as well: z + phi(k).",
     "z_raw_k": "The normaliser sums the same features as S: z + phi(k), not z + k.",
@@ -159,6 +171,7 @@ def _linear_check(seed, b, h, d, d_v, *, dtype=torch.float64, non_contiguous=Fal
             "wrong_phi#relu": lambda: S + outer(F.relu(k), v),
             "wrong_phi#exp": lambda: S + outer(k.exp(), v),
             "wrong_phi#elu": lambda: S + outer(F.elu(k), v),
+            "relu_plus_one": lambda: S + outer(F.relu(k) + 1, v),
             "phi_on_v": lambda: S + outer(fk, _phi(v)),
             "outer_order": lambda: S + outer(v, fk),  # [D_v, D]: only when D = D_v
             "replaces": lambda: outer(fk, v),
@@ -170,6 +183,7 @@ def _linear_check(seed, b, h, d, d_v, *, dtype=torch.float64, non_contiguous=Fal
             "replaces": lambda: fk,
             "wrong_phi#relu": lambda: z + F.relu(k),
             "wrong_phi#elu": lambda: z + F.elu(k),
+            "relu_plus_one": lambda: z + F.relu(k) + 1,
         })
     return run
 
@@ -199,6 +213,8 @@ SEGMENT_HINTS = {
     "only_new": "The memory keeps older pairs too: the newest mem_len of [K_mem, k], not only the new chunk.",
     "values_swapped": "Return (K, V): the keys first, then the values, each from its own input.",
     "not_pair": "Return a pair (K, V) of tensors.",
+    "not_called": "Call the method: K.detach() with brackets. K.detach without them is the method itself "
+                  "(a bound method), not a tensor, so the pair you returned holds two functions.",
     "shape": "Return the newest min(m + T, mem_len) pairs: shape [B, H, min(m + T, mem_len), D].",
     "wrong_values": "K = the newest mem_len pairs of torch.cat([K_mem, k], dim=2) (and V likewise), detached.",
 }
@@ -216,6 +232,8 @@ def _segment_check(seed, b, h, m, t, d, mem_len, *, dtype=torch.float64, grad=Fa
             flags = make(fn, detached_probe, fn, [K_mem, V_mem, k, v, mem_len])
             if flags is not None and any(flags):
                 raise Mistake("not_detached")
+        if isinstance(out, (tuple, list)) and len(out) == 2 and all(callable(x) for x in out):
+            raise Mistake("not_called", f"got a pair of {type_name(out[0])}")
         if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(x, torch.Tensor) for x in out):
             raise Mistake("not_pair", f"got {type_name(out)}")
         K, V = out
@@ -276,12 +294,14 @@ CAPACITY = number_exercise(
     id="05.capacity",
     title="How many associations fit in a 64 x 64 memory?",
     correct=64,
-    mistakes={"entries": 64 * 64, "sqrt": 8, "half": 32, "two_d": 128},
+    mistakes={"entries": 64 * 64, "sqrt": 8, "half": 32, "two_d": 128, "minus_one": 63},
     hints={
         "entries": "S has 64 x 64 = 4,096 numbers, but each association is written along a whole key "
                    "direction: with more keys than dimensions they can no longer all be orthogonal.",
         "sqrt": "The limit is the number of mutually orthogonal keys in d dimensions, which is d itself.",
         "half": "Orthogonal keys of dimension d: there are d of them, each read back exactly.",
+        "minus_one": "All d = 64 of them: 64 dimensions hold 64 mutually orthogonal unit keys (a basis), none "
+                     "reserved; it is the 65th key that can no longer be orthogonal to the others.",
         "two_d": "Keys and values both have 64 numbers, but only the keys decide whether writes interfere: "
                  "at most d mutually orthogonal keys.",
         "wrong_number": "Count how many unit keys of dimension d can be mutually orthogonal: each one is then "
