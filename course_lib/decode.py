@@ -10,7 +10,9 @@ per layer and reading the weights. This module computes the same function with l
 * direct functional calls (``torch.layer_norm``, ``torch.addmm`` with the residual added by the
   GEMM), the rotary rotation as a roll (:func:`~course_lib.models.apply_rotary_rolled`), one row of the
   rotary tables per step;
-* each memory called through ``forward_unchecked``: the caller checked its input once;
+* each memory called through ``forward_unchecked``: the caller checked its input once; a
+  memory that learns its write strength gets ``beta_t = sigma(W_beta x_t)`` from one ``addmm``
+  on the transposed copy ``W_beta^T`` and an in-place sigmoid;
 * on a CPU, GELU on torch's native kernel: oneDNN's costs ~10 us per call whatever the size
   (more than the whole activation of one token), so :class:`native_cpu_kernels` switches
   oneDNN off for the step and gives the switch back.
@@ -66,6 +68,8 @@ class LayerPlan:
     act: Callable
     mlp_out_t: torch.Tensor  # [d_ff, C]
     mlp_out_b: torch.Tensor
+    beta_t: torch.Tensor | None = None  # [C, H]: W_beta^T of a memory with learns_beta, else None
+    beta_b: torch.Tensor | None = None  # [H]: its bias
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,8 @@ def _build(model, end: int) -> DecodePlan:
                 ln2=(block.ln2.weight, block.ln2.bias, block.ln2.eps),
                 mlp_in_t=t(mlp_in.weight), mlp_in_b=mlp_in.bias, act=_functional(act),
                 mlp_out_t=t(mlp_out.weight), mlp_out_b=mlp_out.bias,
+                beta_t=None if attn.w_beta is None else t(attn.w_beta.weight),
+                beta_b=None if attn.w_beta is None else attn.w_beta.bias,
             ))
         head_t = t(model.head.weight)
     cos, sin = model.rotary.rolled_tables(end, head_t.device, head_t.dtype)
@@ -197,14 +203,19 @@ def _layers(plan: DecodePlan, idx, state):
     new_layers = []
     for lp, mem_state in zip(plan.layers, state.layers):
         h, g, d = lp.n_heads, lp.n_kv_heads, lp.head_dim
-        qkv = torch.mm(torch.layer_norm(x, shape, *lp.ln1), lp.qkv_t)  # [B, (h + 2g) d_h]
+        xn = torch.layer_norm(x, shape, *lp.ln1)
+        qkv = torch.mm(xn, lp.qkv_t)  # [B, (h + 2g) d_h]
         qk, v = qkv.view(b, h + 2 * g, 1, d).split((h + g, g), dim=1)  # [B, heads, 1, d_h]
         if lp.rotate:
             qk = qk * cos + qk.roll(d // 2, dims=-1) * sin  # models.apply_rotary_rolled, q and k together
         q, k = qk.split((h, g), dim=1)
         if lp.repeat_kv:
             k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
-        o, mem_state = lp.attend(q, k, v, mem_state)  # [B, H, 1, d_h]
+        if lp.beta_t is None:
+            o, mem_state = lp.attend(q, k, v, mem_state)  # [B, H, 1, d_h]
+        else:  # beta_t = sigma(W_beta x_t) [B, H, 1]: one new tensor, as a fixed beta's [B, H, 1] fill
+            beta = torch.addmm(lp.beta_b, xn, lp.beta_t).sigmoid_().view(b, -1, 1)
+            o, mem_state = lp.attend(q, k, v, mem_state, beta=beta)
         new_layers.append(mem_state)
         x = torch.addmm(x, o.reshape(b, h * d), lp.out_t)  # x + W_o o
         a = torch.layer_norm(x, shape, *lp.ln2)

@@ -106,7 +106,14 @@ class Rotary(nn.Module):
 
 
 class MemoryAttention(nn.Module):
-    """Multi-head attention through a memory: ``Att(q_i, Mem)`` with ``Mem`` in the state."""
+    """Multi-head attention through a memory: ``Att(q_i, Mem)`` with ``Mem`` in the state.
+
+    For a memory with ``learns_beta`` (``DeltaMemory(beta="learned")``) the layer also owns
+    ``w_beta`` = ``W_beta``, a ``Linear(d_model, H)``, and hands the memory DeltaNet's write
+    strength ``beta_t = sigma(W_beta x_t)`` ``[B, H, T]`` in ``(0, 1)``, from the same normalised
+    input ``x_t`` as ``q_t, k_t, v_t``: the write is then
+    ``S_t = S_{t-1} + beta_t k^_t^T (v_t - k^_t S_{t-1})``.
+    """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, memory: Memory):
         super().__init__()
@@ -116,6 +123,10 @@ class MemoryAttention(nn.Module):
         self.memory = memory
         # memories that cannot take fewer key/value heads see them repeated per query head
         self.mem_heads = n_kv_heads if memory.supports_gqa else n_heads
+        # a memory that learns its write strength (memory.learns_beta: DeltaMemory(beta="learned"))
+        # gets beta_t = sigma(W_beta x_t) from here, one per memory head and token (DeltaNet);
+        # MemoryLM's init gives W_beta N(0, 0.02^2) and a zero bias, so beta starts near 0.5
+        self.w_beta = nn.Linear(d_model, self.mem_heads) if memory.learns_beta else None
 
     def forward(self, x, rotary: Rotary, pos: int, mem_state):
         b, t, _ = x.shape
@@ -127,7 +138,11 @@ class MemoryAttention(nn.Module):
         q, k = qk.split([h, g], dim=1)
         if self.mem_heads != g:
             k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
-        out, mem_state = self.memory(q, k, v, mem_state)  # [B, H, T, d_h]
+        if self.w_beta is None:
+            out, mem_state = self.memory(q, k, v, mem_state)  # [B, H, T, d_h]
+        else:
+            beta = torch.sigmoid(self.w_beta(x)).transpose(1, 2)  # [B, H, T]: beta_t = sigma(W_beta x_t)
+            out, mem_state = self.memory(q, k, v, mem_state, beta=beta)
         return self.out(out.transpose(1, 2).reshape(b, t, h * d)), mem_state
 
 

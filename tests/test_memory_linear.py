@@ -120,11 +120,74 @@ def test_a_single_token_is_read_back():
 def test_bad_beta_and_chunk_size_are_refused():
     with pytest.raises(ValueError, match="beta must be in \\[0, 2\\]"):
         DeltaMemory(beta=3.0)
-    with pytest.raises(TypeError, match="beta must be a float"):
-        DeltaMemory(beta="big")
+    with pytest.raises(TypeError, match="beta must be a float in \\[0, 2\\] or 'learned'.*got list"):
+        DeltaMemory(beta=[0.5])
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         LinearMemory(chunk_size=0)
     memory = DeltaMemory()
     q = torch.zeros(1, 2, 3, 4)
     with pytest.raises(ValueError, match="beta must be a float or a \\[B, H, T\\]"):
         memory(q, q, q, memory.init_state(1, 2, 4), beta=torch.ones(1, 2, 5))
+
+
+# -- a learned write strength: beta_t = sigma(W_beta x_t), one per head and token ---------------
+@pytest.mark.parametrize("typo", ["learnt", "Learned", "big", ""])
+def test_a_misspelt_beta_names_the_argument_what_it_got_and_what_it_expected(typo):
+    with pytest.raises(ValueError, match=f"beta must be a float in \\[0, 2\\] or 'learned'.*got str '{typo}'"):
+        DeltaMemory(beta=typo)
+
+
+@pytest.mark.parametrize("bad", [-0.01, 2.5, float("nan")])
+def test_a_tensor_beta_outside_0_to_2_is_refused(bad):
+    memory = DeltaMemory(beta="learned")
+    q = torch.zeros(2, 3, 5, 4, dtype=torch.float64)
+    beta = torch.full((2, 3, 5), 0.5, dtype=torch.float64)
+    beta[1, 2, 3] = bad
+    with pytest.raises(ValueError, match="beta must hold values in \\[0, 2\\].*got a tensor with values from"):
+        memory(q, q, q, memory.init_state(2, 3, 4, dtype=torch.float64), beta=beta)
+    beta[1, 2, 3] = 2.0  # the ends are allowed
+    beta[0, 0, 0] = 0.0
+    memory(q, q, q, memory.init_state(2, 3, 4, dtype=torch.float64), beta=beta)
+
+
+def test_a_learned_beta_memory_declares_it_and_needs_a_beta_per_call():
+    assert DeltaMemory(beta="learned").learns_beta and DeltaMemory(beta="learned").beta == "learned"
+    assert not DeltaMemory().learns_beta and not DeltaMemory(0.3).learns_beta and not LinearMemory().learns_beta
+    assert "beta='learned'" in repr(DeltaMemory(beta="learned"))
+    memory = DeltaMemory(beta="learned")
+    q = torch.zeros(1, 2, 3, 4)
+    with pytest.raises(ValueError, match="beta must be given to a DeltaMemory\\(beta='learned'\\).*got beta=None"):
+        memory(q, q, q, memory.init_state(1, 2, 4))
+    with pytest.raises(ValueError, match="beta must be given"):
+        memory.forward_unchecked(q, q, q, memory.init_state(1, 2, 4))
+
+
+@SETTINGS
+@given(sizes=chunkings(), chunk=st.integers(1, 9), seed=st.integers(0, 2**16), b=st.integers(1, 3),
+       h=st.integers(1, 3), d=st.integers(1, 7), dv=st.integers(1, 5))
+def test_a_learned_memory_gives_the_loop_for_any_chunking_with_a_per_token_beta(sizes, chunk, seed, b, h, d, dv):
+    """A per-token beta in (0, 1), as sigma(W_beta x) gives: the chunked (WY/UT) form over any
+    chunking, and the one-token path, agree with the token loop (and the unchecked path too)."""
+    q, k, v, *_ = tensors(seed, b, h, sum(sizes), d, dv)
+    logits = torch.randn(b, h, sum(sizes), generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    beta = torch.sigmoid(3 * logits)
+    out, state = run(DeltaMemory(beta="learned", chunk_size=chunk), q, k, v, sizes, beta=beta)
+    want, S = delta_rule_recurrent(q, k, v, beta)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state.S, S, rtol=1e-12, atol=1e-12)
+    assert state.length == sum(sizes)
+    memory = DeltaMemory(beta="learned", chunk_size=chunk)
+    fast, fast_state = memory.forward_unchecked(q, k, v, memory.init_state(b, h, d, dtype=q.dtype, v_dim=dv), beta)
+    torch.testing.assert_close(fast, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast_state.S, S, rtol=1e-12, atol=1e-12)
+
+
+def test_a_per_token_beta_that_is_constant_equals_the_float():
+    q, k, v, S, _, _ = tensors(4, 2, 3, 13, 5, 3)
+    memory = DeltaMemory(beta=0.7, chunk_size=4)
+    state = memory.init_state(2, 3, 5, dtype=torch.float64, v_dim=3)
+    state.S = S
+    by_float, s1 = memory(q, k, v, state)
+    by_tensor, s2 = DeltaMemory(beta="learned", chunk_size=4)(q, k, v, state, beta=torch.full((2, 3, 13), 0.7,
+                                                                                              dtype=torch.float64))
+    assert torch.equal(by_float, by_tensor) and torch.equal(s1.S, s2.S)

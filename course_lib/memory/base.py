@@ -109,6 +109,10 @@ class Memory(nn.Module, abc.ABC):
             therefore cannot recall anything: the recall benchmark leaves them out).
         sized_by_head_dim: the state's size is set by ``d_h`` (a ``d_h x d_h`` matrix), not by
             a number of slots: benchmarks sweep the model width for it.
+        learns_beta: the memory takes a learned write strength per head and token,
+            ``forward(q, k, v, state, beta=...)`` with ``beta [B, H, T] = sigma(W_beta x)``: the
+            attention layer of ``MemoryLM`` then owns ``W_beta`` and computes it
+            (``DeltaMemory(beta="learned")``, DeltaNet's ``beta_t``).
     """
 
     name: str = ""
@@ -120,6 +124,7 @@ class Memory(nn.Module, abc.ABC):
     uses_rotary: bool = True
     uses_query: bool = True
     sized_by_head_dim: bool = False
+    learns_beta: bool = False
 
     # -- metadata -------------------------------------------------------------------------
     @classmethod

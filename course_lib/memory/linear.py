@@ -13,6 +13,11 @@ than about ``d_h`` of them. The delta rule (DeltaNet) first reads what the memor
 
     S_i = S_{i-1} + beta_i k^_i^T (v_i - k^_i S_{i-1})        out_i = q^_i S_i
 
+The write strength ``beta_i`` is a fixed number (``DeltaMemory(beta=0.5)``) or, as in DeltaNet
+(Yang et al., 2024), learned per head and token from the layer's input ``x_i``:
+``beta_i = sigma(W_beta x_i)`` in ``(0, 1)`` (``DeltaMemory(beta="learned")``; the attention
+layer of ``MemoryLM`` owns ``W_beta`` and passes ``beta`` to ``forward``).
+
 Each comes three ways (the same numbers):
 
 * ``*_recurrent``: the loop over tokens, the equation as written (the reference; decoding);
@@ -227,11 +232,22 @@ class LinearMemory(Memory):
 
 
 class DeltaMemory(Memory):
-    """Delta-rule memory: ``S_i = S_{i-1} + beta k^_i^T (v_i - k^_i S_{i-1})``, ``out_i = q^_i S_i``.
+    """Delta-rule memory: ``S_t = S_{t-1} + beta_t k^_t^T (v_t - k^_t S_{t-1})``, ``out_t = q^_t S_t``.
 
     Args:
-        beta: writing strength in ``[0, 2]`` (``1`` replaces what the memory held for ``k^_i``).
-            ``forward(..., beta=...)`` may override it per call with a float or a ``[B, H, T]`` tensor.
+        beta: the write strength ``beta_t``, either
+
+            * a float in ``[0, 2]``, the same for every head and token (``1`` replaces what the
+              memory held for ``k^_t``, ``< 1`` blends, ``> 1`` overshoots); the default ``1.0``;
+            * ``"learned"``: DeltaNet's write strength ``beta_t = sigma(W_beta x_t)`` in ``(0, 1)``,
+              one per head and token, from the layer's input ``x_t``. The memory only declares it
+              (``learns_beta = True``); the attention layer of :class:`~course_lib.models.MemoryLM`
+              owns ``W_beta`` (``Linear(d_model, n_heads)``, weight ``N(0, 0.02^2)``, bias ``0``, so
+              ``beta_t`` starts near ``sigma(0) = 0.5``, as DeltaNet's bias-free ``b_proj`` at its
+              initialisation) and passes ``beta`` ``[B, H, T]`` to :meth:`forward`.
+
+            ``forward(..., beta=...)`` may give it per call: a float or a ``[B, H, T]`` tensor with
+            values in ``[0, 2]`` (a ``"learned"`` memory needs it there).
         chunk_size: ``C``, chunk length of the chunked (WY/UT) form used for ``T > 1``.
     """
 
@@ -240,13 +256,15 @@ class DeltaMemory(Memory):
     uses_rotary = False  # read by content: see the module docstring
     sized_by_head_dim = True
 
-    def __init__(self, beta: float = 1.0, chunk_size: int = 64):
+    def __init__(self, beta: float | str = 1.0, chunk_size: int = 64):
         super().__init__()
-        self.beta = _check_beta_float(beta)
+        self.beta = _check_beta_option(beta)
+        self.learns_beta = self.beta == LEARNED  # read by MemoryLM's attention layer: it then owns W_beta
         self.chunk_size = _check_chunk_size(chunk_size)
 
     def cost_per_token(self, config, context: int) -> dict:
-        """``S`` per head, ``L tau d_h^2 b`` bytes; ``~4 L tau d_h^2`` FLOPs, whatever the context."""
+        """``S`` per head, ``L tau d_h^2 b`` bytes; ``~4 L tau d_h^2`` FLOPs, whatever the context
+        (a learned ``beta_t`` adds ``W_beta``'s ``2 d tau`` FLOPs per layer, left out like the projections)."""
         return _matrix_cost(config, extra=0)
 
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
@@ -255,8 +273,29 @@ class DeltaMemory(Memory):
         return DeltaState(**meta, S=S, length=0)
 
     def forward(self, q, k, v, state, beta=None):
+        """``beta``: this call's write strength, a float or a ``[B, H, T]`` tensor in ``[0, 2]``
+        (``None``: the memory's own; a ``beta="learned"`` memory has none and needs it)."""
         check_input(self, q, k, v, state, DeltaState)
-        beta = self.beta if beta is None else _check_beta(beta, k)
+        if beta is None:
+            if self.learns_beta:
+                raise ValueError(
+                    "beta must be given to a DeltaMemory(beta='learned'): its write strength "
+                    "beta_t = sigma(W_beta x_t) comes from the layer (MemoryLM computes it); called directly, "
+                    "pass forward(q, k, v, state, beta=...) a float in [0, 2] or a [B, H, T] tensor, got beta=None"
+                )
+            beta = self.beta
+        else:
+            beta = _check_beta(beta, k)
+        return self._write_and_read(q, k, v, state, beta)
+
+    def forward_unchecked(self, q, k, v, state, beta=None):
+        """:meth:`forward` for a caller that checked once (the decoding step): with a ``beta``
+        tensor the checks are skipped; without one this is ``forward`` itself, as before."""
+        if beta is None:
+            return self(q, k, v, state)
+        return self._write_and_read(q, k, v, state, beta)
+
+    def _write_and_read(self, q, k, v, state, beta):
         t = q.shape[2]
         if t == 1:
             out, S = delta_rule_recurrent(q, k, v, beta, state.S)
@@ -270,21 +309,40 @@ def _matrix_cost(config, extra: int) -> dict:
     return {"bytes": L * tau * (d * d + extra) * config.bytes_per_value, "flops": 4 * L * tau * d * d}
 
 
-def _check_beta_float(beta):
+LEARNED = "learned"
+
+
+def _check_beta_float(beta, expected="a float in [0, 2]"):
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta):
-        raise TypeError(f"beta must be a float in [0, 2], got {describe(beta)}")
+        raise TypeError(f"beta must be {expected}, got {describe(beta)}")
     if not 0 <= beta <= 2:
         raise ValueError(f"beta must be in [0, 2] (1 overwrites fully), got {beta}")
     return float(beta)
 
 
+def _check_beta_option(beta):
+    """The constructor's ``beta``: a float in ``[0, 2]`` or ``"learned"``."""
+    expected = f"a float in [0, 2] or {LEARNED!r} (DeltaNet's beta_t = sigma(W_beta x_t))"
+    if isinstance(beta, str):
+        if beta != LEARNED:
+            raise ValueError(f"beta must be {expected}, got str {beta!r}")
+        return beta
+    return _check_beta_float(beta, expected)
+
+
 def _check_beta(beta, k):
     if not isinstance(beta, torch.Tensor):
-        return _check_beta_float(beta)
+        return _check_beta_float(beta, "a float in [0, 2] or a [B, H, T] tensor")
     check_tensor("beta", beta, ndim=3, floating=True)
     b, h, t = k.shape[:3]
     if tuple(beta.shape) != (b, h, t):
         raise ValueError(f"beta must be a float or a [B, H, T] = [{b}, {h}, {t}] tensor, got {describe(beta)}")
     if beta.device != k.device:
         raise ValueError(f"beta is on {beta.device} but k is on {k.device}")
+    lowest, highest = (float(x) for x in torch.aminmax(beta.detach()))
+    if not (0 <= lowest and highest <= 2):  # also refuses NaN
+        raise ValueError(
+            f"beta must hold values in [0, 2] (1 overwrites fully; a learned sigma(W_beta x) lies in (0, 1)), "
+            f"got a tensor with values from {lowest} to {highest}"
+        )
     return beta
