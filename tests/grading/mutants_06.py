@@ -244,3 +244,17 @@ value_mutant("06.reach", "forgot_ratio", "no_ratio", 32)
 value_mutant("06.reach", "forgot_mem", "no_mem", 60)
 value_mutant("06.reach", "c_slots_per_segment", "slots_per_segment", 57)
 choice_mutants("06.equal_bytes", same_bytes_same_reach="B", xl_too="C", none="D")
+
+
+# ---------------------------------------------------------------- A.3: mistakes the feedback now names
+
+
+@mutant("06.reconstruction_loss", hint="causal")
+def recon_causal_mask(q, old_k, old_v, comp_k, comp_v):
+    """A causal mask carried over from self-attention: most compressed slots hidden from the early queries."""
+    q, old_k, old_v = q.detach(), old_k.detach(), old_v.detach()
+    target = F.scaled_dot_product_attention(q, old_k, old_v, is_causal=True)
+    return F.mse_loss(F.scaled_dot_product_attention(q, comp_k, comp_v, is_causal=True), target)
+
+
+value_mutant("06.reach", "cmem_in_place_of_mem", "cmem_for_mem", 80)

@@ -58,6 +58,7 @@ def _delta_ref(S, k, v, beta):
 
 def _delta_models(S, k, v, beta):
     bb = beta[..., None, None] if isinstance(beta, torch.Tensor) else beta
+    bv = beta[..., None] if isinstance(beta, torch.Tensor) else beta  # over v's D_v
     read = (k[..., None, :] @ S).squeeze(-2)  # k S   [B, H, D_v]
     models = {
         "no_read": lambda: S + bb * k[..., :, None] * v[..., None, :],
@@ -66,7 +67,7 @@ def _delta_models(S, k, v, beta):
         "read_side": lambda: S + bb * k[..., :, None] * (v - (S @ k[..., :, None]).squeeze(-1))[..., None, :],
         "sign": lambda: S - bb * k[..., :, None] * (v - read)[..., None, :],
         "blend": lambda: (1 - bb) * S + bb * k[..., :, None] * v[..., None, :],
-        "beta_on_v": lambda: S + k[..., :, None] * (bb * v - read)[..., None, :],
+        "beta_on_v": lambda: S + k[..., :, None] * (bv * v - read)[..., None, :],
     }
     if isinstance(beta, torch.Tensor):
         models["beta_broadcast"] = lambda: S + beta * (k[..., :, None] * (v - read)[..., None, :])

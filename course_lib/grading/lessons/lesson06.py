@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ... import attention_reference
+from ... import attention_reference, causal_mask
 from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, heads_view, make, randn, seeded
 from ..compare import probe as register_probe
 from ..core import Check, Mistake, code_exercise, error_name, type_name
@@ -244,6 +244,8 @@ RECON_HINTS = {
     "sum": "Use the MEAN squared error (F.mse_loss's default), not the sum.",
     "no_scale": "Att is scaled dot-product attention: softmax(q K^T / sqrt(d)) V (course_lib.attention_reference).",
     "rmse": "Return the mean squared error itself, not its square root.",
+    "causal": "No mask: every old and every compressed pair lies before the queries, so each query reads "
+              "all of them (no causal mask, no is_causal=True, which would hide most compressed slots).",
     "not_scalar": "Return one number as a 0-dimensional tensor (a scalar loss).",
     "shape": "Return a scalar: a 0-dimensional tensor.",
     "wrong_values": "loss = mean over every entry of (Att(q, old_k, old_v) - Att(q, comp_k, comp_v))^2, "
@@ -280,6 +282,11 @@ def _recon_value_check(seed, b, h, t, n, c, d, d_v=None, *, dtype=torch.float64)
                                            attention_reference(q, ok, ov, scale=1.0)),
             "rmse": lambda: F.mse_loss(a, target).sqrt(),
             "sum#last_axis": lambda: ((a - target) ** 2).sum(-1).mean(),
+            "causal": lambda: F.mse_loss(attention_reference(q, ck, cv, causal_mask(t, ck.shape[2])),
+                                         attention_reference(q, ok, ov, causal_mask(t, n))),
+            "causal#top_left": lambda: F.mse_loss(
+                F.scaled_dot_product_attention(q, ck, cv, is_causal=True),
+                F.scaled_dot_product_attention(q, ok, ov, is_causal=True)),
         })
     return run
 
@@ -348,6 +355,7 @@ REACH = number_exercise(
         "slots_times_c": _NM + _C * (_SEGS * _NS * _C),
         "slots_per_segment": _NM + _C * (_SEGS * _C),
         "bytes": (_NM + _NCM) * _C,
+        "cmem_for_mem": _NCM + _C * _NCM,
     },
     hints={
         "no_ratio": "Each CMem slot stands for c tokens: the reach is n_m + c * n_cm, not n_m + n_cm.",
@@ -355,6 +363,8 @@ REACH = number_exercise(
         "slots_times_c": "A segment of n_s pairs becomes n_s / c slots (c into 1), not n_s * c.",
         "slots_per_segment": "Each segment adds n_s / c = 4 slots, not c: |CMem| = 5 * n_s / c.",
         "bytes": "Only the CMem slots stand for c tokens each; Mem's n_m pairs stand for one token each.",
+        "cmem_for_mem": "You added |CMem| = 20 where Mem's n_m = 12 belongs: the slots already count as c * |CMem| "
+                        "= 60 tokens; the exact part is Mem's n_m = 12 pairs, so reach = n_m + c * |CMem|.",
         "wrong_number": "|CMem| = 5 segments * n_s / c slots; reach = n_m + c * |CMem| tokens.",
     },
     unit="tokens",
