@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .compare import expect_number
+from .compare import _rounded, expect_number
 from .core import Check, Exercise, Mistake, echo
 
 __all__ = ["choice_exercise", "number_exercise", "answer_value"]
@@ -50,7 +50,15 @@ def number_exercise(id: str, title: str, correct: float, mistakes: Mapping[str, 
              "not_int": f"Answer with a whole number of {unit}.", **hints}
 
     def run(answer):
-        expect_number(answer_value(answer), correct, mistakes)
+        value = answer_value(answer)
+        try:
+            expect_number(value, correct, mistakes)
+        except Mistake as m:
+            if m.key == "wrong_number":  # a known mistake's number, rounded (66.7 for 66.666...): name it
+                for key, candidate in mistakes.items():
+                    if _rounded(float(value), candidate):
+                        raise Mistake(key.split("#")[0], f"got {float(value):.10g}") from None
+            raise
 
     return Exercise(id=id, title=title, kind="question", points=points, hints=hints,
                     checks=[Check("your number", run)])

@@ -260,3 +260,33 @@ def knn_store_kept_between_calls(q, K_store, V_store, top_k):
     idx = (q @ K.transpose(-2, -1))[:, :, 0].topk(top_k, -1).indices.sort(-1).values
     gather = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
     return gather(K), gather(V)
+
+
+# ---------------------------------------------------------------- A.3: mistakes the feedback now names
+
+
+@mutant("07.gate", hint="tanh")
+def gate_tanh(out_a, out_b, w):
+    g = torch.tanh(w).view(1, -1, 1, 1)
+    return g * out_a + (1 - g) * out_b
+
+
+@mutant("07.knn_select", hint="wrong_axis", name="knn_topk_over_queries")
+def knn_topk_over_queries(q, K_store, V_store, top_k):
+    """top-k along dim 2 of the scores [B, H, 1, N], the single query, instead of the N stored pairs."""
+    if top_k > K_store.shape[2]:
+        raise ValueError(f"top_k={top_k} must be at most N={K_store.shape[2]}")
+    scores = q @ K_store.transpose(-2, -1)  # [B, H, 1, N]
+    idx = scores.topk(top_k, dim=2).indices.squeeze(2).sort(dim=-1).values
+    pick = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
+    return pick(K_store), pick(V_store)
+
+
+@mutant("07.concat_attention", hint="values_replaced")
+def concat_keys_as_values(q, K_a, V_a, K_b, V_b):
+    """K_b where V_b belongs (a copy-paste slip)."""
+    K, V = torch.cat([K_a, K_b], dim=2), torch.cat([V_a, K_b], dim=2)
+    return torch.softmax(q @ K.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1) @ V
+
+
+value_mutant("07.concat_weight", "percent_rounded", "percent", 66.7)

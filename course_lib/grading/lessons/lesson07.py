@@ -46,6 +46,8 @@ GATE_HINTS = {
     "batch_axis": "g has one value per HEAD, the axis 1 of [B, H, T, D]: reshape it to [1, H, 1, 1] "
                   "(g.view(1, -1, 1, 1)); g.view(-1, 1, 1, 1) lines it up with the batch axis (dim 0), "
                   "and g.view(1, 1, -1, 1) with the time axis.",
+    "tanh": "The gate is g = sigmoid(w), in (0, 1): tanh(w) lies in (-1, 1), so a negative w gives a negative "
+            "g that subtracts out_a and a weight 1 - g above 1 on out_b.",
     "softmax": "Each head has its own independent gate g_h = sigmoid(w_h); a softmax over the heads "
                "would make them compete (they need not sum to 1).",
     "detached": "Keep g in the autograd graph: compute it with torch.sigmoid on the tensor w (no "
@@ -68,6 +70,9 @@ def _gate_models(a, b, w):
         "one_gate": lambda: torch.sigmoid(w.mean()) * a + (1 - torch.sigmoid(w.mean())) * b,
         "not_per_head": lambda: torch.sigmoid(w).to(a.dtype) * a + (1 - torch.sigmoid(w).to(a.dtype)) * b,
         "softmax": lambda: (lambda s: s * a + (1 - s) * b)(torch.softmax(w, 0).to(a.dtype)[None, :, None, None]),
+        "tanh": lambda: (lambda s: s * a + (1 - s) * b)(torch.tanh(w).to(a.dtype)[None, :, None, None]),
+        "tanh#rescaled": lambda: (lambda s: s * a + (1 - s) * b)(
+            ((torch.tanh(w) + 1) / 2).to(a.dtype)[None, :, None, None]),
     }
 
 
@@ -193,6 +198,8 @@ def _knn_check(seed, b, h, n, d, top_k, *, d_v=None, dtype=torch.float64, norms=
         V = randn(gen, b, h, n, d_v or d, dtype=dtype)
         got_k, got_v = _pair(call_keeping_inputs(fn, q, K, V, top_k))
         want_k, want_v = _knn_ref(q, K, V, top_k)
+        if isinstance(got_k, torch.Tensor) and got_k.dim() == 4 and got_k.shape[2] == n != top_k:
+            raise Mistake("wrong_axis", f"it returns all {n} stored pairs, top_k = {top_k}")
         expect_tensor(got_k, tuple(want_k.shape), dtype, shape_text="[B, H, top_k, D]")
         expect_tensor(got_v, tuple(want_v.shape), dtype, shape_text="[B, H, top_k, D_v]")
         expect_close(got_k, want_k, _knn_models(q, K, V, top_k, 0))
@@ -217,6 +224,7 @@ def _knn_too_many(fn):
 KNN_SELECT = code_exercise(
     id="07.knn_select", title="k-NN retrieval: the top-k pairs by q . k",
     hints=KNN_HINTS,
+    error_hints={r"selected index k out of range": "wrong_axis"},
     checks=[
         Check("B = 2, H = 3, N = 10 stored pairs, top_k = 3, D = 4", _knn_check(81, 2, 3, 10, 4, 3)),
         Check("top_k = 1: the single best pair", _knn_check(82, 1, 2, 7, 5, 1)),
@@ -247,6 +255,8 @@ CONCAT_HINTS = {
     "causal": "No mask here: every query reads every slot of both memories (they hold the past), so no "
               "is_causal=True and no triangular mask.",
     "values_order": "Concatenate the values in the same order as the keys: [V_a, V_b] with [K_a, K_b].",
+    "values_replaced": "The values are [V_a; V_b]: the second memory's own values V_b, not its keys K_b or V_a "
+                       "again in V_b's place.",
     "wrong_axis": "The softmax runs over the keys (the last axis of the scores), not over the queries.",
     "only_a": "Attend over both memories, not only the first.",
     "shape": "Return [B, H, T_q, D_v]: one output row per query, as wide as the values.",
@@ -270,6 +280,9 @@ def _concat_models(q, Ka, Va, Kb, Vb):
         "scale_by_dv": lambda: attention_reference(q, K, V, scale=V.shape[-1] ** -0.5),
         "causal": lambda: torch.nn.functional.scaled_dot_product_attention(q, K, V, is_causal=True),
         "values_order": lambda: attention_reference(q, K, torch.cat([Vb, Va], 2)),
+        "values_replaced#keys": lambda: attention_reference(q, K, torch.cat([Va, Kb], 2)),
+        "values_replaced#va": lambda: attention_reference(q, K, torch.cat([Va, Va[:, :, -Kb.shape[2]:]], 2)),
+        "values_replaced#ka": lambda: attention_reference(q, K, torch.cat([Ka, Vb], 2)),
         "wrong_axis": wrong_axis,
         "only_a": lambda: attention_reference(q, Ka, Va),
     }
