@@ -13,6 +13,8 @@ import dataclasses
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from course_lib import decode
 from course_lib.memory import (
@@ -34,6 +36,7 @@ MEMORIES = {
     "sink": lambda: SinkMemory(sinks=2, window=3),
     "linear": lambda: LinearMemory(chunk_size=4),
     "delta": lambda: DeltaMemory(beta=0.6, chunk_size=4),
+    "delta_learned": lambda: DeltaMemory(beta="learned", chunk_size=4),  # beta_t = sigma(W_beta x_t)
     "segment": lambda: SegmentMemory(6),
     "compressive": lambda: CompressiveMemory(6, 3, 3, compress="conv"),
     "knn": lambda: KNNMemory(capacity=9, top_k=3),
@@ -79,7 +82,7 @@ def test_the_step_equals_the_blocks(memory, n_kv_heads, batch, prompt):
     assert state.pos == prompt + 6
 
 
-@pytest.mark.parametrize("memory", ["full", "window", "compressive", "delta"])
+@pytest.mark.parametrize("memory", ["full", "window", "compressive", "delta", "delta_learned"])
 def test_a_one_token_forward_without_grad_is_the_step(memory, monkeypatch):
     lm = make(memory, n_kv_heads=2)
     x = tokens(2, 8)
@@ -105,8 +108,9 @@ def test_the_plan_has_named_fields_one_per_layer():
     assert plan.end >= 10 and plan.cos.shape[0] >= 10
 
 
-def test_greedy_tokens_are_the_same_as_a_loop_over_the_blocks():
-    lm = make("window", n_kv_heads=2)
+@pytest.mark.parametrize("memory", ["window", "delta_learned"])
+def test_greedy_tokens_are_the_same_as_a_loop_over_the_blocks(memory):
+    lm = make(memory, n_kv_heads=2)
     prompt = tokens(2, 5)
     seq, state = prompt, None
     logits, state = blocks(lm, prompt, state)
@@ -217,3 +221,77 @@ def test_the_step_gives_back_the_onednn_switch_even_when_a_memory_fails(monkeypa
     with torch.no_grad(), pytest.raises(RuntimeError, match="memory failed"):
         lm(tokens(1, 1), lm.init_state(1))
     assert torch.backends.mkldnn.enabled == before
+
+
+# -- DeltaNet's learned write strength in the step -------------------------------------------------
+def test_the_plan_holds_w_beta_transposed_for_a_learned_beta_only():
+    lm = make("delta_learned", n_kv_heads=2)
+    for layer, block in zip(decode.prepare(lm, 10).layers, lm.blocks):
+        assert layer.beta_t.shape == (24, 4)  # W_beta^T [C, H]: one write strength per (query) head
+        assert torch.equal(layer.beta_t, block.attn.w_beta.weight.T) and layer.beta_b is block.attn.w_beta.bias
+    assert all(layer.beta_t is None and layer.beta_b is None for layer in decode.prepare(make("delta"), 10).layers)
+
+
+@pytest.mark.parametrize("batch,prompt", [(1, 1), (3, 5), (2, 9)])
+def test_generate_with_a_learned_beta_equals_the_full_forward(batch, prompt):
+    """The generated tokens, fed back through one forward over the whole sequence (the chunked
+    form, with beta from the blocks), give the logits the step chose them by, to float64 round-off."""
+    lm = make("delta_learned", n_kv_heads=(None, 2, 1)[batch % 3])
+    seq, state = lm.generate(tokens(batch, prompt), 7, return_state=True)
+    whole, _ = blocks(lm, seq, None)
+    assert torch.equal(whole[:, prompt - 1:-1].argmax(-1), seq[:, prompt:])
+    with torch.no_grad():
+        _, s = lm(seq[:, :prompt])
+        steps = []
+        for i in range(prompt, seq.shape[1]):
+            logits, s = lm(seq[:, i:i + 1], s)  # the decoding step
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), whole[:, prompt:], rtol=1e-12, atol=1e-12)
+    for got, want in zip(s.layers, state.layers):
+        torch.testing.assert_close(got.S, want.S, rtol=0, atol=0)
+
+
+def test_the_plan_follows_a_change_of_w_beta():
+    lm = make("delta_learned")
+    x = tokens(2, 8)
+    lm.generate(x, 2)
+    with torch.no_grad():
+        lm.blocks[0].attn.w_beta.bias.add_(2.0)  # in place
+        lm.blocks[1].attn.w_beta.weight.mul_(-5.0)
+    check_step(lm, x)
+    lm.blocks[1].attn.w_beta = torch.nn.Linear(24, 4, dtype=torch.float64)  # a new submodule
+    check_step(lm, x)
+
+
+class Allocations(TorchDispatchMode):
+    """The tensors each op makes with storage of its own (not a view or an in-place result)."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        self.made += [(func.__name__, tuple(t.shape)) for t in pytree.tree_leaves(out)
+                      if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs]
+        return out
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_learned_beta_step_allocates_no_more_than_a_fixed_beta_step(batch):
+    """Per step, a learned beta costs one new [B, H] tensor (addmm, then sigmoid in place), where a
+    fixed beta fills one [B, H, 1]: as many allocations, and no copy of W_beta."""
+    counts = {}
+    for memory in ("delta", "delta_learned"):
+        lm, x = make(memory), tokens(batch, 6)
+        with torch.no_grad():
+            _, state = lm(x[:, :5])
+            plan = decode.prepare(lm, 6)
+            with Allocations() as seen:
+                decode.step(plan, x[:, 5:], state)
+        counts[memory] = seen.made
+    assert len(counts["delta_learned"]) == len(counts["delta"]), counts
+    assert sorted(counts["delta_learned"]).count(("addmm.default", (batch, 4))) == 2  # one beta per layer
+    assert not any(shape in ((24, 4), (4, 24)) for _, shape in counts["delta_learned"])
