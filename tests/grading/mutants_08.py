@@ -269,3 +269,28 @@ value_mutant("08.mean_pool_error", "kept_share", "one_over_c", 0.25)
 value_mutant("08.mean_pool_error", "own_part_only", "squared", lambda: 0.5625)
 value_mutant("08.mean_pool_error", "percent", "percent", 75)
 value_mutant("08.mean_pool_error", "c_squared", "one_minus_c_squared", 15 / 16)
+
+
+# ---------------------------------------------------------------- A.3: mistakes the feedback now names
+
+
+@mutant("08.pareto_front", hint="sorts_inputs")
+def pareto_sorts_the_callers_lists(bytes_, accuracy):
+    """Sorts the caller's lists in place by bytes, then returns positions in the sorted lists
+    (a TypeError when the designs come as tuples)."""
+    order = sorted(range(len(bytes_)), key=lambda i: (bytes_[i], i))
+    bytes_[:] = [bytes_[i] for i in order]
+    accuracy[:] = [accuracy[i] for i in order]
+    n = len(bytes_)
+    return [r for r in range(n)
+            if not any(bytes_[s] <= bytes_[r] and accuracy[s] >= accuracy[r]
+                       and (bytes_[s] < bytes_[r] or accuracy[s] > accuracy[r]) for s in range(n))]
+
+
+@mutant("08.error_by_age", hint="slot_norm")
+def error_relative_to_the_slot(values, spans, slot_values):
+    err = torch.ones(values.shape[0], dtype=values.dtype)
+    for (first, last), u in zip(spans, slot_values):
+        v = values[first:last + 1]
+        err[first:last + 1] = ((v - u) ** 2).sum(-1) / (u ** 2).sum()
+    return err.flip(0)

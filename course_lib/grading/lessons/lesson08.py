@@ -35,6 +35,9 @@ PARETO_HINTS = {
                       "accurate first): you sorted it the other way round (reverse=True, or by accuracy from the "
                       "highest).",
     "tie_order": "Designs with equal bytes go in index order.",
+    "sorts_inputs": "Do not sort the caller's bytes and accuracy in place (.sort(), b[:] = ...): the inputs may be "
+                    "tuples, the caller's lists must stay as they were, and the indices you return must be "
+                    "positions in the ORIGINAL order. Sort a list of indices instead: sorted(range(n), key=...).",
     "not_list": "Return a Python list of int indices (positions in the input sequences), not a numpy array "
                 "or a tensor (.tolist() converts either).",
     "wrong_values": "Keep index i unless some j has bytes[j] <= bytes[i] and accuracy[j] >= accuracy[i] "
@@ -53,6 +56,7 @@ def _as_indices(got):
 def _pareto_models(b, a):
     n = range(len(b))
     front = pareto_front(b, a)
+    rank = {i: r for r, i in enumerate(sorted(n, key=lambda i: (b[i], i)))}
 
     def kept(beats):
         return [i for i in n if not any(beats(j, i) for j in n if j != i)]
@@ -64,7 +68,7 @@ def _pareto_models(b, a):
         if (b[i], a[i]) not in seen:
             dropped.append(i)
             seen.add((b[i], a[i]))
-    return {
+    models = {
         "accuracy_order#descending": sorted(front, key=lambda i: (b[i], i), reverse=True),
         "accuracy_order#descending_ties_in_order": sorted(front, key=lambda i: (-b[i], i)),
         "non_strict": sorted(non_strict, key=lambda i: (b[i], i)),
@@ -74,6 +78,8 @@ def _pareto_models(b, a):
         "accuracy_order": sorted(front, key=lambda i: (-a[i], i)),
         "tie_order": sorted(front, key=lambda i: (b[i], -i)),
     }
+    ranks = sorted(rank[i] for i in front)  # positions in the lists sorted by bytes, as if sorted in place
+    return {"sorts_inputs": ranks, **models} if ranks != sorted(front) else models
 
 
 def _pareto_check(b, a, *, as_tuple=False):
@@ -98,7 +104,9 @@ def _random_designs(seed, n):
 
 PARETO = code_exercise(
     id="08.pareto_front", title="The Pareto front of bytes and accuracy",
-    hints=PARETO_HINTS, error_hints={r"can only convert an array of size 1 to a Python scalar": "not_list"},
+    hints=PARETO_HINTS, error_hints={r"can only convert an array of size 1 to a Python scalar": "not_list",
+                                     r"'tuple' object (has no attribute 'sort'|does not support item assignment)":
+                                         "sorts_inputs"},
     checks=[
         Check("four designs, all on the front, given out of order",
               _pareto_check([4096, 2048, 8192, 1024], [0.5, 0.3, 0.9, 0.1])),
@@ -205,6 +213,8 @@ AGE_HINTS = {
                    "(the newest token has age 0; torch.flip the per-position errors).",
     "forgotten_zero": "A token that no slot covers is forgotten: its error is 1 (read back as zero), not 0.",
     "absolute": "Divide by |v_j|^2: the error is relative, |v_j - u_s|^2 / |v_j|^2.",
+    "slot_norm": "Divide by |v_j|^2, the token's own squared norm, not the slot's |u_s|^2: the error is relative "
+                 "to what was stored, |v_j - u_s|^2 / |v_j|^2.",
     "not_squared": "Use squared norms: |v_j - u_s|^2 / |v_j|^2, not |v_j - u_s| / |v_j|.",
     "exclusive_last": "A span (first, last) includes last: the slot covers positions first .. last, "
                       "that is values[first:last + 1].",
@@ -218,12 +228,12 @@ AGE_HINTS = {
 def _age_models(values, spans, slots):
     t = values.shape[0]
 
-    def per_position(rel=True, squared=True, fill=1.0, inclusive=True):
+    def per_position(rel=True, squared=True, fill=1.0, inclusive=True, by_slot=False):
         err = torch.full((t,), fill, dtype=values.dtype)
         for (first, last), u in zip(spans, slots):
             v = values[first:last + (1 if inclusive else 0)]
             num = ((v - u) ** 2).sum(-1)
-            den = (v ** 2).sum(-1)
+            den = (u ** 2).sum(-1).expand(v.shape[0]) if by_slot else (v ** 2).sum(-1)
             e = num / den if rel else num
             err[first:first + v.shape[0]] = e if squared else e.sqrt()
         return err
@@ -232,6 +242,7 @@ def _age_models(values, spans, slots):
         "by_position": lambda: per_position(),
         "forgotten_zero": lambda: per_position(fill=0.0).flip(0),
         "absolute": lambda: per_position(rel=False).flip(0),
+        "slot_norm": lambda: per_position(by_slot=True).flip(0),
         "not_squared": lambda: per_position(squared=False).flip(0),
         "exclusive_last": lambda: per_position(inclusive=False).flip(0),
         "off_by_one": lambda: torch.roll(per_position().flip(0), 1),
