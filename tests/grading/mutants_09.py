@@ -62,6 +62,21 @@ def rounded(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
     return round(budget / (2 * n_layers * n_kv_heads * head_dim * bytes_per_value))
 
 
+@mutant("09.window_for_budget", hint="no_kv_heads")
+def no_kv_heads(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
+    return budget // (2 * n_layers * head_dim * bytes_per_value)
+
+
+@mutant("09.window_for_budget", hint="minus_one")
+def one_less(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
+    return budget // (2 * n_layers * n_kv_heads * head_dim * bytes_per_value) - 1
+
+
+@mutant("09.window_for_budget", hint="bits")
+def counts_bits(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
+    return budget // (2 * n_layers * n_kv_heads * head_dim * bytes_per_value * 8)
+
+
 @mutant("09.window_for_budget", hint="not_int")
 def a_float(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
     return budget / (2 * n_layers * n_kv_heads * head_dim * bytes_per_value)
@@ -165,3 +180,16 @@ for letter in "ABD":
     value_mutant("09.scenario_mobile", f"chose_{letter}", f"chose_{letter}", letter)
 for letter in "ABC":
     value_mutant("09.scenario_document", f"chose_{letter}", f"chose_{letter}", letter)
+
+
+# ---------------------------------------------------------------- A.6: a design without its wrapper
+
+
+@mutant("09.chatbot_design", hint="no_wrapper", name="chatbot_design_unwrapped")
+def chatbot_design_unwrapped():
+    return {"name": "sink", "sinks": 4, "window": 24}
+
+
+@mutant("09.summarisation_design", hint="no_wrapper", name="summary_design_unwrapped")
+def summary_design_unwrapped():
+    return {"name": "window", "window": 16, "justification": WHY}

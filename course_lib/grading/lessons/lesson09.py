@@ -33,6 +33,11 @@ WINDOW_HINTS = {
     "no_factor_2": "A window cache holds a key AND a value per token, layer and KV head: "
                    "2 L n_g d_h values per token. The factor 2 is missing.",
     "no_layers": "Every layer keeps its own window: multiply the bytes per token by the L layers.",
+    "no_kv_heads": "Every KV head keeps its own keys and values: multiply the bytes per token by n_g, the number "
+                   "of KV heads (2 L n_g d_h bytes_per_value per token).",
+    "minus_one": "Do not subtract 1: floor(budget / bytes per token) windows of tokens fit exactly (the newest "
+                 "token is one of the n_c).",
+    "bits": "bytes_per_value is already in bytes: multiplying by 8 counts bits, which the byte budget does not.",
     "rounded_up": "The window must FIT: round down (floor division //), never up or to the nearest.",
     "not_int": "Return an int: a number of tokens.",
     "not_number": "Return an int: a number of tokens.",
@@ -51,6 +56,9 @@ def _window_case(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
             "no_layers": budget // (2 * n_kv_heads * head_dim * bytes_per_value),
             "rounded_up": -(-budget // (2 * per)),
             "rounded_up#nearest": round(budget / (2 * per)),
+            "no_kv_heads": budget // (2 * n_layers * head_dim * bytes_per_value),
+            "minus_one": budget // (2 * per) - 1,
+            "bits": budget // (2 * per * 8),
         }, integer=True)
     return run
 
@@ -80,9 +88,16 @@ DESIGN_HINTS = {
     "slows": "The time per token grows with the context: some part of the memory attends to (or searches) "
              "more with every token. A fixed-size memory keeps each step O(1).",
     "not_measured": "Recall is measured only for a design that fits the budget (fix the budget first).",
-    "no_recall": "The trained model does not recall the fact stated at the start of the conversation: "
-                 "it lies further back than your memory reaches. Keep the first tokens (sinks) or add a "
-                 "long-term memory that is trained end to end (a delta or linear memory beside the window).",
+    "no_recall": "The trained model does not recall the fact stated at the start of the conversation: it lies "
+                 "further back than your memory reaches (your design's reach and the fact's distance below). "
+                 "Reach that far within the budget, or add a long-term memory trained end to end (a delta or "
+                 "linear memory beside the window).",
+    "no_recall_sinks": "The trained model does not recall the fact: your sinks keep the first tokens, but they are "
+                       "few, and a sink mainly parks attention; the fact is said after them and has left the "
+                       "window before its question. Add a long-term memory trained end to end (a delta or "
+                       "linear memory beside the window) that can store it.",
+    "no_wrapper": "Wrap the design: return {'memory': <the design>, 'justification': '...'}. The dict you "
+                  "returned looks like the design itself (it has a 'name'), without the 'memory' key around it.",
     "no_justification": "A justification is judged on what it says, not on its length: in your own words, which "
                         "constraint each part of the design serves (the budget, a flat time per token, recall of "
                         "early facts), with the design's own numbers (its window, sinks, slots or bytes, such as "
@@ -130,9 +145,55 @@ def _quoted_numbers(text: str) -> set[float]:
 
 def _design(answer):
     got = answer_value(answer)
+    if isinstance(got, dict) and "memory" not in got and "name" in got:
+        raise Mistake("no_wrapper", f"its keys are {_clip(', '.join(repr(k) for k in list(got)[:8]), 80)}")
     if not isinstance(got, dict) or not isinstance(got.get("memory"), dict):
-        raise Mistake("not_design", f"got {type_name(got)}")
+        raise Mistake("not_design", f"got {type_name(got)}" + ("" if not isinstance(got, dict) else
+                                                                " without a dict under 'memory'"))
     return got
+
+
+def _reach(spec) -> tuple[float, str]:
+    """How many tokens back a design's memory holds something (inf: a matrix memory, blurred), with the
+    formula it comes from, as the lessons give them."""
+    name = spec.get("name")
+    if name == "multi":
+        parts = [_reach(p) for p in spec.get("memories") or () if isinstance(p, dict)]
+        return max(parts, default=(0, "")) if parts else (0, "")
+    if name == "window":
+        return spec.get("window", 0), f"the window n_c = {spec.get('window')}"
+    if name == "sink":
+        return spec.get("window", 0), (f"the window n_c = {spec.get('window')}, besides the first "
+                                       f"{spec.get('sinks')} tokens")
+    if name == "segment":
+        return spec.get("mem_len", 0), f"n_m = {spec.get('mem_len')}"
+    if name == "compressive":
+        n_m, n_cm, c = spec.get("mem_len", 0), spec.get("cmem_len", 0), spec.get("ratio", 1)
+        return n_m + c * n_cm, f"n_m + c * n_cm = {n_m} + {c} * {n_cm}"
+    if name == "knn":
+        return spec.get("capacity", 0), f"a store of {spec.get('capacity')} pairs"
+    return math.inf, ""
+
+
+def _has_sinks(spec) -> bool:
+    if spec.get("name") == "multi":
+        return any(isinstance(p, dict) and _has_sinks(p) for p in spec.get("memories") or ())
+    return spec.get("name") == "sink" and bool(spec.get("sinks"))
+
+
+def _recall_mistake(spec, r) -> Mistake:
+    """The recall hint for this design: sinks are not told to keep the first tokens, and a design whose
+    memory stops short is told its own reach against the fact's distance."""
+    measured = (f"{r['recall']:.0%} of {SETUP.n_test} held-out conversations answered, {SETUP.min_recall:.0%} "
+                f"needed; in the median conversation the fact lies {r['distance']} tokens before its question")
+    try:
+        reach, formula = _reach(spec)
+    except TypeError:
+        reach, formula = math.inf, ""
+    where = f"; your memory reaches about {reach:g} tokens back ({formula})" if formula else ""
+    if _has_sinks(spec):
+        return Mistake("no_recall_sinks", measured + where)
+    return Mistake("no_recall", measured + where)
 
 
 def _clip(text: str, limit: int = 240) -> str:
@@ -192,9 +253,7 @@ def _check_recall(answer):
         raise Mistake("not_measured", "over the budget")
     r = capstone.train_recall(spec)
     if r["recall"] < SETUP.min_recall:
-        raise Mistake("no_recall", f"{r['recall']:.0%} of {SETUP.n_test} held-out conversations answered, "
-                                   f"{SETUP.min_recall:.0%} needed; in the median conversation the fact lies "
-                                   f"{r['distance']} tokens before its question")
+        raise _recall_mistake(spec, r)
 
 
 def _check_justification(answer):
@@ -241,7 +300,8 @@ CHATBOT_DESIGN = code_exercise(
 # ------------------------------------------------------------ 09.summarisation_design
 
 SUMMARY_HINTS = {
-    **{k: DESIGN_HINTS[k] for k in ("not_design", "invalid_memory", "grows", "over_budget", "no_justification")},
+    **{k: DESIGN_HINTS[k] for k in ("not_design", "no_wrapper", "invalid_memory", "grows", "over_budget",
+                                      "no_justification")},
     "forgets": "The end of the document no longer depends on its early parts: a window or FIFO drops old "
                "tokens, and the delta rule overwrites them (each write shrinks the old state along the new "
                "key). A summary needs an update that never fully lets go: a sum or an average (a linear "
