@@ -276,3 +276,9 @@ value_mutant("03.state_bytes", "state_per_head", "per_head",
              lambda: (2 * 24 * 16 * 64 * 4096 * 2) / ((64 * 64 + 64) * 2))
 value_mutant("03.state_bytes", "cache_per_head", "per_head",
              lambda: (2 * 64 * 4096 * 2) / (24 * 16 * (64 * 64 + 64) * 2))
+
+
+@mutant("03.strided_mask", hint="sparse")
+def sparse_mask(t_q, t_k, stride):
+    """A.4: a sparse mask (most pairs are blocked) is not 'not attempted yet'."""
+    return strided_mask(t_q, t_k, stride).to_sparse()

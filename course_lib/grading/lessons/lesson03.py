@@ -139,6 +139,8 @@ STRIDED_HINTS = {
                   "Write (d >= 0) & ((d < s) | (d % s == 0)).",
     "query_offset": "The queries' positions are off by one: query row r sits at position i = t_k - t_q + r "
                     "(torch.arange(t_k - t_q, t_k)), so the last query is at t_k - 1 and sees itself.",
+    "sparse": "Return a dense tensor (mask.to_dense(), or no .to_sparse()): the checks and attention read an "
+              "ordinary strided bool mask.",
     "inverted": "True means the query MAY attend (the visible pairs), not the blocked ones.",
     "shape": "The mask has one row per query and one column per key: shape [t_q, t_k].",
     "wrong_values": "True where j <= i and (i - j < stride or (i - j) % stride == 0), with i = t_k - t_q + r.",
@@ -168,13 +170,17 @@ def _strided_models(t_q, t_k, stride):
 
 def _strided_check(t_q, t_k, stride):
     def run(fn):
-        expect_mask(fn(t_q, t_k, stride), ref_strided_mask(t_q, t_k, stride), _strided_models(t_q, t_k, stride))
+        got = fn(t_q, t_k, stride)
+        if isinstance(got, torch.Tensor) and got.layout != torch.strided:
+            raise Mistake("sparse", f"got layout {got.layout}")
+        expect_mask(got, ref_strided_mask(t_q, t_k, stride), _strided_models(t_q, t_k, stride))
     return run
 
 
 STRIDED_MASK = code_exercise(
     id="03.strided_mask", title="The Sparse Transformer's strided mask",
     hints=STRIDED_HINTS,
+    error_hints={r"holds a torch\.sparse|sparse": "sparse"},
     checks=[
         Check("a bool [t_q, t_k] mask, T = 10, stride 3", _strided_check(10, 10, 3)),
         Check("T = 16, stride 4: local keys and every 4th key", _strided_check(16, 16, 4)),
