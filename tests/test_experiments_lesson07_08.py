@@ -121,3 +121,17 @@ def test_window_memory_used_by_the_lesson_still_evicts():  # the copy task's pre
     for _ in range(3):
         _, state = memory(*(torch.randn(3, 1, 1, 8, 2)), state)
     assert memory.spans(state) == [(p, p) for p in range(20, 24)]
+
+
+def test_the_readme_recall_table_is_the_one_rendered_from_lesson_08s_result_file():
+    """README.md and lesson 08 read the same file, so their numbers cannot disagree (issue 18 point 4)."""
+    from pathlib import Path
+
+    from course_lib.experiments.lesson08 import load_result, recall_table
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    start = readme.index("<!-- recall table: rendered from docs/results/lesson08_recall.json -->\n")
+    end = readme.index("<!-- end of recall table -->")
+    shown = readme[start:end].split("\n", 1)[1].strip()
+    assert shown == recall_table(load_result(root / "docs" / "results" / "lesson08_recall.json"))

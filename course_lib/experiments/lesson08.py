@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["recall_rows", "cost_rows", "load_result", "pareto_front", "pareto_front_nd", "answer_accuracy",
+__all__ = ["recall_rows", "cost_rows", "load_result", "recall_table", "pareto_front", "pareto_front_nd", "answer_accuracy",
            "error_by_age", "ar1_values", "compressed_slots", "age_errors", "live_recall", "main"]
 
 
@@ -207,6 +207,17 @@ def live_recall(families=("full", "window", "knn"), steps: int = 200, *, n_train
 def load_result(path) -> dict:
     """A result file written by :func:`main` (``rows`` plus ``setup``, ``command``, ``machine``)."""
     return json.loads(Path(path).read_text())
+
+
+def recall_table(result: dict) -> str:
+    """The recall result as a Markdown table (design, bytes, accuracy, gap < window, gap >= window):
+    what README.md shows, rendered from the same file lesson 08 reads, so the two cannot disagree."""
+    window = result["setup"]["window"]
+    lines = [f"| design | bytes | accuracy | gap < {window} | gap >= {window} |", "|---|---|---|---|---|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['label']} | {row['nbytes']:,} | {row['accuracy']:.1%} | {row['near']:.1%} | "
+                     f"{row['far']:.1%} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
