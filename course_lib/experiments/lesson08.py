@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["recall_rows", "cost_rows", "load_result", "recall_table", "pareto_front", "pareto_front_nd", "answer_accuracy",
-           "error_by_age", "ar1_values", "compressed_slots", "age_errors", "live_recall", "main"]
+__all__ = ["recall_rows", "cost_rows", "load_result", "recall_table", "pareto_front", "pareto_front_nd",
+           "answer_accuracy", "error_by_age", "ar1_values", "compressed_slots", "age_errors", "live_recall", "main"]
 
 
 def _clean(x):
