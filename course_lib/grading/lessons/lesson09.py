@@ -369,8 +369,8 @@ SCENARIO_CHATBOT = choice_exercise(
     options={
         "A": "A full KV cache with grouped-query attention: fewer key/value heads keep each step cheap, "
              "and the whole conversation stays available exactly.",
-        "B": "A window cache for the recent turns plus a fixed-size long-term memory (sinks, delta or "
-             "compressive): each step costs the same and early facts can survive.",
+        "B": "A window cache for the recent turns plus a fixed-size memory read by content, such as a "
+             "delta memory: each step costs the same and early facts can survive.",
         "C": "Retrieval from an external vector store of past turns (RAG): only the relevant turns come "
              "back, so the model's own memory stays small.",
         "D": "A window cache alone, as large as the budget allows: it is exact, fixed in size and the "
