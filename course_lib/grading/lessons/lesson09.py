@@ -237,9 +237,17 @@ def _check_flat_bytes(answer):
 
 
 def _check_flat_time(answer):
+    """Noise on a busy machine only adds time: a ratio over the limit is measured again (up to three
+    times in all, each context's best kept), so a design passes when its steps really stay flat."""
     spec = _spec(answer)
-    short, long = capstone.decode_ms(spec)
-    ratio = long["ms_per_token"] / short["ms_per_token"]
+    best = None
+    for attempt in range(3):
+        rows = capstone.decode_ms(spec, seed=attempt)
+        best = rows if best is None else [min(a, b, key=lambda row: row["ms_per_token"]) for a, b in zip(best, rows)]
+        short, long = best
+        ratio = long["ms_per_token"] / short["ms_per_token"]
+        if ratio <= SETUP.max_ms_ratio:
+            return
     if ratio > SETUP.max_ms_ratio:
         raise Mistake("slows", f"{short['ms_per_token']:.2f} ms/token at m = {short['context']:,}, "
                                f"{long['ms_per_token']:.2f} at m = {long['context']:,}: {ratio:.1f}x "
