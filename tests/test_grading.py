@@ -11,7 +11,6 @@ import re
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import nbformat
@@ -147,27 +146,14 @@ def test_check_and_grade_agree_on_every_solution(tmp_path, capsys):
         _agree(exercise_id, answer, tmp_path)
 
 
-_IS_MEAN = """
-def compress(x, c, how):
-    b, h, n, d = x.shape
-    if n % c:
-        raise ValueError("n must be a multiple of c")
-    g = x.reshape(b, h, n // c, c, d)
-    if how is "mean":
-        return g.mean(3)
-    return g.amax(3)
-"""
 
 
 def test_a_string_compared_with_is_fails_in_the_notebook_as_under_grade():
     """A.2.4: ``how is "mean"`` holds in the notebook (both literals interned) but not for a string that
     crossed from the grader (a new object): check calls the answer as the grader does."""
-    namespace: dict = {}
-    with warnings.catch_warnings():  # Python warns about `is` with a literal: the learner's mistake
-        warnings.simplefilter("ignore", SyntaxWarning)
-        exec(compile(_IS_MEAN, "<learner>", "exec"), namespace)
-    compress = namespace["compress"]
-    result = check("06.compress", compress, quiet=True)
+    from grading.mutants_06 import _namespace  # the learner's `how is "mean"`, compiled once there
+
+    result = check("06.compress", _namespace["compress_is_mean"], quiet=True)
     assert result.score < result.max_score and get_exercise("06.compress").hint("ignores_how") in result.feedback
 
 
