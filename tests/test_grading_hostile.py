@@ -51,6 +51,15 @@ def items(report) -> dict:
     return {item.id: item for item in report.items}
 
 
+def graded_item(tmp_path, exercise_id, *cells):
+    """Grade a notebook of ``cells`` that ends with ``check(exercise_id, <the function named like it>)``;
+    returns that exercise's report item."""
+    name = exercise_id.split(".")[1]
+    path = write_notebook(tmp_path / f"{exercise_id.replace('.', '_')}.ipynb", IMPORT, *cells,
+                          f'check("{exercise_id}", {name})')
+    return items(grade_notebook(path, timeout=120))[exercise_id]
+
+
 def report_text(report) -> str:
     return json.dumps(report.as_dict()) + report.table()
 
@@ -216,42 +225,38 @@ def test_B05_a_flood_of_output_is_cut_off_and_the_grader_stays_small(tmp_path, b
 @pytest.mark.slow
 @needs_bwrap
 def test_B10_patching_the_stop_gradient_probe_in_the_kernel_does_not_pass_a_memory_without_detach(tmp_path):
-    path = write_notebook(
-        tmp_path / "05_forged_probe.ipynb", IMPORT,
+    item = graded_item(
+        tmp_path, "05.segment_update",
         "import course_lib.grading.lessons.lesson05 as _L5\n"
-        "_L5.detached_probe = lambda fn, args: [False, False]\n"
-        "import course_lib.grading.remote as R\n"
-        "_orig_export = R.export_function\n",
+        "_L5.detached_probe = lambda fn, args: [False, False]",
         "def segment_update(K_mem, V_mem, k, v, mem_len):  # WRONG: no stop-gradient\n"
         "    return torch.cat([K_mem, k], 2)[:, :, -mem_len:], torch.cat([V_mem, v], 2)[:, :, -mem_len:]",
-        'check("05.segment_update", segment_update)')
-    found = items(grade_notebook(path, timeout=120))
-    assert found["05.segment_update"].score < 2
-    assert "detach" in found["05.segment_update"].feedback
+    )
+    assert item.score < 2
+    assert "detach" in item.feedback
 
 
 @pytest.mark.slow
 @needs_bwrap
 def test_B10_patching_the_gradient_probe_does_not_pass_a_reconstruction_loss_that_leaks_into_q(tmp_path):
-    path = write_notebook(
-        tmp_path / "06_forged_probe.ipynb", IMPORT,
+    item = graded_item(
+        tmp_path, "06.reconstruction_loss",
         "import course_lib.grading.lessons.lesson06 as _L6\n"
         "_L6.gradient_probe = lambda fn, args, needs_grad: {'requires_grad': True, 'reached': [3, 4]}\n"
         "import course_lib.grading.compare as _C\n_C.grads = lambda *a, **k: None",
         "import torch.nn.functional as F\nfrom course_lib import attention_reference\n"
         "def reconstruction_loss(q, old_k, old_v, comp_k, comp_v):  # WRONG: gradients reach q and old pairs\n"
         "    return F.mse_loss(attention_reference(q, comp_k, comp_v), attention_reference(q, old_k, old_v))",
-        'check("06.reconstruction_loss", reconstruction_loss)')
-    found = items(grade_notebook(path, timeout=120))
-    assert found["06.reconstruction_loss"].score < 2
-    assert "q" in found["06.reconstruction_loss"].feedback
+    )
+    assert item.score < 2
+    assert "q" in item.feedback
 
 
 @pytest.mark.slow
 @needs_bwrap
 def test_B10_patching_compare_grads_does_not_pass_a_gate_that_is_not_learned(tmp_path):
-    path = write_notebook(
-        tmp_path / "07_forged_grads.ipynb", IMPORT,
+    item = graded_item(
+        tmp_path, "07.gate",
         "def _right(out_a, out_b, w):\n"
         "    g = torch.sigmoid(w)[None, :, None, None]\n"
         "    return g * out_a + (1 - g) * out_b\n"
@@ -260,17 +265,16 @@ def test_B10_patching_compare_grads_does_not_pass_a_gate_that_is_not_learned(tmp
         "def gate(out_a, out_b, w):  # WRONG: the gate is detached, so w never learns\n"
         "    g = torch.sigmoid(w).detach()[None, :, None, None]\n"
         "    return g * out_a + (1 - g) * out_b",
-        'check("07.gate", gate)')
-    found = items(grade_notebook(path, timeout=120))
-    assert found["07.gate"].score < 2, found["07.gate"].feedback
+    )
+    assert item.score < 2, item.feedback
 
 
 @pytest.mark.slow
 @needs_bwrap
 def test_B10_sending_the_probe_another_function_than_the_one_graded_is_caught(tmp_path):
     """The kernel's export is patched to hand the probe a correct, detaching function."""
-    path = write_notebook(
-        tmp_path / "05_forged_export.ipynb", IMPORT,
+    item = graded_item(
+        tmp_path, "05.segment_update",
         "def good(K_mem, V_mem, k, v, mem_len):\n"
         "    return (torch.cat([K_mem, k], 2)[:, :, -mem_len:].detach(),\n"
         "            torch.cat([V_mem, v], 2)[:, :, -mem_len:].detach())",
@@ -278,25 +282,23 @@ def test_B10_sending_the_probe_another_function_than_the_one_graded_is_caught(tm
         "R.export_function = lambda fn, depth=0: _real(good)",
         "def segment_update(K_mem, V_mem, k, v, mem_len):  # WRONG: no stop-gradient, and keeps one pair too many\n"
         "    return torch.cat([K_mem, k], 2)[:, :, -mem_len - 1:], torch.cat([V_mem, v], 2)[:, :, -mem_len - 1:]",
-        'check("05.segment_update", segment_update)')
-    found = items(grade_notebook(path, timeout=120))
-    assert found["05.segment_update"].score < 1, found["05.segment_update"].feedback
+    )
+    assert item.score < 1, item.feedback
 
 
 @pytest.mark.slow
 @needs_bwrap
 def test_a_right_answer_that_uses_its_own_helpers_and_modules_passes_the_probe(tmp_path):
-    path = write_notebook(
-        tmp_path / "05_right.ipynb", IMPORT,
+    item = graded_item(
+        tmp_path, "05.segment_update",
         "import torch as T\nKEEP_LAST = -1\n"
         "def _newest(x, n):\n    return x[:, :, -n:]\n"
         "def segment_update(K_mem, V_mem, k, v, mem_len):\n"
         "    K = _newest(T.cat([K_mem, k], 2), mem_len).detach()\n"
         "    V = _newest(T.cat([V_mem, v], 2), mem_len).detach()\n"
         "    return K, V",
-        'check("05.segment_update", segment_update)')
-    found = items(grade_notebook(path, timeout=120))
-    assert found["05.segment_update"].score == 2, found["05.segment_update"].feedback
+    )
+    assert item.score == 2, item.feedback
 
 
 # ---------------------------------------------------------------- B01, B02, B17: what the kernel sees
