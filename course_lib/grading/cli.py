@@ -450,8 +450,7 @@ class _Watchdog(threading.Thread):
         return None if process is None or process.poll() is not None else process.pid
 
     def hit(self, limit: str, reason: str) -> None:
-        if not any(h["limit"] == limit for h in self.hits):
-            self.hits.append({"limit": limit, "reason": reason})
+        _hit(self.hits, limit, reason)
         pid = self.pid()
         if pid is not None:
             sb.kill_tree(pid)
