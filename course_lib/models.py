@@ -234,6 +234,11 @@ class MemoryLM(nn.Module):
         """Bytes held by all layers' memories."""
         return sum(m.nbytes(s) for m, s in zip(self.memories, state.layers))
 
+    def peak_nbytes(self, state: LMState, segment_len: int) -> int:
+        """Peak working memory of all layers reading in segments of ``segment_len`` tokens
+        (:meth:`Memory.peak_nbytes`: the carried state plus the segment a memory attends to)."""
+        return sum(m.peak_nbytes(s, segment_len) for m, s in zip(self.memories, state.layers))
+
     def _check_input(self, idx, state):
         check_tensor("idx", idx, ndim=2)
         if idx.dtype not in (torch.long, torch.int32, torch.int64):

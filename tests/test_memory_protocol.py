@@ -294,3 +294,22 @@ print(rss() - before)
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.split()[-1]) > 8 * 2**20  # 25 MB of pairs: the bound above would catch a leak this size
+
+
+# -- peak working memory ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(__import__("course_lib.memory").memory.MEMORIES))
+def test_peak_bytes_add_the_segment_only_for_memories_that_read_it(name):
+    """A memory whose queries see their whole segment (segment, compressive, kNN) holds that
+    segment's pairs beside its state: peak = nbytes + 2 B H n_s d_h values; the others' peak is nbytes."""
+    from course_lib.memory import MEMORIES
+
+    memory = MEMORIES[name].example(8, n_heads=2)
+    state = memory.init_state(1, 2, 6, dtype=torch.float64)
+    x = torch.randn(1, 2, 13, 6, dtype=torch.float64)
+    _, state = memory(x, x, x, state)
+    extra = memory.peak_nbytes(state, 16) - memory.nbytes(state)
+    readers = [m for m in getattr(memory, "memories", [memory]) if m.reads_segment]
+    assert extra == len(readers) * 16 * 2 * 6 * 2 * 8
+    assert (name in ("segment", "compressive", "knn")) == memory.reads_segment

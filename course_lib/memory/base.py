@@ -12,7 +12,11 @@ Every memory is a ``torch.nn.Module`` (it may have parameters) with
   positions, ``[B, H, T, D]`` each. Queries see what the memory held before the chunk
   plus the chunk's own keys up to their position. ``new_state`` includes the chunk; the
   input state keeps its meaning (it can be kept for inspection or branched from).
-* ``nbytes(state) -> int``: bytes of the tensors the state holds (the memory's size).
+* ``nbytes(state) -> int``: bytes of the tensors the state holds (the memory's size), and
+  ``peak_nbytes(state, segment_len)``: the peak working memory when text is read in segments of
+  ``n_s`` tokens: the carried state plus the current segment's pairs for a memory whose queries
+  see their whole segment (``reads_segment``: segment, compressive, kNN), the state alone
+  otherwise. Designs are compared at equal *peak* bytes.
 * ``spans(state) -> list[(first, last)]`` for memories that hold key/value slots: the token
   positions each slot stands for, in attention order; ``parts(state) -> list[(label, n)]``
   the labelled groups of those slots (``("sinks", 4), ("CMem", 8), ("Mem", 6)``).
@@ -35,7 +39,7 @@ import inspect
 import torch
 from torch import nn
 
-from .._checks import check_qkv, describe
+from .._checks import check_positive_int, check_qkv, describe
 
 __all__ = ["Memory", "state_nbytes", "check_state"]
 
@@ -109,6 +113,11 @@ class Memory(nn.Module, abc.ABC):
             therefore cannot recall anything: the recall benchmark leaves them out).
         sized_by_head_dim: the state's size is set by ``d_h`` (a ``d_h x d_h`` matrix), not by
             a number of slots: benchmarks sweep the model width for it.
+        reads_segment: each query also sees every earlier key of its own segment of ``n_s``
+            tokens exactly, beside the carried state (Transformer-XL's ``[SG(Mem) o segment]``):
+            reading token by token with the same meaning needs a buffer of up to ``n_s`` pairs,
+            which :meth:`peak_nbytes` counts. Memories whose output does not depend on the
+            chunking say ``False``.
         learns_beta: the memory takes a learned write strength per head and token,
             ``forward(q, k, v, state, beta=...)`` with ``beta [B, H, T] = sigma(W_beta x)``: the
             attention layer of ``MemoryLM`` then owns ``W_beta`` and computes it
@@ -124,6 +133,7 @@ class Memory(nn.Module, abc.ABC):
     uses_rotary: bool = True
     uses_query: bool = True
     sized_by_head_dim: bool = False
+    reads_segment: bool = False
     learns_beta: bool = False
 
     # -- metadata -------------------------------------------------------------------------
@@ -175,6 +185,18 @@ class Memory(nn.Module, abc.ABC):
     def nbytes(self, state) -> int:
         """Bytes of the tensors that ``state`` holds."""
         return state_nbytes(state)
+
+    def peak_nbytes(self, state, segment_len: int) -> int:
+        """Peak working memory reading in segments of ``segment_len`` (``n_s``) tokens: the bytes
+        :meth:`nbytes` counts plus, for a memory that ``reads_segment``, the ``n_s`` key/value pairs
+        of the current segment its queries attend to (``2 B H n_s d_h`` values in the state's dtype).
+        """
+        held = self.nbytes(state)
+        if not self.reads_segment:
+            return held
+        check_positive_int("segment_len", segment_len)
+        per_value = torch.empty((), dtype=state.dtype).element_size()
+        return held + segment_len * state.batch * state.n_heads * (state.head_dim + state.v_dim) * per_value
 
     def spans(self, state) -> list[tuple[int, int]]:
         """The first and last position each key/value slot stands for, in attention order."""

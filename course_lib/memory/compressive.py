@@ -73,6 +73,7 @@ class CompressiveMemory(SlotMemory):
     """
 
     name = "compressive"
+    reads_segment = True  # queries see their whole segment beside the carried state: peak_nbytes
     title = "compressive"
     state_type = CompressiveState
     supports_gqa = False

@@ -34,6 +34,7 @@ class KNNMemory(RingMemory):
     """
 
     name = "knn"
+    reads_segment = True  # queries see their whole segment beside the carried state: peak_nbytes
     title = "k-NN"
     label_format = "kNN N = {capacity}, k = {top_k}"
     state_type = KNNState

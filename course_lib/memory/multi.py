@@ -165,6 +165,10 @@ class MultiMemory(Memory):
     def nbytes(self, state) -> int:
         return sum(m.nbytes(s) for m, s in zip(self.memories, state.states))
 
+    def peak_nbytes(self, state, segment_len: int) -> int:
+        """The sum of its memories' peaks (a segment buffer each memory that reads one keeps)."""
+        return sum(m.peak_nbytes(s, segment_len) for m, s in zip(self.memories, state.states))
+
     def spans(self, state) -> list[tuple[int, int]]:
         if self.combine != "concat":
             return super().spans(state)

@@ -35,6 +35,7 @@ class SegmentMemory(RingMemory):
     """
 
     name = "segment"
+    reads_segment = True  # queries see their whole segment beside the carried state: peak_nbytes
     title = "segment (Transformer-XL)"
     label_format = "segment M = {mem_len}"
     state_type = SegmentState
