@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import specs
+
 __all__ = ["Capstone", "SETUP", "build_memory", "spec_label", "state_bytes", "decode_ms", "dialogue_data",
            "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
            "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "main"]
@@ -108,58 +110,17 @@ def kv_bytes_per_token(setup: Capstone = SETUP, bytes_per_value: int = 4) -> int
 # ------------------------------------------------------------------- designs as data
 
 
-def _check_spec(spec, where="design"):
-    from ..memory import MEMORIES
-
-    if not isinstance(spec, dict):
-        raise TypeError(f"{where} must be a dict such as {{'name': 'window', 'window': 32}}, got {type(spec).__name__}")
-    name = spec.get("name")
-    if name not in MEMORIES:
-        raise ValueError(f"{where}['name'] must be one of {', '.join(MEMORIES)}, got {name!r}")
-    return name
-
-
 def build_memory(spec: dict, setup: Capstone = SETUP):
-    """The :class:`~course_lib.memory.Memory` that ``spec`` describes (``n_heads`` of a gated
-    ``multi`` memory is filled in from ``setup``).
+    """The :class:`~course_lib.memory.Memory` that ``spec`` describes (:func:`course_lib.experiments.specs.build_memory`;
+    ``n_heads`` of a gated ``multi`` memory is filled in from ``setup``).
 
     >>> build_memory({"name": "sink", "sinks": 4, "window": 8})
-    SinkMemory(window=8, sinks=4)
+    SinkMemory(sinks=4, window=8)
     """
-    from ..memory import make_memory
-
-    name = _check_spec(spec)
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "memories")}
-    if name == "multi":
-        parts = spec.get("memories")
-        if not isinstance(parts, (list, tuple)) or len(parts) < 2:
-            raise ValueError("a 'multi' design needs 'memories': a list of at least two designs")
-        subs = [build_memory(_checked(p, f"design['memories'][{i}]"), setup) for i, p in enumerate(parts)]
-        kwargs.setdefault("combine", "gate")
-        if kwargs["combine"] == "gate":
-            kwargs.setdefault("n_heads", setup.n_heads)
-        return make_memory("multi", memories=subs, **kwargs)
-    try:
-        return make_memory(name, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"design {spec!r}: {err}") from None
+    return specs.build_memory(spec, n_heads=setup.n_heads)
 
 
-def _checked(spec, where):
-    _check_spec(spec, where)
-    return spec
-
-
-def spec_label(spec: dict) -> str:
-    """A short name: ``sink S=48 n_c=16``, ``window 32 + delta (gate)``."""
-    name = spec["name"]
-    if name == "multi":
-        return " + ".join(spec_label(p) for p in spec["memories"]) + f" ({spec.get('combine', 'gate')})"
-    short = {"window": "n_c", "sinks": "S", "mem_len": "n_m", "cmem_len": "n_cm", "ratio": "c",
-             "capacity": "N", "top_k": "k"}
-    sizes = " ".join(f"{short.get(k, k)}={v}" for k, v in spec.items() if k != "name" and k in short)
-    extra = spec.get("compress")
-    return " ".join(x for x in (name, sizes, extra) if x)
+spec_label = specs.spec_label
 
 
 def _model(memory, setup: Capstone):

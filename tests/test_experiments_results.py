@@ -1,0 +1,63 @@
+"""One result format and one design spec: what every experiment writes and builds from."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from course_lib.experiments import results, specs
+
+
+def test_a_result_file_round_trips_with_its_command_commit_machine_and_seeds(tmp_path):
+    path = results.write_result(tmp_path / "r.json", command="python -m course_lib.experiments.x run",
+                                rows=[{"label": "window", "seed": 0, "acc": float("nan")}], seeds=[0, 1, 2],
+                                setup={"steps": (1, 2)}, seconds=1.234)
+    back = results.read_result(path)
+    assert back["schema"] == results.SCHEMA and back["seeds"] == [0, 1, 2] and back["seconds"] == 1.2
+    assert back["rows"][0]["acc"] is None and back["setup"]["steps"] == [1, 2]
+    assert {"torch", "python", "cpu_count"} <= set(back["machine"]) and "commit" in back
+
+
+def test_a_file_without_the_schema_is_refused_with_what_it_lacks(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"rows": [], "setup": {}}))
+    with pytest.raises(results.ResultError, match="lacks schema, command, commit, machine, seeds"):
+        results.read_result(old)
+    with pytest.raises(results.ResultError, match="no result file"):
+        results.read_result(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="command must be"):
+        results.write_result(tmp_path / "x.json", command="made by hand", rows=[], seeds=[0])
+
+
+def test_spread_and_whether_a_difference_exceeds_it():
+    s = results.spread([0.5, 0.7, float("nan"), 0.6])
+    assert s["n"] == 3 and math.isclose(s["mean"], 0.6) and s["min"] == 0.5 and s["max"] == 0.7
+    assert results.exceeds_spread([0.8, 0.9, 0.85], [0.5, 0.7, 0.6])
+    assert not results.exceeds_spread([0.8, 0.6, 0.85], [0.5, 0.7, 0.6])  # ranges overlap
+    assert not results.exceeds_spread([], [1.0])
+    by = results.summarise([{"label": "a", "v": 1}, {"label": "b", "v": 3}, {"label": "a", "v": 2}], "v")
+    assert list(by) == ["a", "b"] and by["a"]["mean"] == 1.5
+
+
+@pytest.mark.parametrize("value, expected", [("", "live"), ("live", "live"), ("FULL", "full")])
+def test_course_scale_is_read_in_one_place(monkeypatch, value, expected):
+    monkeypatch.setenv("COURSE_SCALE", value)
+    assert results.scale() == expected and results.pick("l", "f") == expected[0]
+
+
+def test_a_bad_course_scale_names_the_variable(monkeypatch):
+    monkeypatch.setenv("COURSE_SCALE", "huge")
+    with pytest.raises(ValueError, match="COURSE_SCALE must be 'live' or 'full'.*'huge'"):
+        results.scale()
+
+
+def test_a_spec_builds_its_memory_and_comes_back_from_it():
+    spec = {"name": "multi", "combine": "gate",
+            "memories": [{"name": "window", "window": 4}, {"name": "sink", "sinks": 2, "window": 6}]}
+    memory = specs.build_memory(spec, n_heads=2)
+    assert specs.build_memory(specs.spec_of(memory)).label() == memory.label()
+    assert specs.spec_label(spec) == "window n_c=4 + sink S=2 n_c=6 (gate)"
+    with pytest.raises(ValueError, match=r"design\['memories'\]\[1\]\['name'\] must be one of"):
+        specs.build_memory({"name": "multi", "memories": [{"name": "window", "window": 4}, {"name": "lstm"}]})
