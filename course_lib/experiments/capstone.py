@@ -33,6 +33,7 @@ each on a 2-core CPU shared with other work)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from . import specs
 
 __all__ = ["Capstone", "SETUP", "build_memory", "spec_label", "state_bytes", "decode_ms", "dialogue_data",
            "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
-           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "main"]
+           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "run_seeds", "main"]
 
 
 @dataclass(frozen=True)
@@ -383,29 +384,46 @@ def plot_designs(rows: list[dict], setup: Capstone = SETUP):
     return fig
 
 
+def run_seeds(design: str, seeds=(0, 1, 2), setup: Capstone = SETUP, *, log_every: int = 100) -> list[dict]:
+    """One row per seed for :data:`DESIGNS` ``[design]``: the grade's training run (:func:`train_recall`)
+    with ``setup.seed = seed`` (the seed picks the weights' initialisation, the batches and the
+    training and test conversations), its recall and its learning curve every ``log_every`` steps."""
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {', '.join(map(repr, DESIGNS))}, got {design!r}")
+    spec, rows = DESIGNS[design], []
+    for seed in seeds:
+        r = train_recall(spec, dataclasses.replace(setup, seed=int(seed)), log_every=log_every)
+        rows.append({"design": design, "label": spec_label(spec), "spec": spec, "seed": int(seed),
+                     "recall": r["recall"], "curve": r["recall_curve"], "train_seconds": round(r["seconds"], 1),
+                     "distance": r["distance"]})
+    return rows
+
+
 def main(argv=None) -> int:
-    """Recall of one of :data:`DESIGNS` after the grade's training run, with its learning curve, as JSON."""
+    """Recall of one of :data:`DESIGNS` after the grade's training run, on several seeds, with its
+    learning curves, as a result file (:func:`course_lib.experiments.results.write_result`)."""
     import argparse
-    import json
-    import platform
+    import shlex
     from pathlib import Path
+
+    from . import results
 
     parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.capstone", description=main.__doc__)
     parser.add_argument("--design", required=True, choices=list(DESIGNS))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    spec = DESIGNS[args.design]
-    t0 = time.process_time()
-    r = train_recall(spec, log_every=100)
-    row = {"design": args.design, "spec": spec, "recall": r["recall"], "curve": r["recall_curve"],
-           "train_seconds": round(r["seconds"], 1), "cpu_seconds": round(time.process_time() - t0, 1),
-           "distance": r["distance"], "min_recall": SETUP.min_recall, "steps": SETUP.steps,
-           "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads available, "
-                      f"torch {torch.__version__}",
-           "command": f"python -m course_lib.experiments.capstone --design {args.design!r} --out {args.out}"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(row, indent=1) + "\n")
-    print(json.dumps(row))
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows = run_seeds(args.design, seeds)
+    setup = {k: v for k, v in dataclasses.asdict(SETUP).items() if k != "seed"}
+    command = (f"python -m course_lib.experiments.capstone --design {shlex.quote(args.design)} "
+               f"--seeds {','.join(map(str, seeds))} --out {args.out}")
+    results.write_result(args.out, command=command, rows=rows, seeds=seeds, setup=setup,
+                         seconds=time.perf_counter() - t0, design=args.design, spec=DESIGNS[args.design],
+                         cpu_seconds=round(time.process_time() - c0, 1))
+    for row in rows:
+        print(f"{args.design} seed {row['seed']}: recall {row['recall']:.0%} ({row['train_seconds']:.0f} s)")
     return 0
 
 
