@@ -7,6 +7,12 @@ grows with ``m`` in bytes and in time per token; a fixed-size memory stays flat.
     python -m course_lib bench decode                       # FullMemory, 1k..64k tokens
     python -m course_lib bench decode --memory window --memory linear
     python -m course_lib bench decode --memory all --contexts 1024,16384
+    python -m course_lib bench decode --memory full --memory window --memory linear --memory compressive \
+        --contexts 1024,4096,16384,65536 --steps 16 --json docs/results/bench_decode.json   # the README's table
+
+``--json`` writes the run as a result file (:mod:`course_lib.experiments.results`: the command,
+commit, machine and its load average, one row per memory and context); :func:`decode_table`
+renders the README's table from it, so the README never carries a typed timing.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: steady timings on a shared machine; 0: torch's)")
     parser.add_argument("--out", default="bench_decode.png", help="where to save the plot")
+    parser.add_argument("--json", default=None, help="also write the run as a result file (e.g. docs/results/bench_decode.json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"decode benchmark on {describe_device(device)}, torch {torch.__version__}, {args.dtype}; "
           f"MemoryLM(vocab 256, d_model {args.d_model}, {args.layers} layers, {args.heads} heads), batch 1")
     results = {}
+    started, load_before = time.perf_counter(), _load()
     for name in names:
         seed_everything(0)
         model = MemoryLM(256, args.d_model, args.layers, args.heads, build_memory(name, args.heads)).to(device, dtype)
@@ -75,7 +83,67 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     save_plot(results, args.out)
     print(f"plot saved to {args.out}")
+    if args.json:
+        _write_json(args, results, device, load_before, time.perf_counter() - started)
+        print(f"result file written to {args.json}")
     return 0
+
+
+def _load() -> float | None:
+    try:
+        return round(__import__("os").getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _write_json(args, results: dict, device, load_before, seconds: float) -> None:
+    import shlex
+    import sys
+
+    from ..experiments.results import write_result
+
+    rows = [{"memory": name, "label": build_memory(name, args.heads).label(), "context": r["context"],
+             "ms_per_token": r["ms_per_token"], "nbytes": r["nbytes"]} for name, rows in results.items() for r in rows]
+    argv = [a for a in sys.argv[1:]] if sys.argv and sys.argv[0].endswith("__main__.py") else []
+    command = "python -m course_lib " + (shlex.join(argv) if argv else "bench decode")
+    write_result(args.json, command=command, rows=rows, seeds=[0], seconds=seconds, device=device,
+                 setup={"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "steps": args.steps,
+                        "dtype": args.dtype, "threads": args.threads, "vocab": 256, "batch": 1,
+                        "slots": DEFAULT_SLOTS},
+                 load_average={"before": load_before, "after": _load()})
+
+
+def decode_summary(result: dict) -> str:
+    """One sentence saying how the result file was made: command, commit, machine, load."""
+    m, load = result["machine"], result.get("load_average") or {}
+    where = f"{m.get('processor') or 'a CPU'}, {m.get('cpu_count')} logical CPUs, torch {m.get('torch')}"
+    loads = [v for v in (load.get("before"), load.get("after")) if v is not None]
+    busy = f"; load average {min(loads):.1f}-{max(loads):.1f} during the run" if loads else ""
+    commit = (result.get("commit") or "unknown")[:7] + (" with uncommitted changes" if result.get("dirty") else "")
+    s = result["setup"]
+    return (f"`{result['command']}` at commit {commit} ({where}, {s['threads']} torch thread(s), {s['dtype']}, "
+            f"`MemoryLM(vocab {s['vocab']}, d_model {s['d_model']}, {s['layers']} layers, {s['heads']} heads)`, "
+            f"batch 1, {s['steps']} timed steps per entry{busy}; {result['seconds']:.0f} s).")
+
+
+def decode_table(result: dict) -> str:
+    """The README's Markdown table from a ``--json`` result file: ms/token at each context, the
+    longest over the shortest, and the bytes at the longest."""
+    from ..experiments.capstone import format_bytes
+
+    contexts = sorted({r["context"] for r in result["rows"]})
+    by = {}
+    for r in result["rows"]:
+        by.setdefault(r["memory"], {"label": r["label"]})[r["context"]] = r
+    head = ("| ms/token at m = | " + " | ".join(f"{m:,}" for m in contexts)
+            + f" | {contexts[-1]:,} / {contexts[0]:,} | bytes at {contexts[-1]:,} |")
+    lines = [head, "|" + "---|" * (len(contexts) + 3)]
+    for name, cols in by.items():
+        label = "full KV cache" if name == "full" else cols["label"]
+        ms = [cols[m]["ms_per_token"] for m in contexts]
+        lines.append(f"| {label} | " + " | ".join(f"{x:.2f}" for x in ms)
+                     + f" | {ms[-1] / ms[0]:.2f} | {format_bytes(cols[contexts[-1]]['nbytes'])} |")
+    return "\n".join(lines)
 
 
 def format_table(results: dict) -> str:
