@@ -46,7 +46,7 @@ from . import specs
 
 __all__ = ["Capstone", "SETUP", "build_memory", "spec_label", "state_bytes", "decode_ms", "dialogue_data",
            "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
-           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "run_seeds", "main"]
+           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "run_seeds", "recall_at", "FAR_LENGTHS", "main"]
 
 
 @dataclass(frozen=True)
@@ -289,6 +289,30 @@ def recall_of(model, x, y_answer, setup: Capstone = SETUP) -> torch.Tensor:
     return ((logits.argmax(-1) == y_answer) | (y_answer == IGNORE)).all(dim=1)
 
 
+#: chat lengths (characters before the question) at which :func:`run_seeds` also tests the trained model
+FAR_LENGTHS = (400, 1600, 6400)
+
+
+@torch.no_grad()
+def recall_at(model, lengths=FAR_LENGTHS, setup: Capstone = SETUP, *, batch: int = 25) -> list[dict]:
+    """Recall of a model trained with ``setup`` on held-out conversations with longer chats: for each
+    ``length`` (characters of small talk before the question, :func:`course_lib.data.long_dialogue`),
+    ``setup.n_test`` conversations (seed ``setup.seed + 3``), read in segments as in :func:`recall_of`.
+    Returns ``[{"dialogue_length", "distance" (median tokens from the fact to its question), "recall"}]``:
+    how far the fact can lie before the recall the grade measures at ``setup.dialogue_length`` is lost."""
+    out = []
+    with one_thread():
+        for length in lengths:
+            far = dataclasses.replace(setup, dialogue_length=int(length))
+            x, _, y, examples = dialogue_data(setup.n_test, far, seed=setup.seed + 3)
+            right = torch.cat([recall_of(model, x[i:i + batch], y[i:i + batch], far)
+                               for i in range(0, len(x), batch)])
+            gaps = sorted(e.answer_start - (e.fact_start + e.text[e.fact_start:].index(e.answer)) for e in examples)
+            out.append({"dialogue_length": int(length), "distance": gaps[len(gaps) // 2],
+                        "recall": float(right.float().mean())})
+    return out
+
+
 _RECALL_CACHE: dict = {}
 
 
@@ -384,18 +408,21 @@ def plot_designs(rows: list[dict], setup: Capstone = SETUP):
     return fig
 
 
-def run_seeds(design: str, seeds=(0, 1, 2), setup: Capstone = SETUP, *, log_every: int = 100) -> list[dict]:
+def run_seeds(design: str, seeds=(0, 1, 2), setup: Capstone = SETUP, *, log_every: int = 100,
+              far=FAR_LENGTHS) -> list[dict]:
     """One row per seed for :data:`DESIGNS` ``[design]``: the grade's training run (:func:`train_recall`)
     with ``setup.seed = seed`` (the seed picks the weights' initialisation, the batches and the
-    training and test conversations), its recall and its learning curve every ``log_every`` steps."""
+    training and test conversations), its recall and its learning curve every ``log_every`` steps,
+    and (``far``) the same model's recall on conversations with longer chats (:func:`recall_at`)."""
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {', '.join(map(repr, DESIGNS))}, got {design!r}")
     spec, rows = DESIGNS[design], []
     for seed in seeds:
-        r = train_recall(spec, dataclasses.replace(setup, seed=int(seed)), log_every=log_every)
+        seeded = dataclasses.replace(setup, seed=int(seed))
+        r = train_recall(spec, seeded, log_every=log_every)
         rows.append({"design": design, "label": spec_label(spec), "spec": spec, "seed": int(seed),
                      "recall": r["recall"], "curve": r["recall_curve"], "train_seconds": round(r["seconds"], 1),
-                     "distance": r["distance"]})
+                     "distance": r["distance"], "far": recall_at(r["model"], far, seeded) if far else []})
     return rows
 
 
