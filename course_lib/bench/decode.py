@@ -8,7 +8,7 @@ grows with ``m`` in bytes and in time per token; a fixed-size memory stays flat.
     python -m course_lib bench decode --memory window --memory linear
     python -m course_lib bench decode --memory all --contexts 1024,16384
     python -m course_lib bench decode --memory full --memory window --memory linear --memory compressive \
-        --contexts 1024,4096,16384,65536 --steps 16 --json docs/results/bench_decode.json   # the README's table
+        --contexts 1024,4096,16384,65536 --steps 16 --repeats 5 --json docs/results/bench_decode.json  # README
 
 ``--json`` writes the run as a result file (:mod:`course_lib.experiments.results`: the command,
 commit, machine and its load average, one row per memory and context); :func:`decode_table`
@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contexts", default=DEFAULT_CONTEXTS,
                         help=f"comma-separated context lengths m (default {DEFAULT_CONTEXTS})")
     parser.add_argument("--steps", type=int, default=32, help="timed decoding steps per context")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure each memory this many times and keep the fastest per context "
+                             "(timeit's rule: noise only ever adds time; default 1)")
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         seed_everything(0)
         model = MemoryLM(256, args.d_model, args.layers, args.heads, build_memory(name, args.heads)).to(device, dtype)
         t0 = time.perf_counter()
-        results[name] = measure_decode(model, contexts, steps=args.steps)
+        runs = [measure_decode(model, contexts, steps=args.steps) for _ in range(max(1, args.repeats))]
+        results[name] = [min(per_context, key=lambda r: r["ms_per_token"]) for per_context in zip(*runs)]
         print(f"  {name}: measured in {time.perf_counter() - t0:.1f} s")
     print(format_table(results))
     save_plot(results, args.out)
@@ -108,7 +112,7 @@ def _write_json(args, results: dict, device, load_before, seconds: float) -> Non
     command = "python -m course_lib " + (shlex.join(argv) if argv else "bench decode")
     write_result(args.json, command=command, rows=rows, seeds=[0], seconds=seconds, device=device,
                  setup={"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "steps": args.steps,
-                        "dtype": args.dtype, "threads": args.threads, "vocab": 256, "batch": 1,
+                        "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats, "vocab": 256, "batch": 1,
                         "slots": DEFAULT_SLOTS},
                  load_average={"before": load_before, "after": _load()})
 
@@ -123,7 +127,7 @@ def decode_summary(result: dict) -> str:
     s = result["setup"]
     return (f"`{result['command']}` at commit {commit} ({where}, {s['threads']} torch thread(s), {s['dtype']}, "
             f"`MemoryLM(vocab {s['vocab']}, d_model {s['d_model']}, {s['layers']} layers, {s['heads']} heads)`, "
-            f"batch 1, {s['steps']} timed steps per entry{busy}; {result['seconds']:.0f} s).")
+            f"batch 1, {s['steps']} timed steps per entry, the fastest of {s.get('repeats', 1)} runs{busy}; {result['seconds']:.0f} s).")
 
 
 def decode_table(result: dict) -> str:
