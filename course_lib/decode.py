@@ -12,7 +12,9 @@ per layer and reading the weights. This module computes the same function with l
   rotary tables per step;
 * each memory called through ``forward_unchecked``: the caller checked its input once; a
   memory that learns its write strength gets ``beta_t = sigma(W_beta x_t)`` from one ``addmm``
-  on the transposed copy ``W_beta^T`` and an in-place sigmoid;
+  on the transposed copy ``W_beta^T`` and an in-place sigmoid; a memory that rotates its keys
+  itself (``Memory.rotates_itself``) gets ``q, k`` unrotated and a
+  :class:`~course_lib.memory.base.Rotation` over the plan's rotary tables, as in ``models.py``;
 * on a CPU, GELU on torch's native kernel: oneDNN's costs ~10 us per call whatever the size
   (more than the whole activation of one token), so :class:`native_cpu_kernels` switches
   oneDNN off for the step and gives the switch back.
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import repeat_kv
+from .memory.base import Rotation
 
 __all__ = ["DecodePlan", "LayerPlan", "applies", "prepare", "step", "native_cpu_kernels"]
 
@@ -57,7 +60,8 @@ class LayerPlan:
     n_kv_heads: int  # n_g
     head_dim: int  # d_h
     repeat_kv: bool  # the memory takes one key/value head per query head
-    rotate: bool  # Memory.uses_rotary
+    rotate: bool  # Memory.uses_rotary (and not rotates_itself): q, k rotated here by their position
+    rotates_itself: bool  # Memory.rotates_itself: q, k left unrotated, the memory gets rotary=Rotation(...)
     attend: Callable  # memory.forward_unchecked: (q, k, v, state) -> (out, state)
     ln1: tuple
     qkv_t: torch.Tensor  # [C, (tau + 2 n_g) d_h]
@@ -168,7 +172,9 @@ def _build(model, end: int) -> DecodePlan:
             attn, (mlp_in, act, mlp_out) = block.attn, block.mlp
             layers.append(LayerPlan(
                 n_heads=attn.n_heads, n_kv_heads=attn.n_kv_heads, head_dim=attn.head_dim,
-                repeat_kv=attn.mem_heads != attn.n_kv_heads, rotate=attn.memory.uses_rotary,
+                repeat_kv=attn.mem_heads != attn.n_kv_heads,
+                rotate=attn.memory.uses_rotary and not attn.memory.rotates_itself,
+                rotates_itself=attn.memory.rotates_itself,
                 attend=attn.memory.forward_unchecked,
                 ln1=(block.ln1.weight, block.ln1.bias, block.ln1.eps),
                 qkv_t=t(attn.qkv.weight), out_t=t(attn.out.weight),
@@ -211,11 +217,13 @@ def _layers(plan: DecodePlan, idx, state):
         q, k = qk.split((h, g), dim=1)
         if lp.repeat_kv:
             k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
-        if lp.beta_t is None:
+        if lp.beta_t is None and not lp.rotates_itself:
             o, mem_state = lp.attend(q, k, v, mem_state)  # [B, H, 1, d_h]
-        else:  # beta_t = sigma(W_beta x_t) [B, H, 1]: one new tensor, as a fixed beta's [B, H, 1] fill
-            beta = torch.addmm(lp.beta_b, xn, lp.beta_t).sigmoid_().view(b, -1, 1)
-            o, mem_state = lp.attend(q, k, v, mem_state, beta=beta)
+        else:
+            kwargs = {"rotary": Rotation(plan.cos, plan.sin, pos)} if lp.rotates_itself else {}
+            if lp.beta_t is not None:  # beta_t = sigma(W_beta x_t) [B, H, 1]: one new tensor, as a fixed beta's fill
+                kwargs["beta"] = torch.addmm(lp.beta_b, xn, lp.beta_t).sigmoid_().view(b, -1, 1)
+            o, mem_state = lp.attend(q, k, v, mem_state, **kwargs)
         new_layers.append(mem_state)
         x = torch.addmm(x, o.reshape(b, h * d), lp.out_t)  # x + W_o o
         a = torch.layer_norm(x, shape, *lp.ln2)

@@ -2,7 +2,8 @@ r"""``MemoryLM``: a small decoder-only transformer whose every layer attends thr
 
 Each layer ``l`` computes ``q_i, k_i, v_i`` from its input, rotates ``q_i`` and ``k_i`` by
 their *absolute* position ``i`` (rotary embeddings, so cached keys never need recomputing;
-not for memories read by content alone, ``Memory.uses_rotary = False``: linear and delta),
+not for memories read by content alone, ``Memory.uses_rotary = False``: linear and delta; a
+memory that ``rotates_itself`` gets them unrotated, with the means to rotate them),
 and returns ``Att(q_i, Mem_l)`` where ``Mem_l`` is that layer's own copy of the memory::
 
     h   = x + W_o Att(q_i, Mem_l)         Mem_l = Update(S_kv, Mem_l_pre)
@@ -29,6 +30,7 @@ from . import decode
 from ._checks import check_positive_int, check_tensor, describe
 from .attention import repeat_kv
 from .memory import FullMemory, Memory
+from .memory.base import Rotation
 
 __all__ = ["MemoryLM", "LMState", "Rotary", "apply_rotary", "apply_rotary_rolled"]
 
@@ -113,6 +115,12 @@ class MemoryAttention(nn.Module):
     strength ``beta_t = sigma(W_beta x_t)`` ``[B, H, T]`` in ``(0, 1)``, from the same normalised
     input ``x_t`` as ``q_t, k_t, v_t``: the write is then
     ``S_t = S_{t-1} + beta_t k^_t^T (v_t - k^_t S_{t-1})``.
+
+    Positions: ``q, k`` are rotated by their absolute positions for a memory with
+    ``uses_rotary``, left as they are for one read by content (linear, delta), and for a memory
+    that ``rotates_itself`` (StreamingLLM's positions within the cache, a ``MultiMemory`` whose
+    parts differ) left unrotated and handed over with a :class:`~course_lib.memory.base.Rotation`
+    (``rotary=``) that rotates by any position.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, memory: Memory):
@@ -133,16 +141,17 @@ class MemoryAttention(nn.Module):
         h, g, d = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x).view(b, t, h + 2 * g, d).transpose(1, 2)  # [B, h+2g, T, d_h]
         qk, v = qkv.split([h + g, g], dim=1)
-        if self.memory.uses_rotary:
+        kwargs = {}
+        if self.memory.rotates_itself:  # unrotated q, k and the means to rotate them (Memory.rotates_itself)
+            kwargs["rotary"] = Rotation(*rotary.rolled_tables(pos + t, x.device, qk.dtype), pos)
+        elif self.memory.uses_rotary:
             qk = rotary.rotate(qk, pos)  # q and k rotated together: half the ops
         q, k = qk.split([h, g], dim=1)
         if self.mem_heads != g:
             k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
-        if self.w_beta is None:
-            out, mem_state = self.memory(q, k, v, mem_state)  # [B, H, T, d_h]
-        else:
-            beta = torch.sigmoid(self.w_beta(x)).transpose(1, 2)  # [B, H, T]: beta_t = sigma(W_beta x_t)
-            out, mem_state = self.memory(q, k, v, mem_state, beta=beta)
+        if self.w_beta is not None:
+            kwargs["beta"] = torch.sigmoid(self.w_beta(x)).transpose(1, 2)  # [B, H, T]: beta_t = sigma(W_beta x_t)
+        out, mem_state = self.memory(q, k, v, mem_state, **kwargs)  # [B, H, T, d_h]
         return self.out(out.transpose(1, 2).reshape(b, t, h * d)), mem_state
 
 

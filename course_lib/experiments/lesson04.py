@@ -8,12 +8,15 @@ is what the memory still holds at distance ``i - j``.
 
 ``sink_experiment``: train a small character ``MemoryLM`` on the standard library's source
 with full attention on texts of ``T`` characters, then read longer texts with the same
-weights and three memories: ``FullMemory`` (every key, positions never seen in training),
-``WindowMemory(n_c = T)`` (evicts the first tokens) and ``SinkMemory(S, T - S)`` (keeps
-them, as StreamingLLM). Reports bits per character by position bucket and the attention
-mass the trained model puts on key 0 (a sink, if it formed, takes far more than ``1/(i+1)``).
+weights and four memories: ``FullMemory`` (every key, positions never seen in training),
+``WindowMemory(n_c = T)`` (evicts the first tokens), and ``SinkMemory(S, T - S)`` (keeps
+them) with absolute positions and with StreamingLLM's positions within the cache
+(``positions="cache"``: a sink is then never further than ``T - 1`` from its query, as in
+training). Reports bits per character by position bucket and the attention mass the trained
+model puts on key 0 (a sink, if it formed, takes far more than ``1/(i+1)``). The full run
+trains one model per seed of :data:`SEEDS` (about 8 minutes each on one CPU thread)::
 
-    python -m course_lib.experiments.lesson04 sinks --out docs/results/lesson04_sinks.json
+    python -m course_lib.experiments.lesson04 sinks      # writes docs/results/lesson04_sinks.json
 """
 
 from __future__ import annotations
@@ -21,10 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +33,11 @@ from ..attention import attention_reference, causal_mask
 from ..device import seed_everything
 from ..memory import FullMemory, SinkMemory, WindowMemory
 from ..models import MemoryLM
+from . import results
 
-__all__ = ["recall_by_distance", "train_char_lm", "bpc_by_position", "first_key_attention", "sink_experiment",
-           "stored_result", "settings", "LIVE", "FULL", "main"]
-
-RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+__all__ = ["recall_by_distance", "train_char_lm", "bpc_by_position", "first_key_attention", "sink_memories",
+           "sink_experiment", "rows_of", "as_result", "bpc_by_seed", "per_seed", "stored_result", "settings",
+           "LIVE", "FULL", "SEEDS", "main"]
 
 
 @torch.no_grad()
@@ -118,16 +118,35 @@ LIVE = dict(steps=300, d_model=64, n_layers=2, n_heads=4, seq_len=64, batch_size
             sinks=4, max_chars=400_000)
 FULL = dict(steps=1200, d_model=128, n_layers=2, n_heads=4, seq_len=64, batch_size=32, eval_len=1024, eval_rows=32,
             sinks=4, max_chars=2_000_000)
+SEEDS = (0, 1, 2)  # the full run: one model per seed
+COMMAND = "python -m course_lib.experiments.lesson04 sinks"
 
 
 def settings() -> dict:
     """The lesson's live settings, or :data:`FULL` when ``COURSE_SCALE=full`` (for a GPU or a patient CPU)."""
-    return dict(FULL if os.environ.get("COURSE_SCALE") == "full" else LIVE)
+    return dict(results.pick(LIVE, FULL))
+
+
+def sink_memories(seq_len: int, sinks: int) -> dict:
+    """The memories the trained model is read through, by label: the full cache, a window of
+    ``n_c = T``, and ``S`` sinks plus a window of ``T - S`` with absolute positions and with
+    StreamingLLM's positions within the cache (the same ``S + n_c = T`` slots)."""
+    memories = [FullMemory(), WindowMemory(seq_len), SinkMemory(sinks, seq_len - sinks),
+                SinkMemory(sinks, seq_len - sinks, positions="cache")]
+    return {m.label(): m for m in memories}
 
 
 def sink_experiment(*, steps, d_model, n_layers, n_heads, seq_len, batch_size, eval_len, eval_rows, sinks,
                     max_chars, seed: int = 0, progress: bool = False) -> dict:
-    """Train on ``seq_len`` characters, read ``eval_len`` with full / window / sink memories."""
+    """Train on ``seq_len`` characters, read ``eval_len`` with full / window / sink memories.
+
+    Returns ``{"settings", "final_train_loss", "bucket", "bpc": {label: [bpc per bucket]},
+    "first_key_attention": [per layer], "uniform_first_key_attention", "window_cache_max_diff",
+    "seconds"}``. ``window_cache_max_diff``: the largest difference, in bits per character per
+    bucket, between the window and the same window read with positions within the cache
+    (``SinkMemory(0, T, positions="cache")``): rotary scores depend on ``i - j`` only, and a
+    window key's distance is the same in the cache as in the text, so it is rounding.
+    """
     from ..data import stdlib_corpus
     from ..train import TextBatches
 
@@ -139,47 +158,84 @@ def sink_experiment(*, steps, d_model, n_layers, n_heads, seq_len, batch_size, e
                                seq_len=seq_len, batch_size=batch_size, seed=seed, progress=progress)
     x, y = TextBatches.rows(val, eval_len)
     x, y = x[:eval_rows], y[:eval_rows]
-    memories = {"full": FullMemory(), f"window n_c={seq_len}": WindowMemory(seq_len),
-                f"sinks S={sinks} + window {seq_len - sinks}": SinkMemory(sinks, seq_len - sinks)}
+    memories = sink_memories(seq_len, sinks)
     bucket, half = seq_len, seq_len // 2
-    result = {
+    bpc = {name: bpc_by_position(model, mem, x, y, bucket) for name, mem in memories.items()}
+    window_cache = bpc_by_position(model, SinkMemory(0, seq_len, positions="cache"), x, y, bucket)
+    window = bpc[WindowMemory(seq_len).label()]
+    return {
         "settings": dict(steps=steps, d_model=d_model, n_layers=n_layers, n_heads=n_heads, seq_len=seq_len,
                          batch_size=batch_size, eval_len=eval_len, eval_rows=eval_rows, sinks=sinks,
                          max_chars=max_chars, seed=seed),
         "final_train_loss": round(sum(log.losses[-20:]) / len(log.losses[-20:]), 4),
         "bucket": bucket,
-        "bpc": {name: bpc_by_position(model, mem, x, y, bucket) for name, mem in memories.items()},
+        "bpc": bpc,
         "first_key_attention": first_key_attention(model, x[:, :seq_len], slice(seq_len // 2, seq_len)),
         "uniform_first_key_attention": round(sum(1 / (i + 1) for i in range(half, seq_len)) / half, 4),
+        "window_cache_max_diff": max(abs(a - b) for a, b in zip(window, window_cache)),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    return result
+
+
+def rows_of(run: dict) -> list[dict]:
+    """The rows of one :func:`sink_experiment` run for a result file: one per memory, with its seed."""
+    seed = run["settings"]["seed"]
+    first = {"final_train_loss": run["final_train_loss"], "first_key_attention": run["first_key_attention"],
+             "uniform_first_key_attention": run["uniform_first_key_attention"],
+             "window_cache_max_diff": run["window_cache_max_diff"], "seconds": run["seconds"]}
+    return [{"seed": seed, "label": label, "bpc": bpc, **first} for label, bpc in run["bpc"].items()]
+
+
+def as_result(runs: list[dict]) -> dict:
+    """Live runs in the shape of the stored result (``rows``, ``seeds``, ``setup``, ``bucket``)."""
+    setup = {k: v for k, v in runs[0]["settings"].items() if k != "seed"}
+    return {"command": None, "seeds": [r["settings"]["seed"] for r in runs], "setup": setup,
+            "bucket": runs[0]["bucket"], "rows": [row for r in runs for row in rows_of(r)]}
+
+
+def bpc_by_seed(result: dict) -> dict:
+    """``{label: [[bpc per bucket] per seed]}`` from a result's rows (labels in their first order)."""
+    out: dict = {}
+    for row in result["rows"]:
+        out.setdefault(row["label"], []).append(row["bpc"])
+    return out
+
+
+def per_seed(result: dict, key: str) -> list:
+    """One value of ``key`` per seed (the rows of a seed repeat it for each memory)."""
+    seen = {}
+    for row in result["rows"]:
+        seen.setdefault(row["seed"], row[key])
+    return list(seen.values())
 
 
 def stored_result(name: str = "sinks") -> dict:
     """The result file ``docs/results/lesson04_<name>.json`` written by :func:`main`."""
-    return json.loads((RESULTS / f"lesson04_{name}.json").read_text())
+    return results.read_result(f"lesson04_{name}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson04")
     sub = parser.add_subparsers(dest="command", required=True)
-    sinks = sub.add_parser("sinks", help="train a small char LM, then read past its training length")
-    sinks.add_argument("--out", default="docs/results/lesson04_sinks.json")
+    sinks = sub.add_parser("sinks", help="train small char LMs (one per seed), then read past their training length")
+    sinks.add_argument("--out", default=str(results.RESULTS / "lesson04_sinks.json"))
     sinks.add_argument("--quick", action="store_true", help="the lesson's live settings")
+    sinks.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     sinks.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = LIVE if args.quick else FULL
-    result = sink_experiment(**settings, progress=True)
-    result["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                         "command": "python -m course_lib.experiments.lesson04 sinks"
-                                    + (" --quick" if args.quick else "")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("bpc", "first_key_attention", "uniform_first_key_attention", "seconds")},
-                     indent=1))
+    chosen = LIVE if args.quick else FULL
+    t0 = time.perf_counter()
+    runs = [sink_experiment(**chosen, seed=seed, progress=True) for seed in args.seeds]
+    command = COMMAND + (" --quick" if args.quick else "")
+    if list(args.seeds) != list(SEEDS):
+        command += " --seeds " + " ".join(map(str, args.seeds))
+    results.write_result(args.out, command=command, rows=[row for r in runs for row in rows_of(r)],
+                         seeds=args.seeds, setup=dict(chosen), seconds=time.perf_counter() - t0,
+                         bucket=runs[0]["bucket"])
+    for r in runs:
+        print(json.dumps({k: r[k] for k in ("bpc", "first_key_attention", "uniform_first_key_attention",
+                                            "window_cache_max_diff", "seconds")}, indent=1))
     return 0
 
 

@@ -23,6 +23,14 @@ Every memory is a ``torch.nn.Module`` (it may have parameters) with
 * ``reserve(state, n_tokens)`` and ``snapshot(state)`` (optional, defaults here): prepare a
   decoding stream, keep a state that later forwards never touch.
 
+Positions. ``MemoryLM`` rotates ``q_i, k_i`` by their absolute position ``i`` (rotary
+embeddings) before a memory with ``uses_rotary`` sees them, and leaves them unrotated for one
+read by content (linear, delta). A memory that places its keys itself (``rotates_itself``:
+StreamingLLM's positions within the cache, ``SinkMemory(positions="cache")``; a
+``MultiMemory`` whose parts are rotated differently) gets the *unrotated* ``q, k`` and
+``forward(q, k, v, state, rotary=Rotation(...))``: a :class:`Rotation` that rotates a tensor
+by any positions, built from the model's rotary tables and the chunk's first position.
+
 Class metadata, read by everything that lists memories (the registry in
 :mod:`course_lib.memory`, the cost model, widget menus, benchmarks, tests): ``name``,
 ``title``, ``fixed_size``, ``example(slots)`` and ``cost_per_token(config, context)``.
@@ -41,7 +49,7 @@ from torch import nn
 
 from .._checks import check_positive_int, check_qkv, describe
 
-__all__ = ["Memory", "state_nbytes", "check_state"]
+__all__ = ["Memory", "Rotation", "state_nbytes", "check_state"]
 
 
 def state_tensors(obj):
@@ -96,6 +104,50 @@ def check_state(memory_name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         raise ValueError(f"k is on {k.device} but the {memory_name} state lives on {state.device}")
 
 
+class Rotation:
+    r"""Rotary position embeddings for a memory that ``rotates_itself``: ``R_p x`` for any positions ``p``.
+
+    ``R_p`` turns each pair ``(x_j, x_{j+D/2})`` by the angle ``p theta_j``, so that
+    ``(R_i q) . (R_j k)`` depends on ``i - j`` only. Built by ``MemoryLM`` for each chunk from its
+    rotary tables (``Rotary.rolled_tables``: ``cos`` and the signed ``sin``, rows by position) and
+    the chunk's first position ``start``.
+
+    Args:
+        cos, sin: ``[P_max, D]`` tables, row ``p`` for position ``p`` (``sin`` with the first half
+            negated, see ``models.apply_rotary_rolled``); they cover every position below
+            ``start + T`` (a position within a cache never exceeds the absolute one).
+        start: the absolute position of the chunk's first token.
+
+    ``absolute(x)`` rotates ``x [..., T, D]`` by the chunk's own positions ``start .. start + T - 1``
+    (what ``MemoryLM`` does for a memory with ``uses_rotary``); ``at(x, positions)`` by the
+    positions given, a ``long`` tensor broadcastable to ``x.shape[:-1]`` (``[T]``, ``[P]``...).
+    """
+
+    __slots__ = ("cos", "sin", "start")
+
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, start: int):
+        self.cos, self.sin, self.start = cos, sin, start
+
+    def __repr__(self) -> str:
+        return f"Rotation(start={self.start}, positions < {self.cos.shape[0]})"
+
+    @staticmethod
+    def _apply(x, cos, sin):
+        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin  # models.apply_rotary_rolled
+
+    def absolute(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., T, D]`` at positions ``start .. start + T - 1``, rotated."""
+        t, end = x.shape[-2], self.start + x.shape[-2]
+        if end > self.cos.shape[0]:
+            raise ValueError(f"the rotary tables cover positions < {self.cos.shape[0]}, "
+                             f"but x holds positions {self.start}..{end - 1}")
+        return self._apply(x, self.cos[self.start:end], self.sin[self.start:end])
+
+    def at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``x [..., D]`` rotated by ``positions`` (``long``, broadcastable to ``x.shape[:-1]``)."""
+        return self._apply(x, self.cos[positions], self.sin[positions])
+
+
 class Memory(nn.Module, abc.ABC):
     """Base class of the memory models. Subclasses implement ``init_state`` and ``forward``.
 
@@ -108,7 +160,11 @@ class Memory(nn.Module, abc.ABC):
             can use it).
         supports_gqa: the memory accepts fewer key/value heads than query heads.
         uses_rotary: ``MemoryLM`` rotates the queries and keys it gives this memory by their
-            positions (rotary embeddings). Matrix memories (linear, delta) say ``False``.
+            absolute positions (rotary embeddings). Matrix memories (linear, delta) say ``False``.
+        rotates_itself: the memory gets *unrotated* queries and keys and rotates them itself:
+            ``forward(q, k, v, state, rotary=...)`` receives a :class:`Rotation` (``uses_rotary``
+            is then not read). ``SinkMemory(positions="cache")`` and a ``MultiMemory`` whose
+            parts are rotated differently say ``True``.
         uses_query: the output depends on the query (``False`` for the averages, which
             therefore cannot recall anything: the recall benchmark leaves them out).
         sized_by_head_dim: the state's size is set by ``d_h`` (a ``d_h x d_h`` matrix), not by
@@ -131,6 +187,7 @@ class Memory(nn.Module, abc.ABC):
     holds_slots: bool = False
     supports_gqa: bool = False
     uses_rotary: bool = True
+    rotates_itself: bool = False
     uses_query: bool = True
     sized_by_head_dim: bool = False
     reads_segment: bool = False
@@ -171,10 +228,10 @@ class Memory(nn.Module, abc.ABC):
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None):
         """The empty memory for ``batch`` sequences of ``n_heads`` heads of ``head_dim``."""
 
-    def forward_unchecked(self, q, k, v, state):
+    def forward_unchecked(self, q, k, v, state, **kwargs):
         """:meth:`forward` without the argument checks, for a caller that checked once (a
-        decoding loop); by default the same as ``forward``."""
-        return self(q, k, v, state)
+        decoding loop); by default the same as ``forward`` (``kwargs``: ``rotary``, ``beta``)."""
+        return self(q, k, v, state, **kwargs)
 
     def extra_losses(self, state) -> dict:
         """Training losses that the forward which returned ``state`` computed besides its output,

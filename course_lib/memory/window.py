@@ -8,6 +8,22 @@ r"""Window and attention-sink memories: the last ``n_c`` pairs, plus the first `
 ``SinkMemory(sinks=S, window=n_c)`` (StreamingLLM) also keeps the first ``S`` pairs, which
 soak up attention that has nowhere better to go and keep the softmax stable.
 
+Positions, two ways (``SinkMemory(..., positions=...)``):
+
+* ``"absolute"`` (the default, kept for comparison): keys are stored rotated at their absolute
+  position ``j``, so the query at ``i`` sees a sink at distance ``i - j``, as large as the text;
+* ``"cache"`` (StreamingLLM's, Xiao et al. 2023 section 3.2: "positions within the cache rather
+  than those in the original text"; streaming-llm's ``pos_shift``, ``key_position_ids =
+  arange(kv_seq_len)``): keys are stored *unrotated*; when the query at ``i`` reads its cache
+  ``[sinks 0..S-1, window in age order]``, the key in slot ``c`` is rotated by ``c`` and the query
+  by its own slot ``min(i, S + n_c - 1)``. A sink then sits at distance at most ``S + n_c - 1``,
+  a window key at ``i - j`` as before. Before the first ``S + n_c`` tokens the cache *is* the
+  text, so the two agree. :func:`sink_cache_reference` builds each query's cache token by token;
+  the fast form uses ``(R_a q) . (R_b k) = (R_{a+s} q) . (R_{b+s} k)``: window keys rotated by
+  ``j`` and read with the query rotated by ``i``, sinks rotated by ``j`` and read with the query
+  rotated by its slot, in one softmax (the two rotated queries side by side, each key padded
+  with zeros on the other side).
+
 Storage: one :class:`~course_lib.memory._slots.SlotBuffer` of ``S + n_c`` slots. The first
 ``S`` slots hold positions ``0..S-1``; the other ``n_c`` are a ring: position ``p >= S`` is
 written in place into slot ``S + (p - S) % n_c``, with ``p`` stored beside it. A chunk of any
@@ -18,11 +34,15 @@ the stored positions (``causal_mask(window=n_c, sinks=S)`` semantics, whatever t
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .._checks import check_positive_int
 from ._slots import SlotMemory, SlotState, attend, write_ring
+from .base import Rotation
 
-__all__ = ["WindowMemory", "SinkMemory", "WindowState", "SinkState"]
+__all__ = ["WindowMemory", "SinkMemory", "WindowState", "SinkState", "sink_cache_reference", "POSITIONS"]
+
+POSITIONS = ("absolute", "cache")
 
 
 class WindowState(SlotState):
@@ -119,6 +139,9 @@ class SinkMemory(WindowMemory):
     Args:
         sinks: ``S >= 0`` first pairs kept for ever (``S = 0`` is a :class:`WindowMemory`).
         window: ``n_c >= 1`` most recent pairs kept.
+        positions: ``"absolute"`` (default: keys rotated at their position in the text, by
+            ``MemoryLM``) or ``"cache"`` (StreamingLLM: keys stored unrotated and rotated by their
+            slot in the cache when read; the memory ``rotates_itself``). See the module docstring.
     """
 
     name = "sink"
@@ -126,12 +149,76 @@ class SinkMemory(WindowMemory):
     state_type = SinkState
     label_format = "sink S = {sinks}, n_c = {window}"
 
-    def __init__(self, sinks: int, window: int):
+    def __init__(self, sinks: int, window: int, positions: str = "absolute"):
         super().__init__(window)
         self.sinks = check_positive_int("sinks", sinks, minimum=0)
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be 'absolute' (keys rotated at their position in the text) or "
+                             f"'cache' (StreamingLLM: rotated by their slot in the cache), got {positions!r}")
+        self.positions = positions
+        if positions == "cache":
+            self.rotates_itself = True  # MemoryLM hands over unrotated q, k and rotary=Rotation(...)
+            self.label_format = "sink S = {sinks}, n_c = {window} (cache positions)"
 
     @classmethod
     def example_sizes(cls, slots=8, *, n_heads=2):
         sinks = min(4, max(1, slots // 4))  # StreamingLLM keeps 4
         return {"sinks": sinks, "window": max(1, slots - sinks)}
 
+    def forward(self, q, k, v, state, *, rotary: Rotation | None = None):
+        """``rotary``: for ``positions="cache"``, the :class:`Rotation` of the chunk (``MemoryLM``
+        passes it); without it the keys and queries are read as given (no positions at all)."""
+        if rotary is None:
+            return super().forward(q, k, v, state)
+        if self.positions != "cache":
+            raise TypeError(f"rotary is for SinkMemory(positions='cache'); this one has positions="
+                            f"{self.positions!r}, whose keys MemoryLM rotates before the call")
+        self.check(q, k, v, state)
+        return self._attend_cache(q, k, v, state, rotary), self.update(state, k, v)
+
+    def forward_unchecked(self, q, k, v, state, rotary: Rotation | None = None):
+        if rotary is None:
+            return super().forward_unchecked(q, k, v, state)
+        return self._attend_cache(q, k, v, state, rotary), self.update(state, k, v)
+
+    def _attend_cache(self, q, k, v, state, rotary: Rotation):
+        """StreamingLLM's read: every key rotated by its position ``j``, sinks (``j < S``) scored with
+        the query rotated by its cache slot ``min(i, S + n_c - 1)``, the rest with it rotated by ``i``."""
+        buf = self._read(state)
+        n, t, s, d = state.length, q.shape[2], self.sinks, q.shape[-1]
+        keys, values, mask = self.slots(q, state)  # held slots (unrotated), their mask [T, P + T]
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        i = torch.arange(n, n + t, device=q.device)  # [T] query positions
+        j = torch.cat([buf.pos, i])  # [P + T] key positions (-1 = empty, masked)
+        keys = rotary.at(keys, j.clamp(min=0))  # R_j k_j
+        q_text = rotary.at(q, i)  # R_i q_i: for window keys, distance i - j
+        q_cache = rotary.at(q, i.clamp(max=s + self.window - 1))  # R_c q_i, c its cache slot
+        sink = (j < s) & (j >= 0)  # [P + T]
+        zero = torch.zeros((), dtype=keys.dtype, device=keys.device)
+        wide_k = torch.cat([torch.where(sink[:, None], keys, zero), torch.where(sink[:, None], zero, keys)], -1)
+        wide_q = torch.cat([q_cache, q_text], -1)  # [B, H, T, 2D]: (q_cache . k) on sinks, (q_text . k) elsewhere
+        return F.scaled_dot_product_attention(wide_q, wide_k, values, attn_mask=mask, scale=d ** -0.5,
+                                              enable_gqa=q.shape[1] != keys.shape[1])
+
+
+def sink_cache_reference(q, k, v, sinks: int, window: int, rotary: Rotation) -> torch.Tensor:
+    """StreamingLLM's attention written plainly: for each query ``i``, its cache built token by token
+    (sinks ``0..S-1``, then the window in age order), the key in slot ``c`` rotated by ``c``, the
+    query by its own slot, one softmax. ``q, k, v [B, H, T, D]`` (unrotated, positions
+    ``0..T-1``); ``rotary`` covers positions ``< T``. The reference of ``positions="cache"``."""
+    t, d = q.shape[2], q.shape[-1]
+    outs = []
+    for i in range(t):
+        cache = []  # the positions held after token i was written, in cache order
+        for p in range(i + 1):  # the cache after each token: sinks stay, the window slides
+            cache.append(p)
+            window_part = [x for x in cache if x >= sinks]
+            if len(window_part) > window:
+                cache.remove(window_part[0])  # evict the oldest window token
+        idx = torch.tensor(cache, device=q.device)
+        slots = torch.arange(len(cache), device=q.device)
+        kc = rotary.at(k[:, :, idx], slots)  # slot c rotated by c
+        qc = rotary.at(q[:, :, i:i + 1], slots[-1:])  # the query in the newest slot
+        w = torch.softmax(qc @ kc.transpose(-2, -1) / d ** 0.5, dim=-1)
+        outs.append(w @ v[:, :, idx])
+    return torch.cat(outs, 2)
