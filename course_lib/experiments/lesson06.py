@@ -11,8 +11,15 @@ at equal memory bytes.
     ``c = 4`` (the paper's rule exactly: segments of ``n_s = 16 = n_m``, so each segment
     pushes its 16 oldest pairs out of ``Mem`` into ``16 / 4 = 4`` slots of ``CMem``; reach
     ``n_m + c n_cm = 80`` tokens before the segment), one run per ``f_c``: ``mean``,
-    ``max``, ``conv`` and ``dilated_conv`` (trained by the attention-reconstruction loss
-    only) and ``most_used``.
+    ``max``, ``conv`` (the paper's ``Conv1d(d_h, d_h, c, stride=c)``), ``conv_shared`` (c
+    scalar taps shared by every channel, the course's earlier filter), ``dilated_conv`` (full
+    channel maps), all three trained by the attention-reconstruction loss only, and
+    ``most_used`` (the pairs of highest average attention).
+
+  Equal *carried* bytes (``nbytes``: 32 slots per head and layer; most-used also keeps the
+  attention each slot received). Each row also gives ``peak_nbytes``, the peak working memory
+  (:meth:`~course_lib.memory.Memory.peak_nbytes`): Transformer-XL and the compressive memory
+  also attend to their whole segment of ``n_s`` pairs, the window does not.
 
   The learned compressors get their gradient only from
   :func:`~course_lib.memory.attention_reconstruction_loss`, added to the language-model
@@ -24,9 +31,13 @@ at equal memory bytes.
 
 Command (the shipped result ``docs/results/lesson06_text.json``)::
 
-    python -m course_lib.experiments.lesson06 text              # 7 designs x 3 seeds: ~11 core-minutes (2 workers)
+    python -m course_lib.experiments.lesson06 text              # 8 designs x 3 seeds, one core each (--jobs)
     python -m course_lib.experiments.lesson06 text --quick      # seconds: checks the pipeline
     python -m course_lib.experiments.lesson06 text --steps 150 --seeds 0 --designs window,xl,conv
+    python -m course_lib.experiments.lesson06 text --resume --jobs 1   # finish an interrupted run
+
+``--resume`` keeps every row of ``--out`` made with the same setup and runs only the missing
+design x seed pairs (each row records the ``commit`` it was made at).
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -77,6 +88,7 @@ DESIGNS = {
     "xl": "Transformer-XL n_m = 32",
     "mean": "compressive, mean",
     "max": "compressive, max",
+    "conv_shared": "compressive, shared-tap conv + recon. loss",
     "conv": "compressive, conv + recon. loss",
     "dilated_conv": "compressive, dilated conv + recon. loss",
     "most_used": "compressive, most-used",
@@ -93,7 +105,9 @@ def make_memory_for(name: str, s: TextSetup):
         return SegmentMemory(s.slots)
     if name not in DESIGNS:
         raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {name!r}")
-    return CompressiveMemory(mem_len=s.slots // 2, cmem_len=s.slots // 2, ratio=s.ratio, compress=name)
+    head_dim = s.d_model // s.n_heads  # d_h: the learned channel maps are made at once
+    return CompressiveMemory(mem_len=s.slots // 2, cmem_len=s.slots // 2, ratio=s.ratio, compress=name,
+                             head_dim=head_dim)
 
 
 def extra_loss(model, state):
@@ -106,8 +120,33 @@ def extra_loss(model, state):
     return sum(losses) if losses else None
 
 
-def _compressor_weights(model) -> list[list[float]]:
-    return [m.k_weight.detach().flatten().tolist() for m in model.memories if hasattr(m, "k_weight")]
+def compressor_taps(memory) -> dict | None:
+    """What a learned key compressor does to each position ``a`` of a group, from its outputs:
+    ``taps[a]`` = the mean diagonal of its linear map ``E_a`` (the weight a channel gives its own
+    value at position ``a``; mean pooling: ``1 / c``), and ``off_diagonal`` = the share of
+    ``sum_a ||E_a||^2`` off the diagonal (0 for mean pooling and for ``conv_shared``).
+    ``None`` for a compressor with nothing to learn."""
+    if not list(memory.parameters()):
+        return None
+    c, d = memory.ratio, memory.head_dim or 1  # conv_shared: one tap per position, whatever d_h
+    with torch.no_grad():
+        p = next(memory.parameters())
+        eye = torch.eye(d, dtype=p.dtype, device=p.device)
+        zero = torch.zeros(1, d, c, d, dtype=p.dtype, device=p.device)
+        base = memory.compress_pairs(zero, zero)[0]  # [1, d, 1, d]: the bias
+        taps, off, total = [], 0.0, 0.0
+        for a in range(c):
+            x = zero.clone()
+            x[0, :, a] = eye  # "head" i holds e_i at position a
+            e = (memory.compress_pairs(x, x)[0] - base)[0, :, 0]  # row i = E_a e_i
+            taps.append(float(e.diagonal().mean()))
+            total += float((e**2).sum())
+            off += float((e**2).sum() - (e.diagonal() ** 2).sum())
+    return {"taps": taps, "off_diagonal": off / total if total else 0.0}
+
+
+def _compressor_taps(model) -> list[dict]:
+    return [t for t in (compressor_taps(m) for m in model.memories) if t is not None]
 
 
 def train_text(name: str, seed: int, s: TextSetup = TEXT_FULL, *, corpus=None, progress: bool = False) -> dict:
@@ -122,7 +161,7 @@ def train_text(name: str, seed: int, s: TextSetup = TEXT_FULL, *, corpus=None, p
     seed_everything(seed)
     vocab = len(corpus.vocab)
     model = MemoryLM(vocab, s.d_model, s.n_layers, s.n_heads, make_memory_for(name, s))
-    before = _compressor_weights(model)
+    before = _compressor_taps(model)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr)
     data = TextBatches(corpus.train_ids, s.batch_size, s.seq_len, seed=seed)
     model.train()
@@ -151,10 +190,14 @@ def train_text(name: str, seed: int, s: TextSetup = TEXT_FULL, *, corpus=None, p
     result = evaluate(model, val, batch_size=16, segment_len=s.segment_len, device="cpu")
     with torch.no_grad():
         _, state = forward_segments(model, val[0][:1], s.segment_len)
+    from ..experiments.results import commit
+
     return {"design": name, "label": DESIGNS[name], "seed": seed, "bpc": result["bpc"],
-            "nbytes": model.state_nbytes(state), "seconds": seconds,
+            "nbytes": model.state_nbytes(state), "peak_nbytes": model.peak_nbytes(state, s.segment_len),
+            "seconds": seconds, "commit": commit()[0],
+            "parameters": sum(p.numel() for p in model.parameters()),
             "recon_loss_first": recon[0] if recon else None, "recon_loss_last": recon[-1] if recon else None,
-            "filters_before": before, "filters_after": _compressor_weights(model)}
+            "taps_before": before, "taps_after": _compressor_taps(model)}
 
 
 def _worker(args):
@@ -262,38 +305,47 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_text_args(sub.add_parser("text", help="bits per character on the stdlib corpus, every design x seed"))
     args = parser.parse_args(argv)
+    from .results import read_result, write_result
+
     s = TEXT_QUICK if args.quick else TEXT_FULL
     if args.steps is not None:
         s = replace(s, steps=args.steps)
     if args.seeds:
         s = replace(s, seeds=tuple(int(x) for x in args.seeds.split(",")))
     designs = args.designs.split(",") if args.designs else None
+    for name in designs or ():
+        if name not in DESIGNS:
+            parser.error(f"--designs: {name!r} is not one of {', '.join(DESIGNS)}")
     command = "python -m course_lib.experiments.lesson06 text" + (" --quick" if args.quick else "")
-    for flag in ("steps", "seeds", "designs"):
+    for flag in ("steps", "seeds"):
         if getattr(args, flag) is not None:
             command += f" --{flag} {getattr(args, flag)}"
+    if designs is not None and not args.resume:  # a resumed file is the whole command's, made in parts
+        command += f" --designs {args.designs}"
     print(f"{command}: {s}", flush=True)
     out = Path(args.out)
     done = []
     if args.resume and out.is_file():
-        old = json.loads(out.read_text())
+        old = read_result(out)
         if old["setup"] == json.loads(json.dumps(asdict(s))):
-            done = old["runs"]
+            done = old["rows"]  # every row of the same setup is kept; only the missing runs are made
+    order = list(DESIGNS)
     t0 = time.perf_counter()
 
     def save(rows):
-        result = {"command": command, "setup": asdict(s), "torch": torch.__version__,
-                  "python": platform.python_version(),
-                  "machine": f"{platform.machine()}, {args.jobs} worker processes of 1 thread",
-                  "seconds": round(time.perf_counter() - t0), "summary": summarise(rows), "runs": rows}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        rows = sorted(rows, key=lambda r: (r["seed"], order.index(r["design"])))
+        write_result(out, command=command, rows=rows, seeds=s.seeds, setup=asdict(s),
+                     seconds=sum(r["seconds"] for r in rows),
+                     workers=f"{args.jobs} worker process(es) of 1 thread",
+                     last_invocation="python -m course_lib.experiments.lesson06 " + " ".join(argv or sys.argv[1:]),
+                     summary=summarise(rows))
 
-    rows = run_text(s, designs, jobs=args.jobs, log=lambda line: print(line, flush=True), done=done, on_row=save)
-    for r in summarise(rows):
+    todo = designs if designs is not None else list(DESIGNS)
+    rows = run_text(s, todo, jobs=args.jobs, log=lambda line: print(line, flush=True), done=done, on_row=save)
+    save(rows)
+    for r in summarise(read_result(out)["rows"]):
         print(f"{r['label']:<42} {r['bpc']:.4f} ± {r['std'] or 0:.4f} (n = {r['n']}, {r['nbytes']} B)")
-    total = time.perf_counter() - t0
-    print(f"saved {args.out}; total {total:.0f} s")
+    print(f"saved {args.out}; this run {time.perf_counter() - t0:.0f} s")
     return 0
 
 
