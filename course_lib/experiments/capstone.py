@@ -23,11 +23,15 @@ decide whether the design fits the device (:class:`Capstone` holds the device an
   then the share of held-out conversations whose answer the model gets entirely right.
 
 :func:`measure_design` runs all three; the grader (``09.chatbot_design``) and lesson 09 call it.
-The recall runs that lesson 09 shows were made with (one process per design, about 17 minutes
-each on a 2-core CPU shared with other work)::
+The recall runs that lesson 09 shows were made with (one process per design, three seeds each,
+:func:`run_seeds`; a few minutes a seed on a quiet 2-core CPU, more on a shared one)::
 
-    python -m course_lib.experiments.capstone --design "window 32" --out docs/results/capstone_window.json
-    python -m course_lib.experiments.capstone --design "window 16 + delta" --out docs/results/capstone_delta.json
+    python -m course_lib.experiments.capstone --design "window 32" --seeds 0,1,2 --out docs/results/capstone_window.json
+    python -m course_lib.experiments.capstone --design "window 16 + delta" --seeds 0,1,2 --out docs/results/capstone_delta.json
+
+Each writes a result file (:func:`course_lib.experiments.results.write_result`) with one row per
+seed: the recall after ``SETUP.steps`` steps, the learning curve, and :func:`recall_at`, the same
+model's recall on conversations whose fact lies further back than the grade's.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from torch import nn
 
 from . import specs
 
-__all__ = ["Capstone", "SETUP", "build_memory", "spec_label", "state_bytes", "decode_ms", "dialogue_data",
+__all__ = ["Capstone", "SETUP", "build_memory", "build_model", "spec_label", "state_bytes", "decode_ms", "dialogue_data",
            "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
            "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "run_seeds", "recall_at", "FAR_LENGTHS", "main"]
 
@@ -124,7 +128,8 @@ def build_memory(spec: dict, setup: Capstone = SETUP):
 spec_label = specs.spec_label
 
 
-def _model(memory, setup: Capstone):
+def build_model(memory, setup: Capstone = SETUP):
+    """The device's ``MemoryLM`` (``setup``'s sizes, the ASCII vocabulary) with ``memory`` in every layer."""
     from ..data import CharVocab
     from ..models import MemoryLM
 
@@ -230,7 +235,7 @@ def decode_ms(spec: dict, contexts=None, setup: Capstone = SETUP, *, steps: int 
 
     contexts = setup.decode_contexts if contexts is None else contexts
     torch.manual_seed(seed)
-    model = _model(build_memory(spec, setup), setup)
+    model = build_model(build_memory(spec, setup), setup)
     best = {int(m): math.inf for m in contexts}
     with one_thread():
         for r in range(repeats):
@@ -335,7 +340,7 @@ def train_recall(spec: dict, setup: Capstone = SETUP, *, progress: bool = False,
     lengths = (x != 0).sum(1)
     with one_thread():
         torch.manual_seed(setup.seed)
-        model = _model(build_memory(spec, setup), setup)
+        model = build_model(build_memory(spec, setup), setup)
         for module in model.modules():  # PyTorch's width-aware init (see course_lib.bench.recall)
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
