@@ -29,3 +29,23 @@ def test_the_budget_gives_every_memory_its_example():
         memory = decode.build_memory(name, n_heads=2)
         assert type(memory) is cls
         assert repr(memory) == repr(cls.example(decode.DEFAULT_SLOTS, n_heads=2))
+
+
+def test_the_readme_decode_table_is_the_one_rendered_from_its_result_file_and_its_claim_holds():
+    """README's timing table is never typed: it is decode_summary + decode_table of the result file,
+    and the sentence above it (full grows, fixed-size memories stay flat) is true of that file."""
+    from pathlib import Path
+
+    from course_lib.experiments.results import read_result
+
+    root = Path(__file__).resolve().parents[1]
+    result = read_result(root / "docs" / "results" / "bench_decode.json")
+    readme = (root / "README.md").read_text()
+    start = readme.index("<!-- decode table: rendered from docs/results/bench_decode.json -->\n")
+    block = readme[start:readme.index("<!-- end of decode table -->")].split("\n", 1)[1]
+    assert block == decode.decode_summary(result) + "\n\n" + decode.decode_table(result) + "\n"
+    ms = {}
+    for row in result["rows"]:
+        ms.setdefault(row["memory"], {})[row["context"]] = row["ms_per_token"]
+    ratio = {name: by[max(by)] / by[min(by)] for name, by in ms.items()}
+    assert ratio.pop("full") > 3 and all(r < 1.6 for r in ratio.values()), ratio
