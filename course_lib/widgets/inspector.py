@@ -171,7 +171,8 @@ class MemoryInspector(Explorer):
             parts.append(f"{name} {size} slot{'s' * (size != 1)}: {held}")
         lines.append("Mem before the chunk: " + ("; ".join(parts) if parts else "empty"))
         lines.append("after the chunk: " + self._change_words(v))
-        lines.append(f"memory size: {v['nbytes_before']:,} B before, {v['nbytes_after']:,} B after")
+        lines.append(f"memory size: {v['nbytes_before']:,} B before, {v['nbytes_after']:,} B after, "
+                     f"{v['peak_nbytes']:,} B at the peak of the chunk")
         n_mem = len(v["slots"])
         if n_mem:  # where the chunk reaches into the memory most strongly
             w = v["weights"][:, :n_mem]  # [T, P]

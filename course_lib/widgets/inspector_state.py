@@ -109,7 +109,9 @@ def memory_frames(memory, q, k, v, chunk: int) -> list[dict]:
     before the chunk, ``segments`` for the heatmap, the ``weights [T, P + T]`` of one softmax
     over ``[slots, chunk]`` and its ``mask``, ``out`` (what ``memory.forward`` returned) and
     ``out_from_weights`` (``weights @ values``: they agree, so the picture is the real thing),
-    plus ``slots_after`` and ``nbytes_before / nbytes_after``.
+    plus ``slots_after``, ``nbytes_before / nbytes_after`` and ``peak_nbytes``: the most the
+    chunk's step held at once, the carried state plus the chunk's pairs for a memory whose
+    queries see their whole chunk (``Memory.peak_nbytes``), and at least what it kept after.
     """
     n, d = q.shape[2], q.shape[3]
     state = memory.init_state(1, k.shape[1], d, dtype=q.dtype)
@@ -130,6 +132,7 @@ def memory_frames(memory, q, k, v, chunk: int) -> list[dict]:
             "weights": weights[0, 0], "mask": mask, "out": out, "out_from_weights": out_from_weights,
             "slots_after": slot_layout(memory, new_state)[1],
             "nbytes_before": memory.nbytes(state), "nbytes_after": memory.nbytes(new_state),
+            "peak_nbytes": max(memory.peak_nbytes(state, stop - start), memory.nbytes(new_state)),
         })
         state = new_state
     return frames
