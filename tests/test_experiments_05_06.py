@@ -65,13 +65,21 @@ def test_accuracy_by_gap_bins_half_open():
 
 
 def test_designs_hold_the_same_bytes_and_the_compressive_one_follows_the_paper():
-    s = replace(lesson06.TEXT_QUICK, slots=8, ratio=4, segment_len=4)
+    s = replace(lesson06.TEXT_QUICK, slots=8, ratio=4, segment_len=4, d_model=8, n_heads=1)
     sizes = set()
-    for name in ("window", "xl", "mean", "conv"):
+    peaks = {}
+    for name in ("window", "xl", "mean", "conv", "conv_shared", "dilated_conv"):
         model = MemoryLM(16, 8, 1, 1, lesson06.make_memory_for(name, s))
         _, state = model(torch.zeros(1, 12, dtype=torch.long))
         sizes.add(model.state_nbytes(state))
-    assert len(sizes) == 1
+        peaks[name] = model.peak_nbytes(state, s.segment_len)
+    assert len(sizes) == 1  # equal carried bytes; the segment memories also read their segment of n_s pairs:
+    per_pair = 2 * (8 // 1) * 4  # a key and a value of d_h = 8 floats, one head, one layer
+    assert {n: p - peaks["window"] for n, p in peaks.items()} == {
+        n: 0 if n == "window" else s.segment_len * per_pair for n in peaks}
+    most_used = MemoryLM(16, 8, 1, 1, lesson06.make_memory_for("most_used", s))
+    _, state = most_used(torch.zeros(1, 12, dtype=torch.long))
+    assert most_used.state_nbytes(state) - sizes.pop() == s.slots * 4  # its attention per slot, one float each
     memory = lesson06.make_memory_for("mean", s)
     assert (memory.mem_len, memory.cmem_len, memory.ratio) == (4, 4, 4)
     with pytest.raises(ValueError, match="design must be"):
@@ -80,8 +88,9 @@ def test_designs_hold_the_same_bytes_and_the_compressive_one_follows_the_paper()
 
 def test_extra_loss_sums_the_reconstruction_losses_of_the_layers():
     torch.manual_seed(0)
-    s = replace(lesson06.TEXT_QUICK, slots=8, ratio=2)
+    s = replace(lesson06.TEXT_QUICK, slots=8, ratio=2, d_model=8, n_heads=1)
     model = MemoryLM(16, 8, 2, 1, lesson06.make_memory_for("conv", s))
+    assert model.memories[0].k_weight.shape == (8, 8, 2)  # Conv1d(d_h, d_h, c): made with the model
     state = None
     for seg in torch.randint(0, 16, (2, 12)).split(4, dim=1):
         _, state = model(seg, state)
@@ -103,15 +112,35 @@ def test_summaries_and_paired_differences_by_seed():
     lesson06.plot_text(lesson06.summarise(rows))  # a pure function: draws without pyplot
 
 
+def test_compressor_taps_read_the_linear_map_of_each_position():
+    s = replace(lesson06.TEXT_QUICK, slots=8, ratio=4, d_model=8, n_heads=1)
+    assert lesson06.compressor_taps(lesson06.make_memory_for("mean", s)) is None
+    conv = lesson06.make_memory_for("conv", s)
+    assert lesson06.compressor_taps(conv) == {"taps": [0.25] * 4, "off_diagonal": 0.0}  # mean pooling to start
+    with torch.no_grad():
+        conv.v_weight[:, :, 3] += torch.eye(conv.head_dim)  # the newest pair of a group: weight 1.25
+        conv.v_weight[0, 1, 0] = 1.0
+        conv.v_bias += 5.0  # a bias is not a weight
+    taps = lesson06.compressor_taps(conv, "v")
+    assert taps["taps"] == pytest.approx([0.25, 0.25, 0.25, 1.25]) and 0 < taps["off_diagonal"] < 1
+    assert lesson06.compressor_taps(conv, "k")["taps"] == [0.25] * 4
+
+
 def test_the_text_command_writes_its_result_and_resumes(tmp_path):
+    from course_lib.experiments.results import read_result
+
     out = tmp_path / "text.json"
     args = ["text", "--quick", "--designs", "window,conv", "--jobs", "1", "--out", str(out)]
     assert lesson06.main(args) == 0
-    result = json.loads(out.read_text())
+    result = read_result(out)  # the one result schema
     assert [r["design"] for r in result["summary"]] == ["window", "conv"]
     assert result["command"].startswith("python -m course_lib.experiments.lesson06 text --quick")
-    conv = next(r for r in result["runs"] if r["design"] == "conv")
-    assert conv["filters_before"] and conv["recon_loss_last"] is not None
-    before = result["runs"]
+    conv = next(r for r in result["rows"] if r["design"] == "conv")
+    assert conv["taps_before"] and conv["recon_loss_last"] is not None and conv["commit"] == result["commit"]
+    assert conv["peak_nbytes"] > conv["nbytes"] == next(r["nbytes"] for r in result["rows"] if r["design"] == "window")
+    before = result["rows"]
     assert lesson06.main(args + ["--resume"]) == 0  # nothing left to run: the same runs come back
-    assert json.loads(out.read_text())["runs"] == before
+    assert read_result(out)["rows"] == before
+    assert lesson06.main(["text", "--quick", "--designs", "most_used", "--jobs", "1", "--out", str(out), "--resume"]) == 0
+    again = read_result(out)  # the kept rows and the new design, in the order of DESIGNS
+    assert [r["design"] for r in again["rows"]] == ["window", "conv", "most_used"] and again["rows"][:2] == before

@@ -17,7 +17,7 @@ from course_lib.models import MemoryLM
 
 def compressive_reference(q, k, v, sizes, mem_len, cmem_len, ratio, compress):
     """The rules of DESIGN.md with Python lists of pairs: attend, append, pop, compress, keep newest C."""
-    mem, cmem, outs, s = [], [], [], 0  # items: dicts of k [B, H, D], v [B, H, D], mass [B, H]
+    mem, cmem, outs, s = [], [], [], 0  # items: dicts of k [B, H, D], v [B, H, D], mass [B, H], seen
     for t in sizes:
         qc, kc, vc = (x[:, :, s:s + t] for x in (q, k, v))
         held = cmem + mem
@@ -30,21 +30,30 @@ def compressive_reference(q, k, v, sizes, mem_len, cmem_len, ratio, compress):
         mass = weights.sum(2)  # [B, H, P + T]: attention each key received
         for j, item in enumerate(mem):
             item["mass"] = item["mass"] + mass[:, :, len(cmem) + j]
-        mem += [{"k": kc[:, :, r], "v": vc[:, :, r], "mass": mass[:, :, len(held) + r]} for r in range(t)]
+            item["seen"] += t  # every query of the chunk saw it
+        mem += [{"k": kc[:, :, r], "v": vc[:, :, r], "mass": mass[:, :, len(held) + r], "seen": t - r}
+                for r in range(t)]  # seen by the chunk's queries at its position and after
         if len(mem) > mem_len:
             n_pop = math.ceil((len(mem) - mem_len) / ratio) * ratio
             popped, mem = mem[:n_pop], mem[n_pop:]
-            for g in range(0, n_pop, ratio):
+            if compress == "most_used":  # the paper: the n_pop / c pairs of highest average attention, in order
+                usage = torch.stack([x["mass"] / x["seen"] for x in popped], 2)  # [B, H, n_pop]
+                new = [{"k": torch.zeros_like(popped[0]["k"]), "v": torch.zeros_like(popped[0]["v"])}
+                       for _ in range(n_pop // ratio)]
+                for b in range(usage.shape[0]):
+                    for h in range(usage.shape[1]):
+                        u = usage[b, h].tolist()
+                        keep = sorted(sorted(range(n_pop), key=lambda j: (-u[j], j))[:n_pop // ratio])
+                        for slot, j in zip(new, keep):
+                            slot["k"][b, h], slot["v"][b, h] = popped[j]["k"][b, h], popped[j]["v"][b, h]
+                cmem += new
+            for g in range(0, n_pop, ratio) if compress != "most_used" else ():
                 group = popped[g:g + ratio]
                 gk, gv = torch.stack([x["k"] for x in group], 2), torch.stack([x["v"] for x in group], 2)
                 if compress == "mean":
                     cmem.append({"k": gk.mean(2), "v": gv.mean(2)})
-                elif compress == "max":
+                else:
                     cmem.append({"k": gk.amax(2), "v": gv.amax(2)})
-                else:  # most_used: per batch and head, the pair that received the most attention
-                    best = torch.stack([x["mass"] for x in group], 2).argmax(2)[..., None, None]
-                    pick = best.expand(-1, -1, 1, gk.shape[-1])
-                    cmem.append({"k": gk.gather(2, pick)[:, :, 0], "v": gv.gather(2, pick)[:, :, 0]})
             cmem = cmem[-cmem_len:]
         s += t
     return torch.cat(outs, dim=2)
@@ -162,3 +171,90 @@ def test_bad_arguments_are_refused():
         CompressiveMemory(4, 2, 2, compress="zip")
     with pytest.raises(ValueError, match="multiple of ratio=2"):
         CompressiveMemory(4, 2, 2).compress_pairs(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2))
+
+
+# ---------------------------------------------------------------- the learned compressors, fast against plain
+
+from course_lib.memory import compressive as cm  # noqa: E402
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 3, 4, 5, 7])
+def test_fast_compressors_agree_with_their_plain_references_in_float64(ratio):
+    g = torch.Generator().manual_seed(ratio)
+    x = torch.randn(2, 3, 5 * ratio, 6, generator=g, dtype=torch.float64)  # 5 groups, d = 6
+    depth = math.ceil(math.log2(ratio)) if ratio > 1 else 0
+    cases = {
+        cm._conv: (torch.randn(6, 6, ratio, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)),
+        cm._conv_shared: (torch.randn(ratio, generator=g, dtype=torch.float64), torch.randn((), dtype=torch.float64)),
+        cm._dilated: (torch.randn(depth, 6, 6, 2, generator=g, dtype=torch.float64),
+                      torch.randn(depth, 6, generator=g, dtype=torch.float64)),
+    }
+    for fast, (weight, bias) in cases.items():
+        torch.testing.assert_close(fast(x, weight, bias, ratio), cm.REFERENCES[fast](x, weight, bias, ratio), rtol=0, atol=1e-12)
+    usage = torch.rand(2, 3, 5 * ratio, generator=g, dtype=torch.float64)
+    usage[0, 0, :3] = 0.5  # ties: the older pair wins
+    for fast, plain in zip(cm._most_used(x, 2 * x, usage, 5), cm._most_used_reference(x, 2 * x, usage, 5)):
+        torch.testing.assert_close(fast, plain, rtol=0, atol=0)
+
+
+def test_conv_is_a_full_channel_map_per_layer_for_keys_and_for_values():
+    lm = MemoryLM(16, 16, 2, 2, memory=CompressiveMemory(4, 2, 2, "conv"))  # d_h = 8, made on first use
+    lm(torch.zeros(1, 4, dtype=torch.long))
+    first, second = lm.memories
+    assert first.k_weight.shape == first.v_weight.shape == (8, 8, 2) and first.k_bias.shape == (8,)
+    assert first.k_weight is not second.k_weight and first.k_weight is not first.v_weight
+    # it is torch.nn.Conv1d(d_h, d_h, c, stride=c): same numbers, PyTorch's layout
+    conv = torch.nn.Conv1d(8, 8, 2, stride=2).double()
+    torch.nn.init.normal_(conv.weight)
+    memory = CompressiveMemory(4, 2, 2, "conv", head_dim=8).double()
+    with torch.no_grad():
+        memory.k_weight.copy_(conv.weight)
+        memory.k_bias.copy_(conv.bias)
+    x = torch.randn(1, 2, 6, 8, dtype=torch.float64)
+    want = conv(x.flatten(0, 1).transpose(1, 2)).transpose(1, 2).unflatten(0, (1, 2))
+    torch.testing.assert_close(memory.compress_pairs(x, x)[0], want)
+    assert [p.numel() for p in memory.parameters()] == [8 * 8 * 2, 8 * 8 * 2, 8, 8]
+    assert [p.numel() for p in CompressiveMemory(8, 2, 4, "dilated_conv", head_dim=8).parameters()] == [2 * 8 * 8 * 2] * 2 + [2 * 8] * 2
+    assert [p.numel() for p in CompressiveMemory(8, 2, 4, "conv_shared").parameters()] == [4, 4, 1, 1]
+
+
+@pytest.mark.parametrize("compress", ["conv", "dilated_conv"])
+def test_made_now_or_on_first_use_the_same_compressor(compress):
+    q, k, v = qkv(3, 1, 2, 23, 4)
+    lazy = CompressiveMemory(4, 3, 4, compress).double()
+    opt = torch.optim.Adam(lazy.parameters())  # before the parameters are made: it still holds them
+    out_lazy, _ = run(lazy, q, k, v, [5, 9, 9])
+    out_now, _ = run(CompressiveMemory(4, 3, 4, compress, head_dim=4).double(), q, k, v, [5, 9, 9])
+    torch.testing.assert_close(out_lazy, out_now)
+    assert {id(p) for p in lazy.parameters()} == {id(p) for g in opt.param_groups for p in g["params"]}
+    fresh = CompressiveMemory(4, 3, 4, compress)
+    assert fresh.state_dict() == {}  # nothing to save before it is made
+    fresh.load_state_dict(lazy.state_dict())  # loading makes it
+    assert fresh.head_dim == 4 and torch.equal(fresh.v_weight, lazy.v_weight)
+    with pytest.raises(ValueError, match="made for head_dim=4"):
+        lazy.compress_pairs(torch.zeros(1, 1, 4, 6), torch.zeros(1, 1, 4, 6))
+
+
+def test_most_used_keeps_the_highest_average_not_the_highest_total():
+    # usage = attention received / queries that saw it. Position 0 is seen by 4 queries, 1 by 3:
+    # with ratio 2 and no attention at all after its chunk, the averages decide
+    memory = CompressiveMemory(mem_len=2, cmem_len=1, ratio=2, compress="most_used")
+    usage = torch.tensor([[[0.30, 0.35]]], dtype=torch.float64)  # totals would be 1.2 and 1.05
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64).view(1, 1, 2, 1)
+    assert memory.compress_pairs(x, x, usage)[1].flatten().tolist() == [2.0]
+    # in the memory: 4 pairs, ratio 2, keep the 2 of highest average attention, in time order, per head
+    memory = CompressiveMemory(mem_len=4, cmem_len=2, ratio=2, compress="most_used")
+    k = torch.tensor([0.0, 0.0, 6.0, 0.0, 6.0, 0.0, 0.0, 0.0], dtype=torch.float64).view(1, 1, 8, 1)
+    v = torch.arange(8, dtype=torch.float64).view(1, 1, 8, 1)
+    _, state = run(memory, torch.ones_like(k), k, v, [4, 4])
+    # position 2 (the sharp key, attended by 6 queries) and position 0 (all of query 0's attention), in time order
+    assert memory.held(state)[1].flatten().tolist()[:2] == [0.0, 2.0]
+
+
+def test_conv_shared_is_the_scalar_tap_filter():
+    memory = CompressiveMemory(4, 2, 2, "conv_shared")
+    with torch.no_grad():
+        memory.k_weight.copy_(torch.tensor([0.25, 0.75]))
+        memory.k_bias.fill_(1.0)
+    x = torch.tensor([1.0, 3.0, 2.0, 6.0]).view(1, 1, 4, 1).expand(1, 1, 4, 3)
+    assert memory.compress_pairs(x, x)[0][0, 0, :, 0].tolist() == [1 + 0.25 + 2.25, 1 + 0.5 + 4.5]

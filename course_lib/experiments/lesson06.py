@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "make_memory_for", "train_text", "run_text",
+__all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "make_memory_for", "compressor_taps", "train_text", "run_text",
            "summarise", "paired", "plot_text", "extra_loss", "MqarSetup", "mqar_reach", "accuracy_by_gap", "main"]
 
 RESULT = Path(__file__).resolve().parents[2] / "docs" / "results" / "lesson06_text.json"
@@ -120,8 +120,8 @@ def extra_loss(model, state):
     return sum(losses) if losses else None
 
 
-def compressor_taps(memory) -> dict | None:
-    """What a learned key compressor does to each position ``a`` of a group, from its outputs:
+def compressor_taps(memory, tensor: str = "k") -> dict | None:
+    """What a learned key (``tensor="k"``) or value (``"v"``) compressor does to each position ``a`` of a group, from its outputs:
     ``taps[a]`` = the mean diagonal of its linear map ``E_a`` (the weight a channel gives its own
     value at position ``a``; mean pooling: ``1 / c``), and ``off_diagonal`` = the share of
     ``sum_a ||E_a||^2`` off the diagonal (0 for mean pooling and for ``conv_shared``).
@@ -133,12 +133,13 @@ def compressor_taps(memory) -> dict | None:
         p = next(memory.parameters())
         eye = torch.eye(d, dtype=p.dtype, device=p.device)
         zero = torch.zeros(1, d, c, d, dtype=p.dtype, device=p.device)
-        base = memory.compress_pairs(zero, zero)[0]  # [1, d, 1, d]: the bias
+        which = {"k": 0, "v": 1}[tensor]
+        base = memory.compress_pairs(zero, zero)[which]  # [1, d, 1, d]: the bias
         taps, off, total = [], 0.0, 0.0
         for a in range(c):
             x = zero.clone()
             x[0, :, a] = eye  # "head" i holds e_i at position a
-            e = (memory.compress_pairs(x, x)[0] - base)[0, :, 0]  # row i = E_a e_i
+            e = (memory.compress_pairs(x, x)[which] - base)[0, :, 0]  # row i = E_a e_i
             taps.append(float(e.diagonal().mean()))
             total += float((e**2).sum())
             off += float((e**2).sum() - (e.diagonal() ** 2).sum())

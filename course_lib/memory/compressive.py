@@ -361,7 +361,7 @@ def _dilated_reference(x, weight, bias, c):
 def _most_used(k, v, usage, keep):
     """The ``keep`` pairs of highest ``usage`` per batch and head, in time order (ties: the older)."""
     best = torch.sort(usage, dim=2, descending=True, stable=True).indices[:, :, :keep].sort(2).values
-    return (x.gather(2, best[..., None].expand(-1, -1, -1, x.shape[-1])) for x in (k, v))
+    return tuple(x.gather(2, best[..., None].expand(-1, -1, -1, x.shape[-1])) for x in (k, v))
 
 
 def _most_used_reference(k, v, usage, keep):
