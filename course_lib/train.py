@@ -69,11 +69,19 @@ def _check_pair(inputs, labels):
 class Batches:
     """Endless random minibatches of rows of ``(inputs, labels)`` ``[N, T]``, drawn with a
     seeded generator whose state goes into checkpoints (so a resumed run sees the same batches).
+
+    ``extra``: more tensors with the same rows (``[N, ...]``, e.g. a second set of labels), drawn
+    with the same rows and returned after ``(x, y)``.
     """
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, *, seed: int = 0):
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, *, seed: int = 0,
+                 extra: tuple = ()):
         _check_pair(inputs, labels)
-        self.inputs, self.labels = inputs, labels
+        for i, t in enumerate(extra):
+            check_tensor(f"extra[{i}]", t)
+            if t.shape[0] != inputs.shape[0]:
+                raise ValueError(f"extra[{i}] has {t.shape[0]} rows but inputs have {inputs.shape[0]}")
+        self.inputs, self.labels, self.extra = inputs, labels, tuple(extra)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -82,7 +90,7 @@ class Batches:
 
     def __next__(self):
         rows = torch.randint(self.inputs.shape[0], (self.batch_size,), generator=self.generator)
-        return self.inputs[rows], self.labels[rows]
+        return (self.inputs[rows], self.labels[rows], *(t[rows] for t in self.extra))
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -274,7 +282,7 @@ class TrainLog:
 def train(model, data, steps: int, *, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0,
           warmup: int = 0, schedule: str = "cosine", grad_clip: float | None = 1.0, segment_len: int | None = None,
           optimizer=None, device=None, seed: int = 0, checkpoint=None, checkpoint_every: int | None = None,
-          progress: bool = True, desc: str = "train") -> TrainLog:
+          progress: bool = True, desc: str = "train", loss_fn=None, on_step=None) -> TrainLog:
     """Train ``model`` for ``steps`` optimizer steps; returns a :class:`TrainLog`.
 
     Args:
@@ -290,6 +298,16 @@ def train(model, data, steps: int, *, batch_size: int = 32, lr: float = 1e-3, we
         checkpoint: a path. If it exists, training resumes from it (model, optimizer, step,
             random generators, data order); it is (re)written every ``checkpoint_every`` steps
             and at the end.
+        loss_fn: the loss hook, for an experiment whose objective is not the cross-entropy of
+            ``(x, y)`` read in segments: ``loss_fn(model, batch) -> float`` gets the batch (every
+            tensor on ``device``), accumulates the gradient of its objective (``backward``, segment
+            by segment if it likes) and returns the loss to log. Default: the cross-entropy plus the
+            memories' extra losses, in segments of ``segment_len``.
+        on_step: ``on_step(step, loss, model)`` after every optimizer step (a probe, a curve);
+            ``step`` counts from 1.
+
+    This is the course's one optimisation loop: the lessons, the benchmarks and the capstone
+    all train through it.
     """
     check_positive_int("steps", steps, minimum=0)
     if schedule not in ("cosine", "constant"):
@@ -318,17 +336,21 @@ def train(model, data, steps: int, *, batch_size: int = 32, lr: float = 1e-3, we
     t0 = time.perf_counter()
     bar = progress_bar(total=steps, initial=start, desc=desc, enabled=progress)
     for step in range(start, steps):
-        x, y = next(data)
-        x, y = x.to(device), y.to(device)
+        batch = tuple(t.to(device) for t in next(data))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup, schedule)
         optimizer.zero_grad(set_to_none=True)
-        loss, _, _, extra = _batch_loss(model, x, y, segment_len, backward=True, check=step == start)
+        if loss_fn is None:
+            loss, _, _, extra = _batch_loss(model, *batch[:2], segment_len, backward=True, check=step == start)
+        else:
+            loss, extra = float(loss_fn(model, batch)), 0.0
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         losses.append(loss)
         extra_losses.append(extra)
+        if on_step is not None:
+            on_step(step + 1, loss, model)
         bar.update(1)
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{loss:.3f}")

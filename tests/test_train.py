@@ -259,3 +259,35 @@ def test_a_compressor_inside_a_gated_multi_memory_gets_its_loss_too():
     assert log.extra_losses[-1] > 0
     assert not torch.equal(compressors(model)["blocks.0.attn.memory.memories.1.k_weight"],
                            before["blocks.0.attn.memory.memories.1.k_weight"])
+
+
+def test_the_loss_hook_and_step_callback_let_an_experiment_train_through_the_one_loop():
+    """An objective of its own (here: only the first label column, from a third tensor of the batch)
+    and a per-step callback, through train() itself: same batches, same optimizer, its loss logged."""
+    import torch.nn.functional as F
+
+    from course_lib.models import MemoryLM
+    from course_lib.train import Batches, train
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 11, (40, 12))
+    y = torch.roll(x, -1, 1)
+    first = torch.full_like(y, -100)
+    first[:, 0] = y[:, 0]
+    model = MemoryLM(11, 16, 1, 2)
+    seen, calls = [], []
+
+    def loss_fn(m, batch):
+        xb, yb, fb = batch
+        seen.append(fb.shape)
+        logits, _ = m(xb)
+        loss = F.cross_entropy(logits.flatten(0, 1), fb.flatten(), ignore_index=-100)
+        loss.backward()
+        return loss.item()
+
+    log = train(model, Batches(x, y, 8, seed=1, extra=(first,)), 5, loss_fn=loss_fn, device="cpu", progress=False,
+                on_step=lambda step, loss, m: calls.append((step, loss)))
+    assert seen == [torch.Size([8, 12])] * 5 and [s for s, _ in calls] == [1, 2, 3, 4, 5]
+    assert [loss for _, loss in calls] == log.losses and log.losses[-1] < log.losses[0]
+    with pytest.raises(ValueError, match=r"extra\[0\] has 3 rows but inputs have 40"):
+        Batches(x, y, 8, extra=(first[:3],))
