@@ -50,7 +50,7 @@ from . import specs
 
 __all__ = ["Capstone", "SETUP", "build_memory", "build_model", "spec_label", "state_bytes", "decode_ms", "dialogue_data",
            "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
-           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "run_seeds", "recall_at", "FAR_LENGTHS", "main"]
+           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "VARIANTS", "RUNNABLE", "run_seeds", "recall_at", "FAR_LENGTHS", "main"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,17 @@ DESIGNS = {
     "window 16 + linear": {"name": "multi", "combine": "gate",
                            "memories": [{"name": "window", "window": 16}, {"name": "linear"}]},
 }
+
+#: the two write strengths of the reference design's delta memory, measured against each other
+#: (lesson 09 says which one the reference uses, and why); ``--design`` takes these names too
+VARIANTS = {
+    "window 16 + delta, beta = 1": {"name": "multi", "combine": "gate",
+                                    "memories": [{"name": "window", "window": 16}, {"name": "delta"}]},
+    "window 16 + delta, learned beta": {"name": "multi", "combine": "gate",
+                                        "memories": [{"name": "window", "window": 16},
+                                                     {"name": "delta", "beta": "learned"}]},
+}
+RUNNABLE = {**DESIGNS, **VARIANTS}
 
 
 def format_bytes(n: float) -> str:
@@ -186,15 +197,19 @@ REACH_THRESHOLD = 1e-6  # relative change of the read-out below which a part of 
 
 @torch.no_grad()
 def document_reach(spec: dict, setup: Capstone = SETUP, *, length: int = 16_384, block: int = 256,
-                   chunk: int = 1024, readout: int = 64, seed: int = 0) -> dict[int, float]:
+                   chunk: int = 1024, readout: int = 64, seed: int = 0, beta: float = 0.5) -> dict[int, float]:
     """How much each quarter of a ``length``-token document still matters at its end.
 
     Streams random ``q, k, v`` (float64) through one layer's memory; then, for each quarter
     ``j``, replaces the values of its first ``block`` tokens and streams the rest unchanged.
     Returns ``{j: ||out' - out|| / ||out||}`` over the outputs of the last ``readout`` queries:
-    0 when that part of the document no longer reaches the memory's read-out.
+    0 when that part of the document no longer reaches the memory's read-out. A memory that
+    learns its write strength (``DeltaMemory(beta="learned")``, ``learns_beta``) has no input
+    ``x_t`` to compute ``beta_t`` from here; it writes with ``beta`` (default 0.5, where
+    ``sigma(W_beta x_t)`` starts) at every token.
     """
     memory = build_memory(spec, setup).to(torch.float64).eval()
+    kw = {"beta": beta} if memory.learns_beta else {}
     h, d = setup.n_heads, setup.d_model // setup.n_heads
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, h, length, d, generator=gen, dtype=torch.float64) for _ in range(3))
@@ -206,14 +221,14 @@ def document_reach(spec: dict, setup: Capstone = SETUP, *, length: int = 16_384,
         out = None
         for a, b in pieces:
             if a >= first:
-                out, state = memory(q[:, :, a:b], k[:, :, a:b], vv[:, :, a:b], state)
+                out, state = memory(q[:, :, a:b], k[:, :, a:b], vv[:, :, a:b], state, **kw)
         return out  # the last piece: the read-out queries
 
     saved, state = {}, memory.init_state(1, h, d, dtype=torch.float64)
     for a, b in pieces:  # the unchanged document, keeping the state where each quarter starts
         if a in starts:
             saved[a] = state
-        base, state = memory(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], state)
+        base, state = memory(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], state, **kw)
     reach = {}
     for j, s in enumerate(starts):
         vv = v.clone()
@@ -415,13 +430,13 @@ def plot_designs(rows: list[dict], setup: Capstone = SETUP):
 
 def run_seeds(design: str, seeds=(0, 1, 2), setup: Capstone = SETUP, *, log_every: int = 100,
               far=FAR_LENGTHS) -> list[dict]:
-    """One row per seed for :data:`DESIGNS` ``[design]``: the grade's training run (:func:`train_recall`)
+    """One row per seed for :data:`DESIGNS` (or :data:`VARIANTS`) ``[design]``: the grade's training run (:func:`train_recall`)
     with ``setup.seed = seed`` (the seed picks the weights' initialisation, the batches and the
     training and test conversations), its recall and its learning curve every ``log_every`` steps,
     and (``far``) the same model's recall on conversations with longer chats (:func:`recall_at`)."""
-    if design not in DESIGNS:
-        raise ValueError(f"design must be one of {', '.join(map(repr, DESIGNS))}, got {design!r}")
-    spec, rows = DESIGNS[design], []
+    if design not in RUNNABLE:
+        raise ValueError(f"design must be one of {', '.join(map(repr, RUNNABLE))}, got {design!r}")
+    spec, rows = RUNNABLE[design], []
     for seed in seeds:
         seeded = dataclasses.replace(setup, seed=int(seed))
         r = train_recall(spec, seeded, log_every=log_every)
@@ -441,7 +456,7 @@ def main(argv=None) -> int:
     from . import results
 
     parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.capstone", description=main.__doc__)
-    parser.add_argument("--design", required=True, choices=list(DESIGNS))
+    parser.add_argument("--design", required=True, choices=list(RUNNABLE))
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
@@ -452,7 +467,7 @@ def main(argv=None) -> int:
     command = (f"python -m course_lib.experiments.capstone --design {shlex.quote(args.design)} "
                f"--seeds {','.join(map(str, seeds))} --out {args.out}")
     results.write_result(args.out, command=command, rows=rows, seeds=seeds, setup=setup,
-                         seconds=time.perf_counter() - t0, design=args.design, spec=DESIGNS[args.design],
+                         seconds=time.perf_counter() - t0, design=args.design, spec=RUNNABLE[args.design],
                          cpu_seconds=round(time.process_time() - c0, 1))
     for row in rows:
         print(f"{args.design} seed {row['seed']}: recall {row['recall']:.0%} ({row['train_seconds']:.0f} s)")
