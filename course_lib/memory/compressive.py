@@ -165,7 +165,8 @@ class CompressiveMemory(SlotMemory):
 
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
         state = super().init_state(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
-        self._materialise(head_dim, state.v_dim, device=state.device, dtype=state.dtype)
+        if self.head_dim is None:  # made for the first state; a state of other sizes is refused when used
+            self._materialise(head_dim, state.v_dim, device=state.device, dtype=state.dtype)
         return state
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # as LazyModuleMixin: skip unmade maps
