@@ -18,7 +18,7 @@ def _window_and_delta(window):
     return {"name": "multi", "combine": "gate", "memories": [{"name": "window", "window": window}, {"name": "delta"}]}
 
 
-WHY = ("A window of 16 tokens keeps the recent turn exact and a delta memory keeps the user's facts from the start "
+WHY = ("A window of 16 tokens keeps the recent turn exact and a delta memory keeps the user's facts past the window "
        "in a fixed matrix read by content, so the bytes (24 KiB) and the time per token stay flat; old facts still "
        "fade as later writes overwrite them.")
 
