@@ -472,6 +472,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads for both libraries (default on the CPU: 1, see the module doc)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each measurement; the best counts")
     parser.add_argument("--out", default="bench_compare.png", help="where to save the plot")
+    parser.add_argument("--json", default=None,
+                        help="also write the run as a result file (the README's: docs/results/bench_compare.json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -503,7 +505,7 @@ def run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    t_start = time.perf_counter()
+    t_start, load_before = time.perf_counter(), _load()
     for section in sections:
         if section == "decode" and peers["transformers"] is None:
             rows.append(Row("decode", "decode (GPT-2)", None, None, None, f">= {TARGETS['decode']}", None,
@@ -521,4 +523,54 @@ def run(args: argparse.Namespace) -> int:
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'})")
     save_plot(rows, args.out, "\n".join(header[:2]))
     print(f"plot saved to {args.out}")
+    if args.json:
+        _write_json(args, rows, sizes, device, peers, header, load_before, time.perf_counter() - t_start)
+        print(f"result file written to {args.json}")
     return 0
+
+
+def _load() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def _write_json(args, rows, sizes, device, peers, header, load_before, seconds) -> None:
+    import dataclasses
+    import shlex
+    import sys
+
+    from ..experiments.results import write_result
+
+    argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("__main__.py") else ["bench", "compare"]
+    write_result(args.json, command="python -m course_lib " + shlex.join(argv),
+                 rows=[dataclasses.asdict(r) for r in rows], seeds=[2], seconds=seconds, device=device,
+                 setup={**dataclasses.asdict(sizes), "dtype": args.dtype, "threads": torch.get_num_threads()},
+                 peers=peers, header=header, load_average={"before": load_before, "after": _load()})
+
+
+def readme_block(result: dict) -> str:
+    """The README's "side by side" paragraph and table, from a ``--json`` result file."""
+    peers = ", ".join(f"{name} {version}" for name, version in result["peers"].items() if version) or "none installed"
+    load = result.get("load_average") or {}
+    loads = [v for v in (load.get("before"), load.get("after")) if v is not None]
+    commit = (result.get("commit") or "unknown")[:7] + (" with uncommitted changes" if result.get("dirty") else "")
+    lines = [f"`{result['command']}` at commit {commit}: {'; '.join(result['header'][:2])}; peers {peers}"
+             + (f"; load average {min(loads):.1f}-{max(loads):.1f} during the run" if loads else "")
+             + f"; {result['seconds']:.0f} s. Each measurement is the best of {result['setup']['repeats']} runs, "
+             "the two libraries taking turns.", ""]
+    side = [r for r in result["rows"] if r["section"] in ("decode", "train")]
+    lines += ["| tokens/s | course_lib | peer | ratio | target |", "|---|---|---|---|---|"]
+    for r in side:
+        if r["ratio"] is None:
+            lines.append(f"| {r['name']} | - | - | - | {r['target']}: skipped ({r['note']}) |")
+            continue
+        verdict = "" if r["passed"] is None or r["passed"] else ": **not met**"
+        lines.append(f"| {r['name']} | {r['ours']:.0f} | {r['peer']:.0f} | {r['ratio']:.2f}x | {r['target']}{verdict} |")
+    flat = [r for r in result["rows"] if r["section"] == "flat" and r["ratio"] is not None]
+    if flat:
+        lines += ["", "| flat cost (ms/token) | short context | long context | ratio | target |",
+                  "|---|---|---|---|---|"]
+        for r in flat:
+            verdict = "" if r["passed"] is None or r["passed"] else ": **not met**"
+            lines.append(f"| {r['name']} | {r['ours']:.2f} | {r['peer']:.2f} | {r['ratio']:.2f}x | "
+                         f"{r['target']}{verdict} |")
+    return "\n".join(lines)
