@@ -5,7 +5,7 @@ r"""Exercises of lesson 06, the Compressive Transformer.
   ``CMem``, keep its newest ``n_cm``
 * ``06.reconstruction_loss``: the attention-reconstruction loss, gradients to ``f_c``'s output only
 * ``06.reach``: ``|CMem|`` and the reach from ``n_s, c, n_m`` (a number)
-* ``06.equal_bytes``: which memory of the same bytes still sees a fact (multiple choice)
+* ``06.equal_bytes``: which memory of the same carried bytes still sees a fact (multiple choice)
 
 References: the pop rule of :class:`course_lib.memory.CompressiveMemory` (whose streaming form
 the update exercise asks for) and :func:`course_lib.attention_reference`.
@@ -372,7 +372,7 @@ REACH = number_exercise(
 
 EQUAL_BYTES = choice_exercise(
     id="06.equal_bytes",
-    title="Which memory of the same bytes still sees the fact?",
+    title="Which memory of the same carried bytes still sees the fact?",
     options={
         "A": "Only the compressive memory: its reach is 80 tokens, though the fact is blurred into a slot.",
         "B": "All three: they hold the same bytes, so they must hold the same amount of the past.",
@@ -381,8 +381,8 @@ EQUAL_BYTES = choice_exercise(
     },
     correct="A",
     wrong_hints={
-        "B": "Same bytes, different reach: a window and Transformer-XL keep 32 pairs as they are, 32 tokens; the "
-             "compressive memory trades precision for reach, n_m + c n_cm = 16 + 4 * 16 = 80.",
+        "B": "Same carried bytes, different reach: a window and Transformer-XL keep 32 pairs as they are, 32 tokens; "
+             "the compressive memory trades precision for reach, n_m + c n_cm = 16 + 4 * 16 = 80.",
         "C": "Transformer-XL keeps only the last n_m = 32 pairs from before the segment: 60 tokens back is gone.",
         "D": "The compressive memory reaches n_m + c * n_cm = 16 + 64 = 80 tokens back, in 32 slots.",
     },
