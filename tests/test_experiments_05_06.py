@@ -3,7 +3,6 @@ plain references, and the text experiment's command runs end to end (a tiny sett
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -141,6 +140,7 @@ def test_the_text_command_writes_its_result_and_resumes(tmp_path):
     before = result["rows"]
     assert lesson06.main(args + ["--resume"]) == 0  # nothing left to run: the same runs come back
     assert read_result(out)["rows"] == before
-    assert lesson06.main(["text", "--quick", "--designs", "most_used", "--jobs", "1", "--out", str(out), "--resume"]) == 0
+    more = ["text", "--quick", "--designs", "most_used", "--jobs", "1", "--out", str(out), "--resume"]
+    assert lesson06.main(more) == 0
     again = read_result(out)  # the kept rows and the new design, in the order of DESIGNS
     assert [r["design"] for r in again["rows"]] == ["window", "conv", "most_used"] and again["rows"][:2] == before

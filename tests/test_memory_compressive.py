@@ -184,13 +184,15 @@ def test_fast_compressors_agree_with_their_plain_references_in_float64(ratio):
     x = torch.randn(2, 3, 5 * ratio, 6, generator=g, dtype=torch.float64)  # 5 groups, d = 6
     depth = math.ceil(math.log2(ratio)) if ratio > 1 else 0
     cases = {
-        cm._conv: (torch.randn(6, 6, ratio, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)),
+        cm._conv: (torch.randn(6, 6, ratio, generator=g, dtype=torch.float64),
+                   torch.randn(6, generator=g, dtype=torch.float64)),
         cm._conv_shared: (torch.randn(ratio, generator=g, dtype=torch.float64), torch.randn((), dtype=torch.float64)),
         cm._dilated: (torch.randn(depth, 6, 6, 2, generator=g, dtype=torch.float64),
                       torch.randn(depth, 6, generator=g, dtype=torch.float64)),
     }
     for fast, (weight, bias) in cases.items():
-        torch.testing.assert_close(fast(x, weight, bias, ratio), cm.REFERENCES[fast](x, weight, bias, ratio), rtol=0, atol=1e-12)
+        plain = cm.REFERENCES[fast](x, weight, bias, ratio)
+        torch.testing.assert_close(fast(x, weight, bias, ratio), plain, rtol=0, atol=1e-12)
     usage = torch.rand(2, 3, 5 * ratio, generator=g, dtype=torch.float64)
     usage[0, 0, :3] = 0.5  # ties: the older pair wins
     for fast, plain in zip(cm._most_used(x, 2 * x, usage, 5), cm._most_used_reference(x, 2 * x, usage, 5)):
@@ -214,7 +216,8 @@ def test_conv_is_a_full_channel_map_per_layer_for_keys_and_for_values():
     want = conv(x.flatten(0, 1).transpose(1, 2)).transpose(1, 2).unflatten(0, (1, 2))
     torch.testing.assert_close(memory.compress_pairs(x, x)[0], want)
     assert [p.numel() for p in memory.parameters()] == [8 * 8 * 2, 8 * 8 * 2, 8, 8]
-    assert [p.numel() for p in CompressiveMemory(8, 2, 4, "dilated_conv", head_dim=8).parameters()] == [2 * 8 * 8 * 2] * 2 + [2 * 8] * 2
+    dilated = CompressiveMemory(8, 2, 4, "dilated_conv", head_dim=8)  # 2 layers for c = 4
+    assert [p.numel() for p in dilated.parameters()] == [2 * 8 * 8 * 2] * 2 + [2 * 8] * 2
     assert [p.numel() for p in CompressiveMemory(8, 2, 4, "conv_shared").parameters()] == [4, 4, 1, 1]
 
 

@@ -1,5 +1,5 @@
 r"""Lesson 06's experiments: the Compressive Transformer against Transformer-XL and a window,
-at equal memory bytes.
+at equal carried bytes (the peak working memory of each is recorded beside it).
 
 * :func:`run_text`: character-level language models on the standard library's source
   (:func:`course_lib.data.stdlib_corpus`), bits per character on held-out files, several
@@ -26,7 +26,7 @@ at equal memory bytes.
   loss after every segment (the rest of the model gets no gradient from it).
 
 * :func:`mqar_reach` (from :mod:`.lesson05`): the MQAR recall task of ``bench recall`` with
-  window, Transformer-XL and Compressive memories of the same bytes, accuracy by how far back
+  window, Transformer-XL and Compressive memories of the same carried bytes, accuracy by how far back
   the asked pair lies (the lesson runs it live).
 
 Command (the shipped result ``docs/results/lesson06_text.json``)::
@@ -53,7 +53,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "make_memory_for", "compressor_taps", "train_text", "run_text",
+__all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "make_memory_for", "compressor_taps", "train_text",
+           "run_text",
            "summarise", "paired", "plot_text", "extra_loss", "MqarSetup", "mqar_reach", "accuracy_by_gap", "main"]
 
 RESULT = Path(__file__).resolve().parents[2] / "docs" / "results" / "lesson06_text.json"
@@ -121,7 +122,8 @@ def extra_loss(model, state):
 
 
 def compressor_taps(memory, tensor: str = "k") -> dict | None:
-    """What a learned key (``tensor="k"``) or value (``"v"``) compressor does to each position ``a`` of a group, from its outputs:
+    """What a learned key (``tensor="k"``) or value (``"v"``) compressor does to each position ``a``
+    of a group, read from its outputs:
     ``taps[a]`` = the mean diagonal of its linear map ``E_a`` (the weight a channel gives its own
     value at position ``a``; mean pooling: ``1 / c``), and ``off_diagonal`` = the share of
     ``sum_a ||E_a||^2`` off the diagonal (0 for mean pooling and for ``conv_shared``).

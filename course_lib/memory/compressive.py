@@ -155,7 +155,8 @@ class CompressiveMemory(SlotMemory):
             if self.compress == "conv":  # Conv1d(d, d, c, stride=c): weight [out, in, c] = I / c
                 weight, bias = eye[:, :, None].expand(-1, -1, self.ratio) / self.ratio, eye.new_zeros(len(eye))
             else:  # depth x Conv1d(d, d, 2, dilation=2^j): weight [depth, out, in, 2] = I / 2
-                weight, bias = eye[None, :, :, None].expand(self.depth, -1, -1, 2) / 2, eye.new_zeros(self.depth, len(eye))
+                weight = eye[None, :, :, None].expand(self.depth, -1, -1, 2) / 2
+                bias = eye.new_zeros(self.depth, len(eye))
             for p, value in ((w, weight), (b, bias)):
                 if isinstance(p, nn.parameter.UninitializedParameter):
                     p.materialize(value.shape, device=value.device, dtype=value.dtype)
@@ -367,7 +368,8 @@ def _most_used(k, v, usage, keep):
 
 def _most_used_reference(k, v, usage, keep):
     """:func:`_most_used` with Python's ``sorted``, one batch row and head at a time."""
-    ks, vs = torch.empty(*k.shape[:2], keep, k.shape[-1], dtype=k.dtype), torch.empty(*v.shape[:2], keep, v.shape[-1], dtype=v.dtype)
+    ks = torch.empty(*k.shape[:2], keep, k.shape[-1], dtype=k.dtype)
+    vs = torch.empty(*v.shape[:2], keep, v.shape[-1], dtype=v.dtype)
     for b in range(k.shape[0]):
         for h in range(k.shape[1]):
             u = usage[b, h].tolist()
