@@ -28,7 +28,8 @@ import torch
 from ._checks import check_positive_int, describe
 
 __all__ = [
-    "IGNORE", "mqar", "mqar_gap_probs", "passkey", "long_dialogue", "TextExample", "encode_examples",
+    "IGNORE", "mqar", "mqar_gap_probs", "mqar_distance", "MqarAnswers", "mqar_answers",
+    "passkey", "long_dialogue", "TextExample", "encode_examples",
     "CharVocab", "Corpus", "stdlib_files", "stdlib_corpus",
 ]
 
@@ -108,6 +109,125 @@ def mqar(n_examples: int, seq_len: int = 64, n_pairs: int = 8, vocab_size: int =
     inputs.scatter_(1, where, keys)
     labels.scatter_(1, where, values)
     return inputs, labels
+
+
+def _int_or_range(name: str, value, minimum: int) -> tuple[int, int]:
+    """``value`` as an inclusive range ``(lo, hi)``: an int ``n`` is ``(n, n)``."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        lo = check_positive_int(f"{name}[0]", value[0], minimum=minimum)
+        hi = check_positive_int(f"{name}[1]", value[1], minimum=minimum)
+        if lo > hi:
+            raise ValueError(f"{name} must be an int or a range (lo, hi) with lo <= hi, got {value!r}")
+        return lo, hi
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or a range (lo, hi) of ints, got {describe(value)}")
+    n = check_positive_int(name, value, minimum=minimum)
+    return n, n
+
+
+def mqar_distance(n_examples: int, n_pairs=8, gap=64, vocab_size: int = 64, *, seed: int, prefix: int = 0,
+                  random_fill: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""MQAR with the pairs early and the questions ``gap`` tokens later: recall against distance.
+
+    Each row reads ``[prefix filler] k_1 v_1 ... k_P v_P [gap filler] q_1 q_2 ... q_P``: ``P = n_pairs``
+    key-value pairs (distinct keys from ``1 .. vocab_size/2 - 1``, distinct values from
+    ``vocab_size/2 .. vocab_size - 1``, as in :func:`mqar`), then exactly ``gap`` filler tokens, then
+    every key of the row asked once, in a random order, one after the other. The label at a
+    question is its key's value; every other label is ``-100``. The value asked by the ``j``-th
+    question lies ``gap + 2 (P - i) - 1 + j`` tokens back (pair ``i``, 1-based, question ``j``, 0-based).
+
+    Filler (``random_fill=True``, Zoology's default) is uniform over the whole vocabulary *except the
+    row's own keys*, so it is never mistaken for a key: each key occurs exactly twice in its row (in
+    its pair and as its question). Values and other keys may occur in the filler, as in Zoology; a
+    memory must learn not to spend its state on them (DeltaNet's learned write strength).
+    ``random_fill=False`` fills with token 0, which is never a key.
+
+    ``n_pairs`` and ``gap`` are ints or inclusive ranges ``(lo, hi)``; with a range every row draws
+    its own (uniformly), and rows are padded at the front with filler to one length,
+    ``prefix + 2 max(P) + max(gap) + max(P)`` (a mix of settings per batch, as Zoology trains).
+
+    Returns ``(inputs, labels)``, both ``[n_examples, T]`` long tensors; :func:`mqar_answers` finds
+    every question's pair, distance and source again.
+
+    >>> x, y = mqar_distance(1, n_pairs=2, gap=3, vocab_size=16, seed=0)
+    >>> x.shape[1], int((y != -100).sum())
+    (9, 2)
+    """
+    check_positive_int("n_examples", n_examples)
+    check_positive_int("vocab_size", vocab_size)
+    check_positive_int("prefix", prefix, minimum=0)
+    p_lo, p_hi = _int_or_range("n_pairs", n_pairs, 1)
+    g_lo, g_hi = _int_or_range("gap", gap, 0)
+    half = vocab_size // 2
+    if p_hi > half - 1:
+        raise ValueError(f"n_pairs={n_pairs!r}: {p_hi} distinct keys need vocab_size >= {2 * p_hi + 2}, got "
+                         f"vocab_size={vocab_size} (keys come from 1..vocab_size/2 - 1)")
+    gen = _generator(seed)
+    n = n_examples
+    length = prefix + 3 * p_hi + g_hi
+    n_p = torch.randint(p_lo, p_hi + 1, (n,), generator=gen)  # [N] pairs in each row
+    gaps = torch.randint(g_lo, g_hi + 1, (n,), generator=gen)  # [N]
+    keys = 1 + torch.rand(n, half - 1, generator=gen).argsort(dim=1)[:, :p_hi]  # [N, P_max] distinct
+    values = half + torch.rand(n, vocab_size - half, generator=gen).argsort(dim=1)[:, :p_hi]  # [N, P_max]
+    order = torch.rand(n, p_hi, generator=gen)
+    used = torch.arange(p_hi) < n_p[:, None]  # [N, P_max]: the row's pairs
+    order = order.masked_fill(~used, 2.0).argsort(dim=1)  # the row's pairs in a random order, unused last
+    if random_fill:
+        # uniform over the vocab_size - P tokens that are not the row's keys: draw an index among
+        # them and step over every excluded key at or below it (keys sorted ascending)
+        fill = torch.randint(1 << 30, (n, length), generator=gen) % (vocab_size - n_p)[:, None]
+        excluded = torch.where(used, keys, vocab_size).sort(dim=1).values  # [N, P_max], unused pushed past
+        for j in range(p_hi):  # loop over pairs (<= vocab/2), not over tokens
+            fill = fill + (fill >= excluded[:, j:j + 1]).long()
+    else:
+        fill = torch.zeros(n, length, dtype=torch.long)
+    inputs, labels = fill, torch.full((n, length), IGNORE, dtype=torch.long)
+    start = length - 3 * n_p - gaps  # [N] position of k_1
+    i = torch.arange(p_hi)
+    rows = torch.arange(n)[:, None].expand(n, p_hi)
+    key_pos = (start[:, None] + 2 * i)[used]
+    inputs[rows[used], key_pos] = keys[used]
+    inputs[rows[used], key_pos + 1] = values[used]
+    q_pos = (start + 2 * n_p + gaps)[:, None] + i  # [N, P_max]
+    asked = torch.gather(keys, 1, order)
+    answer = torch.gather(values, 1, order)
+    inputs[rows[used], q_pos[used]] = asked[used]
+    labels[rows[used], q_pos[used]] = answer[used]
+    return inputs, labels
+
+
+@dataclass(frozen=True)
+class MqarAnswers:
+    """Every question of an MQAR batch, in the order of ``(labels != -100).nonzero()``:
+    ``row``, ``pos`` (the question's position), ``value_pos`` (where its value was stated),
+    ``distance = pos - value_pos`` (tokens back), and, for reading in segments of ``n_s``
+    tokens, ``same_segment``: the value lies in the question's own segment
+    (``value_pos // n_s == pos // n_s``), where a memory that ``reads_segment`` sees it by plain
+    causal attention; otherwise the answer can only come from the state carried between segments."""
+
+    row: torch.Tensor
+    pos: torch.Tensor
+    value_pos: torch.Tensor
+    distance: torch.Tensor
+    same_segment: torch.Tensor
+
+
+def mqar_answers(inputs: torch.Tensor, labels: torch.Tensor, segment_len: int | None = None) -> MqarAnswers:
+    """Where each question's value was stated (the token after the key's first occurrence) and
+    whether it lies in the question's own segment of ``segment_len`` tokens (``None``: one segment).
+    Works for :func:`mqar` and :func:`mqar_distance` rows (in both a key's first occurrence is its pair)."""
+    if inputs.ndim != 2 or inputs.shape != labels.shape:
+        raise ValueError(f"inputs and labels must be [N, T] of one shape, got {tuple(inputs.shape)} and "
+                         f"{tuple(labels.shape)}")
+    row, pos = (labels != IGNORE).nonzero(as_tuple=True)
+    key = inputs[row, pos]
+    first = (inputs[row] == key[:, None]).long().argmax(dim=1)  # first occurrence of the asked key
+    value_pos = first + 1
+    if not bool((inputs[row, value_pos] == labels[row, pos]).all()):
+        raise ValueError("a question's key is not followed by its value at its first occurrence: "
+                         "not MQAR rows (or filler that repeats a key before its pair)")
+    seg = inputs.shape[1] if segment_len is None else check_positive_int("segment_len", segment_len)
+    return MqarAnswers(row, pos, value_pos, pos - value_pos, (value_pos // seg) == (pos // seg))
 
 
 # ---------------------------------------------------------------------- text tasks

@@ -1,12 +1,15 @@
-r"""Lesson 08's long experiments: MQAR recall against state bytes, and ms/token, for every memory.
+r"""Lesson 08's long experiments: MQAR recall against distance and state size, and ms/token.
 
-``recall`` runs :mod:`course_lib.bench.recall` (the same designs, data, model and budget as
-``python -m course_lib bench recall``) and writes every row, with the setup and the machine,
-to a JSON file that lesson 08 plots. ``cost`` times one decoding step of each design's model
+``recall`` and ``capacity`` run :mod:`course_lib.experiments.recall` (the runner behind
+``python -m course_lib bench recall`` too; its docstring says what is measured, at which sizes
+and why) and write result files in the one schema (:mod:`course_lib.experiments.results`) that
+lesson 08 and the README render. ``cost`` times one decoding step of each design's model
 (untrained: the time of a step does not depend on the weights) with
 :func:`course_lib.cost.measure_decode`.
 
-    python -m course_lib.experiments.lesson08 recall --out docs/results/lesson08_recall.json
+    python -m course_lib.experiments.lesson08 recall      # docs/results/lesson08_recall.json
+    python -m course_lib.experiments.lesson08 capacity    # docs/results/lesson08_capacity.json
+    python -m course_lib.experiments.lesson08 recall --quick --out /tmp/r.json   # seconds
     python -m course_lib.experiments.lesson08 cost --out docs/results/lesson08_cost.json
 """
 
@@ -15,13 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -47,36 +48,36 @@ def _machine() -> dict:
             "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
-def recall_rows(setup=None, *, only=None, jobs: int = 1, device="cpu", log=print) -> list[dict]:
-    """Train and measure the designs of :func:`course_lib.bench.recall.designs` under ``setup``
-    (default: the full benchmark), ``jobs`` at a time; rows as dicts (``near``/``far`` are the
-    accuracy on pairs asked within the window of ``setup.window`` tokens and beyond)."""
-    from ..bench import recall
+def recall_rows(setup=None, *, only=None, device="cpu", out=None, log=print) -> list[dict]:
+    """Train and measure the designs of :func:`course_lib.experiments.recall.distance_designs`
+    (recall against distance, equal peak bytes, a learning-rate sweep and seeds) under ``setup``
+    (default: the full run); its rows (one per design, lr, seed and gap), also written to ``out``."""
+    from . import recall
 
-    s = recall.FULL if setup is None else setup
     only = None if only is None else {x.lower() for x in only}
-    rows = recall.run_all(s, device=device, only=only, jobs=jobs, progress=False, log=log)
-    return [dataclasses.asdict(r) for r in rows]
+    return recall.run_distance(setup, only=only, device=device, out=out, progress=False, log=log)["rows"]
 
 
 def cost_rows(setup=None, contexts=(32, 1024, 4096), *, steps: int = 32, repeats: int = 3, only=None) -> list[dict]:
     """ms per decoded token of each design's model after ``m`` tokens, for ``m`` in ``contexts``
     (the median of ``repeats`` timings of ``steps`` steps each, one torch thread), and its state
-    bytes there."""
-    from ..bench import recall
+    bytes there. The designs are those of the recall benchmark
+    (:func:`course_lib.experiments.recall.distance_designs`), untrained."""
     from ..cost import measure_decode
+    from . import recall
 
-    s = recall.FULL if setup is None else setup
+    s = recall.DistanceSetup.full() if setup is None else setup
     out = []
-    for design in recall.designs(s):
-        if only and design.family.lower() not in only:
+    for design in recall.distance_designs(s):
+        family = design["spec"]["name"]
+        if only and family not in only:
             continue
-        torch.manual_seed(s.seed)
-        model = recall.build_model(s, design)
+        torch.manual_seed(0)
+        model = recall.build_model(design, vocab_size=s.vocab_size, n_layers=s.n_layers, local=s.local)
         runs = [measure_decode(model, contexts, steps=steps, progress=False) for _ in range(repeats)]
         for j, m in enumerate(contexts):
             times = sorted(run[j]["ms_per_token"] for run in runs)
-            out.append({"label": design.label, "family": design.family, "context": m,
+            out.append({"label": design["label"], "family": family, "spec": design["spec"], "context": m,
                         "ms_per_token": times[len(times) // 2], "nbytes": runs[0][j]["nbytes"]})
     return out
 
@@ -171,93 +172,78 @@ def age_errors(values: torch.Tensor, n_m: int, n_cm: int, c: int) -> torch.Tenso
     return torch.stack([error_by_age(v, spans, s) for v, s in zip(values, slots)]).mean(0)
 
 
-def live_recall(families=("full", "window", "knn"), steps: int = 200, *, n_train: int = 4000, n_test: int = 300,
-                device="cpu"):
-    """A reduced run of the recall benchmark: the same designs, data and model, fewer steps and
-    examples. Returns ``(rows, per_answer)``: rows as in :func:`recall_rows`, and for each
-    label ``(gaps, right)``, the gap and correctness of every held-out answer."""
-    from ..bench import recall
-    from ..data import IGNORE
-    from ..train import forward_segments, predict, train
+def live_recall(families=("full", "window", "delta"), steps: int = 300, *, gaps=(0, 16, 64), n_pairs: int = 2,
+                device="cpu") -> dict:
+    """A reduced run of the recall-against-distance benchmark a notebook affords (well under a
+    minute on 2 CPU cores): :func:`course_lib.experiments.recall.live_distance`. Returns a result
+    dict in the shape of the file (``rows``, ``setup``, ``best_lr``)."""
+    from . import recall
 
-    s = dataclasses.replace(recall.FULL, steps=steps, n_train=n_train, n_test=n_test)
-    data, test = recall.task_data(s)
-    x, y = test
-    gaps = recall.query_gaps(x, y, s.n_pairs)
-    rows, per_answer = [], {}
-    for design in recall.designs(s):
-        if design.family.lower() not in families:
-            continue
-        torch.manual_seed(s.seed)
-        model = recall.build_model(s, design)
-        t0 = time.perf_counter()
-        train(model, data, s.steps, batch_size=s.batch_size, lr=s.lr, warmup=min(50, s.steps // 10),
-              schedule=s.schedule, segment_len=s.segment_len, device=device, seed=s.seed, progress=False)
-        seconds = time.perf_counter() - t0
-        right = (predict(model, x, segment_len=s.segment_len, device=device).cpu() == y)[y != IGNORE].float()
-        near = gaps < s.window
-        _, state = forward_segments(model.eval(), x[:1].to(device), s.segment_len)
-        rows.append({"label": design.label, "family": design.family, "nbytes": model.state_nbytes(state),
-                     "accuracy": right.mean().item(), "near": right[near].mean().item(),
-                     "far": right[~near].mean().item(), "seconds": seconds})
-        per_answer[design.label] = (gaps, right)
-    return rows, per_answer
+    return recall.live_distance(families, steps=steps, gaps=gaps, n_pairs=n_pairs, device=device)
 
 
 def load_result(path) -> dict:
-    """A result file written by :func:`main` (``rows`` plus ``setup``, ``command``, ``machine``)."""
-    return json.loads(Path(path).read_text())
+    """A result file (:func:`course_lib.experiments.results.read_result`): a path or a name under
+    ``docs/results/`` such as ``"lesson08_recall"``."""
+    from .results import read_result
+
+    return read_result(path)
 
 
-def recall_table(result: dict) -> str:
-    """The recall result as a Markdown table (design, bytes, accuracy, gap < window, gap >= window):
-    what README.md shows, rendered from the same file lesson 08 reads, so the two cannot disagree."""
-    window = result["setup"]["window"]
-    lines = [f"| design | bytes | accuracy | gap < {window} | gap >= {window} |", "|---|---|---|---|---|"]
-    for row in result["rows"]:
-        lines.append(f"| {row['label']} | {row['nbytes']:,} | {row['accuracy']:.1%} | {row['near']:.1%} | "
-                     f"{row['far']:.1%} |")
-    return "\n".join(lines)
+def recall_table(result: dict, value: str = "accuracy") -> str:
+    """The recall-against-distance result as a Markdown table (design, d_model, bytes carried and
+    at the peak, best lr, accuracy per gap: mean over seeds with min-max): what README.md shows,
+    rendered from the same file lesson 08 reads, so the two cannot disagree.
+    ``value="from_memory"``: only the answers whose value lies before the question's segment."""
+    from .recall import distance_table
+
+    return distance_table(result, value)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson08",
                                      description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    rec = sub.add_parser("recall", help="MQAR accuracy against state bytes (bench recall's designs), as JSON")
-    rec.add_argument("--steps", type=int, default=None)
-    rec.add_argument("--only", default=None, help="comma-separated families (default: all)")
-    rec.add_argument("--jobs", type=int, default=2)
-    rec.add_argument("--out", default="docs/results/lesson08_recall.json")
+    rec = sub.add_parser("recall", help="MQAR recall against distance at equal peak bytes, lr sweep and seeds")
+    cap = sub.add_parser("capacity", help="MQAR recall against the number of pairs and the state size")
+    for p, default in ((rec, "docs/results/lesson08_recall.json"), (cap, "docs/results/lesson08_capacity.json")):
+        p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (seconds)")
+        p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the setup's)")
+        p.add_argument("--only", default=None, help="comma-separated families or labels (default: all)")
+        p.add_argument("--resume", action="store_true", help="keep the runs already in --out and skip them")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--out", default=default)
     cost = sub.add_parser("cost", help="ms/token of each design's model at a few context lengths, as JSON")
     cost.add_argument("--contexts", default="32,1024,4096")
     cost.add_argument("--out", default="docs/results/lesson08_cost.json")
     args = parser.parse_args(argv)
 
-    from ..bench import recall
+    from . import recall
+    from .results import write_result
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     given = argv if argv is not None else sys.argv[1:]
-    result = {"command": "python -m course_lib.experiments.lesson08 " + " ".join(given),
-              "machine": _machine()}
-    if args.what == "recall":
-        s = recall.FULL if args.steps is None else dataclasses.replace(recall.FULL, steps=args.steps)
-        only = None if args.only is None else args.only.split(",")
-        result["setup"] = dataclasses.asdict(s)
-        result["rows"] = recall_rows(s, only=only, jobs=args.jobs, log=lambda line: print(line, flush=True))
-        print(recall.format_table([recall.Row(**r) for r in result["rows"]], s))
+    command = "python -m course_lib.experiments.lesson08 " + " ".join(given)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if args.what in ("recall", "capacity"):
+        kind = recall.DistanceSetup if args.what == "recall" else recall.CapacitySetup
+        s = kind.quick() if args.quick else kind.full()
+        if args.steps is not None:
+            s = dataclasses.replace(s, steps=args.steps)
+        only = None if args.only is None else {x.strip() for x in args.only.split(",")}
+        runner = recall.run_distance if args.what == "recall" else recall.run_capacity
+        result = runner(s, only=only, out=args.out, command=command, device=args.device, log=log,
+                        resume=args.resume)
+        print(recall.distance_table(result) if args.what == "recall" else recall.capacity_table(result))
     else:
         contexts = tuple(int(x) for x in args.contexts.split(","))
-        result["setup"] = dataclasses.asdict(recall.FULL)
-        result["rows"] = cost_rows(recall.FULL, contexts)
-        for r in result["rows"]:
-            print(f"{r['label']:<32} m={r['context']:>6}  {r['ms_per_token']:7.3f} ms/token  {r['nbytes']:>9} B")
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_clean(result), indent=1) + "\n")
-    print(f"wrote {out} ({result['seconds']:.0f} s)")
+        rows = cost_rows(None, contexts)
+        for r in rows:
+            print(f"{r['label']:<48} m={r['context']:>6}  {r['ms_per_token']:7.3f} ms/token  {r['nbytes']:>9} B")
+        write_result(args.out, command=command, rows=rows, seeds=[0],
+                     setup=dataclasses.asdict(recall.DistanceSetup.full()), seconds=time.perf_counter() - t0)
+    print(f"wrote {args.out} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

@@ -1,0 +1,617 @@
+r"""The recall benchmark: MQAR accuracy against distance and against state size, at equal peak bytes.
+
+Multi-query associative recall (Zoology, Arora et al. 2023) asks a model for the value of each
+key it saw earlier. Two experiments, each one command that writes a result file
+(:func:`course_lib.experiments.results.write_result`), with a quick mode for tests:
+
+* **distance** (``python -m course_lib.experiments.lesson08 recall``): :func:`~course_lib.data.mqar_distance`,
+  ``n_pairs`` pairs early, then ``gap`` random filler tokens, then every key asked once. Trained on
+  short gaps (``DistanceSetup.train_gap``), measured at gaps up to 4,096 tokens
+  (``DistanceSetup.eval_gaps``), every sequence read in segments of ``n_s`` tokens with the state
+  carried (as in training). Every design at the same *peak* working memory (below); the accuracy
+  split by source: the answer's value in the question's own segment (which segment, compressive
+  and k-NN memories see by plain causal attention, ``Memory.reads_segment``) or earlier (only the
+  carried state can answer).
+* **capacity** (``... lesson08 capacity``): :func:`~course_lib.data.mqar_distance` at one short
+  gap with 4 to 64 pairs, against the state size: the delta memory's ``d_h`` swept at a *fixed*
+  ``d_model`` (``n_heads = d_model / d_h``, so the model's width, MLP and embedding stay the same;
+  the memory layer's state is ``tau d_h^2 = d_model d_h`` values), and a window's slots for contrast.
+  Every row gives its ``d_model`` and ``n_heads``. Trained on a mix of pair counts (each row draws
+  its own, as Zoology's training mixes settings), measured at each count.
+
+Designs are plain data: a record ``{"label", "spec", "d_model", "n_heads"}`` made by :func:`design`,
+whose ``spec`` is a :mod:`course_lib.experiments.specs` dict; :func:`build_model` is the one
+function that turns a record into a model, and every row carries its record.
+
+**Equal peak bytes.** A memory that ``reads_segment`` (segment, compressive, k-NN) attends to its
+whole current segment as well as its carried state, so its peak working memory is the state plus
+the segment's ``n_s`` pairs (:meth:`MemoryLM.peak_nbytes`). The designs of :func:`distance_designs`
+all hold ``B = budget`` pairs per head at their peak in the memory layer (``d_h = 32``): a window of
+``n_c = B``; sinks ``S = 4`` and ``n_c = B - 4``; Transformer-XL ``n_m = B - n_s``; compressive
+``n_m = n_cm = (B - n_s) / 2``, ``c = 2``; k-NN ``N = B - n_s``, ``k = 4`` (a store smaller than every
+context but the shortest); a delta or linear memory of one head of ``d_h = 64`` (``d_h^2 = 2 B d_h``
+values with ``B = 32``); window ``B/2`` + delta (two heads of 32) behind a gate. Rows report both
+``nbytes`` (the state carried between segments) and ``peak_nbytes`` (all layers, batch 1); the
+tests hold every fixed-size design's peak within 2% of the window's (linear attention carries its
+normaliser ``z`` too). The full KV cache is the reference: its bytes grow with the context and are
+reported per gap.
+
+**Model.** A two-layer :class:`~course_lib.models.MemoryLM` (``d_model = 64``): the first layer is a
+4-token window (it binds each value to its key, the job of the short convolution in Zoology's and
+DeltaNet's models), the second holds the memory under test. PyTorch's default (width-aware)
+initialisation of the linear layers, not GPT-2's 0.02 (which kept even full attention on the
+plateau). A delta memory learns its write strength ``beta_t = sigma(W_beta x_t)`` (DeltaNet);
+``delta beta=1.0`` is the fixed write of the course's earlier runs, kept to show what random filler
+does to it (review A.4).
+
+**Statistics.** Each design trains at every learning rate of ``lrs`` on seed 0; the best is the one
+with the highest mean accuracy on a *validation* set (the evaluation gaps, data seed
+``data_seed + 2``), never the test set (``data_seed + 3``); then seeds ``1, 2, ...`` train at that
+rate. The seed sets the initialisation and the batch order; the training data are the same for
+every run. Rows: one per (design, lr, seed, gap); :func:`summary` gives mean and spread over the seeds
+at each design's best rate. Seeds run one after the other in one process: on this machine a
+vmapped ensemble (``torch.func``) gains little over the loop for models this small (measured in
+the report of issue 18), and one process leaves the other cores to other work.
+
+**Budget (what was chosen and why).** The full runs must finish in about 45 minutes with one
+process on a shared 2-core machine, measured first: one training step of batch 32 costs about
+30-50 ms at 28-44 tokens and 100-190 ms at 208 tokens. Hence
+
+* distance: 4 pairs (8 pairs did not leave the MQAR plateau within 600 steps even for full
+  attention; 4 pairs did, with random filler), training gaps 0-16 (rows of 28 tokens, two segments),
+  1,000 steps, two learning rates (1e-3, 3e-3: 3e-3 froze some designs on the plateau in the earlier
+  runs, which is why it is swept rather than imposed), 3 seeds, 128 test rows per gap;
+* capacity: one seed, one learning rate (1e-3), 1,000 steps, ``d_h`` in 8, 16, 32, 64 and windows
+  of 16 and 64 slots (rows of up to 208 tokens); more seeds did not fit.
+
+``DistanceSetup.full()`` / ``CapacitySetup.full()`` hold these settings, ``.quick()`` seconds-long
+ones for the tests; :func:`live_distance` is the reduced version a notebook runs in well under a
+minute.
+
+Zero filler is used nowhere here (``random_fill=True``); the older 32-token task of lessons 05/06
+(:mod:`course_lib.bench.recall`'s ``Setup``) now defaults to random filler too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .results import RESULTS, read_result, spread, write_result
+
+__all__ = ["DistanceSetup", "CapacitySetup", "design", "distance_designs", "capacity_designs", "build_model",
+           "model_bytes", "evaluate_gaps", "train_one", "run_distance", "run_capacity", "summary", "best_lrs",
+           "distance_table", "capacity_table", "partial_path", "plot_distance", "plot_capacity", "live_distance",
+           "DISTANCE_RESULT", "CAPACITY_RESULT"]
+
+DISTANCE_RESULT = RESULTS / "lesson08_recall.json"
+CAPACITY_RESULT = RESULTS / "lesson08_capacity.json"
+
+
+# ------------------------------------------------------------------------------ setups
+
+
+@dataclass(frozen=True)
+class DistanceSetup:
+    """Task, model and budget of the distance experiment (see the module docstring)."""
+
+    vocab_size: int = 64
+    n_pairs: int = 4
+    train_gap: tuple = (0, 16)  # each training row draws its gap from this range (inclusive)
+    eval_gaps: tuple = (0, 16, 64, 256, 1024, 4096)
+    prefix: int = 4  # filler before the pairs at evaluation (so sinks hold filler, not the first pairs)
+    random_fill: bool = True
+    segment_len: int = 16  # n_s
+    budget: int = 32  # B: pairs per head held at the peak by every fixed-size design's memory layer
+    d_model: int = 64
+    n_layers: int = 2
+    local: int = 4  # window of the first layer
+    steps: int = 1000
+    batch_size: int = 32
+    warmup: int = 50
+    schedule: str = "constant"
+    lrs: tuple = (1e-3, 3e-3)
+    seeds: tuple = (0, 1, 2)  # seeds[0] runs every lr; the others the best one
+    n_train: int = 20_000
+    n_val: int = 32  # rows per gap
+    n_test: int = 128  # rows per gap
+    data_seed: int = 1000
+
+    @classmethod
+    def full(cls) -> DistanceSetup:
+        return cls()
+
+    @classmethod
+    def quick(cls) -> DistanceSetup:
+        return cls(vocab_size=16, n_pairs=2, train_gap=(0, 4), eval_gaps=(0, 8, 24), prefix=2, segment_len=8,
+                   budget=16, d_model=16, local=2, steps=3, batch_size=8, warmup=1, lrs=(1e-3, 3e-3), seeds=(0, 1),
+                   n_train=64, n_val=4, n_test=6)
+
+
+@dataclass(frozen=True)
+class CapacitySetup:
+    """Task, model and budget of the capacity experiment (see the module docstring)."""
+
+    vocab_size: int = 256
+    n_pairs: tuple = (4, 8, 16, 32, 64)  # measured at each; trained on a mix over their range
+    gap: int = 16
+    random_fill: bool = True
+    segment_len: int = 16
+    d_model: int = 64
+    n_layers: int = 2
+    local: int = 4
+    head_dims: tuple = (8, 16, 32, 64)  # delta memory d_h, at fixed d_model (n_heads = d_model / d_h)
+    windows: tuple = (16, 64)  # window slots for contrast (d_h = 32)
+    steps: int = 1000
+    batch_size: int = 32
+    warmup: int = 50
+    schedule: str = "constant"
+    lr: float = 1e-3
+    seeds: tuple = (0,)
+    n_train: int = 20_000
+    n_test: int = 128  # rows per pair count
+    data_seed: int = 2000
+
+    @classmethod
+    def full(cls) -> CapacitySetup:
+        return cls()
+
+    @classmethod
+    def quick(cls) -> CapacitySetup:
+        return cls(vocab_size=32, n_pairs=(2, 4, 8), gap=4, segment_len=8, d_model=16, local=2, head_dims=(4, 8),
+                   windows=(8,), steps=3, batch_size=8, warmup=1, n_train=64, n_test=6)
+
+
+# ----------------------------------------------------------------------------- designs
+
+
+def design(spec: dict, *, n_heads: int = 2, d_model: int = 64, label: str | None = None) -> dict:
+    """A design record: the memory ``spec`` (:mod:`~course_lib.experiments.specs`) plus the model's
+    ``d_model`` and ``n_heads`` (``d_h = d_model / n_heads``), and a label naming all three."""
+    from .specs import check_spec, spec_label
+
+    check_spec(spec)
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+    d_h = d_model // n_heads
+    return {"label": label or f"{spec_label(spec)}, d_h={d_h}", "spec": spec, "d_model": d_model,
+            "n_heads": n_heads}
+
+
+def distance_designs(s: DistanceSetup) -> list[dict]:
+    """Every design of the distance experiment, at equal peak bytes (the module docstring's sizes)."""
+    b, n_s, d = s.budget, s.segment_len, s.d_model
+    rest = b - n_s
+    if rest < 2 or rest % 2:
+        raise ValueError(f"budget={b} must exceed segment_len={n_s} by an even number >= 2")
+    sinks = min(4, b // 4)
+    out = [
+        design({"name": "full"}, d_model=d),
+        design({"name": "window", "window": b}, d_model=d),
+        design({"name": "sink", "sinks": sinks, "window": b - sinks}, d_model=d),
+        design({"name": "sink", "sinks": sinks, "window": b - sinks, "positions": "cache"}, d_model=d),
+        design({"name": "segment", "mem_len": rest}, d_model=d),
+        design({"name": "compressive", "mem_len": rest // 2, "cmem_len": rest // 2, "ratio": 2}, d_model=d),
+        design({"name": "knn", "capacity": rest, "top_k": max(1, min(4, rest // 4))}, d_model=d),
+        # one head of d_h = d_model: d_h^2 = 2 B d_h values when B = d_model / 2 (the full setup's 32 of 64)
+        design({"name": "linear"}, n_heads=1, d_model=d),
+        design({"name": "delta", "beta": "learned"}, n_heads=1, d_model=d),
+        design({"name": "delta", "beta": 1.0}, n_heads=1, d_model=d),
+        design({"name": "multi", "combine": "gate",
+                "memories": [{"name": "window", "window": b // 2}, {"name": "delta", "beta": "learned"}]}, d_model=d),
+    ]
+    return [x for x in out if _buildable(x)]
+
+
+def _buildable(record: dict) -> bool:
+    """Whether this checkout's memories take the record's spec (e.g. ``positions`` on sinks)."""
+    from .specs import build_memory
+
+    try:
+        build_memory(record["spec"], n_heads=record["n_heads"])
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def capacity_designs(s: CapacitySetup) -> list[dict]:
+    """Delta memories of ``d_h`` in ``s.head_dims`` at fixed ``d_model``, and windows for contrast."""
+    out = [design({"name": "delta", "beta": "learned"}, n_heads=s.d_model // d_h, d_model=s.d_model)
+           for d_h in s.head_dims if s.d_model % d_h == 0]
+    out += [design({"name": "window", "window": w}, n_heads=2, d_model=s.d_model) for w in s.windows]
+    return out
+
+
+def build_model(record: dict, *, vocab_size: int, n_layers: int = 2, local: int = 4):
+    """The :class:`~course_lib.models.MemoryLM` of a design record: every layer but the first holds
+    the record's memory, the first a window of ``local`` tokens (``0``: every layer the record's);
+    PyTorch's default initialisation of the linear layers (see the module docstring)."""
+    from torch import nn
+
+    from ..memory import WindowMemory
+    from ..models import MemoryAttention, MemoryLM
+    from .specs import build_memory
+
+    d_model, n_heads = record["d_model"], record["n_heads"]
+    model = MemoryLM(vocab_size, d_model, n_layers, n_heads, build_memory(record["spec"], n_heads=n_heads))
+    if local:
+        model.blocks[0].attn = MemoryAttention(d_model, n_heads, n_heads, WindowMemory(local))
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+    return model
+
+
+def _family(record: dict) -> str:
+    return record["spec"]["name"]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@torch.no_grad()
+def model_bytes(model, length: int, segment_len: int, device="cpu") -> dict:
+    """``{"nbytes", "peak_nbytes"}`` of ``model`` (all layers, batch 1) after reading ``length``
+    tokens in segments of ``segment_len``: the carried state, and the peak (state + the segment
+    a ``reads_segment`` memory attends to)."""
+    from ..train import forward_segments
+
+    was = model.training
+    model.eval()
+    _, state = forward_segments(model, torch.zeros(1, length, dtype=torch.long, device=device), segment_len)
+    model.train(was)
+    return {"nbytes": model.state_nbytes(state), "peak_nbytes": model.peak_nbytes(state, segment_len)}
+
+
+def _mean(x: torch.Tensor) -> float | None:
+    return x.float().mean().item() if x.numel() else None
+
+
+def evaluate_gaps(model, sets: dict, segment_len: int, *, device="cpu") -> dict:
+    """Accuracy on each ``sets[key] = (inputs, labels)``, read in segments of ``segment_len``:
+    ``{key: {"accuracy", "own_segment", "from_memory", "n_own", "n_memory", "context"}}`` (``own_segment``:
+    answers whose value lies in the question's own segment; ``None`` where there are none)."""
+    from ..data import mqar_answers
+    from ..train import predict
+
+    out = {}
+    for key, (x, y) in sets.items():
+        pred = predict(model, x, segment_len=segment_len, device=device)
+        a = mqar_answers(x, y, segment_len)
+        right = pred[a.row, a.pos] == y[a.row, a.pos]
+        out[key] = {"accuracy": _mean(right), "own_segment": _mean(right[a.same_segment]),
+                    "from_memory": _mean(right[~a.same_segment]), "n_own": int(a.same_segment.sum()),
+                    "n_memory": int((~a.same_segment).sum()), "context": int(x.shape[1])}
+    return out
+
+
+def train_one(record: dict, data, *, vocab_size: int, lr: float, seed: int, steps: int, batch_size: int,
+              segment_len: int, warmup: int, schedule: str, n_layers: int, local: int, device="cpu",
+              progress: bool = False):
+    """Train one design (one lr, one seed) with :func:`course_lib.train.train`; ``(model, seconds)``."""
+    from ..device import seed_everything
+    from ..train import train
+
+    seed_everything(seed)
+    model = build_model(record, vocab_size=vocab_size, n_layers=n_layers, local=local)
+    t0 = time.perf_counter()
+    train(model, data, steps, batch_size=batch_size, lr=lr, warmup=min(warmup, steps), schedule=schedule,
+          segment_len=segment_len, device=device, seed=seed, progress=progress, desc=record["label"][:28])
+    return model, time.perf_counter() - t0
+
+
+def _distance_sets(s: DistanceSetup, n: int, seed: int) -> dict:
+    from ..data import mqar_distance
+
+    return {g: mqar_distance(n, s.n_pairs, g, s.vocab_size, seed=seed + i, prefix=s.prefix,
+                             random_fill=s.random_fill) for i, g in enumerate(s.eval_gaps)}
+
+
+def _distance_train(s: DistanceSetup):
+    from ..data import mqar_distance
+
+    return mqar_distance(s.n_train, s.n_pairs, tuple(s.train_gap), s.vocab_size, seed=s.data_seed,
+                         random_fill=s.random_fill)
+
+
+def _record_fields(record: dict) -> dict:
+    return {"label": record["label"], "family": _family(record), "spec": record["spec"],
+            "d_model": record["d_model"], "n_heads": record["n_heads"], "d_h": record["d_model"] // record["n_heads"]}
+
+
+def partial_path(out) -> Path:
+    """Where a run keeps its finished rows until it ends: ``<out>.partial.json`` beside ``out``
+    (so the file at ``out`` is replaced only by a complete run, and a crash loses no finished run)."""
+    out = Path(out)
+    return out.with_name(out.stem + ".partial.json")
+
+
+def _resume_from(out, resume: bool):
+    if not resume or out is None:
+        return None
+    for path in (partial_path(out), Path(out)):
+        if path.exists():
+            return read_result(path)
+    return None
+
+
+def _write(out, partial: bool, **kwargs) -> None:
+    if out is None:
+        return
+    write_result(partial_path(out) if partial else out, partial=partial, **kwargs)
+    if not partial and partial_path(out).exists():
+        partial_path(out).unlink()
+
+
+def run_distance(s: DistanceSetup | None = None, *, only=None, out=None, command: str | None = None,
+                 device="cpu", progress: bool = True, log=print, resume: bool = False) -> dict:
+    """Train and measure every design of :func:`distance_designs` (those whose family or label is in
+    ``only``): ``lrs`` on ``seeds[0]``, the best by validation, then the other seeds at it. Writes
+    the rows so far to :func:`partial_path` after every run (a crash loses only the run in
+    progress) and the result file ``out`` at the end; with ``resume`` the runs already written
+    are kept and skipped. Returns the result dict."""
+    from ..train import progress_bar
+
+    s = DistanceSetup.full() if s is None else s
+    designs = [d for d in distance_designs(s) if not only or _family(d) in only or d["label"] in only]
+    command = command or "python -m course_lib.experiments.lesson08 recall"
+    rows, best, done = [], {}, set()
+    old = _resume_from(out, resume)
+    if old is not None:
+        rows, best = list(old["rows"]), dict(old.get("best_lr", {}))
+        done = {(r["label"], r["lr"], r["seed"]) for r in rows}
+    t0 = time.perf_counter()
+    data = _distance_train(s)
+    val = _distance_sets(s, s.n_val, s.data_seed + 200)
+    test = _distance_sets(s, s.n_test, s.data_seed + 300)
+    lengths = {g: x.shape[1] for g, (x, _) in test.items()}
+
+    def save(partial: bool):
+        _write(out, partial, command=command, rows=rows, seeds=list(s.seeds), setup=dataclasses.asdict(s),
+               seconds=time.perf_counter() - t0, device=device, experiment="recall against distance",
+               best_lr=best, designs=designs)
+
+    n_runs = len(designs) * (len(s.lrs) + len(s.seeds) - 1)
+    bar = progress_bar(total=n_runs, desc="recall vs distance", enabled=progress)
+
+    def one(record, lr, seed, stage):
+        if (record["label"], lr, seed) in done:
+            bar.update(1)
+            return [r for r in rows if (r["label"], r["lr"], r["seed"]) == (record["label"], lr, seed)]
+        model, seconds = train_one(record, data, vocab_size=s.vocab_size, lr=lr, seed=seed, steps=s.steps,
+                                   batch_size=s.batch_size, segment_len=s.segment_len, warmup=s.warmup,
+                                   schedule=s.schedule, n_layers=s.n_layers, local=s.local, device=device)
+        val_acc = evaluate_gaps(model, val, s.segment_len, device=device)
+        val_mean = sum(v["accuracy"] for v in val_acc.values()) / len(val_acc)
+        res = evaluate_gaps(model, test, s.segment_len, device=device)
+        new = []
+        for g, r in res.items():
+            new.append({**_record_fields(record), "lr": lr, "seed": seed, "stage": stage, "gap": g, **r,
+                        **model_bytes(model, lengths[g], s.segment_len, device), "val_accuracy": val_mean,
+                        "train_seconds": round(seconds, 1), "steps": s.steps})
+        rows.extend(new)
+        save(partial=True)
+        bar.update(1)
+        mean = sum(r["accuracy"] for r in new) / len(new)
+        log(f"  {record['label']:<44} lr {lr:g} seed {seed}: val {val_mean:6.1%}  test {mean:6.1%}  "
+            f"peak {new[0]['peak_nbytes']:>7} B  ({seconds:.0f} s)")
+        return new
+
+    for record in designs:
+        sweep = {lr: one(record, lr, s.seeds[0], "lr_sweep") for lr in s.lrs}
+        lr_best = max(s.lrs, key=lambda lr: (sweep[lr][0]["val_accuracy"], -lr))  # ties: the smaller rate
+        best[record["label"]] = lr_best
+        for seed in s.seeds[1:]:
+            one(record, lr_best, seed, "seed")
+    bar.close()
+    save(partial=False)
+    return {"setup": dataclasses.asdict(s), "rows": rows, "best_lr": best, "designs": designs}
+
+
+def _capacity_sets(s: CapacitySetup, seed: int) -> dict:
+    from ..data import mqar_distance
+
+    return {p: mqar_distance(s.n_test, p, s.gap, s.vocab_size, seed=seed + i, random_fill=s.random_fill)
+            for i, p in enumerate(s.n_pairs)}
+
+
+def run_capacity(s: CapacitySetup | None = None, *, only=None, out=None, command: str | None = None, device="cpu",
+                 progress: bool = True, log=print, resume: bool = False) -> dict:
+    """Train each design of :func:`capacity_designs` on a mix of pair counts and measure it at each
+    count; rows per (design, seed, n_pairs), written to ``out`` after every run."""
+    from ..data import mqar_distance
+    from ..train import progress_bar
+
+    s = CapacitySetup.full() if s is None else s
+    designs = [d for d in capacity_designs(s) if not only or _family(d) in only or d["label"] in only]
+    command = command or "python -m course_lib.experiments.lesson08 capacity"
+    rows, done = [], set()
+    old = _resume_from(out, resume)
+    if old is not None:
+        rows = list(old["rows"])
+        done = {(r["label"], r["seed"]) for r in rows}
+    t0 = time.perf_counter()
+    data = mqar_distance(s.n_train, (min(s.n_pairs), max(s.n_pairs)), s.gap, s.vocab_size, seed=s.data_seed,
+                         random_fill=s.random_fill)
+    test = _capacity_sets(s, s.data_seed + 300)
+    bar = progress_bar(total=len(designs) * len(s.seeds), desc="recall vs state size", enabled=progress)
+    for record in designs:
+        for seed in s.seeds:
+            if (record["label"], seed) in done:
+                bar.update(1)
+                continue
+            model, seconds = train_one(record, data, vocab_size=s.vocab_size, lr=s.lr, seed=seed, steps=s.steps,
+                                       batch_size=s.batch_size, segment_len=s.segment_len, warmup=s.warmup,
+                                       schedule=s.schedule, n_layers=s.n_layers, local=s.local, device=device)
+            res = evaluate_gaps(model, test, s.segment_len, device=device)
+            for p, r in res.items():
+                rows.append({**_record_fields(record), "lr": s.lr, "seed": seed, "n_pairs": p, "gap": s.gap, **r,
+                             **model_bytes(model, r["context"], s.segment_len, device),
+                             "train_seconds": round(seconds, 1), "steps": s.steps})
+            _write(out, True, command=command, rows=rows, seeds=list(s.seeds), setup=dataclasses.asdict(s),
+                   seconds=time.perf_counter() - t0, device=device, experiment="recall against state size",
+                   designs=designs)
+            bar.update(1)
+            log(f"  {record['label']:<44} seed {seed}: " + "  ".join(
+                f"P={p} {res[p]['accuracy']:5.1%}" for p in s.n_pairs) + f"  ({seconds:.0f} s)")
+    bar.close()
+    _write(out, False, command=command, rows=rows, seeds=list(s.seeds), setup=dataclasses.asdict(s),
+           seconds=time.perf_counter() - t0, device=device, experiment="recall against state size", designs=designs)
+    return {"setup": dataclasses.asdict(s), "rows": rows, "designs": designs}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def best_lrs(result: dict) -> dict:
+    """``{label: best lr}``: stored by the run, else the lr of its ``seed`` rows."""
+    if result.get("best_lr"):
+        return dict(result["best_lr"])
+    out = {}
+    for r in result["rows"]:
+        if r.get("stage") == "seed" or r["label"] not in out:
+            out[r["label"]] = r["lr"]
+    return out
+
+
+def summary(result: dict, value: str = "accuracy", by: str = "gap") -> dict:
+    """``{label: {bucket: spread}}``: mean, std, min, max and ``n`` of ``value`` over the seeds run
+    at each design's best learning rate (:func:`course_lib.experiments.results.spread`), for each
+    ``by`` bucket (``gap`` for the distance file, ``n_pairs`` for the capacity file)."""
+    best = best_lrs(result) if any("stage" in r for r in result["rows"]) else {}
+    groups: dict = {}
+    for r in result["rows"]:
+        if best and r["lr"] != best.get(r["label"], r["lr"]):
+            continue
+        groups.setdefault(r["label"], {}).setdefault(r[by], []).append(r.get(value))
+    return {label: {k: spread(v) for k, v in buckets.items()} for label, buckets in groups.items()}
+
+
+def _first(result: dict, label: str) -> dict:
+    return next(r for r in result["rows"] if r["label"] == label)
+
+
+def _cell(sp: dict) -> str:
+    if not sp["n"] or sp["mean"] is None or (isinstance(sp["mean"], float) and math.isnan(sp["mean"])):
+        return "-"
+    if sp["n"] == 1:
+        return f"{100 * sp['mean']:.0f}"
+    return f"{100 * sp['mean']:.0f} ({100 * sp['min']:.0f}-{100 * sp['max']:.0f})"
+
+
+def distance_table(result: dict, value: str = "accuracy") -> str:
+    """The distance result as a Markdown table: design, bytes carried and at the peak (at the
+    longest gap), best lr, and per gap the mean accuracy over the seeds in % with (min-max)."""
+    summ = summary(result, value)
+    best = best_lrs(result)
+    gaps = sorted({r["gap"] for r in result["rows"]})
+    head = "| design | d_model | bytes carried | peak bytes | lr | " + " | ".join(f"gap {g:,}" for g in gaps) + " |"
+    lines = [head, "|" + "---|" * (5 + len(gaps))]
+    for label, buckets in summ.items():
+        far = next(r for r in result["rows"] if r["label"] == label and r["gap"] == gaps[-1])
+        lines.append(f"| {label} | {far['d_model']} | {far['nbytes']:,} | {far['peak_nbytes']:,} | {best[label]:g} | "
+                     + " | ".join(_cell(buckets[g]) for g in gaps) + " |")
+    return "\n".join(lines)
+
+
+def capacity_table(result: dict) -> str:
+    """The capacity result as a Markdown table: design, d_model, n_heads, d_h, state bytes, and the
+    accuracy (%) at each number of pairs (mean over seeds, with min-max when more than one)."""
+    summ = summary(result, "accuracy", by="n_pairs")
+    counts = sorted({r["n_pairs"] for r in result["rows"]})
+    lines = ["| design | d_model | heads | d_h | bytes carried | " + " | ".join(f"{p} pairs" for p in counts) + " |",
+             "|" + "---|" * (5 + len(counts))]
+    for label, buckets in summ.items():
+        r = _first(result, label)
+        lines.append(f"| {label} | {r['d_model']} | {r['n_heads']} | {r['d_h']} | {r['nbytes']:,} | "
+                     + " | ".join(_cell(buckets[p]) for p in counts) + " |")
+    return "\n".join(lines)
+
+
+FAMILY_COLOURS = {"full": "black", "window": "tab:blue", "sink": "tab:cyan", "linear": "tab:orange",
+                  "delta": "tab:red", "segment": "tab:green", "compressive": "tab:purple", "knn": "tab:brown",
+                  "multi": "tab:pink"}
+
+
+def plot_distance(result: dict, value: str = "accuracy", title: str | None = None):
+    """Accuracy against the gap (log x; gap 0 drawn at 1/2 of the next), one line per design, the
+    mean over seeds with a band from min to max. A pure function: a ``matplotlib.figure.Figure``."""
+    from matplotlib.figure import Figure
+
+    summ = summary(result, value)
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.subplots()
+    styles = {}
+    for label, buckets in summ.items():
+        fam = _first(result, label)["family"]
+        styles[fam] = styles.get(fam, -1) + 1
+        gaps = sorted(buckets)
+        xs = [g if g > 0 else max(1, (gaps[1] if len(gaps) > 1 else 2) / 2) for g in gaps]
+        mean = [100 * (buckets[g]["mean"] if buckets[g]["n"] else math.nan) for g in gaps]
+        lo = [100 * (buckets[g]["min"] if buckets[g]["n"] else math.nan) for g in gaps]
+        hi = [100 * (buckets[g]["max"] if buckets[g]["n"] else math.nan) for g in gaps]
+        colour = FAMILY_COLOURS.get(fam)
+        line, = ax.plot(xs, mean, marker="o", color=colour, label=label,
+                        linestyle=("-", "--", ":", "-.")[styles[fam] % 4])
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
+    ax.set_xscale("log")
+    ax.set_ylim(-3, 103)
+    s = result["setup"]
+    ax.set_xlabel("gap: filler tokens between the pairs and the questions (0 drawn at the left edge)")
+    ax.set_ylabel({"accuracy": "accuracy", "from_memory": "accuracy, value before the question's segment",
+                   "own_segment": "accuracy, value in the question's segment"}.get(value, value) + " (%)")
+    ax.set_title(title or f"MQAR against distance: {s['n_pairs']} pairs, random filler, segments of "
+                          f"{s['segment_len']}, equal peak bytes; mean and min-max over seeds")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def plot_capacity(result: dict, title: str | None = None):
+    """Accuracy against the number of pairs (log x), one line per design. A pure function."""
+    from matplotlib.figure import Figure
+
+    summ = summary(result, "accuracy", by="n_pairs")
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for label, buckets in summ.items():
+        r = _first(result, label)
+        ps = sorted(buckets)
+        ax.plot(ps, [100 * buckets[p]["mean"] for p in ps], marker="o", color=FAMILY_COLOURS.get(r["family"]),
+                alpha=0.35 + 0.65 * min(1.0, r["nbytes"] / max(x["nbytes"] for x in result["rows"])),
+                label=f"{label} ({r['nbytes']:,} B)")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-3, 103)
+    s = result["setup"]
+    ax.set_xlabel("key-value pairs to recall")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or f"MQAR against state size at gap {s['gap']}, d_model {s['d_model']} for every row")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+# ------------------------------------------------------------------------------- live
+
+
+def live_distance(families=("full", "window", "delta"), *, steps: int = 300, gaps=(0, 16, 64), n_pairs: int = 2,
+                  device="cpu", progress: bool = False) -> dict:
+    """A reduced distance run a notebook can afford (well under a minute on 2 CPU cores): the
+    designs of the given families (the first design of each, at the full run's peak budget), one
+    seed, one learning rate, ``steps`` steps, ``n_pairs`` pairs, short gaps. Returns a result
+    dict in the file's shape (``rows``, ``setup``, ``best_lr``), readable by :func:`summary`,
+    :func:`distance_table` and :func:`plot_distance`."""
+    s = dataclasses.replace(DistanceSetup.full(), n_pairs=n_pairs, eval_gaps=tuple(gaps), steps=steps, lrs=(1e-3,),
+                            seeds=(0,), n_train=4000, n_val=16, n_test=64)
+    chosen, seen = [], set()
+    for record in distance_designs(s):
+        fam = _family(record)
+        if fam in families and fam not in seen:
+            chosen.append(record["label"])
+            seen.add(fam)
+    return run_distance(s, only=set(chosen), device=device, progress=progress, log=lambda line: None)
