@@ -334,10 +334,8 @@ def partial_path(out) -> Path:
 def _resume_from(out, resume: bool):
     if not resume or out is None:
         return None
-    for path in (partial_path(out), Path(out)):
-        if path.exists():
-            return read_result(path)
-    return None
+    path = partial_path(out)  # only an unfinished run is resumed: a finished file is replaced
+    return read_result(path) if path.exists() else None
 
 
 def _write(out, partial: bool, **kwargs) -> None:
