@@ -76,3 +76,17 @@ def test_quick_run_compares_with_both_peers(capsys, tmp_path):
     assert "skipped" not in table and table.count("x  >= 1.5") == 4
     assert "peers: transformers " in out and "not installed" not in out
     assert out_png.stat().st_size > 0
+
+
+def test_the_readme_side_by_side_block_is_rendered_from_its_result_file():
+    """README's side-by-side timings are never typed: they are readme_block of the result file."""
+    from pathlib import Path
+
+    from course_lib.bench.compare import readme_block
+    from course_lib.experiments.results import read_result
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    start = readme.index("<!-- compare table: rendered from docs/results/bench_compare.json -->\n")
+    block = readme[start:readme.index("<!-- end of compare table -->")].split("\n", 1)[1]
+    assert block == readme_block(read_result(root / "docs" / "results" / "bench_compare.json")) + "\n"
