@@ -19,7 +19,8 @@ at equal carried bytes (the peak working memory of each is recorded beside it).
   Equal *carried* bytes (``nbytes``: 32 slots per head and layer; most-used also keeps the
   attention each slot received). Each row also gives ``peak_nbytes``, the peak working memory
   (:meth:`~course_lib.memory.Memory.peak_nbytes`): Transformer-XL and the compressive memory
-  also attend to their whole segment of ``n_s`` pairs, the window does not.
+  also attend to their whole segment of ``n_s`` pairs, the window does not. So one more design,
+  ``window_peak``, a window of ``n_c = 32 + n_s = 48``, has the same *peak* as those.
 
   The learned compressors get their gradient only from
   :func:`~course_lib.memory.attention_reconstruction_loss`, added to the language-model
@@ -87,6 +88,7 @@ TEXT_QUICK = TextSetup(max_chars=100_000, seq_len=64, steps=3, batch_size=4, eva
 DESIGNS = {
     "window": "window n_c = 32",
     "xl": "Transformer-XL n_m = 32",
+    "window_peak": "window n_c = 48 (the others' peak)",
     "mean": "compressive, mean",
     "max": "compressive, max",
     "conv_shared": "compressive, shared-tap conv + recon. loss",
@@ -104,6 +106,8 @@ def make_memory_for(name: str, s: TextSetup):
         return WindowMemory(s.slots)
     if name == "xl":
         return SegmentMemory(s.slots)
+    if name == "window_peak":  # the peak working memory of XL and compressive: s.slots carried + a segment
+        return WindowMemory(s.slots + s.segment_len)
     if name not in DESIGNS:
         raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {name!r}")
     head_dim = s.d_model // s.n_heads  # d_h: the learned channel maps are made at once
