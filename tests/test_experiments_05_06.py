@@ -63,6 +63,49 @@ def test_accuracy_by_gap_bins_half_open():
     assert acc[:3] == [0.5, 1.0, 0.0] and acc[3] != acc[3]  # the empty bin is NaN
 
 
+def test_recall_with_a_read_out_scales_with_the_state_not_with_d():
+    # one pair is always decoded; orthogonal keys up to d are decoded exactly, by every rule but linear
+    assert lesson05.recall_at("sum", 8, 8, 1, 64, reps=4) == 1.0
+    assert lesson05.recall_at("delta", 8, 8, 8, 64, reps=4, keys="orthogonal") == 1.0
+    # the sum memory's threshold follows d d_v / (4 ln V) and grows with d_v beyond d
+    n_small = lesson05.recall_threshold("sum", 16, 16, 1024)
+    n_wide = lesson05.recall_threshold("sum", 16, 64, 1024)
+    assert n_wide > 2 * 16 and n_wide > 2.5 * n_small
+    assert 0.5 < n_wide / lesson05.capacity_law(16, 64, 1024) < 2
+    assert lesson05.capacity_law(32, 32, 64) == pytest.approx(32 * 32 / (4 * torch.log(torch.tensor(64.0)).item()))
+    rows = lesson05.capacity_sweep([(16, 16, 256)], kinds=("sum", "linear"))
+    assert [r["kind"] for r in rows] == ["sum", "linear"] and rows[1]["n_star"] < rows[0]["n_star"]
+    with pytest.raises(ValueError, match="threshold"):
+        lesson05.recall_threshold("sum", 8, 8, 16, threshold=1.5)
+    with pytest.raises(ValueError, match="n_values"):
+        lesson05.recall_at("sum", 8, 8, 4, 0)
+
+
+def test_mqar_designs_compare_at_equal_peak_and_split_by_source():
+    s = lesson05.MqarSetup(steps=1, slots=8)
+    specs = lesson05.mqar_designs(s, 16)
+    assert specs["window_peak"] == {"name": "window", "window": 24} and specs["xl"]["mem_len"] == 8
+    out = lesson05.mqar_reach(s, designs=("window_peak", "xl"), seeds=(0, 1))
+    n = out["gaps"].numel()
+    assert out["same_segment"].shape == (n,) and 0 < out["same_segment"].float().mean() < 1
+    for res in out["designs"].values():
+        assert res["right_seeds"].shape == (2, n) and torch.equal(res["right"], res["right_seeds"][0])
+    win, xl = out["designs"]["window_peak"], out["designs"]["xl"]
+    assert win["peak_nbytes"] == xl["peak_nbytes"] and xl["nbytes"] < xl["peak_nbytes"] == win["nbytes"]
+    with pytest.raises(ValueError, match="designs must be"):
+        lesson05.mqar_reach(s, designs=("gated",))
+
+
+def test_rotary_command_writes_a_result_file(tmp_path):
+    from course_lib.experiments.results import read_result
+
+    out = tmp_path / "rotary.json"
+    assert lesson05.main(["rotary", "--out", str(out), "--seeds", "0", "--steps", "1"]) == 0
+    result = read_result(out)
+    assert [r["rotary"] for r in result["rows"]] == [True, False] and result["seeds"] == [0]
+    assert result["command"].startswith("python -m course_lib.experiments.lesson05 rotary")
+
+
 def test_designs_hold_the_same_bytes_and_the_compressive_one_follows_the_paper():
     s = replace(lesson06.TEXT_QUICK, slots=8, ratio=4, segment_len=4, d_model=8, n_heads=1)
     sizes = set()
