@@ -274,7 +274,7 @@ def plot_text(summary: list[dict], title: str = ""):
 
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()
-    colours = {"window": "tab:blue", "xl": "tab:green"}
+    colours = {"window": "tab:blue", "window_peak": "tab:cyan", "xl": "tab:green"}
     for y, r in enumerate(summary):  # points with error bars: no bar drawn from an arbitrary axis origin
         ax.errorbar(r["bpc"], y, xerr=r["std"] or 0, fmt="o", ms=7, capsize=4,
                     color=colours.get(r["design"], "tab:purple"))
