@@ -41,6 +41,10 @@ MEMORIES = {
     "compressive": lambda: CompressiveMemory(6, 3, 3, compress="conv"),
     "knn": lambda: KNNMemory(capacity=9, top_k=3),
     "infini": lambda: MultiMemory([WindowMemory(4), LinearMemory(chunk_size=4)], combine="gate", n_heads=4),
+    # the window part rotated by position, the delta part unrotated, with beta_t = sigma(W_beta x_t)
+    "gated_delta_learned": lambda: MultiMemory([WindowMemory(3), DeltaMemory(beta="learned", chunk_size=4)],
+                                               combine="gate", n_heads=4),
+    "sink_cache": lambda: SinkMemory(sinks=2, window=3, positions="cache"),  # StreamingLLM's positions
 }
 
 
@@ -64,7 +68,8 @@ def blocks(lm, tok, state):
 
 # (memory, n_kv_heads, batch, prompt length): every memory, with MHA, GQA and MQA in turn
 CASES = [(name, (None, 2, 1)[i % 3], (1, 3, 2)[i % 3], (1, 7, 4)[i % 3]) for i, name in enumerate(MEMORIES)]
-CASES += [("full", 2, 2, 1), ("full", None, 3, 5), ("window", 1, 1, 9)]
+CASES += [("full", 2, 2, 1), ("full", None, 3, 5), ("window", 1, 1, 9), ("sink_cache", 2, 2, 1),
+          ("sink_cache", None, 1, 9), ("gated_delta_learned", 1, 2, 9)]
 
 
 @pytest.mark.parametrize("memory,n_kv_heads,batch,prompt", CASES)
@@ -82,7 +87,8 @@ def test_the_step_equals_the_blocks(memory, n_kv_heads, batch, prompt):
     assert state.pos == prompt + 6
 
 
-@pytest.mark.parametrize("memory", ["full", "window", "compressive", "delta", "delta_learned"])
+@pytest.mark.parametrize("memory", ["full", "window", "compressive", "delta", "delta_learned", "sink_cache",
+                                    "gated_delta_learned"])
 def test_a_one_token_forward_without_grad_is_the_step(memory, monkeypatch):
     lm = make(memory, n_kv_heads=2)
     x = tokens(2, 8)
@@ -108,7 +114,7 @@ def test_the_plan_has_named_fields_one_per_layer():
     assert plan.end >= 10 and plan.cos.shape[0] >= 10
 
 
-@pytest.mark.parametrize("memory", ["window", "delta_learned"])
+@pytest.mark.parametrize("memory", ["window", "delta_learned", "sink_cache", "gated_delta_learned"])
 def test_greedy_tokens_are_the_same_as_a_loop_over_the_blocks(memory):
     lm = make(memory, n_kv_heads=2)
     prompt = tokens(2, 5)
@@ -295,3 +301,29 @@ def test_a_learned_beta_step_allocates_no_more_than_a_fixed_beta_step(batch):
     assert len(counts["delta_learned"]) == len(counts["delta"]), counts
     assert sorted(counts["delta_learned"]).count(("addmm.default", (batch, 4))) == 2  # one beta per layer
     assert not any(shape in ((24, 4), (4, 24)) for _, shape in counts["delta_learned"])
+
+
+# -- memories that rotate their keys themselves ----------------------------------------------------
+@pytest.mark.parametrize("memory", ["sink_cache", "gated_delta_learned"])
+@pytest.mark.parametrize("batch,prompt", [(1, 1), (3, 6), (2, 11)])
+def test_generate_with_a_self_rotating_memory_equals_the_full_forward(memory, batch, prompt):
+    """Past S + n_c tokens the cache-position sinks really differ from absolute ones: the steps,
+    fed back through one forward over the whole sequence, give the same logits."""
+    lm = make(memory, n_kv_heads=(None, 2, 1)[batch % 3])
+    seq = lm.generate(tokens(batch, prompt), 9)
+    whole, _ = blocks(lm, seq, None)
+    with torch.no_grad():
+        _, s = lm(seq[:, :prompt])
+        steps = []
+        for i in range(prompt, seq.shape[1]):
+            logits, s = lm(seq[:, i:i + 1], s)  # the decoding step
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), whole[:, prompt:], rtol=1e-12, atol=1e-12)
+
+
+def test_the_plan_says_which_layers_rotate_and_which_rotate_themselves():
+    for memory, rotate, itself in [("window", True, False), ("delta", False, False), ("sink_cache", False, True),
+                                   ("gated_delta_learned", False, True), ("infini", False, True)]:
+        layer = decode.prepare(make(memory), 10).layers[0]
+        assert (layer.rotate, layer.rotates_itself) == (rotate, itself), memory
+    assert decode.prepare(make("gated_delta_learned"), 10).layers[0].beta_t.shape == (24, 4)

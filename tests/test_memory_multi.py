@@ -12,11 +12,13 @@ from course_lib.attention import attention_reference
 from course_lib.memory import (
     CompressiveMemory,
     CumulativeAverageMemory,
+    DeltaMemory,
     FullMemory,
     KNNMemory,
     LinearMemory,
     MultiMemory,
     SegmentMemory,
+    SinkMemory,
     WindowMemory,
 )
 
@@ -109,3 +111,111 @@ def test_bad_combinations_are_refused():
     q = torch.zeros(1, 3, 2, 4)
     with pytest.raises(ValueError, match="q has 3 heads but this gate was made for n_heads=2"):
         multi(q, q, q, multi.init_state(1, 3, 4))
+
+
+# -- positions and write strengths asked of each memory --------------------------------------------
+def lm_with(memory, seed=0):
+    from course_lib.models import MemoryLM
+
+    torch.manual_seed(seed)
+    return MemoryLM(vocab_size=17, d_model=16, n_layers=2, n_heads=2, memory=memory).double()
+
+
+def captured_inputs(lm, layer, part, idx, state=None):
+    """The ``(q, k)`` that part ``part`` of layer ``layer``'s MultiMemory received, and the layer's input."""
+    seen = {}
+    multi = lm.blocks[layer].attn.memory
+    hooks = [multi.memories[part].register_forward_hook(lambda mod, args, kw, out: seen.update(qk=args[:2]),
+                                                        with_kwargs=True),
+             lm.blocks[layer].ln1.register_forward_hook(lambda mod, args, out: seen.update(x=out))]
+    try:
+        _, state = lm(idx, state)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen["qk"], seen["x"], state
+
+
+def by_hand(attn, x):
+    """q, k of a MemoryAttention for its normalised input x, computed as the book writes them (unrotated)."""
+    b, t, _ = x.shape
+    h, d = attn.n_heads, attn.head_dim
+    qkv = (x @ attn.qkv.weight.T).view(b, t, 3 * h, d).transpose(1, 2)
+    return qkv[:, :h], qkv[:, h:2 * h]
+
+
+@pytest.mark.parametrize("delta", [DeltaMemory(), DeltaMemory(beta="learned", chunk_size=4)])
+def test_in_a_memory_lm_the_delta_part_gets_unrotated_keys_and_the_window_part_rotated_ones(delta):
+    multi = MultiMemory([WindowMemory(4), delta], combine="gate", n_heads=2)
+    assert multi.rotates_itself and multi.learns_beta == delta.learns_beta
+    lm = lm_with(multi)
+    idx = torch.randint(0, 17, (2, 11), generator=torch.Generator().manual_seed(1))
+    _, state = lm(idx[:, :6])
+    for layer in (0, 1):  # a second chunk, at positions 6..10: the rotation starts at 6
+        (q_d, k_d), x, _ = captured_inputs(lm, layer, 1, idx[:, 6:], state)
+        (q_w, k_w), _, _ = captured_inputs(lm, layer, 0, idx[:, 6:], state)
+        q, k = by_hand(lm.blocks[layer].attn, x)
+        torch.testing.assert_close(q_d, q, rtol=0, atol=1e-15)  # the delta part: unrotated
+        torch.testing.assert_close(k_d, k, rtol=0, atol=1e-15)
+        cos, sin = lm.rotary.tables(11, x.device, x.dtype)
+        for got, y in ((q_w, q), (k_w, k)):  # the window part: rotated at 6..10, x cos + rotate_half(x) sin
+            half = y.shape[-1] // 2
+            rotated = y * cos[6:11] + torch.cat([-y[..., half:], y[..., :half]], -1) * sin[6:11]
+            torch.testing.assert_close(got, rotated, rtol=0, atol=1e-14)
+        assert (k_w - k_d).abs().max() > 1e-3  # the two really differ
+
+
+def test_parts_rotated_alike_keep_memory_lm_rotating_once():
+    assert MultiMemory([WindowMemory(3), SegmentMemory(4)], combine="gate", n_heads=2).uses_rotary
+    two = MultiMemory([LinearMemory(), DeltaMemory()], combine="gate", n_heads=2)
+    assert not two.uses_rotary and not two.rotates_itself
+    concat = MultiMemory([SegmentMemory(4), KNNMemory(8, 2)], combine="concat")
+    assert concat.uses_rotary and not concat.rotates_itself
+
+
+def test_a_learned_write_strength_is_passed_to_the_delta_part():
+    q, k, v = qkv(4, 2, 2, 9, 4)
+    beta = torch.rand(2, 2, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    delta = DeltaMemory(beta="learned", chunk_size=4)
+    multi = MultiMemory([WindowMemory(3), delta], combine="gate", n_heads=2).double()
+    assert multi.learns_beta
+    out, _ = multi(q, k, v, multi.init_state(2, 2, 4, dtype=torch.float64), beta=beta)
+    win, _ = WindowMemory(3)(q, k, v, WindowMemory(3).init_state(2, 2, 4, dtype=torch.float64))
+    dlt, _ = delta(q, k, v, delta.init_state(2, 2, 4, dtype=torch.float64), beta=beta)
+    torch.testing.assert_close(out, (win + dlt) / 2)
+    with pytest.raises(ValueError, match="beta must be given"):
+        multi(q, k, v, multi.init_state(2, 2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="none of .* does"):
+        plain = MultiMemory(pair(), n_heads=2).double()
+        plain(q, k, v, plain.init_state(2, 2, 4, dtype=torch.float64), beta=beta)
+
+
+def test_a_learned_beta_in_a_gated_memory_lm_trains_w_beta():
+    lm = lm_with(MultiMemory([WindowMemory(4), DeltaMemory(beta="learned")], combine="gate", n_heads=2))
+    assert lm.blocks[0].attn.w_beta is not None
+    logits, _ = lm(torch.randint(0, 17, (2, 9), generator=torch.Generator().manual_seed(2)))
+    logits.square().mean().backward()
+    assert lm.blocks[0].attn.w_beta.weight.grad.abs().sum() > 0
+
+
+def test_concat_over_memories_rotated_differently_is_refused():
+    with pytest.raises(ValueError, match="rotated the same way.*SinkMemory\\): itself"):
+        MultiMemory([SinkMemory(1, 3, positions="cache"), KNNMemory(8, 2)], combine="concat")
+    with pytest.raises(ValueError, match="rotates its keys itself"):
+        MultiMemory([SinkMemory(1, 3, positions="cache"), SinkMemory(2, 3, positions="cache")], combine="concat")
+
+
+def test_a_gate_passes_the_rotation_down_to_a_part_that_rotates_itself():
+    """A cache-position sink inside a gate gets the Rotation: its output is the sink's alone."""
+    from course_lib.memory.base import Rotation
+    from course_lib.models import Rotary
+
+    q, k, v = qkv(7, 1, 2, 13, 4)
+    cos, sin = Rotary(4).rolled_tables(13, "cpu", torch.float64)
+    sink = SinkMemory(1, 3, positions="cache")
+    multi = MultiMemory([sink, LinearMemory()], combine="gate", n_heads=2).double()
+    with torch.no_grad():
+        multi.gate_logit.fill_(float("inf"))
+    out, _ = multi(q, k, v, multi.init_state(1, 2, 4, dtype=torch.float64), rotary=Rotation(cos, sin, 0))
+    alone, _ = sink(q, k, v, sink.init_state(1, 2, 4, dtype=torch.float64), rotary=Rotation(cos, sin, 0))
+    torch.testing.assert_close(out, alone)

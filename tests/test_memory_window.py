@@ -137,3 +137,107 @@ def test_bad_window_and_sinks_are_refused():
         SinkMemory(sinks=-1, window=2)
     with pytest.raises(TypeError, match="window must be an int"):
         WindowMemory(window=2.5)
+
+
+# -- StreamingLLM's positions within the cache ----------------------------------------------------
+def rotation(t, d, start=0):
+    from course_lib.memory.base import Rotation
+    from course_lib.models import Rotary
+
+    cos, sin = Rotary(d).rolled_tables(t, "cpu", torch.float64)
+    return Rotation(cos, sin, start)
+
+
+def run_cache(memory, q, k, v, sizes, *, reserve=False):
+    """Chunks of ``sizes`` through a memory that rotates itself, each with the Rotation of its start."""
+    t, d = q.shape[2], q.shape[3]
+    state = memory.init_state(k.shape[0], k.shape[1], d, dtype=k.dtype)
+    if reserve:
+        state = memory.reserve(state, t)
+    outs, p = [], 0
+    for c in sizes:
+        out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state, rotary=rotation(t, d, p))
+        outs.append(out)
+        p += c
+    return torch.cat(outs, 2), state
+
+
+@SETTINGS
+@given(sizes=chunkings(), window=st.integers(1, 12), sinks=st.integers(0, 5), b=st.integers(1, 2),
+       h=st.integers(1, 3), d=st.sampled_from([2, 4, 6]), seed=st.integers(0, 2**16), reserve=st.booleans())
+def test_cache_positions_equal_each_querys_own_cache_built_token_by_token(sizes, window, sinks, b, h, d, seed,
+                                                                          reserve):
+    from course_lib.memory.window import sink_cache_reference
+
+    t = sum(sizes)
+    q, k, v = qkv(seed, b, h, t, d)
+    out, _ = run_cache(SinkMemory(sinks, window, positions="cache"), q, k, v, sizes, reserve=reserve)
+    torch.testing.assert_close(out, sink_cache_reference(q, k, v, sinks, window, rotation(t, d)),
+                               rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(sizes=chunkings(30), window=st.integers(1, 9), sinks=st.integers(0, 3), seed=st.integers(0, 2**16))
+def test_cache_positions_with_grouped_query_heads(sizes, window, sinks, seed):
+    from course_lib.attention import repeat_kv
+    from course_lib.memory.window import sink_cache_reference
+
+    t = sum(sizes)
+    q, k, v = qkv(seed, 1, 4, t, 4, h_kv=2)
+    out, _ = run_cache(SinkMemory(sinks, window, positions="cache"), q, k, v, sizes)
+    expected = sink_cache_reference(q, repeat_kv(k, 2), repeat_kv(v, 2), sinks, window, rotation(t, 4))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sinks,window", [(4, 12), (2, 3), (1, 1)])
+def test_both_options_agree_before_the_first_s_plus_n_c_tokens_and_not_after(sinks, window):
+    """With absolute positions MemoryLM rotates q, k beforehand; with cache positions the memory does:
+    while the cache still holds the whole text the two are the same attention."""
+    t, d = sinks + window + 6, 4
+    q, k, v = qkv(3, 2, 2, t, d)
+    rot = rotation(t, d)
+    cached, _ = run_cache(SinkMemory(sinks, window, positions="cache"), q, k, v, [t])
+    absolute, _ = run(SinkMemory(sinks, window), rot.absolute(q), rot.absolute(k), v, [t])
+    n = sinks + window
+    torch.testing.assert_close(cached[:, :, :n], absolute[:, :, :n], rtol=1e-12, atol=1e-12)
+    assert (cached[:, :, n:] - absolute[:, :, n:]).abs().amax(dim=(0, 1, 3)).min() > 1e-6  # the sinks moved
+
+
+def test_a_window_with_cache_positions_is_the_window():
+    """Rotary scores depend on i - j only, and a window key is as far from its query in the cache as
+    in the text: cache positions change nothing for a window (S = 0), up to rounding."""
+    t, d = 30, 6
+    q, k, v = qkv(5, 1, 2, t, d)
+    rot = rotation(t, d)
+    cached, _ = run_cache(SinkMemory(0, 7, positions="cache"), q, k, v, [4, 1, 25])
+    window, _ = run(WindowMemory(7), rot.absolute(q), rot.absolute(k), v, [t])
+    torch.testing.assert_close(cached, window, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sinks,window", [(2, 3), (4, 12), (0, 5)])
+def test_cache_positions_in_a_memory_lm_are_chunk_free_and_decode_alike(sinks, window):
+    from course_lib.models import MemoryLM
+
+    torch.manual_seed(0)
+    lm = MemoryLM(19, 16, 2, 2, memory=SinkMemory(sinks, window, positions="cache")).double()
+    assert lm.memories[0].rotates_itself
+    idx = torch.randint(0, 19, (2, 23), generator=torch.Generator().manual_seed(0))
+    whole, _ = lm(idx)
+    parts, state, p = [], None, 0
+    for c in (5, 1, 8, 3, 6):
+        logits, state = lm(idx[:, p:p + c], state)
+        parts.append(logits)
+        p += c
+    torch.testing.assert_close(torch.cat(parts, 1), whole, rtol=1e-12, atol=1e-12)
+
+
+def test_the_option_is_labelled_and_checked():
+    memory = SinkMemory(4, 12, positions="cache")
+    assert memory.label() == "sink S = 4, n_c = 12 (cache positions)"
+    assert SinkMemory(4, 12).label() == "sink S = 4, n_c = 12" and not SinkMemory(4, 12).rotates_itself
+    assert "positions='cache'" in repr(memory)
+    with pytest.raises(ValueError, match="positions must be 'absolute'.* or 'cache'.*got 'relative'"):
+        SinkMemory(4, 12, positions="relative")
+    q = torch.zeros(1, 1, 2, 4)
+    with pytest.raises(TypeError, match="rotary is for SinkMemory\\(positions='cache'\\)"):
+        SinkMemory(1, 2)(q, q, q, SinkMemory(1, 2).init_state(1, 1, 4), rotary=rotation(4, 4))

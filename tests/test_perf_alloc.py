@@ -21,6 +21,7 @@ SLOT_MEMORIES = {
     "full": FullMemory,
     "window": lambda: WindowMemory(4),
     "sink": lambda: SinkMemory(sinks=2, window=3),
+    "sink_cache": lambda: SinkMemory(sinks=2, window=3, positions="cache"),
     "segment": lambda: SegmentMemory(5),
     "compressive_mean": lambda: CompressiveMemory(4, 2, 2),
     "compressive_conv": lambda: CompressiveMemory(6, 2, 3, compress="conv"),
@@ -95,3 +96,18 @@ def test_attention_over_slots_goes_through_the_fused_kernel(name, monkeypatch):
     with torch.no_grad():
         lm.generate(torch.zeros(1, 4, dtype=torch.long), 9)  # a prompt, then 8 single-token steps
     assert calls == {"sdpa": 3 * 9, "softmax": 0}
+
+
+@pytest.mark.parametrize("name", ["full", "window", "sink", "segment"])
+def test_a_memory_rotated_by_memory_lm_gets_no_rotation_object_per_step(name, monkeypatch):
+    """The hook for memories that rotate themselves costs the others nothing: their step builds no
+    Rotation and takes no keyword arguments (the rotation stays one roll on q and k together)."""
+    lm = model(name)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a memory that MemoryLM rotates got a Rotation")
+
+    monkeypatch.setattr(decode, "Rotation", refused)
+    with torch.no_grad():
+        out = lm.generate(torch.zeros(1, 3, dtype=torch.long), 6)
+    assert out.shape == (1, 9)

@@ -137,7 +137,7 @@ class Rotation:
 
     def absolute(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., T, D]`` at positions ``start .. start + T - 1``, rotated."""
-        t, end = x.shape[-2], self.start + x.shape[-2]
+        end = self.start + x.shape[-2]
         if end > self.cos.shape[0]:
             raise ValueError(f"the rotary tables cover positions < {self.cos.shape[0]}, "
                              f"but x holds positions {self.start}..{end - 1}")

@@ -1,16 +1,34 @@
 r"""Several memories in one layer: local detail plus long reach.
 
 ``combine="gate"`` runs both memories and mixes their outputs with a learned gate per
-head (Infini-attention's combination)::
+head (the combination of Infini-attention, and of Memorizing Transformers, whose local and
+retrieved attention are two separate softmaxes mixed by a learned gate per head)::
 
     out_i = g * Att(q_i, Mem_a) + (1 - g) * Att(q_i, Mem_b)        g = sigmoid(w_h), w_h = 0 at first
 
-``combine="concat"`` attends once over the slots of every memory together (Memorizing
-Transformers' ``Att(q_i, [Mem, Mem_knn])``): one softmax over their key/value slots and the
-current chunk, counted once. It needs memories that hold key/value slots (window, sink,
-segment, compressive, kNN, full); a linear or average memory has none.
+``combine="concat"`` attends once over the slots of every memory together,
+``Att(q_i, [Mem_a, Mem_b])``: one softmax over their key/value slots and the current chunk,
+counted once (not Memorizing Transformers' combination, which keeps two softmaxes and gates
+them; see above). It needs memories that hold key/value slots (window, sink, segment,
+compressive, kNN, full) whose keys are rotated the same way; a linear or average memory has none.
 
-Infini-attention = ``MultiMemory([WindowMemory(n_c), LinearMemory()], combine="gate", n_heads=tau)``.
+Positions: each memory gets the keys it asks for. ``MemoryLM`` hands a gated pair whose parts
+differ (a window, rotated by position, beside a linear or delta memory, read by content) the
+*unrotated* ``q, k`` with a :class:`~course_lib.memory.base.Rotation` (``rotates_itself``); the
+gate rotates them by their absolute position for a part with ``uses_rotary``, leaves them
+unrotated for a part without, and passes the rotation down to a part that ``rotates_itself``
+(``SinkMemory(positions="cache")``). A part that learns its write strength
+(``DeltaMemory(beta="learned")``) gets ``forward(..., beta=...)`` passed through (``learns_beta``).
+
+An Infini-attention-style layer: ``MultiMemory([WindowMemory(n_c), LinearMemory()], combine="gate",
+n_heads=tau)``. It differs from the paper (Munkhdalai et al., 2024) in three ways: the paper's
+memory is read with ``M_{s-1}``, the state after the *previous* segments only, while the local
+attention covers the whole current segment (the two are disjoint); here the linear memory also
+holds the current tokens causally and overlaps the window. The paper's delta variant
+normalises by ``sigma(Q) z``; ``DeltaMemory`` is DeltaNet's form (normalised keys, no ``z``).
+And the paper has no official code: the public reproduction by Hugging Face's nanotron team ("A
+failed experiment: Infini-Attention", 2024) found quality falling as the memory is compressed
+more times.
 """
 
 from __future__ import annotations
@@ -24,7 +42,12 @@ from torch import nn
 from .._checks import check_positive_int, describe
 from ._slots import attend_slots
 from ._state import StateMeta, check_input, meta_of, new_meta
-from .base import Memory
+from .base import Memory, Rotation
+
+
+def _rotation(memory) -> str:
+    """How ``MemoryLM`` positions a memory's keys: ``"absolute"``, ``"none"`` or ``"itself"``."""
+    return "itself" if memory.rotates_itself else "absolute" if memory.uses_rotary else "none"
 
 __all__ = ["MultiMemory", "MultiState"]
 
@@ -46,6 +69,11 @@ class MultiMemory(Memory):
         memories: the memories (``gate`` takes exactly two: ``a``, then ``b``).
         combine: ``"gate"`` or ``"concat"``.
         n_heads: query heads ``tau`` (``gate`` learns one ``w_h`` per head).
+
+    ``uses_rotary``/``rotates_itself``: a gate over parts rotated alike takes their setting (two
+    windows: ``MemoryLM`` rotates once for both); over parts rotated differently it
+    ``rotates_itself`` and gives each part the keys that part asks for (see the module docstring).
+    ``learns_beta``: a part learns its write strength; ``forward(..., beta=...)`` hands it over.
     """
 
     name = "multi"
@@ -86,6 +114,24 @@ class MultiMemory(Memory):
                         f"({type(m).__name__}) holds no slots; use combine='gate' for it"
                     )
             self.track_mass = any(m.track_mass for m in memories)
+        rotations = {_rotation(m) for m in memories}
+        if combine == "concat" and len(rotations) > 1:
+            kinds = ", ".join(f"memories[{i}] ({type(m).__name__}): {_rotation(m)}" for i, m in enumerate(memories))
+            raise ValueError(
+                "combine='concat' scores every slot with one query in one softmax, so every memory's keys must "
+                f"be rotated the same way, got {kinds}; use combine='gate', which rotates each memory's keys "
+                "as it asks"
+            )
+        if combine == "concat" and any(m.rotates_itself for m in memories):
+            raise ValueError(
+                "combine='concat' reads its memories' slots directly, so it cannot hold a memory that rotates "
+                "its keys itself (SinkMemory(positions='cache')); use combine='gate'"
+            )
+        if len(rotations) == 1 and not any(m.rotates_itself for m in memories):
+            self.uses_rotary = memories[0].uses_rotary  # rotated alike: MemoryLM rotates once for all
+        else:
+            self.rotates_itself = True  # each part gets the keys it asks for (see forward)
+        self.learns_beta = any(m.learns_beta for m in memories)
 
     @classmethod
     def example_sizes(cls, slots=8, *, n_heads=2):
@@ -116,16 +162,48 @@ class MultiMemory(Memory):
         return MultiState(**meta, states=[m.init_state(batch, n_heads, head_dim, **kw) for m in self.memories],
                           length=0)
 
-    def forward(self, q, k, v, state):
+    def forward(self, q, k, v, state, *, rotary: Rotation | None = None, beta=None):
+        """``rotary``: the chunk's :class:`~course_lib.memory.base.Rotation` for a gate that
+        ``rotates_itself`` (``MemoryLM`` passes it with unrotated ``q, k``; without it ``q, k`` go to
+        every part as given). ``beta``: the write strength of the part that ``learns_beta``."""
         check_input(self, q, k, v, state, MultiState)
+        if beta is not None and not self.learns_beta:
+            raise ValueError(f"beta is the write strength of a memory that learns it (DeltaMemory(beta='learned')), "
+                             f"but none of {self.label()} does; got beta={describe(beta)}")
+        if rotary is not None and not self.rotates_itself:
+            raise TypeError(f"rotary is for a MultiMemory that rotates_itself; {self.label()} has its keys "
+                            "rotated alike, by MemoryLM before the call")
         if self.combine == "gate":
             if q.shape[1] != self.n_heads:
                 raise ValueError(f"q has {q.shape[1]} heads but this gate was made for n_heads={self.n_heads}")
-            (out_a, s_a), (out_b, s_b) = (m(q, k, v, s) for m, s in zip(self.memories, state.states))
-            g = self.gate.to(out_a.dtype)[None, :, None, None]  # [1, H, 1, 1]
-            return g * out_a + (1 - g) * out_b, self._next(state, [s_a, s_b], q.shape[2])
+            return self._gate(q, k, v, state, rotary, beta, checked=False)
         out, mass = attend_slots(self, q, k, v, state)  # one softmax over every memory's slots and the chunk
         return out, self.update(state, k, v, mass)
+
+    def forward_unchecked(self, q, k, v, state, **kwargs):
+        """:meth:`forward` for a caller that checked once (the decoding step): each part called
+        through its own ``forward_unchecked``."""
+        if self.combine != "gate":
+            return self(q, k, v, state, **kwargs)
+        return self._gate(q, k, v, state, kwargs.get("rotary"), kwargs.get("beta"), checked=True)
+
+    def _gate(self, q, k, v, state, rotary, beta, checked):
+        outs, states, rotated = [], [], None
+        for m, s in zip(self.memories, state.states):
+            qm, km, kw = q, k, {}
+            if rotary is not None:
+                if m.rotates_itself:
+                    kw["rotary"] = rotary  # it places its keys itself
+                elif m.uses_rotary:  # keys rotated by their absolute position, once for every such part
+                    rotated = rotated or (rotary.absolute(q), rotary.absolute(k))
+                    qm, km = rotated
+            if m.learns_beta:
+                kw["beta"] = beta
+            out, s = (m.forward_unchecked if checked else m)(qm, km, v, s, **kw)
+            outs.append(out)
+            states.append(s)
+        g = self.gate.to(outs[0].dtype)[None, :, None, None]  # [1, H, 1, 1]
+        return g * outs[0] + (1 - g) * outs[1], self._next(state, states, q.shape[2])
 
     # -- concat hooks ----------------------------------------------------------------------------
     def slots(self, q, state):
