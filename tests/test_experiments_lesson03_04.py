@@ -22,6 +22,28 @@ def test_evictable_window_frees_old_keys_strided_and_global_keep_them():
     assert lesson03.kept_keys("strided", 100, 8) == 100
 
 
+def test_fixed_and_dilated_patterns_and_local_global_queries_bound_the_cache():
+    # fixed pattern, blocks of 4 with 1 summary: the query at 5 reads its block (4, 5) and the summary 3
+    assert lesson03.fixed_mask(8, 4, 1)[5].nonzero().flatten().tolist() == [3, 4, 5]
+    assert torch.equal(lesson03.fixed_mask(6, 6, 1), causal_mask(6, 6))  # one block: full causal
+    # after 8 positions (two whole blocks of 4, summaries c = 2 at 2, 3, 6, 7) only the summaries stay
+    assert lesson03.evictable(lesson03.fixed_mask(20, 4, 2), 8) == [0, 1, 4, 5]
+    # dilated window of 3 keys every 2nd: the query at 9 reads 9, 7, 5
+    assert lesson03.dilated_mask(10, 3, 2)[9].nonzero().flatten().tolist() == [5, 7, 9]
+    assert lesson03.evictable(lesson03.dilated_mask(30, 3, 2), 20) == list(range(16))
+    # global keys read by all, their queries local: the globals and a window stay
+    local = lesson03.global_mask(30, 3, 8, reads_all=False)
+    assert [j for j in range(20) if j not in lesson03.evictable(local, 20)] == [0, 8, 16, 18, 19]
+    assert torch.equal(lesson03.global_mask(12, 2, 5, reads_all=True), lesson03.global_mask(12, 2, 5))
+    for bad in (lambda: lesson03.fixed_mask(8, 4, 5), lambda: lesson03.dilated_mask(8, 0, 2)):
+        try:
+            bad()
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("expected a ValueError")
+
+
 def test_recall_by_distance_follows_what_the_memory_holds():
     distances = [1, 7, 8, 20]
     assert lesson04.recall_by_distance(FullMemory(), distances, trials=8) == [1.0] * 4

@@ -6,12 +6,22 @@ the last ``t_q`` of the ``t_k`` positions, as :func:`course_lib.causal_mask`. Th
 * window ``n_c``: ``j <= i`` and ``i - j < n_c`` (``causal_mask(window=n_c)``);
 * strided (the Sparse Transformer's, stride ``l``): ``j <= i`` and (``i - j < l`` or
   ``(i - j) % l == 0``);
-* global tokens (Longformer, BigBird): a window, plus every ``g``-th position is global:
-  it attends to every earlier key and every later query attends to it.
+* the Sparse Transformer's *fixed* pattern (block ``l``, ``c`` summary positions): ``j <= i``
+  and (``j`` in the query's own block of ``l`` positions, or ``j`` one of the last ``c`` positions
+  of its block, a *summary* position every later query reads);
+* dilated window (``n_c`` keys every ``r``-th position back): ``j <= i``, ``(i - j) % r == 0`` and
+  ``i - j < n_c r``;
+* global tokens (Longformer, BigBird): a window, plus every ``g``-th position is global
+  (in the papers they are task-chosen tokens, CLS or the question; a stride here only to draw
+  them): every later query attends to it, and, with ``reads_all``, it attends to every earlier
+  key.
 
 A key ``j`` may leave the KV cache after step ``t - 1`` when no query at a position
-``i >= t`` attends to it (:func:`evictable`). Over an endless stream, only the window lets
-keys go: a strided query at ``j + k l`` and the next global token still read key ``j``.
+``i >= t`` attends to it (:func:`evictable`): a pattern has a bounded cache exactly when the set
+of keys that any future query may read is bounded. Over an endless stream the window and the
+dilated window let all old keys go; the fixed pattern keeps only the summary positions (``m c / l
++ l`` keys); a strided query at ``j + k l`` and the next global token that reads all still read
+key ``j``.
 
 >>> strided_mask(4, 4, 2).int().tolist()
 [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1]]
@@ -28,7 +38,8 @@ import torch
 from .._checks import check_positive_int, check_tensor
 from ..attention import causal_mask
 
-__all__ = ["window_mask", "strided_mask", "global_mask", "evictable", "kept_keys", "PATTERNS", "pattern_mask"]
+__all__ = ["window_mask", "strided_mask", "fixed_mask", "dilated_mask", "global_mask", "evictable", "kept_keys",
+           "PATTERNS", "pattern_mask"]
 
 
 def _positions(t_q: int, t_k: int):
@@ -54,13 +65,36 @@ def strided_mask(t_q: int, t_k: int, stride: int) -> torch.Tensor:
     return (d >= 0) & ((d < stride) | (d % stride == 0))
 
 
-def global_mask(t: int, window: int, every: int) -> torch.Tensor:
-    """``[t, t]``: a window of ``n_c``, and positions ``0, g, 2g, ...`` global (they read and are read by all)."""
+def fixed_mask(t: int, block: int, summary: int = 1) -> torch.Tensor:
+    """``[t, t]``: the Sparse Transformer's fixed pattern (Child et al. 2019, §4.2): ``j <= i`` and
+    (``j // l == i // l``, the query's own block, or ``j % l >= l - c``, a summary position)."""
+    check_positive_int("block", block)
+    check_positive_int("summary", summary)
+    if summary > block:
+        raise ValueError(f"summary={summary} positions cannot exceed the block of {block}; expected c <= l")
+    i, j = _positions(t, t)
+    return (j <= i) & ((j // block == i // block) | (j % block >= block - summary))
+
+
+def dilated_mask(t: int, window: int, dilation: int) -> torch.Tensor:
+    """``[t, t]``: ``j <= i``, ``(i - j) % r == 0`` and ``i - j < n_c r``: ``n_c`` keys, every ``r``-th."""
+    check_positive_int("window", window)
+    check_positive_int("dilation", dilation)
+    i, j = _positions(t, t)
+    d = i - j
+    return (d >= 0) & (d % dilation == 0) & (d < window * dilation)
+
+
+def global_mask(t: int, window: int, every: int, *, reads_all: bool = True) -> torch.Tensor:
+    """``[t, t]``: a window of ``n_c``, and positions ``0, g, 2g, ...`` global: every later query reads
+    them and, with ``reads_all`` (Longformer's and BigBird's global attention), they read every earlier
+    key; ``reads_all=False``: their queries keep to the window (keys read by all, as sinks are)."""
     check_positive_int("window", window)
     check_positive_int("every", every)
     i, j = _positions(t, t)
     is_global = torch.arange(t) % every == 0
-    return (j <= i) & ((i - j < window) | is_global[None, :] | is_global[:, None])
+    reads = is_global[:, None] if reads_all else torch.zeros(t, 1, dtype=torch.bool)
+    return (j <= i) & ((i - j < window) | is_global[None, :] | reads)
 
 
 PATTERNS = ("window", "strided", "global")

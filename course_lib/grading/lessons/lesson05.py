@@ -3,7 +3,8 @@ r"""Exercises of lesson 05, recurrent memory.
 * ``05.delta_update``: one delta-rule write ``S + beta k^T (v - k S)``
 * ``05.linear_memory_update``: one linear-attention write ``(S + phi(k)^T v, z + phi(k))``
 * ``05.segment_update``: Transformer-XL's FIFO, the newest ``mem_len`` pairs, detached
-* ``05.capacity``: how many associations a ``d x d`` matrix holds before they interfere (a number)
+* ``05.capacity``: how many associations a ``d x d`` matrix reads back *exactly* (a number; with a
+  read-out among ``V`` values it recalls more, about ``d d_v / (4 ln V)``, which lesson 05 measures)
 * ``05.overwrite``: what a linear memory and a delta memory return for a key written twice
   (multiple choice)
 
@@ -293,17 +294,20 @@ SEGMENT_UPDATE = code_exercise(
 
 CAPACITY = number_exercise(
     id="05.capacity",
-    title="How many associations fit in a 64 x 64 memory?",
+    title="How many associations does a 64 x 64 memory read back exactly?",
     correct=64,
     mistakes={"entries": 64 * 64, "sqrt": 8, "half": 32, "two_d": 128, "minus_one": 63},
     hints={
         "entries": "S has 64 x 64 = 4,096 numbers, but each association is written along a whole key "
-                   "direction: with more keys than dimensions they can no longer all be orthogonal.",
+                   "direction: with more keys than dimensions they can no longer all be orthogonal, so not every "
+                   "one is read back exactly. (With a read-out that picks the nearest of V values, the 4,096 "
+                   "numbers do count: about d d_v / (4 ln V) pairs are recalled, lesson 05 section 4.)",
         "sqrt": "The limit is the number of mutually orthogonal keys in d dimensions, which is d itself.",
         "half": "Orthogonal keys of dimension d: there are d of them, each read back exactly.",
         "minus_one": "All d = 64 of them: 64 dimensions hold 64 mutually orthogonal unit keys (a basis), none "
                      "reserved; it is the 65th key that can no longer be orthogonal to the others.",
-        "two_d": "Keys and values both have 64 numbers, but only the keys decide whether writes interfere: "
+        "two_d": "Keys and values both have 64 numbers, but only the keys decide whether writes interfere "
+                 "exactly: "
                  "at most d mutually orthogonal keys.",
         "wrong_number": "Count how many unit keys of dimension d can be mutually orthogonal: each one is then "
                         "read back exactly.",
