@@ -54,11 +54,35 @@ def test_recall_by_distance_follows_what_the_memory_holds():
     assert max(lesson04.recall_by_distance(CumulativeAverageMemory(), distances, trials=8)) <= 0.25
 
 
-def test_stored_sink_result_has_every_memory_and_bucket():
+def test_stored_sink_result_has_every_memory_seed_and_bucket():
     result = lesson04.stored_result("sinks")
-    s = result["settings"]
-    assert set(result["bpc"]) == {"full", f"window n_c={s['seq_len']}",
-                                  f"sinks S={s['sinks']} + window {s['seq_len'] - s['sinks']}"}
-    for bpc in result["bpc"].values():
-        assert len(bpc) == s["eval_len"] // result["bucket"]
-    assert len(result["first_key_attention"]) == s["n_layers"]
+    s = result["setup"]
+    assert result["command"] == lesson04.COMMAND and result["seeds"] == list(lesson04.SEEDS)
+    bpc = lesson04.bpc_by_seed(result)
+    assert list(bpc) == list(lesson04.sink_memories(s["seq_len"], s["sinks"]))
+    for runs in bpc.values():
+        assert len(runs) == len(result["seeds"]) and all(len(b) == s["eval_len"] // result["bucket"] for b in runs)
+    assert all(len(a) == s["n_layers"] for a in lesson04.per_seed(result, "first_key_attention"))
+
+
+def test_the_sink_arms_are_labelled_by_their_positions():
+    labels = list(lesson04.sink_memories(64, 4))
+    assert labels == ["full KV cache", "window n_c = 64", "sink S = 4, n_c = 60",
+                      "sink S = 4, n_c = 60 (cache positions)"]
+
+
+def test_settings_follow_course_scale(monkeypatch):
+    monkeypatch.setenv("COURSE_SCALE", "full")
+    assert lesson04.settings() == lesson04.FULL
+    monkeypatch.delenv("COURSE_SCALE")
+    assert lesson04.settings() == lesson04.LIVE
+
+
+def test_a_tiny_sink_experiment_runs_and_its_rows_read_back():
+    tiny = dict(lesson04.LIVE, steps=3, d_model=16, eval_len=128, eval_rows=2, max_chars=20_000)
+    run = lesson04.sink_experiment(**tiny)
+    live = lesson04.as_result([run])
+    assert list(lesson04.bpc_by_seed(live)) == list(run["bpc"]) and lesson04.per_seed(live, "seconds")
+    assert run["window_cache_max_diff"] < 1e-3  # a window reads the same with cache positions
+    first = [b[0] for b in run["bpc"].values()]
+    assert max(first) - min(first) < 1e-9  # inside the training length all four hold the same keys
