@@ -134,7 +134,7 @@ def mqar_distance(n_examples: int, n_pairs=8, gap=64, vocab_size: int = 64, *, s
     ``vocab_size/2 .. vocab_size - 1``, as in :func:`mqar`), then exactly ``gap`` filler tokens, then
     every key of the row asked once, in a random order, one after the other. The label at a
     question is its key's value; every other label is ``-100``. The value asked by the ``j``-th
-    question lies ``gap + 2 (P - i) - 1 + j`` tokens back (pair ``i``, 1-based, question ``j``, 0-based).
+    question lies ``gap + 2 (P - i) + 1 + j`` tokens back (pair ``i``, 1-based, question ``j``, 0-based).
 
     Filler (``random_fill=True``, Zoology's default) is uniform over the whole vocabulary *except the
     row's own keys*, so it is never mistaken for a key: each key occurs exactly twice in its row (in

@@ -129,7 +129,7 @@ class DistanceSetup:
     @classmethod
     def quick(cls) -> DistanceSetup:
         return cls(vocab_size=16, n_pairs=2, train_gap=(0, 4), eval_gaps=(0, 8, 24), prefix=2, segment_len=8,
-                   budget=16, d_model=16, local=2, steps=3, batch_size=8, warmup=1, lrs=(1e-3, 3e-3), seeds=(0, 1),
+                   budget=12, d_model=24, local=2, steps=3, batch_size=8, warmup=1, lrs=(1e-3, 3e-3), seeds=(0, 1),
                    n_train=64, n_val=4, n_test=6)
 
 
@@ -141,13 +141,13 @@ class CapacitySetup:
     n_pairs: tuple = (4, 8, 16, 32, 64)  # measured at each; trained on a mix over their range
     gap: int = 16
     random_fill: bool = True
-    segment_len: int = 16
+    segment_len: int = 64  # neither a delta memory nor a window attends to its segment: n_s only sets the speed
     d_model: int = 64
     n_layers: int = 2
     local: int = 4
     head_dims: tuple = (8, 16, 32, 64)  # delta memory d_h, at fixed d_model (n_heads = d_model / d_h)
-    windows: tuple = (16, 64)  # window slots for contrast (d_h = 32)
-    steps: int = 1000
+    windows: tuple = (64,)  # window slots for contrast (d_h = 32)
+    steps: int = 500
     batch_size: int = 32
     warmup: int = 50
     schedule: str = "constant"
@@ -189,21 +189,25 @@ def distance_designs(s: DistanceSetup) -> list[dict]:
     rest = b - n_s
     if rest < 2 or rest % 2:
         raise ValueError(f"budget={b} must exceed segment_len={n_s} by an even number >= 2")
+    if 2 * b != d or b % 2:
+        raise ValueError(f"budget={b} must be d_model / 2 = {d / 2} and even: then one head of d_h = d_model "
+                         "(a d_h x d_h matrix) and a window of budget / 2 + a delta memory hold the window's bytes")
     sinks = min(4, b // 4)
+    # in the order they run (the most asked-about first, so a run cut short keeps them)
     out = [
         design({"name": "full"}, d_model=d),
         design({"name": "window", "window": b}, d_model=d),
-        design({"name": "sink", "sinks": sinks, "window": b - sinks}, d_model=d),
-        design({"name": "sink", "sinks": sinks, "window": b - sinks, "positions": "cache"}, d_model=d),
+        # one head of d_h = d_model: d_h^2 = 2 B d_h values when B = d_model / 2 (the full setup's 32 of 64)
+        design({"name": "delta", "beta": "learned"}, n_heads=1, d_model=d),
         design({"name": "segment", "mem_len": rest}, d_model=d),
         design({"name": "compressive", "mem_len": rest // 2, "cmem_len": rest // 2, "ratio": 2}, d_model=d),
         design({"name": "knn", "capacity": rest, "top_k": max(1, min(4, rest // 4))}, d_model=d),
-        # one head of d_h = d_model: d_h^2 = 2 B d_h values when B = d_model / 2 (the full setup's 32 of 64)
-        design({"name": "linear"}, n_heads=1, d_model=d),
-        design({"name": "delta", "beta": "learned"}, n_heads=1, d_model=d),
-        design({"name": "delta", "beta": 1.0}, n_heads=1, d_model=d),
+        design({"name": "sink", "sinks": sinks, "window": b - sinks, "positions": "cache"}, d_model=d),
         design({"name": "multi", "combine": "gate",
                 "memories": [{"name": "window", "window": b // 2}, {"name": "delta", "beta": "learned"}]}, d_model=d),
+        design({"name": "delta", "beta": 1.0}, n_heads=1, d_model=d),
+        design({"name": "linear"}, n_heads=1, d_model=d),
+        design({"name": "sink", "sinks": sinks, "window": b - sinks}, d_model=d),
     ]
     return [x for x in out if _buildable(x)]
 
@@ -220,11 +224,15 @@ def _buildable(record: dict) -> bool:
 
 
 def capacity_designs(s: CapacitySetup) -> list[dict]:
-    """Delta memories of ``d_h`` in ``s.head_dims`` at fixed ``d_model``, and windows for contrast."""
-    out = [design({"name": "delta", "beta": "learned"}, n_heads=s.d_model // d_h, d_model=s.d_model)
-           for d_h in s.head_dims if s.d_model % d_h == 0]
-    out += [design({"name": "window", "window": w}, n_heads=2, d_model=s.d_model) for w in s.windows]
-    return out
+    """Delta memories of ``d_h`` in ``s.head_dims`` at fixed ``d_model``, and windows for contrast,
+    in the order they run: the smallest and largest state first, then the windows, then the rest
+    (so a run cut short still spans the sweep)."""
+    dims = [d for d in s.head_dims if s.d_model % d == 0]
+    ends = [min(dims), max(dims)] if len(dims) > 1 else dims
+    deltas = [design({"name": "delta", "beta": "learned"}, n_heads=s.d_model // d_h, d_model=s.d_model)
+              for d_h in ends + [d for d in dims if d not in ends]]
+    windows = [design({"name": "window", "window": w}, n_heads=2, d_model=s.d_model) for w in s.windows]
+    return deltas[:len(ends)] + windows + deltas[len(ends):]
 
 
 def build_model(record: dict, *, vocab_size: int, n_layers: int = 2, local: int = 4):
@@ -281,7 +289,8 @@ def evaluate_gaps(model, sets: dict, segment_len: int, *, device="cpu") -> dict:
 
     out = {}
     for key, (x, y) in sets.items():
-        pred = predict(model, x, segment_len=segment_len, device=device)
+        # one batch per set: reading 4,096 tokens in segments costs a call per segment, whatever the batch
+        pred = predict(model, x, batch_size=max(1, x.shape[0]), segment_len=segment_len, device=device)
         a = mqar_answers(x, y, segment_len)
         right = pred[a.row, a.pos] == y[a.row, a.pos]
         out[key] = {"accuracy": _mean(right), "own_segment": _mean(right[a.same_segment]),
@@ -303,6 +312,24 @@ def train_one(record: dict, data, *, vocab_size: int, lr: float, seed: int, step
     train(model, data, steps, batch_size=batch_size, lr=lr, warmup=min(warmup, steps), schedule=schedule,
           segment_len=segment_len, device=device, seed=seed, progress=progress, desc=record["label"][:28])
     return model, time.perf_counter() - t0
+
+
+_BYTES: dict = {}
+
+
+def _bytes_at(model, record, lengths: dict, gap, segment_len: int, device) -> dict:
+    """:func:`model_bytes` after the test rows of ``gap`` (batch 1). The bytes do not depend on the
+    weights, so each (design, context) is measured once per process."""
+    key = (_json_key(record), lengths[gap], segment_len)
+    if key not in _BYTES:
+        _BYTES[key] = model_bytes(model, lengths[gap], segment_len, device)
+    return _BYTES[key]
+
+
+def _json_key(record: dict) -> str:
+    import json
+
+    return json.dumps(record, sort_keys=True)
 
 
 def _distance_sets(s: DistanceSetup, n: int, seed: int) -> dict:
@@ -390,7 +417,7 @@ def run_distance(s: DistanceSetup | None = None, *, only=None, out=None, command
         new = []
         for g, r in res.items():
             new.append({**_record_fields(record), "lr": lr, "seed": seed, "stage": stage, "gap": g, **r,
-                        **model_bytes(model, lengths[g], s.segment_len, device), "val_accuracy": val_mean,
+                        **_bytes_at(model, record, lengths, g, s.segment_len, device), "val_accuracy": val_mean,
                         "train_seconds": round(seconds, 1), "steps": s.steps})
         rows.extend(new)
         save(partial=True)
@@ -418,11 +445,24 @@ def _capacity_sets(s: CapacitySetup, seed: int) -> dict:
             for i, p in enumerate(s.n_pairs)}
 
 
+def _capacity_train(s: CapacitySetup):
+    """Training rows with each pair count of ``s.n_pairs`` equally often, shuffled, padded at the
+    front with filler to one length (``3 max(P) + gap``)."""
+    from ..data import mqar_distance
+
+    length = 3 * max(s.n_pairs) + s.gap
+    n = -(-s.n_train // len(s.n_pairs))
+    parts = [mqar_distance(n, p, s.gap, s.vocab_size, seed=s.data_seed + i, prefix=length - 3 * p - s.gap,
+                           random_fill=s.random_fill) for i, p in enumerate(s.n_pairs)]
+    x, y = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(s.data_seed))
+    return x[order], y[order]
+
+
 def run_capacity(s: CapacitySetup | None = None, *, only=None, out=None, command: str | None = None, device="cpu",
                  progress: bool = True, log=print, resume: bool = False) -> dict:
     """Train each design of :func:`capacity_designs` on a mix of pair counts and measure it at each
     count; rows per (design, seed, n_pairs), written to ``out`` after every run."""
-    from ..data import mqar_distance
     from ..train import progress_bar
 
     s = CapacitySetup.full() if s is None else s
@@ -434,8 +474,7 @@ def run_capacity(s: CapacitySetup | None = None, *, only=None, out=None, command
         rows = list(old["rows"])
         done = {(r["label"], r["seed"]) for r in rows}
     t0 = time.perf_counter()
-    data = mqar_distance(s.n_train, (min(s.n_pairs), max(s.n_pairs)), s.gap, s.vocab_size, seed=s.data_seed,
-                         random_fill=s.random_fill)
+    data = _capacity_train(s)
     test = _capacity_sets(s, s.data_seed + 300)
     bar = progress_bar(total=len(designs) * len(s.seeds), desc="recall vs state size", enabled=progress)
     for record in designs:
@@ -524,8 +563,9 @@ def capacity_table(result: dict) -> str:
     counts = sorted({r["n_pairs"] for r in result["rows"]})
     lines = ["| design | d_model | heads | d_h | bytes carried | " + " | ".join(f"{p} pairs" for p in counts) + " |",
              "|" + "---|" * (5 + len(counts))]
-    for label, buckets in summ.items():
-        r = _first(result, label)
+    order = sorted(summ, key=lambda label: (_first(result, label)["family"], _first(result, label)["nbytes"]))
+    for label in order:
+        buckets, r = summ[label], _first(result, label)
         lines.append(f"| {label} | {r['d_model']} | {r['n_heads']} | {r['d_h']} | {r['nbytes']:,} | "
                      + " | ".join(_cell(buckets[p]) for p in counts) + " |")
     return "\n".join(lines)
