@@ -190,7 +190,7 @@ def test_bad_arguments_are_named():
 
 def conv_compressive_lm(seed=0):
     torch.manual_seed(seed)
-    return MemoryLM(vocab_size=16, d_model=16, n_layers=2, n_heads=2, memory=CompressiveMemory(4, 2, 2, "conv"))
+    return MemoryLM(vocab_size=16, d_model=16, n_layers=2, n_heads=2, memory=CompressiveMemory(4, 2, 2, "conv_shared"))
 
 
 def compressors(model):
