@@ -135,3 +135,11 @@ def test_the_readme_recall_table_is_the_one_rendered_from_lesson_08s_result_file
     end = readme.index("<!-- end of recall table -->")
     shown = readme[start:end].split("\n", 1)[1].strip()
     assert shown == recall_table(load_result(root / "docs" / "results" / "lesson08_recall.json"))
+
+
+def test_the_infini_layer_rotates_keys_for_its_window_only():
+    from course_lib.experiments import lesson07
+
+    memory = lesson07.infini_lm().memories[0]
+    assert memory.rotates_itself  # MemoryLM hands over unrotated q, k with a Rotation
+    assert [m.uses_rotary for m in memory.memories] == [True, False]  # window rotated, linear memory not
