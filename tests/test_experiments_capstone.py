@@ -31,13 +31,19 @@ def test_the_row_of_the_grades_seed_is_the_grades_own_training_run():
     assert row["recall"] == graded["recall"] and row["distance"] == graded["distance"]
 
 
-@pytest.mark.parametrize("name", ["capstone_delta", "capstone_window"])
+@pytest.mark.parametrize("name", ["capstone_delta_beta1", "capstone_delta_learned", "capstone_window"])
 def test_the_shipped_capstone_runs_follow_the_schema_on_three_seeds(name):
     run = results.read_result(name)
     assert len(run["seeds"]) >= 3 and [r["seed"] for r in run["rows"]] == run["seeds"]
-    assert run["spec"] == capstone.DESIGNS[run["design"]]  # the design the lesson and the grade name
+    assert run["spec"] == capstone.RUNNABLE[run["design"]]  # a design the lesson and the grade name
     assert run["setup"]["steps"] == capstone.SETUP.steps and run["command"].startswith(
         "python -m course_lib.experiments.capstone")
     for row in run["rows"]:
         assert row["curve"][-1] == [capstone.SETUP.steps, row["recall"]]
         assert [p["dialogue_length"] for p in row["far"]] == list(capstone.FAR_LENGTHS)
+
+
+def test_the_reference_design_is_one_of_the_shipped_variants():
+    assert capstone.DESIGNS["window 16 + delta"] in capstone.VARIANTS.values()
+    shipped = [results.read_result(f"capstone_delta_{n}")["spec"] for n in ("beta1", "learned")]
+    assert capstone.DESIGNS["window 16 + delta"] in shipped

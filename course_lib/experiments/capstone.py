@@ -5,7 +5,7 @@ A design is plain data (so it can cross from a learner's kernel to the grader): 
 for a ``multi`` memory, for example::
 
     {"name": "multi", "combine": "gate",
-     "memories": [{"name": "window", "window": 32}, {"name": "delta"}]}
+     "memories": [{"name": "window", "window": 32}, {"name": "delta", "beta": "learned"}]}
 
 :func:`build_memory` turns it into a :class:`~course_lib.memory.Memory`. Three measurements
 decide whether the design fits the device (:class:`Capstone` holds the device and the limits):
@@ -27,7 +27,10 @@ The recall runs that lesson 09 shows were made with (one process per design, thr
 :func:`run_seeds`; a few minutes a seed on a quiet 2-core CPU, more on a shared one)::
 
     python -m course_lib.experiments.capstone --design "window 32" --seeds 0,1,2 --out docs/results/capstone_window.json
-    python -m course_lib.experiments.capstone --design "window 16 + delta" --seeds 0,1,2 --out docs/results/capstone_delta.json
+    python -m course_lib.experiments.capstone --design "window 16 + delta, beta = 1" --seeds 0,1,2 \
+        --out docs/results/capstone_delta_beta1.json
+    python -m course_lib.experiments.capstone --design "window 16 + delta, learned beta" --seeds 0,1,2 \
+        --out docs/results/capstone_delta_learned.json
 
 Each writes a result file (:func:`course_lib.experiments.results.write_result`) with one row per
 seed: the recall after ``SETUP.steps`` steps, the learning curve, and :func:`recall_at`, the same
@@ -91,8 +94,9 @@ DESIGNS = {
     "window 32": {"name": "window", "window": 32},
     "sinks 8 + window 24": {"name": "sink", "sinks": 8, "window": 24},
     "compressive": {"name": "compressive", "mem_len": 8, "cmem_len": 8, "ratio": 4},
+    # the reference design: DeltaNet's learned write strength (lesson 09 measures it against beta = 1)
     "window 16 + delta": {"name": "multi", "combine": "gate",
-                          "memories": [{"name": "window", "window": 16}, {"name": "delta"}]},
+                          "memories": [{"name": "window", "window": 16}, {"name": "delta", "beta": "learned"}]},
     "window 16 + linear": {"name": "multi", "combine": "gate",
                            "memories": [{"name": "window", "window": 16}, {"name": "linear"}]},
 }

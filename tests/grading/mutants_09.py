@@ -14,8 +14,10 @@ from . import mutant, value_mutant
 
 
 def _window_and_delta(window):
-    """Infini-attention's pair, gated: a window of ``window`` tokens beside a delta memory."""
-    return {"name": "multi", "combine": "gate", "memories": [{"name": "window", "window": window}, {"name": "delta"}]}
+    """Infini-attention's pair, gated: a window of ``window`` tokens beside a delta memory with DeltaNet's
+    learned write strength (the reference design's, so a mutant of window 16 shares its training run)."""
+    return {"name": "multi", "combine": "gate",
+            "memories": [{"name": "window", "window": window}, {"name": "delta", "beta": "learned"}]}
 
 
 WHY = ("A window of 16 tokens keeps the recent turn exact and a delta memory keeps the user's facts past the window "
@@ -28,8 +30,8 @@ REFERENCES = {
     # the solution's design (the check is deterministic, so its training run is shared), in other words
     "09.chatbot_design": lambda: {
         "justification": WHY,
-        "memory": {"name": "multi", "memories": [{"name": "window", "window": 16}, {"name": "delta"}],
-                   "combine": "gate"},
+        "memory": {"name": "multi", "memories": [{"name": "window", "window": 16},
+                                                 {"name": "delta", "beta": "learned"}], "combine": "gate"},
     },
     "09.summarisation_design": lambda: {
         "memory": {"name": "multi", "combine": "gate",
