@@ -228,7 +228,8 @@ def mqar_reach(s: MqarSetup = MqarSetup(), designs=("window", "xl", "compressive
            "seeds": list(seeds), "random_fill": s.random_fill, "designs": {}}
     for name in designs:
         spec = specs[name]
-        design = Design(spec_label(spec), spec["name"], lambda spec=spec: build_memory(spec, n_heads=setup.n_heads))
+        label = spec_label(spec) + (" (Transformer-XL)" if name == "xl" else "")
+        design = Design(label, spec["name"], lambda spec=spec: build_memory(spec, n_heads=setup.n_heads))
         right = []
         for seed in seeds:
             seed_everything(seed)
