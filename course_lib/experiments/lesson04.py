@@ -36,7 +36,8 @@ from ..models import MemoryLM
 from . import results
 
 __all__ = ["recall_by_distance", "train_char_lm", "bpc_by_position", "first_key_attention", "sink_memories",
-           "sink_experiment", "rows_of", "as_result", "bpc_by_seed", "per_seed", "stored_result", "settings",
+           "sink_experiment", "rows_of", "as_result", "bpc_by_seed", "per_seed", "plot_sinks", "stored_result",
+           "settings",
            "LIVE", "FULL", "SEEDS", "main"]
 
 
@@ -207,6 +208,39 @@ def per_seed(result: dict, key: str) -> list:
     for row in result["rows"]:
         seen.setdefault(row["seed"], row[key])
     return list(seen.values())
+
+
+def plot_sinks(result: dict, title: str):
+    """Left: bits per character by bucket for each memory (mean over the seeds, a band from the
+    lowest to the highest seed). Right: each sink variant minus the window, bucket by bucket."""
+    import matplotlib.pyplot as plt
+
+    bucket, seq_len, bpc = result["bucket"], result["setup"]["seq_len"], bpc_by_seed(result)
+    labels = list(bpc)
+    styles = dict(zip(labels, ["-", "o-", "s--", "^:"]))
+    colors = dict(zip(labels, ["black", "tab:blue", "tab:orange", "tab:green"]))
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(12, 3.8))
+    for name, runs in bpc.items():
+        starts = [bucket * n for n in range(len(runs[0]))]
+        cols = list(zip(*runs))
+        ax.plot(starts, [sum(c) / len(c) for c in cols], styles[name], color=colors[name], label=name, ms=4)
+        if len(runs) > 1:
+            ax.fill_between(starts, [min(c) for c in cols], [max(c) for c in cols], color=colors[name], alpha=0.12)
+    window = bpc[labels[1]]
+    for name in labels[2:]:
+        diff = [[s - w for s, w in zip(run, win)] for run, win in zip(bpc[name], window)]
+        ax_d.plot(starts, [sum(c) / len(c) for c in zip(*diff)], styles[name], color=colors[name],
+                  label=f"{name} minus window", ms=4)
+    ax_d.axhline(0, color="grey", lw=0.8)
+    for a in (ax, ax_d):
+        a.axvline(seq_len, color="grey", lw=0.8)
+        a.set(xlabel=f"position (start of a bucket of {bucket})")
+    ax.set(ylabel="bits per character", title=title)
+    ax_d.set(ylabel="bits per character, minus the window's", title="the sinks against the window")
+    ax.legend(fontsize=8)
+    ax_d.legend(fontsize=8)
+    plt.tight_layout()
+    plt.show()
 
 
 def stored_result(name: str = "sinks") -> dict:
