@@ -181,12 +181,13 @@ def state_bytes(spec: dict, contexts=(1024, 4096, 16_384, 65_536), setup: Capsto
     h, d = setup.n_heads, setup.d_model // setup.n_heads
     gen = torch.Generator().manual_seed(seed)
     state = memory.init_state(1, h, d)
+    kw = {"beta": 1.0} if memory.learns_beta else {}  # a learned write strength: any value, the bytes are the same
     pos, rows = 0, []
     for m in sorted(int(c) for c in contexts):
         while pos < m:
             t = min(chunk, m - pos)
             q, k, v = (torch.randn(1, h, t, d, generator=gen) for _ in range(3))
-            _, state = memory(q, k, v, state)
+            _, state = memory(q, k, v, state, **kw)
             pos += t
         rows.append({"context": m, "nbytes": setup.n_layers * memory.nbytes(state)})
         if rows[-1]["nbytes"] > stop_above:

@@ -352,8 +352,8 @@ RESIDUAL_RISK = choice_exercise(
     title="The risk left in the chatbot design, and its mitigation",
     options={
         "A": "A fact told thousands of tokens ago fades: each delta write shrinks old associations, so after "
-             "long small talk it is gone; learn a per-token write strength beta_t (DeltaNet's) so small talk "
-             "writes weakly, or pin the facts in a few slots.",
+             "long small talk it is gone; train on long conversations so that a learned write strength beta_t "
+             "keeps small talk weak, or pin the facts in a few slots.",
         "B": "The delta matrix grows by one outer product per token, so on a long chat its bytes creep past "
              "the budget: reset it every thousand tokens to keep the state inside 32 KiB.",
         "C": "Rotary positions beyond the training length break the window's attention after 64k tokens: "
