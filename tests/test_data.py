@@ -11,6 +11,7 @@ from course_lib.data import (
     encode_examples,
     long_dialogue,
     mqar,
+    mqar_distance,
     mqar_gap_probs,
     passkey,
     stdlib_corpus,
@@ -93,6 +94,30 @@ def test_mqar_bad_arguments_are_named(kwargs, match):
 def test_mqar_seed_must_be_an_int():
     with pytest.raises(TypeError, match="seed"):
         mqar(2, 32, 4, 20, seed=1.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(n_pairs=8, vocab_size=16), ValueError, "vocab_size"),
+        (dict(n_pairs=0), ValueError, "n_pairs"),
+        (dict(gap=-1), ValueError, "gap"),
+        (dict(gap=(5, 2)), ValueError, "lo <= hi"),
+        (dict(gap=2.5), TypeError, "gap"),
+        (dict(prefix=-1), ValueError, "prefix"),
+    ],
+)
+def test_mqar_distance_bad_arguments_are_named(kwargs, error, match):
+    args = dict(n_examples=2, n_pairs=4, gap=8, vocab_size=20, seed=0) | kwargs
+    with pytest.raises(error, match=match):
+        mqar_distance(**args)
+
+
+def test_mqar_distance_defaults_to_random_filler_that_never_repeats_a_key():
+    x, y = mqar_distance(50, 4, 32, 20, seed=0)
+    keys = x[:, 0:8:2]
+    filler = x[:, 8:40]
+    assert not (filler[:, :, None] == keys[:, None, :]).any() and (filler != 0).float().mean() > 0.8
 
 
 # ----------------------------------------------------------------- passkey, dialogue

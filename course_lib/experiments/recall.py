@@ -49,20 +49,29 @@ with the highest mean accuracy on a *validation* set (the evaluation gaps, data 
 ``data_seed + 2``), never the test set (``data_seed + 3``); then seeds ``1, 2, ...`` train at that
 rate. The seed sets the initialisation and the batch order; the training data are the same for
 every run. Rows: one per (design, lr, seed, gap); :func:`summary` gives mean and spread over the seeds
-at each design's best rate. Seeds run one after the other in one process: on this machine a
-vmapped ensemble (``torch.func``) gains little over the loop for models this small (measured in
-the report of issue 18), and one process leaves the other cores to other work.
+at each design's best rate. Seeds run one after the other in one process (the budget allows one
+worker process on this shared machine). A ``torch.func`` vmap over stacked models was not tried:
+the memories' states are dataclasses written segment by segment, which vmap does not batch
+without changes to every memory.
 
-**Budget (what was chosen and why).** The full runs must finish in about 45 minutes with one
-process on a shared 2-core machine, measured first: one training step of batch 32 costs about
-30-50 ms at 28-44 tokens and 100-190 ms at 208 tokens. Hence
+**Budget (what was chosen and why).** The full runs had to finish in about 45 minutes with one
+process (nice 5) on a 2-core machine shared with 3-4 other jobs, measured first: one training step
+of batch 32 costs about 50 ms at 44-56 tokens and 100-190 ms at 208 tokens on an idle core, two to
+four times that under the load the runs met (load average 5-10). Hence
 
 * distance: 4 pairs (8 pairs did not leave the MQAR plateau within 600 steps even for full
   attention; 4 pairs did, with random filler), training gaps 0-16 (rows of 28 tokens, two segments),
   1,000 steps, two learning rates (1e-3, 3e-3: 3e-3 froze some designs on the plateau in the earlier
-  runs, which is why it is swept rather than imposed), 3 seeds, 128 test rows per gap;
-* capacity: one seed, one learning rate (1e-3), 1,000 steps, ``d_h`` in 8, 16, 32, 64 and windows
-  of 16 and 64 slots (rows of up to 208 tokens); more seeds did not fit.
+  runs, which is why it is swept rather than imposed), 3 seeds, 128 test rows per gap. One run
+  (train + evaluate at all six gaps) took 25-280 s, about 45 s typically;
+* capacity: one seed, one learning rate (1e-3), 500 steps, ``d_h`` in 8, 16, 32, 64 and a window of
+  64 slots (rows of 208 tokens, read in segments of 64, which changes nothing for these memories but
+  the speed); more seeds and steps did not fit.
+
+Training gaps are short (0-16) and test gaps long (up to 4,096): every design must generalise to
+contexts 150 times those it trained on. A memory whose reach is fixed (window, sinks, segment,
+compressive, k-NN) fails beyond it whatever the training; the full cache holds every pair but its
+rotary attention must find a key thousands of positions back, a distance it never saw in training.
 
 ``DistanceSetup.full()`` / ``CapacitySetup.full()`` hold these settings, ``.quick()`` seconds-long
 ones for the tests; :func:`live_distance` is the reduced version a notebook runs in well under a
@@ -86,7 +95,8 @@ from .results import RESULTS, read_result, spread, write_result
 
 __all__ = ["DistanceSetup", "CapacitySetup", "design", "distance_designs", "capacity_designs", "build_model",
            "model_bytes", "evaluate_gaps", "train_one", "run_distance", "run_capacity", "summary", "best_lrs",
-           "distance_table", "capacity_table", "partial_path", "plot_distance", "plot_capacity", "live_distance",
+           "distance_table", "capacity_table", "partial_path", "seed_values", "plot_distance", "plot_capacity",
+           "live_distance",
            "DISTANCE_RESULT", "CAPACITY_RESULT"]
 
 DISTANCE_RESULT = RESULTS / "lesson08_recall.json"
@@ -527,6 +537,15 @@ def summary(result: dict, value: str = "accuracy", by: str = "gap") -> dict:
             continue
         groups.setdefault(r["label"], {}).setdefault(r[by], []).append(r.get(value))
     return {label: {k: spread(v) for k, v in buckets.items()} for label, buckets in groups.items()}
+
+
+def seed_values(result: dict, label: str, bucket, value: str = "accuracy", by: str = "gap") -> list:
+    """The per-seed values of ``value`` for design ``label`` at ``bucket`` (a gap, or a number of
+    pairs with ``by="n_pairs"``), at the design's best learning rate: what
+    :func:`course_lib.experiments.results.exceeds_spread` compares."""
+    best = best_lrs(result) if any("stage" in r for r in result["rows"]) else {}
+    return [r.get(value) for r in result["rows"] if r["label"] == label and r[by] == bucket
+            and (not best or r["lr"] == best[label])]
 
 
 def _first(result: dict, label: str) -> dict:
