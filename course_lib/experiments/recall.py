@@ -516,13 +516,16 @@ def run_capacity(s: CapacitySetup | None = None, *, only=None, out=None, command
 
 
 def best_lrs(result: dict) -> dict:
-    """``{label: best lr}``: stored by the run, else the lr of its ``seed`` rows."""
-    if result.get("best_lr"):
-        return dict(result["best_lr"])
-    out = {}
+    """``{label: best lr}``: as the run stored it; for a design whose sweep had not finished (a
+    partial file), the lr with the best validation accuracy among the rows there are."""
+    out = dict(result.get("best_lr") or {})
+    val: dict = {}
     for r in result["rows"]:
-        if r.get("stage") == "seed" or r["label"] not in out:
-            out[r["label"]] = r["lr"]
+        if r["label"] not in out:
+            key = (r.get("val_accuracy") or 0.0, -r["lr"])
+            if r["label"] not in val or key > val[r["label"]][0]:
+                val[r["label"]] = (key, r["lr"])
+    out.update({label: lr for label, (_, lr) in val.items()})
     return out
 
 
