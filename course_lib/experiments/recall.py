@@ -371,8 +371,15 @@ def partial_path(out) -> Path:
 def _resume_from(out, resume: bool):
     if not resume or out is None:
         return None
-    path = partial_path(out)  # only an unfinished run is resumed: a finished file is replaced
-    return read_result(path) if path.exists() else None
+    from .results import ResultError
+
+    for path in (partial_path(out), Path(out)):  # an unfinished run, else a finished file of this schema
+        if path.exists():
+            try:
+                return read_result(path)
+            except ResultError:  # an older file (another format): start afresh, replace it at the end
+                return None
+    return None
 
 
 def _write(out, partial: bool, **kwargs) -> None:
@@ -389,7 +396,8 @@ def run_distance(s: DistanceSetup | None = None, *, only=None, out=None, command
     ``only``): ``lrs`` on ``seeds[0]``, the best by validation, then the other seeds at it. Writes
     the rows so far to :func:`partial_path` after every run (a crash loses only the run in
     progress) and the result file ``out`` at the end; with ``resume`` the runs already written
-    are kept and skipped. Returns the result dict."""
+    (in the partial file, else in ``out``) are kept and skipped, so designs can be added to a
+    finished file. Returns the result dict."""
     from ..train import progress_bar
 
     s = DistanceSetup.full() if s is None else s
