@@ -209,7 +209,8 @@ def main(argv=None) -> int:
     for p, default in ((rec, "docs/results/lesson08_recall.json"), (cap, "docs/results/lesson08_capacity.json")):
         p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (seconds)")
         p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the setup's)")
-        p.add_argument("--only", default=None, help="comma-separated families or labels (default: all)")
+        p.add_argument("--only", default=None,
+                       help="families or labels, separated by ',' (or by ';' when a label holds a comma); default: all")
         p.add_argument("--resume", action="store_true", help="keep the runs already in --out and skip them")
         p.add_argument("--device", default="cpu")
         p.add_argument("--out", default=default)
@@ -231,7 +232,8 @@ def main(argv=None) -> int:
         s = kind.quick() if args.quick else kind.full()
         if args.steps is not None:
             s = dataclasses.replace(s, steps=args.steps)
-        only = None if args.only is None else {x.strip() for x in args.only.split(",")}
+        sep = ";" if args.only and ";" in args.only else ","  # labels hold commas: separate them by ';'
+        only = None if args.only is None else {x.strip() for x in args.only.split(sep)}
         runner = recall.run_distance if args.what == "recall" else recall.run_capacity
         result = runner(s, only=only, out=args.out, command=command, device=args.device, log=log,
                         resume=args.resume)
