@@ -172,10 +172,10 @@ def age_errors(values: torch.Tensor, n_m: int, n_cm: int, c: int) -> torch.Tenso
     return torch.stack([error_by_age(v, spans, s) for v, s in zip(values, slots)]).mean(0)
 
 
-def live_recall(families=("full", "window", "delta"), steps: int = 300, *, gaps=(0, 16, 64), n_pairs: int = 2,
+def live_recall(families=("window", "delta"), steps: int = 1000, *, gaps=(0, 16, 64), n_pairs: int = 4,
                 device="cpu") -> dict:
-    """A reduced run of the recall-against-distance benchmark a notebook affords (well under a
-    minute on 2 CPU cores): :func:`course_lib.experiments.recall.live_distance`. Returns a result
+    """A reduced run of the recall-against-distance benchmark a notebook affords (about 25 s per
+    design on 2 CPU cores): :func:`course_lib.experiments.recall.live_distance`. Returns a result
     dict in the shape of the file (``rows``, ``setup``, ``best_lr``)."""
     from . import recall
 
