@@ -223,7 +223,8 @@ def test_the_command_line_writes_the_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COURSE_QUIET", "1")
     out = tmp_path / "r.json"
     assert lesson08.main(["recall", "--quick", "--only", "window", "--out", str(out)]) == 0
-    assert read_result(out)["command"] == f"python -m course_lib.experiments.lesson08 recall --quick --only window --out {out}"
+    command = f"python -m course_lib.experiments.lesson08 recall --quick --only window --out {out}"
+    assert read_result(out)["command"] == command
     assert "| window" in capsys.readouterr().out
 
 
@@ -232,3 +233,19 @@ def test_the_live_version_is_small(monkeypatch):
     result = lesson08.live_recall(("window",), steps=2, gaps=(0, 16))
     assert {r["gap"] for r in result["rows"]} == {0, 16} and {r["seed"] for r in result["rows"]} == {0}
     assert recall.summary(result)
+
+
+def test_designs_can_be_added_to_a_finished_file_and_labels_with_commas_are_selected_by_semicolons(tmp_path,
+                                                                                                    monkeypatch):
+    monkeypatch.setenv("COURSE_QUIET", "1")
+    out = tmp_path / "r.json"
+    window = next(d["label"] for d in recall.distance_designs(recall.DistanceSetup.quick())
+                  if d["spec"]["name"] == "window")
+    assert "," in window
+    assert lesson08.main(["recall", "--quick", "--only", f"{window};full", "--out", str(out)]) == 0
+    first = read_result(out)
+    assert {r["family"] for r in first["rows"]} == {"window", "full"}
+    assert lesson08.main(["recall", "--quick", "--only", "window,full,segment", "--resume", "--out", str(out)]) == 0
+    rows = read_result(out)["rows"]
+    assert {r["family"] for r in rows} == {"window", "full", "segment"}
+    assert [r for r in rows if r["family"] != "segment"] == first["rows"]  # the finished runs were kept
