@@ -10,7 +10,7 @@ better of two learning rates on a validation set, then 3 seeds; the table gives 
 min-max over the seeds per gap, and the accuracy can be split into answers from the question's
 own segment and from the memory. What was chosen, and why, is in that module's docstring.
 
-    python -m course_lib bench recall                  # the full run (about 45 minutes on 2 CPU cores)
+    python -m course_lib bench recall                  # the full run (45-60 minutes on a shared 2-core CPU)
     python -m course_lib bench recall --quick          # a tiny smoke run (seconds)
     python -m course_lib bench recall --only full,window,delta --steps 500
 
