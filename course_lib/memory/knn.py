@@ -1,10 +1,25 @@
-r"""k-nearest-neighbour memory (Memorizing Transformers): exact recall by retrieval.
+r"""k-nearest-neighbour memory, after Memorizing Transformers (Wu et al., 2022): exact recall by retrieval.
 
 A large FIFO store keeps the last ``N`` pairs from before the chunk. Each query retrieves
 the ``k`` stored pairs with the highest ``q . k`` (``Mem_knn``) and attends, in one softmax,
 to them and to the chunk's own keys causally::
 
     Mem_knn(q_i) = top-k_{j in store} (q_i . k_j)        out_i = Att(q_i, [Mem_knn(q_i), S_kv])
+
+Two differences from Memorizing Transformers' layer (lesson 07, section 5):
+
+* one softmax over the retrieved pairs and the chunk (concatenation, ``Att(q_i, [Mem, Mem_knn])``);
+  Memorizing Transformers attend to the memory and to the local context in two separate
+  softmaxes and mix the two outputs with a learned gate per head, ``g Att_local + (1 - g) Att_knn``;
+* the store holds the keys as it gets them, and ``uses_rotary`` is ``True``: in a ``MemoryLM`` they
+  are rotated by their absolute positions (rotary embeddings), so the retrieval score
+  ``(R_i q_i) . (R_j k_j)`` depends on the distance ``i - j`` as well as on content.
+  Memorizing Transformers normalise keys and queries instead, against the staleness of keys
+  stored by older weights.
+
+Top-``k`` of ``N`` is close to attention over all ``N`` stored pairs only where the attention is
+peaked (the top ``k`` scores hold almost all of the softmax's weight); for flat scores the
+pairs left out carry most of it.
 
 The search is brute force on the device (one matrix product and ``topk``); retrieved pairs
 are stored detached, so gradients reach only the chunk. Storage: a ring of ``N`` slots,
@@ -26,7 +41,8 @@ class KNNState(SlotState):
 
 
 class KNNMemory(RingMemory):
-    """Top-``k`` retrieval by ``q . k`` over the last ``capacity`` pairs, plus the chunk causally.
+    """Top-``k`` retrieval by ``q . k`` over the last ``capacity`` pairs, plus the chunk causally,
+    in one softmax (not Memorizing Transformers' two softmaxes and gate: see the module docstring).
 
     Args:
         capacity: ``N``, pairs stored.
