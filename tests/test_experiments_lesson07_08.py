@@ -40,6 +40,22 @@ def test_accuracies_with_the_gate_forced_leave_the_learned_gate_as_it_was():
     assert model.memories[0].gate_logit.tolist() == pytest.approx([0.3, -0.7])
 
 
+def test_probe_seeds_rows_table_and_values_agree():
+    rows = lesson07.probe_seeds(seeds=(0, 1), steps=2, segment_len=8)
+    assert [r["seed"] for r in rows] == [0, 1] and all(len(r["gate"]) == 4 for r in rows)
+    for probe in lesson07.PROBES:
+        for kind in ("copy", "recall"):
+            vals = lesson07.probe_values(rows, probe, kind)
+            assert vals == [r["probe"][probe][kind] for r in rows] and all(0 <= v <= 1 for v in vals)
+    table = lesson07.probe_table(rows).splitlines()
+    assert len(table) == 2 + 2 * len(lesson07.PROBES) + 1  # header, rule, 3 probes x 2 kinds, the gates
+    assert table[0].count("seed ") == 2
+    first = lesson07.probe_values(rows, "learned", "copy")
+    assert table[2].startswith("| learned | copy | " + " | ".join(f"{v:.1%}" for v in first))
+    with pytest.raises(ValueError, match="probe must be one of"):
+        lesson07.probe_values(rows, "window", "copy")
+
+
 @pytest.mark.parametrize("t, n_m, n_cm, c", [(7, 3, 2, 2), (20, 4, 3, 4), (18, 0, 6, 3), (12, 5, 0, 1), (13, 2, 9, 3)])
 def test_compressed_slots_against_a_plain_loop(t, n_m, n_cm, c):
     values = torch.randn(t, 3, dtype=torch.float64)

@@ -12,9 +12,11 @@ text is read in segments (only the long-term memory still holds it)::
 ``MultiMemory([WindowMemory(n_c), LinearMemory()], combine="gate")``:
 ``out_i = g Att(q_i, window) + (1 - g) phi(q_i) S_i / (phi(q_i) . z_i)``, ``g = sigmoid(w_h)``
 per head. :func:`train_and_probe` trains it and measures each kind of answer with the
-learned gate, with ``g = 1`` (window only) and with ``g = 0`` (linear memory only).
+learned gate, with ``g = 1`` (window only) and with ``g = 0`` (linear memory only);
+:func:`probe_seeds` does it for several seeds (one plain-data row per seed), :func:`probe_table`
+and :func:`plot_probe` show the rows, per seed and as mean and spread over the seeds.
 
-    python -m course_lib.experiments.lesson07 --steps 300      # prints the gate and the probe
+    python -m course_lib.experiments.lesson07 --seeds 0 1 2     # the lesson's run: gates and probe per seed
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ import torch
 
 from ..data import IGNORE
 
-__all__ = ["copy_and_recall", "infini_lm", "accuracies", "train_and_probe"]
+__all__ = ["copy_and_recall", "infini_lm", "accuracies", "train_and_probe", "PROBES", "probe_seeds", "probe_values",
+           "probe_table", "plot_probe"]
+
+PROBES = ("learned", "window only", "memory only")  # the gate as learned, g = 1, g = 0
 
 
 def copy_and_recall(n: int, length: int = 32, vocab_size: int = 32, n_keys: int = 8, p_query: float = 0.25, *,
@@ -100,19 +105,90 @@ def train_and_probe(steps: int = 300, *, seed: int = 0, segment_len: int = 8, lr
     return model, log, probe
 
 
+def probe_seeds(seeds=(0, 1, 2), steps: int = 200, *, segment_len: int = 16, device="cpu", **kwargs) -> list[dict]:
+    """:func:`train_and_probe` once per seed; one plain-data row per seed::
+
+        {"seed": 0, "gate": [g_h per head], "probe": {"learned": {"copy": .., "recall": ..}, ...},
+         "final_loss": .., "seconds": ..}
+    """
+    rows = []
+    for seed in seeds:
+        model, log, probe = train_and_probe(steps, seed=seed, segment_len=segment_len, device=device, **kwargs)
+        rows.append({"seed": seed, "gate": model.memories[0].gate.detach().cpu().tolist(), "probe": probe,
+                     "final_loss": log.losses[-1], "seconds": log.seconds})
+    return rows
+
+
+def probe_values(rows: list[dict], probe: str, kind: str) -> list[float]:
+    """The per-seed accuracies of one ``probe`` (see :data:`PROBES`) on one ``kind`` (``copy``/``recall``)."""
+    if probe not in PROBES or kind not in ("copy", "recall"):
+        raise ValueError(f"probe must be one of {PROBES} and kind 'copy' or 'recall', got {probe!r}, {kind!r}")
+    return [row["probe"][probe][kind] for row in rows]
+
+
+def probe_table(rows: list[dict]) -> str:
+    """A Markdown table: each probe's copy and recall accuracy per seed, then mean +- std and the
+    range over the seeds (:func:`~course_lib.experiments.results.spread`); last, the learned gates."""
+    from .results import spread
+
+    seeds = [row["seed"] for row in rows]
+    head = "| gate | answer | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | min to max |"
+    lines = [head, "|" + "---|" * (len(seeds) + 4)]
+    for probe in PROBES:
+        for kind in ("copy", "recall"):
+            vals = probe_values(rows, probe, kind)
+            sp = spread(vals)
+            lines.append(f"| {probe} | {kind} | " + " | ".join(f"{v:.1%}" for v in vals)
+                         + f" | {sp['mean']:.1%} ± {sp['std']:.1%} | {sp['min']:.1%} to {sp['max']:.1%} |")
+    gates = spread([g for row in rows for g in row["gate"]])
+    per_seed = " | ".join(", ".join(f"{g:.2f}" for g in row["gate"]) for row in rows)
+    lines.append(f"| learned $g_h$ | (per head) | {per_seed} | {gates['mean']:.2f} ± {gates['std']:.2f} "
+                 f"| {gates['min']:.2f} to {gates['max']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_probe(rows: list[dict]):
+    """Left: the learned ``g`` of each head, one marker per seed. Right: copy and recall accuracy
+    with the learned gate, ``g = 1`` and ``g = 0``: bars at the mean over the seeds, a dot per seed."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_g, ax_p) = plt.subplots(1, 2, figsize=(10, 3.4))
+    n_heads = len(rows[0]["gate"])
+    for j, row in enumerate(rows):
+        ax_g.plot([h + 0.12 * (j - (len(rows) - 1) / 2) for h in range(n_heads)], row["gate"], "o", ms=6,
+                  label=f"seed {row['seed']}")
+    ax_g.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="start: g = 1/2")
+    ax_g.set(xlabel="head h", ylabel=r"learned $g = \sigma(w_h)$", ylim=(0, 1), xticks=range(n_heads),
+             title="weight on the window (1 - g: linear memory)")
+    ax_g.legend(loc="lower right", fontsize=8, ncol=2)
+    for j, kind in enumerate(("copy", "recall")):
+        xs = [n + 0.38 * j for n in range(len(PROBES))]
+        runs = [[100 * v for v in probe_values(rows, p, kind)] for p in PROBES]
+        ax_p.bar(xs, [sum(r) / len(r) for r in runs], width=0.36, alpha=0.8,
+                 label=f"{kind} (target: {'previous token' if kind == 'copy' else 'the key'})")
+        for x, r in zip(xs, runs):
+            ax_p.plot([x] * len(r), r, "k.", ms=5)
+    ax_p.set_xticks([n + 0.19 for n in range(3)], ["learned g", "g = 1\n(window only)", "g = 0\n(memory only)"])
+    ax_p.axhline(100 / 8, color="grey", linestyle=":", linewidth=1)
+    ax_p.set(ylabel="accuracy (%)", ylim=(0, 130), yticks=range(0, 101, 20),
+             title=f"held-out accuracy, {len(rows)} seeds (dots: each seed)")
+    ax_p.legend(loc="upper center", ncol=2, fontsize=8)
+    plt.tight_layout()
+    plt.show()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson07",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--segment-len", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    model, log, probe = train_and_probe(args.steps, seed=args.seed)
-    print("g per head:", [round(g, 3) for g in model.memories[0].gate.tolist()])
-    for name, acc in probe.items():
-        print(f"{name:<12} copy {acc['copy']:.1%}  recall {acc['recall']:.1%}")
-    print(f"final loss {log.losses[-1]:.3f}; {time.perf_counter() - t0:.0f} s")
+    rows = probe_seeds(args.seeds, args.steps, segment_len=args.segment_len)
+    print(probe_table(rows))
+    print(f"final loss per seed {[round(r['final_loss'], 3) for r in rows]}; {time.perf_counter() - t0:.0f} s")
     return 0
 
 
