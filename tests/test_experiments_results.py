@@ -61,3 +61,24 @@ def test_a_spec_builds_its_memory_and_comes_back_from_it():
     assert specs.spec_label(spec) == "window n_c=4 + sink S=2 n_c=6 (gate)"
     with pytest.raises(ValueError, match=r"design\['memories'\]\[1\]\['name'\] must be one of"):
         specs.build_memory({"name": "multi", "memories": [{"name": "window", "window": 4}, {"name": "lstm"}]})
+
+
+def test_exercise_08_question_1_quotes_the_shipped_recall_result():
+    """The question's table is typed in its stem (it must read without the repository's files), so a
+    test holds each number to lesson 08's result file: a rerun that changes them fails here."""
+    import re
+    from pathlib import Path
+
+    from course_lib.experiments import recall
+
+    root = Path(__file__).resolve().parents[1]
+    stem = (root / "solutions" / "src" / "08_capacity_tradeoffs_solutions.md").read_text()
+    stem = stem[stem.index("## Question 1"):stem.index("Which design would you ship?")]
+    summary = recall.summary(results.read_result(root / "docs" / "results" / "lesson08_recall.json"))
+    names = {"window n_c = 32": "window n_c=32", "Transformer-XL n_m = 16": "segment n_m=16",
+             "k-NN N = 16, k = 4": "knn N=16 k=4", "delta, learned beta, d_h = 64": "delta beta=learned"}
+    for shown, label in names.items():
+        row = next(line for line in stem.splitlines() if line.startswith(f"| {shown}"))
+        numbers = [int(x) for x in re.findall(r"(\d+)%", row)]
+        full = next(lab for lab in summary if lab.startswith(label))
+        assert numbers == [round(100 * summary[full][g]["mean"]) for g in (16, 64, 256)], (shown, numbers)

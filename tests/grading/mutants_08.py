@@ -261,8 +261,8 @@ def age_counted_from_one(values, spans, slot_values):
 
 # ---------------------------------------------------------------- questions
 
-choice_mutants("08.budget_choice", window_in_fp16="A", linear="C")
-value_mutant("08.budget_choice", "smallest", "chose_D", lambda: "d")
+choice_mutants("08.budget_choice", window_exact="A", xl_carried_bytes="C")
+value_mutant("08.budget_choice", "retrieval", "chose_D", lambda: "d")
 value_mutant("08.budget_choice", "a_name", "invalid_choice", "delta")
 
 value_mutant("08.mean_pool_error", "kept_share", "one_over_c", 0.25)

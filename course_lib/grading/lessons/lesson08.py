@@ -279,25 +279,24 @@ ERROR_BY_AGE = code_exercise(
 
 BUDGET_CHOICE = choice_exercise(
     id="08.budget_choice",
-    title="A design for a 4 KB budget, from the measured table",
+    title="A design for facts 64 tokens back, from the measured table",
     options={
-        "A": "window n_c = 8: its answers within reach are exact, and the budget can be met by "
-             "storing it in float16 instead of float32.",
-        "B": "delta d_h = 16: it fits in 3,072 bytes and recalls 99.7%, far pairs included, "
-             "which no other design under 4 KB comes close to.",
-        "C": "linear d_h = 16: it fits in 3,200 bytes, and its sum of outer products keeps every "
-             "pair it is given, so it is the safer choice.",
-        "D": "delta d_h = 8: at 1,024 bytes it leaves three quarters of the budget free, and it "
-             "recalls 81%, close enough to the best.",
+        "A": "window n_c = 32: its answers within reach are exact, 98% at gap 16, and no state is simpler to "
+             "reason about.",
+        "B": "delta with a learned beta: at the same peak bytes it still answers 82% at gap 64, where every slot "
+             "memory of the budget is at chance.",
+        "C": "Transformer-XL n_m = 16: it carries only 10,240 bytes between segments, so it leaves room in the "
+             "budget, and it answers 100% at gap 16.",
+        "D": "k-NN N = 16: retrieval keeps the pairs it stores exactly, so it is the safe choice for facts.",
     },
     correct="B",
     wrong_hints={
-        "A": "The window's 6,144 bytes break the budget as measured, and even in float16 it would still "
-             "recall only about one far pair in five: beyond 8 tokens it has forgotten them.",
-        "C": "Linear attention's sum does not keep pairs apart: they interfere, which is why it recalls "
-             "87% at 3,200 bytes where the delta rule recalls 99.7% at 3,072.",
-        "D": "The budget is a limit, not a target: within 4 KB, delta d_h = 16 recalls far more (99.7% "
-             "against 81%), and unused bytes buy nothing.",
+        "A": "The facts are 64 tokens back and the window holds 32: at gap 64 it answers 3%, chance. Exact within "
+             "reach is no help beyond it.",
+        "C": "Its peak is 18,432 bytes like the others (it also holds the segment it reads), and at gap 64 it "
+             "answers 3%: its memory of 16 pairs plus a segment of 16 ends before the facts.",
+        "D": "It keeps exactly what it stores, but its store holds the last 16 pairs: at gap 64 the facts are gone "
+             "(3%).",
     },
 )
 
