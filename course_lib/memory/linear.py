@@ -28,10 +28,12 @@ Each comes three ways (the same numbers):
 
 Positions: both are read by content alone, so ``MemoryLM`` gives them keys and queries that
 are *not* rotated by their positions (``uses_rotary = False``), as linear-attention and
-DeltaNet models do; order comes from the other layers. A rotated key would be found only by
-queries at about the same distance: in the recall benchmark a delta memory with
-``d_h = 8`` and rotary keys stayed at the 1-in-4 plateau (23% after 2,000 steps) and reached
-81% without them.
+DeltaNet models do; order comes from the other layers. With rotated keys the same content at
+two positions gives two different keys, which defeats the delta rule's overwrite and adds
+cross-talk (for the delta rule's normalised keys the score stays relative, ``q R_{j-i} k``; for
+linear attention ``phi`` after the rotation breaks even that). Lesson 05 measures it on 3 seeds
+(``python -m course_lib.experiments.lesson05 rotary``): unrotated keys did better on average, by
+less than the seed spread.
 """
 
 from __future__ import annotations
