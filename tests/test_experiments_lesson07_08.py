@@ -3,7 +3,6 @@ against a plain reference or course_lib's own memory, on small awkward sizes."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

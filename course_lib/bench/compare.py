@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from ..cost import sync as _sync
 from ..device import describe_device, pick_device, seed_everything
+from ..experiments.results import load_average
 
 SECTIONS = ("decode", "flat", "train")
 VOCAB = 256
@@ -505,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    t_start, load_before = time.perf_counter(), _load()
+    t_start, load_before = time.perf_counter(), load_average()
     for section in sections:
         if section == "decode" and peers["transformers"] is None:
             rows.append(Row("decode", "decode (GPT-2)", None, None, None, f">= {TARGETS['decode']}", None,
@@ -529,10 +530,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load() -> float | None:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
 def _write_json(args, rows, sizes, device, peers, header, load_before, seconds) -> None:
     import dataclasses
     import shlex
@@ -544,7 +541,7 @@ def _write_json(args, rows, sizes, device, peers, header, load_before, seconds) 
     write_result(args.json, command="python -m course_lib " + shlex.join(argv),
                  rows=[dataclasses.asdict(r) for r in rows], seeds=[2], seconds=seconds, device=device,
                  setup={**dataclasses.asdict(sizes), "dtype": args.dtype, "threads": torch.get_num_threads()},
-                 peers=peers, header=header, load_average={"before": load_before, "after": _load()})
+                 peers=peers, header=header, load_average={"before": load_before, "after": load_average()})
 
 
 def readme_block(result: dict) -> str:
@@ -564,7 +561,8 @@ def readme_block(result: dict) -> str:
             lines.append(f"| {r['name']} | - | - | - | {r['target']}: skipped ({r['note']}) |")
             continue
         verdict = "" if r["passed"] is None or r["passed"] else ": **not met**"
-        lines.append(f"| {r['name']} | {r['ours']:.0f} | {r['peer']:.0f} | {r['ratio']:.2f}x | {r['target']}{verdict} |")
+        lines.append(f"| {r['name']} | {r['ours']:.0f} | {r['peer']:.0f} | {r['ratio']:.2f}x | "
+                     f"{r['target']}{verdict} |")
     flat = [r for r in result["rows"] if r["section"] == "flat" and r["ratio"] is not None]
     if flat:
         lines += ["", "| flat cost (ms/token) | short context | long context | ratio | target |",

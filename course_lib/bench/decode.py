@@ -24,6 +24,7 @@ import torch
 
 from ..cost import measure_decode
 from ..device import describe_device, pick_device, seed_everything
+from ..experiments.results import load_average
 from ..memory import MEMORIES, memory_class
 
 #: every memory gets ``example(DEFAULT_SLOTS)``: about this many key/value slots per head
@@ -59,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: steady timings on a shared machine; 0: torch's)")
     parser.add_argument("--out", default="bench_decode.png", help="where to save the plot")
-    parser.add_argument("--json", default=None, help="also write the run as a result file (e.g. docs/results/bench_decode.json)")
+    parser.add_argument("--json", default=None,
+                        help="also write the run as a result file (e.g. docs/results/bench_decode.json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"decode benchmark on {describe_device(device)}, torch {torch.__version__}, {args.dtype}; "
           f"MemoryLM(vocab 256, d_model {args.d_model}, {args.layers} layers, {args.heads} heads), batch 1")
     results = {}
-    started, load_before = time.perf_counter(), _load()
+    started, load_before = time.perf_counter(), load_average()
     for name in names:
         seed_everything(0)
         model = MemoryLM(256, args.d_model, args.layers, args.heads, build_memory(name, args.heads)).to(device, dtype)
@@ -93,13 +95,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load() -> float | None:
-    try:
-        return round(__import__("os").getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
 def _write_json(args, results: dict, device, load_before, seconds: float) -> None:
     import shlex
     import sys
@@ -114,7 +109,7 @@ def _write_json(args, results: dict, device, load_before, seconds: float) -> Non
                  setup={"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "steps": args.steps,
                         "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats, "vocab": 256, "batch": 1,
                         "slots": DEFAULT_SLOTS},
-                 load_average={"before": load_before, "after": _load()})
+                 load_average={"before": load_before, "after": load_average()})
 
 
 def decode_summary(result: dict) -> str:
@@ -127,7 +122,8 @@ def decode_summary(result: dict) -> str:
     s = result["setup"]
     return (f"`{result['command']}` at commit {commit} ({where}, {s['threads']} torch thread(s), {s['dtype']}, "
             f"`MemoryLM(vocab {s['vocab']}, d_model {s['d_model']}, {s['layers']} layers, {s['heads']} heads)`, "
-            f"batch 1, {s['steps']} timed steps per entry, the fastest of {s.get('repeats', 1)} runs{busy}; {result['seconds']:.0f} s).")
+            f"batch 1, {s['steps']} timed steps per entry, the fastest of {s.get('repeats', 1)} runs{busy}; "
+            f"{result['seconds']:.0f} s).")
 
 
 def decode_table(result: dict) -> str:

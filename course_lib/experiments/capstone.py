@@ -51,9 +51,10 @@ from torch import nn
 
 from . import specs
 
-__all__ = ["Capstone", "SETUP", "build_memory", "build_model", "spec_label", "state_bytes", "decode_ms", "dialogue_data",
-           "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
-           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "VARIANTS", "RUNNABLE", "run_seeds", "recall_at", "FAR_LENGTHS", "main"]
+__all__ = ["Capstone", "SETUP", "build_memory", "build_model", "spec_label", "state_bytes", "decode_ms",
+           "dialogue_data", "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
+           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "VARIANTS", "RUNNABLE",
+           "run_seeds", "recall_at", "FAR_LENGTHS", "main"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def kv_bytes_per_token(setup: Capstone = SETUP, bytes_per_value: int = 4) -> int
 
 
 def build_memory(spec: dict, setup: Capstone = SETUP):
-    """The :class:`~course_lib.memory.Memory` that ``spec`` describes (:func:`course_lib.experiments.specs.build_memory`;
+    """The :class:`~course_lib.memory.Memory` that ``spec`` describes
+    (:func:`course_lib.experiments.specs.build_memory`;
     ``n_heads`` of a gated ``multi`` memory is filled in from ``setup``).
 
     >>> build_memory({"name": "sink", "sinks": 4, "window": 8})
@@ -435,7 +437,8 @@ def plot_designs(rows: list[dict], setup: Capstone = SETUP):
 
 def run_seeds(design: str, seeds=(0, 1, 2), setup: Capstone = SETUP, *, log_every: int = 100,
               far=FAR_LENGTHS) -> list[dict]:
-    """One row per seed for :data:`DESIGNS` (or :data:`VARIANTS`) ``[design]``: the grade's training run (:func:`train_recall`)
+    """One row per seed for :data:`DESIGNS` (or :data:`VARIANTS`) ``[design]``: the grade's training run
+    (:func:`train_recall`)
     with ``setup.seed = seed`` (the seed picks the weights' initialisation, the batches and the
     training and test conversations), its recall and its learning curve every ``log_every`` steps,
     and (``far``) the same model's recall on conversations with longer chats (:func:`recall_at`)."""

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import math
-import os
-import platform
 import sys
 import time
 
@@ -28,24 +25,6 @@ import torch
 
 __all__ = ["recall_rows", "cost_rows", "load_result", "recall_table", "pareto_front", "pareto_front_nd",
            "answer_accuracy", "error_by_age", "ar1_values", "compressed_slots", "age_errors", "live_recall", "main"]
-
-
-def _clean(x):
-    """JSON has no NaN: write None."""
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
-def _machine() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
 def recall_rows(setup=None, *, only=None, device="cpu", out=None, log=print) -> list[dict]:

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["SCHEMA", "RESULTS", "SCALES", "scale", "pick", "machine", "commit", "write_result", "read_result",
-           "spread", "summarise", "exceeds_spread", "ResultError"]
+           "spread", "summarise", "exceeds_spread", "ResultError", "load_average"]
 
 SCHEMA = 1
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +74,12 @@ def machine(device=None) -> dict:
     return out
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the system has none): a result file's timings are
+    only as steady as the machine was quiet."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def commit() -> tuple[str | None, bool]:
     """``(commit, dirty)`` of the checkout the course runs from; ``(None, False)`` outside one."""
     try:
@@ -105,7 +111,8 @@ def write_result(path, *, command: str, rows: list[dict], seeds, setup: dict | N
                  seconds: float | None = None, device=None, **extra) -> Path:
     """Write a result file in the schema above; returns its path (folders are created)."""
     if not isinstance(command, str) or not command.startswith("python -m course_lib"):
-        raise ValueError(f"command must be the command that makes the file ('python -m course_lib...'), got {command!r}")
+        raise ValueError("command must be the command that makes the file ('python -m course_lib...'), "
+                         f"got {command!r}")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise TypeError(f"rows must be a list of dicts, got {type(rows).__name__}")
     head, dirty = commit()
