@@ -137,7 +137,7 @@ def build_memory(spec: dict, setup: Capstone = SETUP):
     ``n_heads`` of a gated ``multi`` memory is filled in from ``setup``).
 
     >>> build_memory({"name": "sink", "sinks": 4, "window": 8})
-    SinkMemory(sinks=4, window=8)
+    SinkMemory(sinks=4, window=8, positions='absolute')
     """
     return specs.build_memory(spec, n_heads=setup.n_heads)
 

@@ -39,7 +39,7 @@ def build_memory(spec: dict, *, n_heads: int | None = None, where: str = "design
     per-head gate of a gated ``multi`` memory when the spec does not give it.
 
     >>> build_memory({"name": "sink", "sinks": 4, "window": 8})
-    SinkMemory(sinks=4, window=8)
+    SinkMemory(sinks=4, window=8, positions='absolute')
     """
     from ..memory import make_memory
 
