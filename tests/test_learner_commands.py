@@ -342,8 +342,8 @@ def test_lesson_06_prints_no_digits_of_rounding_noise():
     nb = nbformat.read(ROOT / "notebooks" / "06_compressive_transformer.ipynb", as_version=4)
     (cell,) = [c for c in nb.cells if c.cell_type == "code" and "parameters that received a gradient" in c.source]
     text = "".join(o.get("text", "") for o in cell.outputs)
-    printed = re.findall(r"'(\d\.\de-(\d+))'", text)
-    assert printed, "the gradient magnitudes are printed"
-    noise = [value for value, exponent in printed if int(exponent) >= 10]
-    assert not noise, f"values at round-off level differ between CPUs and fail strict nbval: {noise}"
-    assert "< 1e-10" in text
+    assert "parameters that received a gradient" in text, "the gradient check is printed"
+    # float32 digits of a loss or gradient differ from one CPU to another and fail strict nbval
+    digits = re.findall(r"\d\.\d+(?:e[-+]?\d+)?", text)
+    assert not digits, f"the cell prints float digits that differ between CPUs: {digits}"
+    assert "0 (< 1e-10)" in text and "'yes'" in text, "each gradient is printed as above or below the tolerance"
