@@ -352,7 +352,7 @@ def train_recall(spec: dict, setup: Capstone = SETUP, *, progress: bool = False,
     """
     import json
 
-    from ..train import progress_bar
+    from ..train import Batches, train
 
     key = (json.dumps(spec, sort_keys=True), setup, log_every)
     if key in _RECALL_CACHE:  # the run is deterministic: the same design and setup give the same numbers
@@ -366,20 +366,23 @@ def train_recall(spec: dict, setup: Capstone = SETUP, *, progress: bool = False,
         for module in model.modules():  # PyTorch's width-aware init (see course_lib.bench.recall)
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
-        opt = torch.optim.AdamW(model.parameters(), lr=setup.lr)
-        gen = torch.Generator().manual_seed(setup.seed)
-        curve, t0 = [], time.perf_counter()
-        for step in progress_bar(range(setup.steps), enabled=progress, desc=spec_label(spec)):
-            model.train()
-            idx = torch.randint(len(x), (setup.batch_size,), generator=gen)
-            width = int(lengths[idx].max())
-            opt.zero_grad(set_to_none=True)
-            _loss(model, x[idx, :width], y_lm[idx, :width], y_answer[idx, :width], setup)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if log_every and (step + 1) % log_every == 0:
-                curve.append((step + 1, float(recall_of(model, xt, yt, setup).float().mean())))
-        seconds = time.perf_counter() - t0
+        curve = []
+
+        def loss_fn(model, batch):  # each batch cut to its longest conversation
+            xb, yb, ab, lb = batch
+            width = int(lb.max())
+            return _loss(model, xb[:, :width], yb[:, :width], ab[:, :width], setup)
+
+        def on_step(step, loss, model):
+            if log_every and step % log_every == 0:
+                curve.append((step, float(recall_of(model, xt, yt, setup).float().mean())))
+                model.train()  # recall_of left it in eval mode
+
+        # AdamW's default weight decay (0.01), a constant learning rate: as the shipped runs were made
+        data = Batches(x, y_lm, setup.batch_size, seed=setup.seed, extra=(y_answer, lengths))
+        log = train(model, data, setup.steps, lr=setup.lr, weight_decay=0.01, schedule="constant", grad_clip=1.0,
+                    device="cpu", progress=progress, desc=spec_label(spec), loss_fn=loss_fn, on_step=on_step)
+        seconds = log.seconds
         right = recall_of(model, xt, yt, setup)
     distance = sorted(e.answer_start - (e.fact_start + e.text[e.fact_start:].index(e.answer)) for e in test)
     out = {"recall": float(right.float().mean()), "recall_curve": curve, "seconds": seconds,

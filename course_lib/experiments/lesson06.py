@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "make_memory_for", "compressor_taps", "train_text",
+__all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "design_spec", "make_memory_for", "compressor_taps", "train_text",
            "run_text",
            "summarise", "paired", "plot_text", "extra_loss", "MqarSetup", "mqar_reach", "accuracy_by_gap", "main"]
 
@@ -98,21 +98,27 @@ DESIGNS = {
 }
 
 
-def make_memory_for(name: str, s: TextSetup):
-    """The memory of design ``name`` with ``s.slots`` slots (half of them compressed for compressive designs)."""
-    from ..memory import CompressiveMemory, SegmentMemory, WindowMemory
-
+def design_spec(name: str, s: TextSetup) -> dict:
+    """The plain-data spec (:mod:`.specs`) of design ``name`` with ``s.slots`` slots (half of them
+    compressed for the compressive designs)."""
     if name == "window":
-        return WindowMemory(s.slots)
+        return {"name": "window", "window": s.slots}
     if name == "xl":
-        return SegmentMemory(s.slots)
+        return {"name": "segment", "mem_len": s.slots}
     if name == "window_peak":  # the peak working memory of XL and compressive: s.slots carried + a segment
-        return WindowMemory(s.slots + s.segment_len)
+        return {"name": "window", "window": s.slots + s.segment_len}
     if name not in DESIGNS:
         raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {name!r}")
-    head_dim = s.d_model // s.n_heads  # d_h: the learned channel maps are made at once
-    return CompressiveMemory(mem_len=s.slots // 2, cmem_len=s.slots // 2, ratio=s.ratio, compress=name,
-                             head_dim=head_dim)
+    # d_h given, so that the learned channel maps are made at once
+    return {"name": "compressive", "mem_len": s.slots // 2, "cmem_len": s.slots // 2, "ratio": s.ratio,
+            "compress": name, "head_dim": s.d_model // s.n_heads}
+
+
+def make_memory_for(name: str, s: TextSetup):
+    """The memory of design ``name``: :func:`~course_lib.experiments.specs.build_memory` of its spec."""
+    from .specs import build_memory
+
+    return build_memory(design_spec(name, s))
 
 
 def extra_loss(model, state):
@@ -162,25 +168,21 @@ def train_text(name: str, seed: int, s: TextSetup = TEXT_FULL, *, corpus=None, p
     from ..data import IGNORE, stdlib_corpus
     from ..device import seed_everything
     from ..models import MemoryLM
-    from ..train import TextBatches, evaluate, forward_segments, lr_at, progress_bar
+    from ..train import TextBatches, evaluate, forward_segments, train
 
     corpus = stdlib_corpus(max_chars=s.max_chars) if corpus is None else corpus
     seed_everything(seed)
     vocab = len(corpus.vocab)
     model = MemoryLM(vocab, s.d_model, s.n_layers, s.n_heads, make_memory_for(name, s))
     before = _compressor_taps(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr)
-    data = TextBatches(corpus.train_ids, s.batch_size, s.seq_len, seed=seed)
-    model.train()
-    t0 = time.perf_counter()
     recon = []
-    for step in progress_bar(range(s.steps), enabled=progress, desc=name):
-        x, y = next(data)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, s.steps, s.lr, s.warmup)
-        opt.zero_grad(set_to_none=True)
-        state = None
-        n_seg = math.ceil(s.seq_len / s.segment_len)
+    n_seg = math.ceil(s.seq_len / s.segment_len)
+
+    def loss_fn(model, batch):
+        """Each segment's mean cross-entropy and reconstruction loss, over ``n_seg`` (the objective
+        of the shipped runs, kept as it was summed); the reconstruction losses are logged."""
+        x, y = batch
+        state, total = None, 0.0
         for xs, ys in zip(x.split(s.segment_len, 1), y.split(s.segment_len, 1)):
             logits, state = model(xs, state)
             loss = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), ignore_index=IGNORE) / n_seg
@@ -189,9 +191,14 @@ def train_text(name: str, seed: int, s: TextSetup = TEXT_FULL, *, corpus=None, p
                 recon.append(float(extra.detach()))
                 loss = loss + extra / n_seg
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    seconds = time.perf_counter() - t0
+            total += float(loss.detach())
+        return total
+
+    # AdamW's default weight decay (0.01) and the cosine schedule, as the shipped runs were made
+    log = train(model, TextBatches(corpus.train_ids, s.batch_size, s.seq_len, seed=seed), s.steps, lr=s.lr,
+                weight_decay=0.01, warmup=s.warmup, schedule="cosine", grad_clip=1.0, device="cpu",
+                progress=progress, desc=name, loss_fn=loss_fn)
+    seconds = log.seconds
     val = TextBatches.rows(corpus.val_ids, s.seq_len)
     val = (val[0][: s.eval_rows], val[1][: s.eval_rows])
     result = evaluate(model, val, batch_size=16, segment_len=s.segment_len, device="cpu")

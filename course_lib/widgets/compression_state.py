@@ -76,18 +76,25 @@ def _attention_mass(q, k):
 
 
 def train_compressor(compressor, q, k, v, steps: int, lr: float = 0.05):
-    """A few Adam steps on :func:`~course_lib.memory.attention_reconstruction_loss` (learned ``f_c`` only)."""
+    """A few Adam steps on :func:`~course_lib.memory.attention_reconstruction_loss` (learned ``f_c``
+    only), through :func:`course_lib.train.train` with the loss as its hook."""
+    import itertools
+
+    from ..train import train
+
     params = [p for p in compressor.parameters() if p.requires_grad]
     if not params or steps == 0:
         return compressor
     compressor.double()
-    opt = torch.optim.Adam(params, lr=lr)
+
+    def loss_fn(f_c, batch):
+        loss = attention_reconstruction_loss(q, k, v, f_c)
+        loss.backward()
+        return loss.item()
+
     with torch.enable_grad():  # also where a notebook turned gradients off
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = attention_reconstruction_loss(q, k, v, compressor)
-            loss.backward()
-            opt.step()
+        train(compressor, itertools.repeat(()), steps, lr=lr, optimizer=torch.optim.Adam(params, lr=lr),
+              schedule="constant", grad_clip=None, device=q.device, progress=False, loss_fn=loss_fn)
     return compressor
 
 
