@@ -55,7 +55,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "design_spec", "make_memory_for", "compressor_taps",
-           "train_text", "run_text", "summarise", "paired", "plot_text", "extra_loss", "MqarSetup", "mqar_reach", "accuracy_by_gap", "main"]
+           "train_text", "run_text", "summarise", "paired", "plot_text",
+           "extra_loss", "MqarSetup", "mqar_reach", "accuracy_by_gap", "main"]
 
 RESULT = Path(__file__).resolve().parents[2] / "docs" / "results" / "lesson06_text.json"
 
