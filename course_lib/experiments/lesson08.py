@@ -193,6 +193,7 @@ def main(argv=None) -> int:
         p.add_argument("--resume", action="store_true", help="keep the runs already in --out and skip them")
         p.add_argument("--device", default="cpu")
         p.add_argument("--out", default=default)
+    cap.add_argument("--jobs", type=int, default=1, help="worker processes of one thread (one run each at a time)")
     cost = sub.add_parser("cost", help="ms/token of each design's model at a few context lengths, as JSON")
     cost.add_argument("--contexts", default="32,1024,4096")
     cost.add_argument("--out", default="docs/results/lesson08_cost.json")
@@ -214,8 +215,9 @@ def main(argv=None) -> int:
         sep = ";" if args.only and ";" in args.only else ","  # labels hold commas: separate them by ';'
         only = None if args.only is None else {x.strip() for x in args.only.split(sep)}
         runner = recall.run_distance if args.what == "recall" else recall.run_capacity
+        jobs = {"jobs": args.jobs} if args.what == "capacity" else {}
         result = runner(s, only=only, out=args.out, command=command, device=args.device, log=log,
-                        resume=args.resume)
+                        resume=args.resume, **jobs)
         print(recall.distance_table(result) if args.what == "recall" else recall.capacity_table(result))
     else:
         contexts = tuple(int(x) for x in args.contexts.split(","))
