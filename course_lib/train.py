@@ -40,7 +40,7 @@ from .memory.base import state_tensors
 from .models import LMState
 
 __all__ = [
-    "quiet", "progress_bar", "Batches", "TextBatches", "TrainLog", "train", "evaluate", "forward_segments",
+    "quiet", "progress_bar", "Batches", "Stages", "TextBatches", "TrainLog", "train", "evaluate", "forward_segments",
     "predict", "lr_at", "save_checkpoint", "load_checkpoint",
 ]
 
@@ -97,6 +97,45 @@ class Batches:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+class Stages:
+    """A curriculum: ``steps[0]`` batches from ``sources[0]``, then ``steps[1]`` from ``sources[1]``,
+    ..., the last source for ever (its ``steps`` entry is ignored). One :func:`train` call, one
+    optimiser, whatever the stage: e.g. MQAR with few pairs first, where the model leaves the
+    plateau quickly, then the full mix (lesson 08's capacity run).
+
+        data = Stages([Batches(*easy, 32, seed=0), Batches(*mix, 32, seed=0)], [750, None])
+    """
+
+    def __init__(self, sources, steps):
+        sources, steps = list(sources), list(steps)
+        if not sources or len(sources) != len(steps):
+            raise ValueError(f"sources and steps must be two lists of one length >= 1, got {len(sources)} and "
+                             f"{len(steps)}")
+        for i, n in enumerate(steps[:-1]):
+            check_positive_int(f"steps[{i}]", n)
+        self.sources, self.steps, self.taken = sources, steps, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        stage, before = 0, 0
+        while stage < len(self.sources) - 1 and self.taken >= before + self.steps[stage]:
+            before += self.steps[stage]
+            stage += 1
+        self.taken += 1
+        return next(self.sources[stage])
+
+    def state_dict(self) -> dict:
+        return {"taken": self.taken, "sources": [getattr(s, "state_dict", dict)() for s in self.sources]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.taken = state["taken"]
+        for source, st in zip(self.sources, state["sources"]):
+            if hasattr(source, "load_state_dict"):
+                source.load_state_dict(st)
 
 
 class TextBatches(Batches):

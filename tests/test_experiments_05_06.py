@@ -96,6 +96,22 @@ def test_mqar_designs_compare_at_equal_peak_and_split_by_source():
         lesson05.mqar_reach(s, designs=("gated",))
 
 
+def test_mqar_seeds_trained_in_worker_processes_give_the_same_answers_as_here():
+    """Each (design, seed) seeds itself, so the lesson's two workers train the very models one process would."""
+    s = lesson05.MqarSetup(steps=3, slots=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a worker, so that not even the order of a sum differs
+    try:
+        here = lesson05.mqar_reach(s, designs=("window", "xl"), seeds=(0, 1), jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    there = lesson05.mqar_reach(s, designs=("window", "xl"), seeds=(0, 1), jobs=2)
+    for name in ("window", "xl"):
+        assert torch.equal(here["designs"][name]["right_seeds"], there["designs"][name]["right_seeds"])
+        assert here["designs"][name]["peak_nbytes"] == there["designs"][name]["peak_nbytes"]
+    assert not torch.equal(here["designs"]["window"]["right_seeds"][0], here["designs"]["window"]["right_seeds"][1])
+
+
 def test_rotary_command_writes_a_result_file(tmp_path):
     from course_lib.experiments.results import read_result
 

@@ -82,3 +82,19 @@ def test_exercise_08_question_1_quotes_the_shipped_recall_result():
         numbers = [int(x) for x in re.findall(r"(\d+)%", row)]
         full = next(lab for lab in summary if lab.startswith(label))
         assert numbers == [round(100 * summary[full][g]["mean"]) for g in (16, 64, 256)], (shown, numbers)
+
+
+def _square(x):
+    return x * x
+
+
+def test_runs_in_workers_come_back_in_order_and_jobs_must_be_a_count():
+    from course_lib.experiments.workers import default_jobs, map_runs
+
+    assert list(map_runs(_square, [3, 1, 2], jobs=1)) == [9, 1, 4]
+    assert list(map_runs(_square, [3, 1, 2, 5], jobs=2)) == [9, 1, 4, 25]  # spawned, in the items' order
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="jobs must be a whole number >= 1, got"):
+            list(map_runs(_square, [1], jobs=bad))
+    assert default_jobs("cuda", 12) == 1  # a GPU is shared better from one process
+    assert 1 <= default_jobs("cpu", 12) <= 4 and default_jobs("cpu", 1) == 1

@@ -152,9 +152,35 @@ def test_the_capacity_sweep_keeps_d_model_and_changes_the_memory_state():
     sizes = [recall.model_bytes(recall.build_model(d, vocab_size=s.vocab_size), 64, s.segment_len)["nbytes"]
              for d in deltas]
     assert sizes == sorted(sizes) and sizes[-1] > 2 * sizes[0]
-    # up to every key the vocabulary has (64 pairs need >= 130 tokens, which stayed on the plateau: issue 18 note)
-    assert max(s.n_pairs) == s.vocab_size // 2 - 1 and min(s.n_pairs) <= 4
+    # 4 to at least 64 pairs (issue 18 point 3), each row's keys distinct among the vocabulary's
+    assert max(s.n_pairs) >= 64 and max(s.n_pairs) <= s.vocab_size // 2 - 1 and min(s.n_pairs) <= 4
     assert min(s.train_gap) == 0 and max(s.train_gap) == s.gap  # short gaps in training: what leaves the plateau
+    assert s.first_steps > 0 and max(s.first_pairs) <= 8  # the curriculum: few pairs first
+
+
+def test_a_capacity_setup_with_too_few_keys_or_a_stage_outside_its_counts_is_refused():
+    with pytest.raises(ValueError, match="n_pairs up to 64 need 64 distinct keys, but vocab_size=64 has 31"):
+        recall.CapacitySetup(vocab_size=64)
+    with pytest.raises(ValueError, match="first_pairs=.2,. must be among n_pairs"):
+        recall.CapacitySetup(first_pairs=(2,))
+
+
+def test_a_curriculum_takes_its_stages_in_order_and_resumes_where_it_stopped():
+    from course_lib.train import Batches, Stages
+
+    easy = Batches(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 3, dtype=torch.long), 2, seed=0)
+    hard = Batches(torch.ones(4, 5, dtype=torch.long), torch.ones(4, 5, dtype=torch.long), 2, seed=0)
+    data = Stages([easy, hard], [3, None])
+    shapes = [next(data)[0].shape[1] for _ in range(6)]
+    assert shapes == [3, 3, 3, 5, 5, 5]
+    saved = data.state_dict()
+    ahead = [next(data)[0] for _ in range(2)]
+    data.load_state_dict(saved)
+    assert all(torch.equal(a, next(data)[0]) for a in ahead)
+    with pytest.raises(ValueError, match="steps.0. must be"):
+        Stages([easy, hard], [0, None])
+    with pytest.raises(ValueError, match="one length"):
+        Stages([easy], [1, None])
 
 
 def test_design_records_are_plain_data_and_build_their_spec():

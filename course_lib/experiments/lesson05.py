@@ -195,7 +195,7 @@ def mqar_designs(s: MqarSetup, segment_len: int) -> dict:
 
 
 def mqar_reach(s: MqarSetup = MqarSetup(), designs=("window", "xl", "compressive"), *, seeds=(0,), device="cpu",
-               progress=False) -> dict:
+               progress=False, jobs: int = 1) -> dict:
     """Train each design (its memory in the second layer; the first is a 4-token window, as in
     ``bench recall``) on MQAR, once per seed (the seed sets the initialisation and the order of the
     batches; the data are the same). Returns
@@ -208,12 +208,13 @@ def mqar_reach(s: MqarSetup = MqarSetup(), designs=("window", "xl", "compressive
       the segment a segment memory attends to), ``right_seeds`` ``[n_seeds, n_answers]`` (which answers
       each seed's model got right) and ``right`` (the first seed's).
 
-    ``device``: where to train (the lessons pass ``pick_device()``)."""
-    from ..bench.recall import FULL, Design, build_model, query_gaps, task_data
+    ``device``: where to train (the lessons pass ``pick_device()``); ``jobs``: worker processes of one
+    thread each (:func:`~course_lib.experiments.workers.map_runs`; the lessons pass
+    :func:`~course_lib.experiments.workers.default_jobs`), each training one (design, seed)."""
+    from ..bench.recall import FULL, query_gaps, task_data
     from ..data import IGNORE
-    from ..device import seed_everything
-    from ..train import forward_segments, predict, train
-    from .specs import build_memory, spec_label
+    from .specs import spec_label
+    from .workers import map_runs
 
     setup = replace(FULL, steps=s.steps, window=s.slots, random_fill=s.random_fill)
     specs = mqar_designs(s, setup.segment_len)
@@ -226,25 +227,39 @@ def mqar_reach(s: MqarSetup = MqarSetup(), designs=("window", "xl", "compressive
     same = (pos - gaps) // setup.segment_len == pos // setup.segment_len
     out = {"gaps": gaps, "same_segment": same, "segment_len": setup.segment_len, "steps": s.steps,
            "seeds": list(seeds), "random_fill": s.random_fill, "designs": {}}
+    runs = [(setup, name, specs[name], seed, data, (x, y), device, progress) for name in designs for seed in seeds]
+    done = iter(map_runs(_reach_run, runs, jobs))
     for name in designs:
         spec = specs[name]
-        label = spec_label(spec) + (" (Transformer-XL)" if name == "xl" else "")
-        design = Design(label, spec["name"], lambda spec=spec: build_memory(spec, n_heads=setup.n_heads))
-        right = []
-        for seed in seeds:
-            seed_everything(seed)
-            model = build_model(setup, design)
-            train(model, data, setup.steps, batch_size=setup.batch_size, lr=setup.lr,
-                  warmup=min(50, setup.steps // 10), schedule=setup.schedule, segment_len=setup.segment_len,
-                  device=device, seed=seed, progress=progress, desc=f"{name} seed {seed}")
-            pred = predict(model, x, segment_len=setup.segment_len, device=device)
-            right.append((pred == y)[y != IGNORE].cpu())
-        with torch.no_grad():
-            _, state = forward_segments(model.eval(), x[:1].to(device), setup.segment_len)
-        out["designs"][name] = {"label": design.label, "spec": spec, "nbytes": model.state_nbytes(state),
-                                "peak_nbytes": model.peak_nbytes(state, setup.segment_len),
+        results = [next(done) for _ in seeds]
+        right = [r["right"] for r in results]
+        out["designs"][name] = {"label": spec_label(spec) + (" (Transformer-XL)" if name == "xl" else ""),
+                                "spec": spec, "nbytes": results[0]["nbytes"], "peak_nbytes": results[0]["peak_nbytes"],
                                 "right_seeds": torch.stack(right), "right": right[0]}
     return out
+
+
+def _reach_run(args) -> dict:
+    """One (design, seed) of :func:`mqar_reach`, here or in a worker: which test answers it got right,
+    and its model's carried and peak bytes."""
+    from ..bench.recall import Design, build_model
+    from ..data import IGNORE
+    from ..device import seed_everything
+    from ..train import forward_segments, predict, train
+    from .specs import build_memory, spec_label
+
+    setup, name, spec, seed, data, (x, y), device, progress = args
+    design = Design(spec_label(spec), spec["name"], lambda: build_memory(spec, n_heads=setup.n_heads))
+    seed_everything(seed)
+    model = build_model(setup, design)
+    train(model, data, setup.steps, batch_size=setup.batch_size, lr=setup.lr,
+          warmup=min(50, setup.steps // 10), schedule=setup.schedule, segment_len=setup.segment_len,
+          device=device, seed=seed, progress=progress, desc=f"{name} seed {seed}")
+    pred = predict(model, x, segment_len=setup.segment_len, device=device)
+    with torch.no_grad():
+        _, state = forward_segments(model.eval(), x[:1].to(device), setup.segment_len)
+    return {"right": (pred == y)[y != IGNORE].cpu(), "nbytes": model.state_nbytes(state),
+            "peak_nbytes": model.peak_nbytes(state, setup.segment_len)}
 
 
 def accuracy_by_gap(gaps: torch.Tensor, right: torch.Tensor, edges) -> list[float]:

@@ -216,7 +216,6 @@ def train_text(name: str, seed: int, s: TextSetup = TEXT_FULL, *, corpus=None, p
 
 def _worker(args):
     name, seed, s = args
-    torch.set_num_threads(1)
     return train_text(name, seed, s)
 
 
@@ -235,16 +234,10 @@ def run_text(s: TextSetup = TEXT_FULL, designs=None, *, jobs: int = 2, log=print
         if on_row is not None:
             on_row(rows)
 
-    if jobs <= 1:
-        for item in todo:
-            report(_worker(item))
-        return rows
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from .workers import map_runs
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for row in pool.map(_worker, todo):
-            report(row)
+    for row in map_runs(_worker, todo, jobs):
+        report(row)
     return rows
 
 
@@ -355,6 +348,7 @@ def main(argv=None) -> int:
                      summary=summarise(rows))
 
     todo = designs if designs is not None else list(DESIGNS)
+    torch.set_num_threads(1)  # --jobs 1: the one run here on one thread, as in a worker
     rows = run_text(s, todo, jobs=args.jobs, log=lambda line: print(line, flush=True), done=done, on_row=save)
     save(rows)
     for r in summarise(read_result(out)["rows"]):

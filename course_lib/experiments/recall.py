@@ -64,9 +64,9 @@ four times that under the load the runs met (load average 5-10). Hence
   1,000 steps, two learning rates (1e-3, 3e-3: 3e-3 froze some designs on the plateau in the earlier
   runs, which is why it is swept rather than imposed), 3 seeds, 128 test rows per gap. One run
   (train + evaluate at all six gaps) took 25-280 s, about 45 s typically;
-  The shipped ``lesson08_recall.json`` holds 9 of the 11 designs: linear attention and sinks at
-  absolute positions were left out to fit the time (``... lesson08 recall --resume`` adds them to
-  the file, about 10 minutes);
+  the shipped ``lesson08_recall.json`` holds all 11 designs: 9 from the first run, linear attention and
+  sinks at absolute positions added later by ``... lesson08 recall --resume --only "linear;sink S=4 n_c=28,
+  d_h=32"`` (166 s on an otherwise idle 2-core CPU);
 * capacity: 3 seeds, one learning rate (1e-3, the best of every fixed-size design in the distance
   sweep), 1,500 steps, vocabulary 64, 4 to 31 pairs (31: every key a vocabulary of 64 has), training
   gaps 0-16 (test gap 16), ``d_h`` in 2, 4, 8, 16, 64 and a window of 32 slots (rows of 109 tokens,
@@ -156,10 +156,12 @@ class DistanceSetup:
 class CapacitySetup:
     """Task, model and budget of the capacity experiment (see the module docstring)."""
 
-    vocab_size: int = 64  # 64 distinct keys would need >= 130 tokens: that stayed on the plateau (docstring)
-    n_pairs: tuple = (4, 8, 16, 24, 31)  # measured at each; trained on a mix of them (31: every key of 64 tokens)
+    vocab_size: int = 136  # keys 1-67, values 68-135: 64 distinct keys in a row
+    n_pairs: tuple = (4, 8, 16, 32, 48, 64)  # measured at each; trained on a mix of them
     gap: int = 16  # the test gap
     train_gap: tuple = (0, 16)  # each training row draws its own: the short gaps are what leaves the plateau
+    first_pairs: tuple = (4, 8)  # a curriculum: the first `first_steps` steps train on these counts only
+    first_steps: int = 750  # (without it a vocabulary of 136 stayed on the plateau for 2,000 steps)
     random_fill: bool = True
     segment_len: int = 64  # neither a delta memory nor a window attends to its segment: n_s only sets the speed
     d_model: int = 64
@@ -167,7 +169,7 @@ class CapacitySetup:
     local: int = 4
     head_dims: tuple = (2, 4, 8, 16, 64)  # delta memory d_h, at fixed d_model (n_heads = d_model / d_h)
     windows: tuple = (32,)  # window slots for contrast (d_h = 32): it holds the last 32 of >= 44 tokens back
-    steps: int = 1500
+    steps: int = 2000  # on the mix of every count, after the first stage
     batch_size: int = 32
     warmup: int = 50
     schedule: str = "constant"
@@ -177,14 +179,23 @@ class CapacitySetup:
     n_test: int = 128  # rows per pair count
     data_seed: int = 2000
 
+    def __post_init__(self):
+        if max(self.n_pairs) > self.vocab_size // 2 - 1:
+            raise ValueError(f"n_pairs up to {max(self.n_pairs)} need {max(self.n_pairs)} distinct keys, but "
+                             f"vocab_size={self.vocab_size} has {self.vocab_size // 2 - 1}: give it >= "
+                             f"{2 * max(self.n_pairs) + 2}")
+        if self.first_steps and not set(self.first_pairs) <= set(self.n_pairs):
+            raise ValueError(f"first_pairs={self.first_pairs} must be among n_pairs={self.n_pairs}")
+
     @classmethod
     def full(cls) -> CapacitySetup:
         return cls()
 
     @classmethod
     def quick(cls) -> CapacitySetup:
-        return cls(vocab_size=32, n_pairs=(2, 4, 8), gap=4, train_gap=(0, 4), segment_len=8, d_model=16, local=2,
-                   head_dims=(4, 8), windows=(8,), steps=3, batch_size=8, warmup=1, seeds=(0,), n_train=64, n_test=6)
+        return cls(vocab_size=32, n_pairs=(2, 4, 8), gap=4, train_gap=(0, 4), first_pairs=(2,), first_steps=2,
+                   segment_len=8, d_model=16, local=2, head_dims=(4, 8), windows=(8,), steps=3, batch_size=8,
+                   warmup=1, seeds=(0,), n_train=64, n_test=6)
 
 
 # ----------------------------------------------------------------------------- designs
@@ -473,16 +484,18 @@ def _capacity_sets(s: CapacitySetup, seed: int) -> dict:
             for i, p in enumerate(s.n_pairs)}
 
 
-def _capacity_train(s: CapacitySetup):
-    """Training rows with each pair count of ``s.n_pairs`` equally often, each row with its own gap
-    from ``s.train_gap``, shuffled, padded at the front with filler to one length (``3 max(P) + max gap``)."""
+def _capacity_train(s: CapacitySetup, n_pairs=None):
+    """Training rows with each pair count of ``n_pairs`` (default ``s.n_pairs``) equally often, each
+    row with its own gap from ``s.train_gap``, shuffled, padded at the front with filler to one
+    length (``3 max(P) + max gap``)."""
     from ..data import mqar_distance
 
+    n_pairs = s.n_pairs if n_pairs is None else n_pairs
     g_hi = max(s.train_gap)
-    length = 3 * max(s.n_pairs) + g_hi
-    n = -(-s.n_train // len(s.n_pairs))
-    parts = [mqar_distance(n, p, tuple(s.train_gap), s.vocab_size, seed=s.data_seed + i,
-                           prefix=length - 3 * p - g_hi, random_fill=s.random_fill) for i, p in enumerate(s.n_pairs)]
+    length = 3 * max(n_pairs) + g_hi
+    n = -(-s.n_train // len(n_pairs))
+    parts = [mqar_distance(n, p, tuple(s.train_gap), s.vocab_size, seed=s.data_seed + s.n_pairs.index(p),
+                           prefix=length - 3 * p - g_hi, random_fill=s.random_fill) for p in n_pairs]
     x, y = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(s.data_seed))
     return x[order], y[order]
@@ -490,17 +503,22 @@ def _capacity_train(s: CapacitySetup):
 
 def _capacity_run(args) -> tuple:
     """One (design, seed) of the capacity run, in this process or a worker: ``(rows, seconds)``."""
+    from ..train import Batches, Stages
+
     s, record, seed, device = args
-    torch.set_num_threads(1)
-    data = _capacity_train(s)
+    data = Batches(*_capacity_train(s), s.batch_size, seed=seed)
+    if s.first_steps:  # the curriculum: few pairs first, then the mix
+        data = Stages([Batches(*_capacity_train(s, s.first_pairs), s.batch_size, seed=seed), data],
+                      [s.first_steps, None])
     test = _capacity_sets(s, s.data_seed + 300)
-    model, seconds = train_one(record, data, vocab_size=s.vocab_size, lr=s.lr, seed=seed, steps=s.steps,
+    model, seconds = train_one(record, data, vocab_size=s.vocab_size, lr=s.lr, seed=seed,
+                               steps=s.first_steps + s.steps,
                                batch_size=s.batch_size, segment_len=s.segment_len, warmup=s.warmup,
                                schedule=s.schedule, n_layers=s.n_layers, local=s.local, device=device)
     res = evaluate_gaps(model, test, s.segment_len, device=device)
     rows = [{**_record_fields(record), "lr": s.lr, "seed": seed, "n_pairs": p, "gap": s.gap, **r,
              **model_bytes(model, r["context"], s.segment_len, device),
-             "train_seconds": round(seconds, 1), "steps": s.steps} for p, r in res.items()]
+             "train_seconds": round(seconds, 1), "steps": s.first_steps + s.steps} for p, r in res.items()]
     return rows, seconds
 
 
@@ -510,6 +528,7 @@ def run_capacity(s: CapacitySetup | None = None, *, only=None, out=None, command
     count; rows per (design, seed, n_pairs), written to ``out`` after every run. ``jobs``: worker
     processes of one thread each (one run per process at a time; the rows are the same either way)."""
     from ..train import progress_bar
+    from .workers import map_runs
 
     s = CapacitySetup.full() if s is None else s
     designs = [d for d in capacity_designs(s) if not only or _family(d) in only or d["label"] in only]
@@ -538,16 +557,8 @@ def run_capacity(s: CapacitySetup | None = None, *, only=None, out=None, command
         log(f"  {item[1]['label']:<44} seed {item[2]}: " + "  ".join(
             f"P={r['n_pairs']} {r['accuracy']:5.1%}" for r in new_rows) + f"  ({seconds:.0f} s)")
 
-    if jobs <= 1 or len(todo) <= 1:
-        for item in todo:
-            report(item, *_capacity_run(item))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for item, (new_rows, seconds) in zip(todo, pool.map(_capacity_run, todo)):
-                report(item, new_rows, seconds)
+    for item, (new_rows, seconds) in zip(todo, map_runs(_capacity_run, todo, jobs)):
+        report(item, new_rows, seconds)
     bar.close()
     save(False)
     return {"setup": dataclasses.asdict(s), "rows": rows, "designs": designs}
