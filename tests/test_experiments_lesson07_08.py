@@ -97,6 +97,16 @@ def test_error_by_age_window_and_mean_pooling():
     assert err.mean().item() == pytest.approx(0.75, abs=0.01)
 
 
+def test_a_three_way_front_counts_times_within_their_noise_as_a_tie():
+    # (bytes, ms, -recall): B is 0.005 ms faster than A at the same bytes and recall, C smaller but slower
+    costs = [[100, 0.354, -0.5], [100, 0.349, -0.5], [50, 0.9, -0.5]]
+    assert lesson08.pareto_front_nd(costs) == [2, 1]  # exact: B's 5 microseconds push A off
+    assert lesson08.pareto_front_nd(costs, ties=[0, 0.1, 0]) == [2, 0, 1]  # within the noise: both stay
+    assert lesson08.pareto_front_nd([[100, 0.1, -0.5], [100, 0.5, -0.5]], ties=[0, 0.1, 0]) == [0]  # beyond it
+    with pytest.raises(ValueError, match="ties must give one tolerance >= 0 per column"):
+        lesson08.pareto_front_nd(costs, ties=[0, 0.1])
+
+
 def test_pareto_front_against_brute_force_on_ties():
     g = torch.Generator().manual_seed(0)
     for _ in range(50):

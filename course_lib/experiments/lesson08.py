@@ -75,13 +75,20 @@ def pareto_front(nbytes, accuracy) -> list[int]:
     return pareto_front_nd([[b, -a] for b, a in zip(nbytes, accuracy)])
 
 
-def pareto_front_nd(costs) -> list[int]:
+def pareto_front_nd(costs, ties=None) -> list[int]:
     """Indices of the rows of ``costs`` (lower is better in every column) that no other row
-    dominates, sorted by the first column, ties by index."""
+    dominates, sorted by the first column, ties by index. ``ties``: per column, differences up to
+    this much count as equal (a timing's noise, say), so that a row beats another only where it is
+    better by more than that; default 0 in every column."""
     costs = [list(map(float, row)) for row in costs]
+    width = len(costs[0]) if costs else 0
+    ties = [0.0] * width if ties is None else [float(t) for t in ties]
+    if len(ties) != width or any(not t >= 0 for t in ties):
+        raise ValueError(f"ties must give one tolerance >= 0 per column ({width}), got {ties}")
 
     def beats(a, b):
-        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+        return (all(x <= y + t for x, y, t in zip(a, b, ties))
+                and any(x < y - t for x, y, t in zip(a, b, ties)))
 
     keep = [i for i, c in enumerate(costs) if not any(beats(o, c) for o in costs)]
     return sorted(keep, key=lambda i: (costs[i][0], i))
