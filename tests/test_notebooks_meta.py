@@ -156,3 +156,16 @@ def test_no_compared_output_prints_a_value_at_rounding_level(path):
             text = output.get("text", "") + output.get("data", {}).get("text/plain", "")
             noisy += [f"cell {index}: {m.group(0)}" for m in ROUNDING_LEVEL.finditer(text) if _at_rounding_level(m)]
     assert noisy == [], noisy
+
+
+@pytest.mark.parametrize("path", STORED, ids=[p.stem for p in STORED])
+def test_every_figure_a_cell_returns_is_stored_as_a_picture(path):
+    """A bare matplotlib Figure returned by a cell shows only its repr, "<Figure size ... with 1 Axes>",
+    where no inline formatter is registered: the reader gets no picture (course_lib.viz.Figure draws itself)."""
+    blind = []
+    for index, cell in enumerate(code_cells(read(path))):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "".join(data.get("text/plain", "")).startswith("<Figure size") and "image/png" not in data:
+                blind.append(f"cell {index}")
+    assert blind == [], f"{path.name}: figures without a picture in {blind}"

@@ -270,7 +270,7 @@ def paired(rows: list[dict], reference: str = "window") -> list[dict]:
 
 def plot_text(summary: list[dict], title: str = ""):
     """Bits per character per design, mean and one standard deviation over seeds (a pure function)."""
-    from matplotlib.figure import Figure
+    from ..viz import Figure  # shows itself as a PNG in a notebook
 
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()

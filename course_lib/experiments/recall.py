@@ -659,7 +659,7 @@ FAMILY_COLOURS = {"full": "black", "window": "tab:blue", "sink": "tab:cyan", "li
 def plot_distance(result: dict, value: str = "accuracy", title: str | None = None):
     """Accuracy against the gap (log x; gap 0 drawn at 1/2 of the next), one line per design, the
     mean over seeds with a band from min to max. A pure function: a ``matplotlib.figure.Figure``."""
-    from matplotlib.figure import Figure
+    from ..viz import Figure  # shows itself as a PNG in a notebook
 
     summ = summary(result, value)
     fig = Figure(figsize=(9, 5.5), layout="constrained")
@@ -684,24 +684,35 @@ def plot_distance(result: dict, value: str = "accuracy", title: str | None = Non
     ax.set_ylabel({"accuracy": "accuracy", "from_memory": "accuracy, value before the question's segment",
                    "own_segment": "accuracy, value in the question's segment"}.get(value, value) + " (%)")
     ax.set_title(title or f"MQAR against distance: {s['n_pairs']} pairs, random filler, segments of "
-                          f"{s['segment_len']}, equal peak bytes; mean and min-max over seeds")
+                          f"{s['segment_len']},\nequal peak bytes; mean and min-max over seeds")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     return fig
 
 
 def plot_capacity(result: dict, title: str | None = None):
-    """Accuracy against the number of pairs (log x), one line per design. A pure function."""
-    from matplotlib.figure import Figure
+    """Accuracy against the number of pairs (log x), one line per design (the mean over the seeds,
+    a band from the lowest to the highest seed), the delta memories darker as their state grows. A
+    pure function."""
+    from matplotlib import colormaps
+
+    from ..viz import Figure  # shows itself as a PNG in a notebook
 
     summ = summary(result, "accuracy", by="n_pairs")
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    for label, buckets in summ.items():
-        r = _first(result, label)
+    # one family after another, each from its smallest state to its largest, darker as the state grows
+    order = sorted(summ, key=lambda lab: (_first(result, lab)["family"], _first(result, lab)["nbytes"]))
+    families = {lab: _first(result, lab)["family"] for lab in order}
+    for label in order:
+        r, buckets = _first(result, label), summ[label]
+        same = [lab for lab in order if families[lab] == r["family"]]
+        shade = 0.45 + 0.55 * same.index(label) / max(1, len(same) - 1)
+        colour = colormaps["Reds"](shade) if r["family"] == "delta" else FAMILY_COLOURS.get(r["family"])
         ps = sorted(buckets)
-        ax.plot(ps, [100 * buckets[p]["mean"] for p in ps], marker="o", color=FAMILY_COLOURS.get(r["family"]),
-                alpha=0.35 + 0.65 * min(1.0, r["nbytes"] / max(x["nbytes"] for x in result["rows"])),
+        ax.fill_between(ps, [100 * buckets[p]["min"] for p in ps], [100 * buckets[p]["max"] for p in ps],
+                        color=colour, alpha=0.15, linewidth=0)
+        ax.plot(ps, [100 * buckets[p]["mean"] for p in ps], marker="o", color=colour,
                 label=f"{label} ({r['nbytes']:,} B)")
     ax.set_xscale("log", base=2)
     ax.set_ylim(-3, 103)
