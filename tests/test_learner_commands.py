@@ -346,4 +346,5 @@ def test_lesson_06_prints_no_digits_of_rounding_noise():
     # float32 digits of a loss or gradient differ from one CPU to another and fail strict nbval
     digits = re.findall(r"\d\.\d+(?:e[-+]?\d+)?", text)
     assert not digits, f"the cell prints float digits that differ between CPUs: {digits}"
-    assert "0 (< 1e-10)" in text and "'yes'" in text, "each gradient is printed as above or below the tolerance"
+    assert "0 (rounding)" in text and "'yes'" in text, "each gradient is printed as above or below the tolerance"
+    assert not re.findall(r"\de-\d+", text), "no tolerance or value in scientific notation either"
