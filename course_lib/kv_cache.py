@@ -21,7 +21,7 @@ from ._checks import check_positive_int, check_tensor, describe
 __all__ = ["KVCache", "StaticKVCache", "kv_cache_bytes"]
 
 
-def kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2) -> int:
+def kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2, *, v_dim=None) -> int:
     """``2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value``.
 
     Llama-2-7B (32 layers, 32 KV heads, d_h = 128) at 4,096 tokens in fp16 needs exactly
@@ -29,12 +29,18 @@ def kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_v
 
     >>> kv_cache_bytes(32, 32, 128, 4096) == 2 * 1024**3
     True
+
+    The one owner of this formula: every cache and slot memory of the course counts its pairs
+    with it (``StaticKVCache.nbytes``, ``FullMemory.nbytes``, the slot memories' analytic
+    ``cost_per_token``, the segment a memory reads in ``peak_nbytes``). ``v_dim``: the values'
+    head dim ``d_v`` when it differs from the keys' (``head_dim + v_dim`` per pair, not ``2 d_h``).
     """
     for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
                         ("batch", batch), ("bytes_per_value", bytes_per_value)):
         check_positive_int(name, value)
     check_positive_int("seq_len", seq_len, minimum=0)
-    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value
+    per_pair = 2 * head_dim if v_dim is None else head_dim + check_positive_int("v_dim", v_dim)
+    return n_layers * n_kv_heads * per_pair * seq_len * batch * bytes_per_value
 
 
 def _check_kv(k, v, expected=None) -> None:
@@ -123,7 +129,7 @@ class StaticKVCache:
     def nbytes(self) -> int:
         """Bytes of the cached pairs (``kv_cache_bytes`` of one layer at ``seq_len``)."""
         b, h, _, d = self.k_buf.shape
-        return 2 * b * h * self._len * d * self.k_buf.element_size()
+        return kv_cache_bytes(1, h, d, self._len, b, self.k_buf.element_size())
 
     @property
     def capacity_nbytes(self) -> int:

@@ -16,9 +16,8 @@ from course_lib.models import MemoryLM
 FACTORIES = {name: MEMORY_CASES[name] for name in [*MEMORIES, "compressive_conv", "compressive_most_used",
                                                    "infini", "concat"]}
 FACTORIES["delta_learned"] = lambda: DeltaMemory(beta="learned", chunk_size=4)  # beta_t = sigma(W_beta x_t)
-# memories whose result does not depend on where the chunks start
-CHUNK_FREE = ["full", "window", "sink", "moving_average", "cumulative_average", "linear", "delta", "multi", "infini",
-              "delta_learned"]
+# memories whose result does not depend on where the chunks start (each says so: Memory.chunk_invariant)
+CHUNK_FREE = [name for name, make in FACTORIES.items() if make().chunk_invariant]
 
 
 def model(name, n_kv_heads=None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -53,7 +54,9 @@ def test_every_registered_class_carries_its_metadata(cls):
     assert MEMORIES[cls.name] is cls and cls.title
     memory, bigger = cls.example(n_heads=H), cls.example(64, n_heads=H)
     assert type(memory) is cls is type(bigger) and memory.label()
-    assert (cls.name in FIXED_SIZE_MEMORIES) == cls.fixed_size
+    assert (cls.name in FIXED_SIZE_MEMORIES) == (cls.fixed_size is True)  # None: it depends on the parts
+    assert set(cls.symbols) <= set(inspect.signature(cls).parameters), "symbols name constructor arguments"
+    assert all(f"{symbol} = " in memory.label() for symbol in memory.sizes()), "the label shows every size"
     for optional in ("reserve", "snapshot", "forward_unchecked", "cost_per_token"):
         assert callable(getattr(memory, optional))
 
@@ -313,3 +316,22 @@ def test_peak_bytes_add_the_segment_only_for_memories_that_read_it(name):
     readers = [m for m in getattr(memory, "memories", [memory]) if m.reads_segment]
     assert extra == len(readers) * 16 * 2 * 6 * 2 * 8
     assert (name in ("segment", "compressive", "knn")) == memory.reads_segment
+
+
+def test_a_memory_class_owns_its_symbols_label_and_flags():
+    """What is said about a memory lives on its class: the label, the design label and the test
+    flags are derived from ``symbols`` and ``reads_segment``, not from lists elsewhere."""
+    from course_lib.experiments.specs import spec_label
+    from course_lib.memory import CompressiveMemory, DeltaMemory, MultiMemory, WindowMemory
+
+    assert CompressiveMemory(8, 4, 2).label() == "compressive n_m = 8, n_cm = 4, c = 2"
+    assert CompressiveMemory(8, 4, 2, compress="conv").label().endswith(", f_c = conv")
+    assert SinkMemory(4, 12, positions="cache").label() == "sink S = 4, n_c = 12 (cache positions)"
+    assert DeltaMemory().label() == "delta" and DeltaMemory(beta="learned").label() == "delta beta = learned"
+    assert spec_label({"name": "segment", "mem_len": 16}) == "segment n_m=16"
+    gated = MultiMemory([WindowMemory(4), DeltaMemory()], n_heads=2)
+    assert gated.fixed_size is True and MultiMemory([WindowMemory(4), make_memory("full")], n_heads=2).fixed_size \
+        is False
+    assert [n for n, cls in MEMORIES.items() if cls.example(n_heads=2).chunk_invariant] == [
+        n for n, cls in MEMORIES.items() if not cls.reads_segment]
+    assert not CompressiveMemory(8, 4, 2).chunk_invariant and WindowMemory(4).chunk_invariant

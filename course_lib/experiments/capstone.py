@@ -124,8 +124,12 @@ def format_bytes(n: float) -> str:
 
 
 def kv_bytes_per_token(setup: Capstone = SETUP, bytes_per_value: int = 4) -> int:
-    """``2 L n_g d_h`` values per token (keys and values of every layer), fp32 by default."""
-    return 2 * setup.n_layers * setup.d_model * bytes_per_value
+    """``2 L n_g d_h`` values per token (keys and values of every layer), fp32 by default:
+    :func:`~course_lib.kv_cache.kv_cache_bytes` of one token."""
+    from ..kv_cache import kv_cache_bytes
+
+    return kv_cache_bytes(setup.n_layers, setup.n_heads, setup.d_model // setup.n_heads, 1,
+                          bytes_per_value=bytes_per_value)
 
 
 # ------------------------------------------------------------------- designs as data

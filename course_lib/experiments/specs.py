@@ -17,11 +17,6 @@ from __future__ import annotations
 
 __all__ = ["build_memory", "spec_label", "check_spec", "spec_of"]
 
-#: constructor argument -> the book's symbol, for labels
-SYMBOLS = {"window": "n_c", "sinks": "S", "mem_len": "n_m", "cmem_len": "n_cm", "ratio": "c",
-           "capacity": "N", "top_k": "k", "beta": "beta"}
-
-
 def check_spec(spec, where: str = "design") -> str:
     """The registry name of ``spec``, or a clear error naming ``where`` and what was expected."""
     from ..memory import MEMORIES
@@ -61,12 +56,22 @@ def build_memory(spec: dict, *, n_heads: int | None = None, where: str = "design
 
 
 def spec_label(spec: dict) -> str:
-    """A short name: ``sink S=4 n_c=12``, ``window n_c=32 + delta beta=learned (gate)``."""
-    name = spec["name"]
+    """A short name: ``sink S=4 n_c=12``, ``window n_c=32 + delta beta=learned (gate)``.
+
+    The arguments the memory's class names in its ``symbols`` appear as ``symbol=value``, in the
+    spec's order; its other string settings (``compress``, ``positions``) as their value.
+
+    >>> spec_label({"name": "compressive", "mem_len": 8, "cmem_len": 8, "ratio": 2, "compress": "conv"})
+    'compressive n_m=8 n_cm=8 c=2 conv'
+    """
+    from ..memory import memory_class
+
+    name = check_spec(spec)
     if name == "multi":
         return " + ".join(spec_label(p) for p in spec["memories"]) + f" ({spec.get('combine', 'gate')})"
-    sizes = " ".join(f"{SYMBOLS[k]}={v}" for k, v in spec.items() if k in SYMBOLS)
-    extra = " ".join(str(spec[k]) for k in ("compress", "positions") if k in spec)
+    symbols = memory_class(name).symbols
+    sizes = " ".join(f"{symbols[k]}={v}" for k, v in spec.items() if k in symbols)
+    extra = " ".join(v for k, v in spec.items() if k != "name" and k not in symbols and isinstance(v, str))
     return " ".join(x for x in (name, sizes, extra) if x)
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..kv_cache import kv_cache_bytes
 from ._state import StateMeta, check_input, new_meta
 from .base import Memory
 
@@ -157,6 +158,12 @@ class SlotMemory(Memory):
     track_mass = False  # most_used compression needs the attention each slot received
 
     @property
+    def fused_attention(self) -> bool:
+        """Its attention over the slots is one ``scaled_dot_product_attention`` call: true unless it
+        needs the attention weights themselves (``track_mass``; kNN's scores of the retrieved pairs)."""
+        return not self.track_mass
+
+    @property
     @abc.abstractmethod
     def n_slots(self) -> int:
         """``P``, the slots of the buffer."""
@@ -242,7 +249,8 @@ class SlotMemory(Memory):
         L, tau, d, b = config.n_layers, config.n_heads, config.head_dim, config.bytes_per_value
         heads = config.kv_heads if self.supports_gqa else tau
         held = self.slots_after(context)
-        return {"bytes": 2 * L * heads * d * held * b, "flops": 4 * L * tau * d * (self.slots_read(held) + 1)}
+        return {"bytes": kv_cache_bytes(L, heads, d, held, bytes_per_value=b),
+                "flops": 4 * L * tau * d * (self.slots_read(held) + 1)}
 
     def reserve(self, state, n_tokens: int = 0):
         """A state that owns its buffer: forwards from it write in place (a decoding stream)."""

@@ -63,7 +63,7 @@ class MovingAverageMemory(Memory):
 
     name = "moving_average"
     title = "moving average"
-    label_format = "moving average n_c = {window}"
+    symbols = {"window": "n_c"}
     uses_query = False
 
     def __init__(self, window: int, weights=None):

@@ -33,7 +33,10 @@ by any positions, built from the model's rotary tables and the chunk's first pos
 
 Class metadata, read by everything that lists memories (the registry in
 :mod:`course_lib.memory`, the cost model, widget menus, benchmarks, tests): ``name``,
-``title``, ``fixed_size``, ``example(slots)`` and ``cost_per_token(config, context)``.
+``title``, ``symbols`` (its sizes under the book's symbols: labels, the inspector's controls and
+design labels come from it), flags such as ``fixed_size`` and ``chunk_invariant``,
+``example(slots)`` and ``cost_per_token(config, context)``. A memory is described in one place:
+its class.
 
 States are plain dataclasses of detached tensors: a state never holds an autograd graph.
 """
@@ -48,6 +51,7 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int, check_qkv, describe
+from ..kv_cache import kv_cache_bytes
 
 __all__ = ["Memory", "Rotation", "state_nbytes", "check_state"]
 
@@ -153,8 +157,12 @@ class Memory(nn.Module, abc.ABC):
 
     Class attributes (metadata):
         name: the registry name (``"window"``); ``""`` for a memory that is not registered.
-        title: how menus list it (``"sinks + window"``); ``label_format``: how a configured
-            memory describes itself (``"window n_c = {window}"``, see :meth:`label`).
+        title: how menus list it (``"sinks + window"``); ``label_name``: how :meth:`label` names a
+            configured one (default: the title).
+        symbols: constructor argument -> the book's symbol, in the order labels list them
+            (``{"sinks": "S", "window": "n_c"}``). :meth:`label`, the inspector's size controls
+            (:mod:`course_lib.widgets.inspector_state`) and design labels
+            (:func:`course_lib.experiments.specs.spec_label`) are built from it.
         fixed_size: ``nbytes`` stays bounded however long the text.
         holds_slots: the memory keeps key/value slots (``spans`` and ``parts`` work; ``concat``
             can use it).
@@ -178,11 +186,15 @@ class Memory(nn.Module, abc.ABC):
             ``forward(q, k, v, state, beta=...)`` with ``beta [B, H, T] = sigma(W_beta x)``: the
             attention layer of ``MemoryLM`` then owns ``W_beta`` and computes it
             (``DeltaMemory(beta="learned")``, DeltaNet's ``beta_t``).
+
+    ``chunk_invariant`` (a property, from ``reads_segment``): the output does not depend on how the
+    text is cut into chunks; tests that feed random chunkings read it.
     """
 
     name: str = ""
     title: str = ""
-    label_format: str = ""  # e.g. "window n_c = {window}" (see label())
+    label_name: str = ""  # how label() names it; default: title
+    symbols: dict[str, str] = {}  # constructor argument -> book symbol, e.g. {"window": "n_c"}
     fixed_size: bool = True
     holds_slots: bool = False
     supports_gqa: bool = False
@@ -206,10 +218,29 @@ class Memory(nn.Module, abc.ABC):
         ``sizes`` overriding some of them (``CompressiveMemory.example(64, ratio=4)``)."""
         return cls(**{**cls.example_sizes(slots, n_heads=n_heads), **sizes})
 
+    @property
+    def chunk_invariant(self) -> bool:
+        """The output is the same however the text is cut into chunks (``forward`` on ``T`` tokens
+        equals ``forward`` on any split of them): true unless the memory ``reads_segment``."""
+        return not self.reads_segment
+
+    def sizes(self) -> dict:
+        """The memory's sizes by the book's symbol, in :attr:`symbols` order (``{"n_c": 8}``); one
+        left at its constructor default is left out (``DeltaMemory()`` has none, its beta is 1)."""
+        defaults = {p.name: p.default for p in inspect.signature(type(self)).parameters.values()}
+        return {symbol: getattr(self, arg) for arg, symbol in self.symbols.items()
+                if getattr(self, arg) != defaults.get(arg, inspect.Parameter.empty)}
+
+    def label_details(self) -> str:
+        """What :meth:`label` adds after the sizes (``" (cache positions)"``); by default nothing."""
+        return ""
+
     def label(self) -> str:
-        """A short description with the sizes, in the book's notation (``"window n_c = 8"``):
-        the class's ``label_format`` filled with the memory's attributes, else its ``title``."""
-        return self.label_format.format_map(vars(self)) if self.label_format else self.title or type(self).__name__
+        """A short description with the sizes, in the book's notation (``"window n_c = 8"``): the
+        ``label_name`` (else ``title``), :meth:`sizes` as ``symbol = value``, :meth:`label_details`."""
+        sizes = ", ".join(f"{symbol} = {value}" for symbol, value in self.sizes().items())
+        name = self.label_name or self.title or type(self).__name__
+        return " ".join(x for x in (name, sizes) if x) + self.label_details()
 
     def extra_repr(self) -> str:
         """The constructor arguments this memory keeps under their own names (``window=4``)."""
@@ -253,20 +284,21 @@ class Memory(nn.Module, abc.ABC):
             return held
         check_positive_int("segment_len", segment_len)
         per_value = torch.empty((), dtype=state.dtype).element_size()
-        return held + segment_len * state.batch * state.n_heads * (state.head_dim + state.v_dim) * per_value
+        return held + kv_cache_bytes(1, state.n_heads, state.head_dim, segment_len, state.batch, per_value,
+                                     v_dim=state.v_dim)
 
     def spans(self, state) -> list[tuple[int, int]]:
         """The first and last position each key/value slot stands for, in attention order."""
         raise TypeError(
             f"{type(self).__name__} holds no key/value slots, so it has no spans; "
-            "spans exist for memories with holds_slots = True (full, window, sink, segment, compressive, kNN)"
+            f"spans exist for memories with holds_slots = True ({_slot_memories()})"
         )
 
     def parts(self, state) -> list[tuple[str, int]]:
         """The labelled groups of slots in attention order, e.g. ``[("CMem", 8), ("Mem", 6)]``."""
         raise TypeError(
             f"{type(self).__name__} holds no key/value slots, so it has no parts; "
-            "parts exist for memories with holds_slots = True (full, window, sink, segment, compressive, kNN)"
+            f"parts exist for memories with holds_slots = True ({_slot_memories()})"
         )
 
     def reserve(self, state, n_tokens: int = 0):
@@ -277,6 +309,13 @@ class Memory(nn.Module, abc.ABC):
         """A state that later forwards never change (keep it, branch from it). By default the
         state itself: a memory that never writes into its input states needs no copy."""
         return state
+
+
+def _slot_memories() -> str:
+    """The registered memories that hold key/value slots, for error messages (from the registry)."""
+    from . import MEMORIES
+
+    return ", ".join(name for name, cls in MEMORIES.items() if cls.holds_slots)
 
 
 def resolve(device, dtype):

@@ -99,6 +99,7 @@ class CompressiveMemory(SlotMemory):
     name = "compressive"
     reads_segment = True  # queries see their whole segment beside the carried state: peak_nbytes
     title = "compressive"
+    symbols = {"mem_len": "n_m", "cmem_len": "n_cm", "ratio": "c"}
     state_type = CompressiveState
     supports_gqa = False
 
@@ -107,9 +108,9 @@ class CompressiveMemory(SlotMemory):
         half = max(slots // 2, 2)  # M = C, c = 2: reaches M + 2 C positions for the bytes of M + C pairs
         return {"mem_len": half, "cmem_len": max(1, slots - half), "ratio": 2}
 
-    def label(self) -> str:
-        f_c = "" if self.compress == "mean" else f", f_c = {self.compress}"
-        return f"compressive M = {self.mem_len}, C = {self.cmem_len}, c = {self.ratio}{f_c}"
+    def label_details(self) -> str:
+        """The compression ``f_c`` when it is not mean pooling."""
+        return "" if self.compress == "mean" else f", f_c = {self.compress}"
 
     def __init__(self, mem_len: int, cmem_len: int, ratio: int, compress: str = "mean", head_dim: int | None = None):
         super().__init__()

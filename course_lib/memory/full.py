@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .._checks import check_positive_int
 from ..attention import causal_mask
+from ..kv_cache import kv_cache_bytes
 from ._slots import SlotBuffer, SlotMemory, SlotState, all_held_and_causal
 from ._state import check_input, new_meta
 
@@ -145,9 +146,10 @@ class FullMemory(SlotMemory):
         return state.length
 
     def nbytes(self, state: FullState) -> int:
-        """Bytes of the cached pairs: ``2 * B * H * m * d_h * bytes_per_value`` (one layer)."""
-        itemsize = state.buffer.k.element_size()
-        return state.batch * state.n_heads * state.length * (state.head_dim + state.v_dim) * itemsize
+        """Bytes of the ``m`` cached pairs, :func:`~course_lib.kv_cache.kv_cache_bytes` of one layer (not
+        the slots reserved beyond them)."""
+        return kv_cache_bytes(1, state.n_heads, state.head_dim, state.length, state.batch,
+                              state.buffer.k.element_size(), v_dim=state.v_dim)
 
     def order(self, state: FullState) -> torch.Tensor:
         return torch.arange(state.length, device=state.device)

@@ -51,8 +51,10 @@ class KNNMemory(RingMemory):
 
     name = "knn"
     reads_segment = True  # queries see their whole segment beside the carried state: peak_nbytes
+    fused_attention = False  # the top-k scores it retrieved are reused in the softmax (see forward)
     title = "k-NN"
-    label_format = "kNN N = {capacity}, k = {top_k}"
+    label_name = "kNN"
+    symbols = {"capacity": "N", "top_k": "k"}
     state_type = KNNState
     supports_gqa = False
 

@@ -255,6 +255,7 @@ class DeltaMemory(Memory):
 
     name = "delta"
     title = "delta"
+    symbols = {"beta": "beta"}  # in the label unless it is the default 1
     uses_rotary = False  # read by content: see the module docstring
     sized_by_head_dim = True
 

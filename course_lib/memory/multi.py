@@ -77,8 +77,10 @@ class MultiMemory(Memory):
     """
 
     name = "multi"
-    title = "window + delta (gate)"
-    fixed_size = False  # fixed-size when all its memories are: see ``self.fixed_size``
+    title = "multiple memories"  # menus build its example(): a window and a delta memory, gated
+    # these depend on the memories it combines, so the class states none of them (None): each
+    # instance sets its own in __init__ (fixed-size when all its memories are, ...)
+    fixed_size = holds_slots = supports_gqa = learns_beta = reads_segment = None
 
     def __init__(self, memories, combine: str = "gate", n_heads: int | None = None):
         super().__init__()
@@ -96,6 +98,7 @@ class MultiMemory(Memory):
         self.supports_gqa = all(m.supports_gqa for m in memories)
         self.holds_slots = combine == "concat"
         self.fixed_size = all(m.fixed_size for m in memories)
+        self.reads_segment = any(m.reads_segment for m in memories)  # then its output depends on the chunking
         self.track_mass = False
         if combine == "gate":
             if len(memories) != 2:

@@ -37,7 +37,8 @@ class SegmentMemory(RingMemory):
     name = "segment"
     reads_segment = True  # queries see their whole segment beside the carried state: peak_nbytes
     title = "segment (Transformer-XL)"
-    label_format = "segment M = {mem_len}"
+    label_name = "segment"
+    symbols = {"mem_len": "n_m"}
     state_type = SegmentState
 
     def __init__(self, mem_len: int):

@@ -69,7 +69,7 @@ class WindowMemory(SlotMemory):
 
     name = "window"
     title = "window"
-    label_format = "window n_c = {window}"
+    symbols = {"window": "n_c"}
     state_type = WindowState
 
     def __init__(self, window: int):
@@ -147,7 +147,8 @@ class SinkMemory(WindowMemory):
     name = "sink"
     title = "sinks + window"
     state_type = SinkState
-    label_format = "sink S = {sinks}, n_c = {window}"
+    label_name = "sink"
+    symbols = {"sinks": "S", "window": "n_c"}
 
     def __init__(self, sinks: int, window: int, positions: str = "absolute"):
         super().__init__(window)
@@ -158,7 +159,10 @@ class SinkMemory(WindowMemory):
         self.positions = positions
         if positions == "cache":
             self.rotates_itself = True  # MemoryLM hands over unrotated q, k and rotary=Rotation(...)
-            self.label_format = "sink S = {sinks}, n_c = {window} (cache positions)"
+
+    def label_details(self) -> str:
+        """StreamingLLM's positions within the cache, when it uses them."""
+        return " (cache positions)" if self.positions == "cache" else ""
 
     @classmethod
     def example_sizes(cls, slots=8, *, n_heads=2):

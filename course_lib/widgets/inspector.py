@@ -16,6 +16,8 @@ from .common import ranges_text
 from .inspector_state import (
     INSPECT_MEMORIES,
     INSPECTOR_SIZES,
+    MAY_BE_ZERO,
+    SIZE_LABELS,
     STORY,
     InspectorState,
     frame_changes,
@@ -86,30 +88,20 @@ class MemoryInspector(Explorer):
                                        style=style, layout=widgets.Layout(width="220px")),
             "chunk": widgets.BoundedIntText(value=s.chunk, min=1, max=4096, description="chunk n_s", style=style,
                                             layout=small()),
-            "window": widgets.BoundedIntText(value=s.window, min=1, max=4096, description="window n_c", style=style,
-                                             layout=small()),
-            "sinks": widgets.BoundedIntText(value=s.sinks, min=0, max=64, description="sinks S", style=style,
-                                            layout=small()),
-            "mem_len": widgets.BoundedIntText(value=s.mem_len, min=1, max=4096, description="Mem size M", style=style,
-                                              layout=small()),
-            "cmem_len": widgets.BoundedIntText(value=s.cmem_len, min=1, max=4096, description="CMem size C",
-                                               style=style, layout=small()),
-            "ratio": widgets.BoundedIntText(value=s.ratio, min=1, max=64, description="ratio c", style=style,
-                                            layout=small()),
+            **{name: widgets.BoundedIntText(value=getattr(s, name), min=0 if name in MAY_BE_ZERO else 1,
+                                            max=64 if name in ("sinks", "ratio") else 4096,
+                                            description=SIZE_LABELS[name], style=style, layout=small())
+               for name in SIZE_LABELS if name != "compress"},
             "compress": widgets.Dropdown(options=list(COMPRESSIONS),
-                                         value=s.compress, description="f_c", style=style, layout=small()),
-            "capacity": widgets.BoundedIntText(value=s.capacity, min=1, max=4096, description="store N", style=style,
-                                               layout=small()),
-            "top_k": widgets.BoundedIntText(value=s.top_k, min=1, max=4096, description="top k", style=style,
-                                            layout=small()),
+                                         value=s.compress, description=SIZE_LABELS["compress"], style=style,
+                                         layout=small()),
             "step": widgets.IntSlider(value=s.step, min=0, max=n_steps - 1, description="step", style=style,
                                       continuous_update=True, layout=widgets.Layout(width="420px")),
         }
 
     def _layout_controls(self):
         c = self.controls
-        sizes = [c[name] for name in ("chunk", "window", "sinks", "mem_len", "cmem_len", "ratio", "compress",
-                                      "capacity", "top_k")]
+        sizes = [c[name] for name in ("chunk", *SIZE_LABELS)]
         return widgets.VBox([
             widgets.HBox([c["memory"], *sizes], layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self.play, c["step"]]),

@@ -2,7 +2,9 @@
 
 The memory menu is every registered memory that holds key/value slots; each one's sizes are
 the fields of :class:`InspectorState` that its constructor takes (the others come from its
-``example()``). What a slot holds and which group it belongs to come from the protocol
+``example()``), and each size control is labelled by the argument and the book's symbol its
+class declares (``Memory.symbols``: ``mem_len n_m``), so a memory describes itself in one place.
+What a slot holds and which group it belongs to come from the protocol
 (``spans``, ``parts``, ``order``, ``slots``), never from the memory's class.
 """
 
@@ -19,7 +21,7 @@ from ..attention import attention_reference
 from ..memory import COMPRESSIONS, REGISTERED, memory_class
 from .common import check_at_least, check_choice
 
-__all__ = ["STORY", "INSPECT_MEMORIES", "INSPECTOR_SIZES", "InspectorState", "update_inspector",
+__all__ = ["STORY", "INSPECT_MEMORIES", "INSPECTOR_SIZES", "SIZE_LABELS", "InspectorState", "update_inspector",
            "make_inspected_memory", "slot_layout", "memory_frames", "frame_changes"]
 
 STORY = ("the keeper wrote the password : blue whale . then the storm came , ships passed , the lamp "
@@ -33,8 +35,8 @@ class InspectorState:
     memory: str = "compressive"
     window: int = 6  # n_c (window, sink)
     sinks: int = 2  # S (sink)
-    mem_len: int = 6  # M (segment, compressive)
-    cmem_len: int = 8  # C (compressive)
+    mem_len: int = 6  # n_m (segment, compressive)
+    cmem_len: int = 8  # n_cm (compressive)
     ratio: int = 3  # c (compressive)
     compress: str = "mean"  # f_c (compressive)
     capacity: int = 16  # N (knn)
@@ -50,6 +52,12 @@ INSPECTOR_SIZES = {
     name: tuple(p for p in inspect.signature(memory_class(name)).parameters if p in _FIELDS)
     for name in INSPECT_MEMORIES
 }
+#: size -> how its control is labelled: the argument and the symbol its memory's class gives it
+SIZE_LABELS = {arg: f"{arg} {cls.symbols[arg]}" if arg in cls.symbols else arg
+               for cls in map(memory_class, INSPECT_MEMORIES) for arg in INSPECTOR_SIZES[cls.name]}
+SIZE_LABELS["compress"] = "f_c"  # the compression function (a choice, not a size)
+#: the sizes that may be 0 (no sinks is a plain window); every other size is at least 1
+MAY_BE_ZERO = ("sinks",)
 
 
 def update_inspector(state: InspectorState, changes: dict, n_tokens: int) -> InspectorState:
@@ -57,8 +65,9 @@ def update_inspector(state: InspectorState, changes: dict, n_tokens: int) -> Ins
     new = dataclasses.replace(state, **changes)
     if new.memory not in INSPECT_MEMORIES:
         raise ValueError(f"memory={new.memory!r}; the inspector shows slot memories {INSPECT_MEMORIES}")
-    check_at_least(new, ("window", "mem_len", "cmem_len", "ratio", "capacity", "top_k", "chunk"), 1)
-    check_at_least(new, ("sinks",), 0)
+    sizes = [f.name for f in dataclasses.fields(new) if f.type in (int, "int") and f.name != "step"]
+    check_at_least(new, [n for n in sizes if n not in MAY_BE_ZERO], 1)
+    check_at_least(new, MAY_BE_ZERO, 0)
     check_choice("compress", new.compress, COMPRESSIONS)
     used = INSPECTOR_SIZES[new.memory]
     if "mem_len" in used and "ratio" in used and new.mem_len < new.ratio:
