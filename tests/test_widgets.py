@@ -444,3 +444,19 @@ def test_menus_list_the_registered_memories():
         assert len(cost_view(CostState(memory=title, size=64))["analytic"]) in (1, 2)
     for name in INSPECT_MEMORIES:  # and every slot memory can be stepped through
         assert MemoryInspector(memory=name, chunk=5).set(step=3).view["segments"][-1] == ("chunk", 5)
+
+
+def test_the_inspector_offers_a_control_for_every_size_a_slot_memory_declares():
+    """A slot memory's sizes (its class's ``symbols``) are the inspector's controls, labelled by the
+    argument and the book's symbol; a new memory with a size the inspector lacks fails here."""
+    from course_lib.memory import memory_class
+    from course_lib.widgets import INSPECT_MEMORIES, INSPECTOR_SIZES
+    from course_lib.widgets.inspector_state import SIZE_LABELS
+
+    for name in INSPECT_MEMORIES:
+        missing = set(memory_class(name).symbols) - set(INSPECTOR_SIZES[name])
+        assert not missing, f"{name}: add {sorted(missing)} to InspectorState (a default for the inspector)"
+    assert SIZE_LABELS["mem_len"] == "mem_len n_m" and SIZE_LABELS["window"] == "window n_c"
+    controls = MemoryInspector(memory="compressive").controls
+    assert [controls[a].description for a in INSPECTOR_SIZES["compressive"]] == [
+        "mem_len n_m", "cmem_len n_cm", "ratio c", "f_c"]
