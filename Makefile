@@ -13,7 +13,7 @@ LAB_ARGS ?=
 # As root (containers) JupyterLab refuses to start unless told it may.
 LAB_ROOT = $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
-.PHONY: lab test env exercises notebooks lint bench clean-venv
+.PHONY: lab test test-fast env exercises notebooks lint bench clean-venv
 
 env: $(STAMP)
 
@@ -30,6 +30,13 @@ lab: env
 
 test: env
 	COURSE_DEVICE=cpu COURSE_QUIET=1 PYTHONHASHSEED=0 $(PY) -m pytest $(PYTEST_ARGS)
+
+# The development tier: tests/ only (addopts emptied: no nbval over notebooks/ and solutions/),
+# no test marked slow, browser or gpu, in parallel (pytest-xdist), plus the doctests of
+# course_lib's docstrings. `make test` (what CI runs) stays the whole suite.
+test-fast: env
+	COURSE_DEVICE=cpu COURSE_QUIET=1 PYTHONHASHSEED=0 $(PY) -m pytest -o addopts="" \
+		-m "not slow and not browser and not gpu" -n auto --doctest-modules tests course_lib $(PYTEST_ARGS)
 
 # Regenerate exercises/ from the solutions' sources (solutions/src/). A notebook holding a
 # learner's answers (committed or not) is left as it is, and that is no error; FORCE=1 moves
