@@ -4,7 +4,7 @@ The blocks (``models.py``, the readable model) run whenever autograd records; th
 (``decode.py``) runs for one token without autograd: in ``generate`` and in a hand-written
 loop under ``torch.no_grad()``. These tests hold the two together in float64, for every
 memory, with GQA, batches and prompts of awkward sizes, and check that the step notices
-every change of the weights and gives back the torch switch it turns.
+every change of the model (and no change of another) and gives back the torch switch it turns.
 """
 
 from __future__ import annotations
@@ -128,10 +128,11 @@ def test_greedy_tokens_are_the_same_as_a_loop_over_the_blocks(memory):
 
 
 def check_step(lm, x):
+    """The last token of ``x`` through the step (one token, no grad) gives the blocks' logits."""
     with torch.no_grad():
-        _, state = lm(x[:, :5])
-        fast, _ = lm(x[:, 5:], state)
-    expected, _ = blocks(lm, x[:, 5:], state)
+        _, state = lm(x[:, :-1])
+        fast, _ = lm(x[:, -1:], state)
+    expected, _ = blocks(lm, x[:, -1:], state)
     torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -158,6 +159,66 @@ def test_the_plan_follows_every_change_of_the_weights():
     expected, _ = blocks(lm, x[:, 5:], state)
     assert fast.dtype == torch.float32
     torch.testing.assert_close(fast, expected)
+
+
+def test_the_plan_follows_a_change_anywhere_in_the_tree():
+    """Nested submodules, parameter-free ones, the memory, untied weights, a new bias, a loaded
+    state dict: each is seen by the next step."""
+    lm = make("delta")
+    x = tokens(2, 8)
+    lm.generate(x, 2)  # builds the plan
+    lm.blocks[1].attn.qkv = torch.nn.Linear(24, 72, bias=False, dtype=torch.float64)  # nested two levels down
+    check_step(lm, x)
+    lm.blocks[0].mlp[1] = torch.nn.ReLU()  # a submodule without parameters
+    check_step(lm, x)
+    lm.blocks[0].attn.memory = DeltaMemory(beta=0.9, chunk_size=4)  # the memory the step calls
+    check_step(lm, x)
+    lm.head.weight = torch.nn.Parameter(torch.randn(23, 24, dtype=torch.float64))  # untied from the embedding
+    check_step(lm, x)
+    lm.head.bias = torch.nn.Parameter(torch.randn(23, dtype=torch.float64))  # a parameter where there was None
+    check_step(lm, x)
+    lm.blocks[1].attn.out.weight.data = torch.randn(24, 24, dtype=torch.float64)  # new storage, same Parameter
+    check_step(lm, x)
+    other = make("delta", seed=5)
+    other.blocks[0].mlp[1] = torch.nn.ReLU()
+    other.blocks[0].attn.memory = DeltaMemory(beta=0.9, chunk_size=4)
+    other.head.weight = torch.nn.Parameter(torch.randn(23, 24, dtype=torch.float64))
+    other.head.bias = torch.nn.Parameter(torch.randn(23, dtype=torch.float64))
+    lm.load_state_dict(other.state_dict())  # copied in place
+    check_step(lm, x)
+    lm.load_state_dict(make("delta", seed=6).state_dict(), strict=False, assign=True)  # new Parameter objects
+    check_step(lm, x)
+
+
+def test_the_plan_is_rebuilt_exactly_when_the_model_changes(monkeypatch):
+    """Registering a parameter anywhere in the model rebuilds the plan; changing another model does not."""
+    lm, other = make(), make(seed=3)
+    builds = []
+    build = decode._build
+    monkeypatch.setattr(decode, "_build", lambda model, end: builds.append(model) or build(model, end))
+    for model in (lm, other):
+        decode.prepare(model, 8)
+    other.blocks[0].attn.qkv = torch.nn.Linear(24, 72, dtype=torch.float64)
+    other.blocks[0].ln1.register_parameter("extra", torch.nn.Parameter(torch.ones(1, dtype=torch.float64)))
+    decode.prepare(lm, 8)
+    assert builds == [lm, other]  # lm's plan still holds
+    lm.blocks[1].ln2.register_parameter("extra", torch.nn.Parameter(torch.ones(1, dtype=torch.float64)))
+    decode.prepare(lm, 8)
+    del lm.blocks[1].ln2.extra
+    decode.prepare(lm, 8)
+    assert builds == [lm, other, lm, lm]
+
+
+def test_a_cached_plan_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+
+    lm = make()
+    lm.generate(tokens(1, 3), 4)
+    alive = weakref.ref(lm)
+    del lm
+    gc.collect()
+    assert alive() is None
 
 
 def test_a_training_step_after_generate_still_works():
