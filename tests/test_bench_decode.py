@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 
 from course_lib.__main__ import main
@@ -49,3 +52,38 @@ def test_the_readme_decode_table_is_the_one_rendered_from_its_result_file_and_it
         ms.setdefault(row["memory"], {})[row["context"]] = row["ms_per_token"]
     ratio = {name: by[max(by)] / by[min(by)] for name, by in ms.items()}
     assert ratio.pop("full") > 3 and all(r < 1.6 for r in ratio.values()), ratio
+
+
+def test_the_hand_loop_is_timed_against_generate_in_the_same_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COURSE_QUIET", "1")
+    threads = torch.get_num_threads()
+    common = ["bench", "decode", "--memory", "window", "--memory", "linear", "--contexts", "8", "--steps", "1",
+              "--d-model", "16", "--layers", "1", "--heads", "2", "--device", "cpu", "--out", str(tmp_path / "d.png")]
+    try:
+        assert main([*common, "--loop-tokens", "5", "--json", str(tmp_path / "r.json")]) == 0
+        printed = capsys.readouterr().out
+        assert main([*common, "--loop-tokens", "0"]) == 0
+        skipped = capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
+    table = printed.split("hand loop / generate: ")[1].splitlines()
+    assert "5 new tokens after a 8-token prompt" in table[0]
+    rows = {line.split()[0]: line.split()[1:] for line in table[2:4]}
+    assert set(rows) == {"window", "linear"}
+    assert all(len(r) == 5 for r in rows.values()), table  # five numbers, no '(different tokens!)'
+    loops = json.loads((tmp_path / "r.json").read_text())["loop_vs_generate"]
+    assert [r["memory"] for r in loops] == ["window", "linear"] and all(r["same_tokens"] for r in loops)
+    assert all(r["loop / generate"] == r["loop"] / r["generate"] > 0 for r in loops)
+    assert "hand loop / generate" not in skipped and "ms/token against context length" in skipped
+
+
+def test_measure_loop_says_its_tokens_per_second_and_refuses_no_tokens():
+    from course_lib.models import MemoryLM
+
+    torch.manual_seed(0)
+    model = MemoryLM(32, 16, 1, 2, decode.build_memory("full", 2))
+    row = decode.measure_loop(model, 4, prompt=3, repeats=1)
+    assert row["same_tokens"] and set(row) >= {"generate", "loop", "reserved_loop"}
+    assert row["reserved_loop / generate"] == row["reserved_loop"] / row["generate"]
+    with pytest.raises(ValueError, match="new_tokens"):
+        decode.measure_loop(model, 0)

@@ -1,11 +1,17 @@
 """What makes decoding fast, held by tests: the step is taken once per new token, its plan is
-built once per run (not per token, so a hand-written loop costs what ``generate`` costs), and the
-rotary rotation as a roll gives bitwise the same numbers. (Correctness: ``test_decode.py``.)"""
+built once per run (not per token, so a hand-written loop costs what ``generate`` costs: the same
+ops, plus the check of its token ids), and the rotary rotation as a roll gives bitwise the same
+numbers. (Correctness: ``test_decode.py``; the timing: ``python -m course_lib bench decode``,
+its hand loop / generate table.)"""
 
 from __future__ import annotations
 
+from collections import Counter
+
+import pytest
 import torch
-from test_decode import make, tokens
+from test_decode import MEMORIES, make, tokens
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from course_lib import decode
 from course_lib.models import Rotary, apply_rotary, apply_rotary_rolled
@@ -41,3 +47,31 @@ def test_a_decoding_loop_builds_its_plan_once(monkeypatch):
         for _ in range(300):  # past the first rotary tables (256 positions): they grow, the weights stay
             logits, state = lm(logits[:, -1].argmax(-1, keepdim=True), state)
     assert len(builds) == 1 and state.pos == 303
+
+
+class Ops(TorchDispatchMode):
+    """How many times each aten op runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("memory", list(MEMORIES))
+def test_a_hand_written_step_runs_the_ops_of_generates_step_and_the_token_check(memory):
+    """``model(tok, state)`` adds to ``decode.step`` (what ``generate`` calls) only the check that
+    the token ids are in the vocabulary: one ``aminmax`` and its two numbers read back."""
+    lm = make(memory)
+    with torch.inference_mode():
+        (_, state), (_, same_state) = lm(tokens(1, 3)), lm(tokens(1, 3))  # two states: no branching copy
+        plan = decode.prepare(lm, 4)
+        with Ops() as step:
+            decode.step(plan, tokens(1, 1, seed=2), state)
+        with Ops() as forward:
+            lm(tokens(1, 1, seed=2), same_state)
+    assert forward.ops - step.ops == Counter({"aminmax.default": 1, "item.default": 2})
+    assert not step.ops - forward.ops

@@ -13,6 +13,13 @@ grows with ``m`` in bytes and in time per token; a fixed-size memory stays flat.
 ``--json`` writes the run as a result file (:mod:`course_lib.experiments.results`: the command,
 commit, machine and its load average, one row per memory and context); :func:`decode_table`
 renders the README's table from it, so the README never carries a typed timing.
+
+The same run also times a hand-written decoding loop against ``generate`` (``--loop-tokens``,
+0 to skip; :func:`measure_loop`): ``model(tok, state)`` token by token under
+``torch.inference_mode()`` takes the same one-token step as ``generate``, and its tokens/s over
+``generate``'s should stay near 1. A state the loop does not ``reserve`` is copied by a memory
+that holds slots at every token (copy-on-write, so that any state can be branched), which
+``generate`` avoids: the table shows the loop both ways.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import time
 
 import torch
 
-from ..cost import measure_decode
+from .._checks import check_positive_int
+from ..cost import measure_decode, sync
 from ..device import describe_device, pick_device, seed_everything
 from ..experiments.results import load_average
 from ..memory import MEMORIES, memory_class
@@ -31,6 +39,8 @@ from ..memory import MEMORIES, memory_class
 #: (comparable budgets; the registry says what that means for each memory)
 DEFAULT_SLOTS = 256
 DEFAULT_CONTEXTS = "1024,2048,4096,8192,16384,32768,65536"
+#: the hand-written loop against generate: new tokens after a prompt of LOOP_PROMPT tokens
+LOOP_TOKENS, LOOP_PROMPT = 64, 8
 
 
 def build_memory(name: str, n_heads: int = 4):
@@ -62,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench_decode.png", help="where to save the plot")
     parser.add_argument("--json", default=None,
                         help="also write the run as a result file (e.g. docs/results/bench_decode.json)")
+    parser.add_argument("--loop-tokens", type=int, default=LOOP_TOKENS,
+                        help=f"also time a hand-written loop model(tok, state) against generate over this many "
+                             f"new tokens after a {LOOP_PROMPT}-token prompt (default {LOOP_TOKENS}; 0: skip)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,13 +84,15 @@ def run(args: argparse.Namespace) -> int:
     if "all" in names:
         names = memory_names()
     contexts = [int(x) for x in args.contexts.split(",") if x.strip()]
+    if args.loop_tokens < 0:
+        raise ValueError(f"--loop-tokens must be >= 0 (0: skip the loop against generate), got {args.loop_tokens}")
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype)
     if device.type == "cpu" and args.threads > 0:
         torch.set_num_threads(args.threads)
     print(f"decode benchmark on {describe_device(device)}, torch {torch.__version__}, {args.dtype}; "
           f"MemoryLM(vocab 256, d_model {args.d_model}, {args.layers} layers, {args.heads} heads), batch 1")
-    results = {}
+    results, loops = {}, {}
     started, load_before = time.perf_counter(), load_average()
     for name in names:
         seed_everything(0)
@@ -85,17 +100,22 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         runs = [measure_decode(model, contexts, steps=args.steps) for _ in range(max(1, args.repeats))]
         results[name] = [min(per_context, key=lambda r: r["ms_per_token"]) for per_context in zip(*runs)]
+        if args.loop_tokens:
+            loops[name] = measure_loop(model, args.loop_tokens, repeats=max(LOOP_REPEATS, args.repeats))
         print(f"  {name}: measured in {time.perf_counter() - t0:.1f} s")
     print(format_table(results))
+    if loops:
+        print()
+        print(format_loop_table(loops, args.loop_tokens, max(LOOP_REPEATS, args.repeats)))
     save_plot(results, args.out)
     print(f"plot saved to {args.out}")
     if args.json:
-        _write_json(args, results, device, load_before, time.perf_counter() - started)
+        _write_json(args, results, device, load_before, time.perf_counter() - started, loops)
         print(f"result file written to {args.json}")
     return 0
 
 
-def _write_json(args, results: dict, device, load_before, seconds: float) -> None:
+def _write_json(args, results: dict, device, load_before, seconds: float, loops: dict | None = None) -> None:
     import shlex
     import sys
 
@@ -108,8 +128,77 @@ def _write_json(args, results: dict, device, load_before, seconds: float) -> Non
     write_result(args.json, command=command, rows=rows, seeds=[0], seconds=seconds, device=device,
                  setup={"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "steps": args.steps,
                         "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats, "vocab": 256, "batch": 1,
-                        "slots": DEFAULT_SLOTS},
-                 load_average={"before": load_before, "after": load_average()})
+                        "slots": DEFAULT_SLOTS, "loop_tokens": args.loop_tokens, "loop_prompt": LOOP_PROMPT},
+                 load_average={"before": load_before, "after": load_average()},
+                 loop_vs_generate=[{"memory": name, **row} for name, row in (loops or {}).items()])
+
+
+#: the loop against generate keeps the fastest of at least this many alternating timings
+LOOP_REPEATS = 5
+
+
+def measure_loop(model, new_tokens: int = LOOP_TOKENS, *, prompt: int = LOOP_PROMPT, repeats: int = LOOP_REPEATS,
+                 seed: int = 0) -> dict:
+    """Tokens/s of ``model.generate(idx, new_tokens)`` (greedy, batch 1) and of the loop a reader
+    writes for it, ``model(tok, state)`` token by token under ``torch.inference_mode()``: plain,
+    and with each layer's state reserved first (``memory.reserve``, as ``generate`` does).
+
+    The three are timed in turn ``repeats`` times and the fastest of each is kept (noise only
+    adds time). Returns ``{"generate", "loop", "reserved_loop"}`` in tokens/s, the two ratios
+    ``loop / generate`` and ``reserved_loop / generate``, and ``same_tokens``: whether both
+    loops chose generate's tokens (they compute the same steps)."""
+    from ..models import LMState
+
+    for name, value in (("new_tokens", new_tokens), ("prompt", prompt), ("repeats", repeats)):
+        check_positive_int(name, value)
+    model.eval()
+    device = next(model.parameters()).device
+    idx = torch.randint(0, model.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(seed)).to(device)
+
+    def loop(reserve: bool):
+        with torch.inference_mode():
+            state = model.init_state(1)
+            if reserve:
+                state = LMState(0, 1, [m.reserve(s, prompt + new_tokens) for m, s in zip(model.memories, state.layers)])
+            logits, state = model(idx, state)
+            out = [idx]
+            for _ in range(new_tokens - 1):  # generate's count: the last token is chosen, not run
+                nxt = logits[:, -1].argmax(-1, keepdim=True)
+                out.append(nxt)
+                logits, state = model(nxt, state)
+            out.append(logits[:, -1].argmax(-1, keepdim=True))
+            return torch.cat(out, dim=1)
+
+    runs = {"generate": lambda: model.generate(idx, new_tokens), "loop": lambda: loop(False),
+            "reserved_loop": lambda: loop(True)}
+    best, tokens = dict.fromkeys(runs, float("inf")), {}
+    for name, run_once in runs.items():  # warm-up: the plan, the rotary tables, the allocator
+        tokens[name] = run_once()
+    for _ in range(repeats):
+        for name, run_once in runs.items():
+            sync(device)
+            t0 = time.perf_counter()
+            run_once()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    row = {name: new_tokens / seconds for name, seconds in best.items()}
+    row["loop / generate"] = row["loop"] / row["generate"]
+    row["reserved_loop / generate"] = row["reserved_loop"] / row["generate"]
+    row["same_tokens"] = all(torch.equal(t, tokens["generate"]) for t in tokens.values())
+    return row
+
+
+def format_loop_table(loops: dict, new_tokens: int, repeats: int) -> str:
+    """The hand-written loop against generate, one line per memory (rows of :func:`measure_loop`)."""
+    lines = [f"hand loop / generate: tokens/s of model(tok, state) under torch.inference_mode() over generate's "
+             f"({new_tokens} new tokens after a {LOOP_PROMPT}-token prompt, batch 1, the fastest of {repeats}; "
+             "reserved: the state reserved first, as generate does)",
+             f"{'memory':<20}{'generate':>10}{'loop':>10}{'reserved':>10}{'loop/gen':>10}{'reserved/gen':>14}"]
+    for name, r in loops.items():
+        lines.append(f"{name:<20}{r['generate']:>10.0f}{r['loop']:>10.0f}{r['reserved_loop']:>10.0f}"
+                     f"{r['loop / generate']:>10.2f}{r['reserved_loop / generate']:>14.2f}"
+                     + ("" if r["same_tokens"] else "  (different tokens!)"))
+    return "\n".join(lines)
 
 
 def decode_summary(result: dict) -> str:
