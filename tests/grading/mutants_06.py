@@ -21,11 +21,12 @@ def _ref_compress(x, c, how):
         if how == "mean" else F.max_pool1d(x.flatten(0, 1).transpose(1, 2), c).transpose(1, 2).unflatten(0, x.shape[:2])
 
 
-def _ref_update(mem, cmem, s_kv, n_m, n_cm, c):
-    """The same rule through course_lib's CompressiveMemory: feed Mem's pairs, then the new ones."""
+def _ref_update(mem, cmem, s_kv, n_m, n_cm, c, pool=torch.mean):
+    """The same rule through course_lib's CompressiveMemory: feed Mem's pairs, then the new ones
+    (``pool`` is f_c over each group of c popped pairs: the mean, the max for a mutant)."""
     k, v = torch.cat([mem[0], s_kv[0]], 2), torch.cat([mem[1], s_kv[1]], 2)
     n_pop = math.ceil((k.shape[2] - n_m) / c) * c if k.shape[2] > n_m else 0
-    popped = [x[:, :, :n_pop].unflatten(2, (-1, c)).mean(3) for x in (k, v)]
+    popped = [pool(x[:, :, :n_pop].unflatten(2, (-1, c)), 3) for x in (k, v)]
     ck, cv = (torch.cat([old, new], 2) for old, new in zip(cmem, popped))
     keep = max(0, ck.shape[2] - n_cm)
     return (k[:, :, n_pop:], v[:, :, n_pop:]), (ck[:, :, keep:], cv[:, :, keep:])
@@ -183,18 +184,13 @@ def update_keeps_oldest_cmem(mem, cmem, s_kv, n_m, n_cm, c):
     return (k[:, :, n_pop:], v[:, :, n_pop:]), (ck, cv)
 
 
-# ---------------------------------------------------------------- 06.reconstruction_loss
-
-
 @mutant("06.compressive_update", hint="max_pool")
 def update_max_pools(mem, cmem, s_kv, n_m, n_cm, c):
     """A.3: max pooling where f_c is the mean: the counts are right, so the detail says the values differ."""
-    k, v = torch.cat([mem[0], s_kv[0]], 2), torch.cat([mem[1], s_kv[1]], 2)
-    n_pop = math.ceil((k.shape[2] - n_m) / c) * c if k.shape[2] > n_m else 0
-    popped = [x[:, :, :n_pop].unflatten(2, (-1, c)).amax(3) for x in (k, v)]
-    ck, cv = (torch.cat([old, new], 2) for old, new in zip(cmem, popped))
-    keep = max(0, ck.shape[2] - n_cm)
-    return (k[:, :, n_pop:], v[:, :, n_pop:]), (ck[:, :, keep:], cv[:, :, keep:])
+    return _ref_update(mem, cmem, s_kv, n_m, n_cm, c, pool=torch.amax)
+
+
+# ---------------------------------------------------------------- 06.reconstruction_loss
 
 
 @mutant("06.reconstruction_loss", hint="q_leak")

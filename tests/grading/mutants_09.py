@@ -137,39 +137,31 @@ def reasons_without_numbers_or_risks():
 # ---------------------------------------------------------------- 09.summarisation_design
 
 
-@mutant("09.summarisation_design", hint="forgets")
-def summary_window():
-    return {"memory": {"name": "window", "window": 32},
-            "justification": "The largest window that fits the budget reads the last 32 tokens exactly in each "
-                             "layer, and the end of a document is where its conclusions are written down."}
-
-
-@mutant("09.summarisation_design", hint="only_start")
-def summary_sinks():
-    return {"memory": {"name": "sink", "sinks": 16, "window": 16},
-            "justification": "The sinks keep the title and the introduction, which say what the document is "
-                             "about, and the window keeps the conclusion: together they hold the summary."}
-
-
-@mutant("09.summarisation_design", hint="forgets")
-def summary_delta():
-    return {"memory": _window_and_delta(16),
-            "justification": "The chatbot's design again: the window for fluency, the delta memory for what was "
-                             "said long ago, which worked for the facts of a conversation."}
-
-
-@mutant("09.summarisation_design", hint="over_budget")
-def summary_full():
-    return {"memory": {"name": "full"},
-            "justification": "Summaries need every detail of the document, so keep every key and value: the "
-                             "full KV cache forgets nothing at all, whatever the document's length."}
-
-
-@mutant("09.summarisation_design", hint="no_justification", name="summary_twenty_copies")
-def summary_twenty_copies():
-    return {"memory": {"name": "multi", "combine": "gate",
-                       "memories": [{"name": "window", "window": 16}, {"name": "linear"}]},
-            "justification": " ".join(["summary"] * 20)}
+# a design is data (name, hint, design): what learners give for the document, each with its flaw
+SUMMARY_MUTANTS = [
+    ("summary_window", "forgets", {
+        "memory": {"name": "window", "window": 32},
+        "justification": "The largest window that fits the budget reads the last 32 tokens exactly in each "
+                         "layer, and the end of a document is where its conclusions are written down."}),
+    ("summary_sinks", "only_start", {
+        "memory": {"name": "sink", "sinks": 16, "window": 16},
+        "justification": "The sinks keep the title and the introduction, which say what the document is "
+                         "about, and the window keeps the conclusion: together they hold the summary."}),
+    ("summary_delta", "forgets", {
+        "memory": _window_and_delta(16),
+        "justification": "The chatbot's design again: the window for fluency, the delta memory for what was "
+                         "said long ago, which worked for the facts of a conversation."}),
+    ("summary_full", "over_budget", {
+        "memory": {"name": "full"},
+        "justification": "Summaries need every detail of the document, so keep every key and value: the "
+                         "full KV cache forgets nothing at all, whatever the document's length."}),
+    ("summary_twenty_copies", "no_justification", {
+        "memory": {"name": "multi", "combine": "gate",
+                   "memories": [{"name": "window", "window": 16}, {"name": "linear"}]},
+        "justification": " ".join(["summary"] * 20)}),
+]
+for name, hint, design in SUMMARY_MUTANTS:
+    value_mutant("09.summarisation_design", name, hint, design)
 
 
 # ---------------------------------------------------------------- questions

@@ -20,6 +20,7 @@ from ... import causal_mask as ref_causal_mask
 from ..compare import expect_answer, expect_mask, expect_tensor, heads_view, randn, seeded
 from ..core import Check, code_exercise
 from ..questions import choice_exercise, number_exercise
+from ._common import check_factory
 
 # ---------------------------------------------------------------- 01.scaled_attention
 
@@ -90,22 +91,21 @@ def _sink_mask(t, n_sinks, window):
     return (j <= i) & ((j < n_sinks) | (j > i - window))
 
 
-def _attention_check(seed, b, h, t_q, t_k, d, d_v=None, *, masked=False, dtype=torch.float64,
+@check_factory
+def _attention_check(fn, seed, b, h, t_q, t_k, d, d_v=None, *, masked=False, dtype=torch.float64,
                      layout="contiguous", scale=1.0, mask_fn=None):
-    def run(fn):
-        gen = seeded(seed)
-        dv = d if d_v is None else d_v
-        if layout == "heads":  # non-contiguous, as split heads leave them
-            q = heads_view(gen, b, h, t_q, d, dtype)
-            k, v = heads_view(gen, b, h, t_k, d, dtype), heads_view(gen, b, h, t_k, dv, dtype)
-        else:
-            q = randn(gen, b, h, t_q, d, dtype=dtype, scale=scale)
-            k, v = randn(gen, b, h, t_k, d, dtype=dtype, scale=scale), randn(gen, b, h, t_k, dv, dtype=dtype)
-        mask = mask_fn(gen) if mask_fn is not None else ref_causal_mask(t_q, t_k) if masked else None
-        args = (q, k, v) if mask is None else (q, k, v, mask)
-        expect_answer(fn, args, (b, h, t_q, dv), dtype, attention_reference, _attention_models,
-                      shape_text="[B, H, T_q, d_v]")
-    return run
+    gen = seeded(seed)
+    dv = d if d_v is None else d_v
+    if layout == "heads":  # non-contiguous, as split heads leave them
+        q = heads_view(gen, b, h, t_q, d, dtype)
+        k, v = heads_view(gen, b, h, t_k, d, dtype), heads_view(gen, b, h, t_k, dv, dtype)
+    else:
+        q = randn(gen, b, h, t_q, d, dtype=dtype, scale=scale)
+        k, v = randn(gen, b, h, t_k, d, dtype=dtype, scale=scale), randn(gen, b, h, t_k, dv, dtype=dtype)
+    mask = mask_fn(gen) if mask_fn is not None else ref_causal_mask(t_q, t_k) if masked else None
+    args = (q, k, v) if mask is None else (q, k, v, mask)
+    expect_answer(fn, args, (b, h, t_q, dv), dtype, attention_reference, _attention_models,
+                  shape_text="[B, H, T_q, d_v]")
 
 
 def _shape_only(fn):
@@ -187,11 +187,10 @@ def _mask_models(t_q, t_k, window):
     return models
 
 
-def _mask_check(t_q, t_k, window=None):
-    def run(fn):
-        got = fn(t_q, t_k) if window is None else fn(t_q, t_k, window)
-        expect_mask(got, ref_causal_mask(t_q, t_k, window=window), _mask_models(t_q, t_k, window))
-    return run
+@check_factory
+def _mask_check(fn, t_q, t_k, window=None):
+    got = fn(t_q, t_k) if window is None else fn(t_q, t_k, window)
+    expect_mask(got, ref_causal_mask(t_q, t_k, window=window), _mask_models(t_q, t_k, window))
 
 
 CAUSAL_MASK = code_exercise(
@@ -228,17 +227,16 @@ def _split_reference(x, n_heads):
     return x.reshape(b, t, n_heads, d_model // n_heads).transpose(1, 2)  # [B, tau, T, d_h]
 
 
-def _split_check(seed, b, t, d_model, n_heads, *, dtype=torch.float64, transposed=False):
-    def run(fn):
-        gen = seeded(seed)
-        x = randn(gen, t, b, d_model, dtype=dtype).transpose(0, 1) if transposed else \
-            randn(gen, b, t, d_model, dtype=dtype)
-        d_h = d_model // n_heads
-        expect_answer(fn, (x, n_heads), (b, n_heads, t, d_h), dtype, _split_reference, lambda x, n_heads: {
-            "no_transpose": lambda: x.reshape(b, n_heads, t, d_h),
-            "interleaved": lambda: x.reshape(b, t, d_h, n_heads).permute(0, 3, 1, 2),
-        }, shape_text="[B, tau, T, d_h]")
-    return run
+@check_factory
+def _split_check(fn, seed, b, t, d_model, n_heads, *, dtype=torch.float64, transposed=False):
+    gen = seeded(seed)
+    x = randn(gen, t, b, d_model, dtype=dtype).transpose(0, 1) if transposed else \
+        randn(gen, b, t, d_model, dtype=dtype)
+    d_h = d_model // n_heads
+    expect_answer(fn, (x, n_heads), (b, n_heads, t, d_h), dtype, _split_reference, lambda x, n_heads: {
+        "no_transpose": lambda: x.reshape(b, n_heads, t, d_h),
+        "interleaved": lambda: x.reshape(b, t, d_h, n_heads).permute(0, 3, 1, 2),
+    }, shape_text="[B, tau, T, d_h]")
 
 
 SPLIT_HEADS = code_exercise(

@@ -21,6 +21,7 @@ from ... import KVCache, StaticKVCache, attention_reference, causal_mask, kv_cac
 from ..compare import call_keeping_inputs, close, expect_close, expect_number, expect_tensor, make, randn, seeded
 from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
+from ._common import check_factory
 
 # ---------------------------------------------------------------- 02.growing_cache
 
@@ -92,21 +93,20 @@ def _expect_cached(K, V, ks, vs, n_updates, seq_len):
         raise Mistake("counts_updates" if seq_len == n_updates else "seq_len_wrong", f"got {seq_len}, m = {m}")
 
 
-def _feed_check(seed, b, h, d, chunks, *, dtype=torch.float64, transposed=False):
-    def run(cls):
-        gen = seeded(seed)
-        cache = _fresh(cls)
-        ks, vs = [], []
-        for n_updates, n in enumerate(chunks, start=1):
-            if transposed:  # non-contiguous views of [B, H, D, T] tensors
-                k, v = (randn(gen, b, h, d, n, dtype=dtype).transpose(2, 3) for _ in range(2))
-            else:
-                k, v = randn(gen, b, h, n, d, dtype=dtype), randn(gen, b, h, n, d, dtype=dtype)
-            ks.append(k)
-            vs.append(v)
-            K, V = _update(cache, k, v)
-            _expect_cached(K, V, ks, vs, n_updates, _seq_len(cache))
-    return run
+@check_factory
+def _feed_check(cls, seed, b, h, d, chunks, *, dtype=torch.float64, transposed=False):
+    gen = seeded(seed)
+    cache = _fresh(cls)
+    ks, vs = [], []
+    for n_updates, n in enumerate(chunks, start=1):
+        if transposed:  # non-contiguous views of [B, H, D, T] tensors
+            k, v = (randn(gen, b, h, d, n, dtype=dtype).transpose(2, 3) for _ in range(2))
+        else:
+            k, v = randn(gen, b, h, n, d, dtype=dtype), randn(gen, b, h, n, d, dtype=dtype)
+        ks.append(k)
+        vs.append(v)
+        K, V = _update(cache, k, v)
+        _expect_cached(K, V, ks, vs, n_updates, _seq_len(cache))
 
 
 def _independent_check(cls):
@@ -191,24 +191,23 @@ def _cached_models(q, k, v, chunks):
     }
 
 
-def _cached_check(seed, b, h, d, chunks, *, dtype=torch.float64, static=False):
-    def run(fn):
-        gen = seeded(seed)
-        t = sum(chunks)
-        q, k, v = (randn(gen, b, h, t, d, dtype=dtype) for _ in range(3))
-        cache = make(fn, StaticKVCache, b, h, 2 * t, d, dtype=dtype) if static else make(fn, KVCache)
-        outs, seen = [], 0
-        for n in chunks:
-            out = call_keeping_inputs(fn, q[:, :, seen:seen + n], k[:, :, seen:seen + n], v[:, :, seen:seen + n], cache)
-            expect_tensor(out, (b, h, n, d), dtype, shape_text="[B, H, T, D]")
-            outs.append(out)
-            seen += n
-            if cache.seq_len != seen:
-                key = "double_update" if cache.seq_len > seen else "not_appended"
-                raise Mistake(key, f"it holds {cache.seq_len} tokens after {seen}")
-        mask = causal_mask(t, t)
-        expect_close(torch.cat(outs, 2), attention_reference(q, k, v, mask), _cached_models(q, k, v, chunks))
-    return run
+@check_factory
+def _cached_check(fn, seed, b, h, d, chunks, *, dtype=torch.float64, static=False):
+    gen = seeded(seed)
+    t = sum(chunks)
+    q, k, v = (randn(gen, b, h, t, d, dtype=dtype) for _ in range(3))
+    cache = make(fn, StaticKVCache, b, h, 2 * t, d, dtype=dtype) if static else make(fn, KVCache)
+    outs, seen = [], 0
+    for n in chunks:
+        out = call_keeping_inputs(fn, q[:, :, seen:seen + n], k[:, :, seen:seen + n], v[:, :, seen:seen + n], cache)
+        expect_tensor(out, (b, h, n, d), dtype, shape_text="[B, H, T, D]")
+        outs.append(out)
+        seen += n
+        if cache.seq_len != seen:
+            key = "double_update" if cache.seq_len > seen else "not_appended"
+            raise Mistake(key, f"it holds {cache.seq_len} tokens after {seen}")
+    mask = causal_mask(t, t)
+    expect_close(torch.cat(outs, 2), attention_reference(q, k, v, mask), _cached_models(q, k, v, chunks))
 
 
 CACHED_ATTENTION = code_exercise(
@@ -246,26 +245,24 @@ CONTEXT_HINTS = {
 }
 
 
-def _context_check(budget, n_layers, n_kv_heads, head_dim, *, batch=None, bytes_per_value=None):
+@check_factory
+def _context_check(fn, budget, n_layers, n_kv_heads, head_dim, *, batch=None, bytes_per_value=None):
     kwargs = {k: v for k, v in (("batch", batch), ("bytes_per_value", bytes_per_value)) if v is not None}
-
-    def run(fn):
-        b, per = kwargs.get("batch", 1), kwargs.get("bytes_per_value", 2)
-        token = 2 * n_layers * n_kv_heads * head_dim * b * per
-        want = budget // token
-        mistakes = {
-            # one more than the right number: rounding up where the budget is not a multiple of a token
-            ("rounds_up" if budget % token else "off_by_one"): budget // token + 1,
-            "no_factor_two": budget // (token // 2),
-            "no_batch": budget // (token // b),
-            "no_bytes": budget // (token // per),
-            "no_layers": budget // (token // n_layers),
-            "default_bytes": budget // (token // per * 4),
-            "off_by_one#minus": budget // token - 1,
-        }
-        got = fn(budget, n_layers, n_kv_heads, head_dim, **kwargs)
-        expect_number(got, want, _unambiguous(mistakes, want), integer=True)
-    return run
+    b, per = kwargs.get("batch", 1), kwargs.get("bytes_per_value", 2)
+    token = 2 * n_layers * n_kv_heads * head_dim * b * per
+    want = budget // token
+    mistakes = {
+        # one more than the right number: rounding up where the budget is not a multiple of a token
+        ("rounds_up" if budget % token else "off_by_one"): budget // token + 1,
+        "no_factor_two": budget // (token // 2),
+        "no_batch": budget // (token // b),
+        "no_bytes": budget // (token // per),
+        "no_layers": budget // (token // n_layers),
+        "default_bytes": budget // (token // per * 4),
+        "off_by_one#minus": budget // token - 1,
+    }
+    got = fn(budget, n_layers, n_kv_heads, head_dim, **kwargs)
+    expect_number(got, want, _unambiguous(mistakes, want), integer=True)
 
 
 MAX_CONTEXT = code_exercise(

@@ -27,6 +27,7 @@ from ...memory import linear_attention_parallel
 from ..compare import call_keeping_inputs, expect_answer, expect_mask, heads_view, randn, seeded, twice
 from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
+from ._common import check_factory
 
 # ---------------------------------------------------------------- 03.linear_attention
 
@@ -91,20 +92,18 @@ def _linear_models(q, k, v):
     }
 
 
-def _linear_check(seed, b, h, t, d, d_v=None, *, dtype=torch.float64, non_contiguous=False, scale=1.0):
+@check_factory
+def _linear_check(fn, seed, b, h, t, d, d_v=None, *, dtype=torch.float64, non_contiguous=False, scale=1.0):
     d_v = d if d_v is None else d_v
-
-    def run(fn):
-        gen = seeded(seed)
-        if non_contiguous:
-            q, k = heads_view(gen, b, h, t, d, dtype), heads_view(gen, b, h, t, d, dtype)
-            v = heads_view(gen, b, h, t, d_v, dtype)
-        else:
-            q, k = randn(gen, b, h, t, d, dtype=dtype, scale=scale), randn(gen, b, h, t, d, dtype=dtype, scale=scale)
-            v = randn(gen, b, h, t, d_v, dtype=dtype)
-        expect_answer(fn, (q, k, v), (b, h, t, d_v), dtype, lambda *qkv: linear_attention_parallel(*qkv)[0],
-                      _linear_models, shape_text="[B, H, T, D_v]")
-    return run
+    gen = seeded(seed)
+    if non_contiguous:
+        q, k = heads_view(gen, b, h, t, d, dtype), heads_view(gen, b, h, t, d, dtype)
+        v = heads_view(gen, b, h, t, d_v, dtype)
+    else:
+        q, k = randn(gen, b, h, t, d, dtype=dtype, scale=scale), randn(gen, b, h, t, d, dtype=dtype, scale=scale)
+        v = randn(gen, b, h, t, d_v, dtype=dtype)
+    expect_answer(fn, (q, k, v), (b, h, t, d_v), dtype, lambda *qkv: linear_attention_parallel(*qkv)[0],
+                  _linear_models, shape_text="[B, H, T, D_v]")
 
 
 LINEAR_ATTENTION = code_exercise(
@@ -168,13 +167,12 @@ def _strided_models(t_q, t_k, stride):
     }
 
 
-def _strided_check(t_q, t_k, stride):
-    def run(fn):
-        got = fn(t_q, t_k, stride)
-        if isinstance(got, torch.Tensor) and got.layout != torch.strided:
-            raise Mistake("sparse", f"got layout {got.layout}")
-        expect_mask(got, ref_strided_mask(t_q, t_k, stride), _strided_models(t_q, t_k, stride))
-    return run
+@check_factory
+def _strided_check(fn, t_q, t_k, stride):
+    got = fn(t_q, t_k, stride)
+    if isinstance(got, torch.Tensor) and got.layout != torch.strided:
+        raise Mistake("sparse", f"got layout {got.layout}")
+    expect_mask(got, ref_strided_mask(t_q, t_k, stride), _strided_models(t_q, t_k, stride))
 
 
 STRIDED_MASK = code_exercise(
@@ -231,20 +229,19 @@ def _evict_models(mask, t):
     }
 
 
-def _evict_check(make_mask, t):
-    def run(fn):
-        mask = make_mask()
-        got = _as_positions(call_keeping_inputs(fn, mask, t))
-        want = ref_evictable(mask, t)
-        if got == want:
-            return
-        if sorted(got) == want:
-            raise Mistake("not_sorted")
-        for key, model in _evict_models(mask, t).items():
-            if got == model or sorted(got) == sorted(model):
-                raise Mistake(key.split("#")[0])
-        raise Mistake("wrong_list")
-    return run
+@check_factory
+def _evict_check(fn, make_mask, t):
+    mask = make_mask()
+    got = _as_positions(call_keeping_inputs(fn, mask, t))
+    want = ref_evictable(mask, t)
+    if got == want:
+        return
+    if sorted(got) == want:
+        raise Mistake("not_sorted")
+    for key, model in _evict_models(mask, t).items():
+        if got == model or sorted(got) == sorted(model):
+            raise Mistake(key.split("#")[0])
+    raise Mistake("wrong_list")
 
 
 def _random_causal(seed, size, p):

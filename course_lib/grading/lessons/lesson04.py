@@ -18,6 +18,7 @@ from ... import CumulativeAverageMemory, MovingAverageMemory, WindowMemory
 from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, heads_view, randn, seeded, twice
 from ..core import Check, Exercise, Mistake, code_exercise, echo, type_name
 from ..questions import answer_value, choice_exercise
+from ._common import check_factory
 
 # ---------------------------------------------------------------- 04.window_update
 
@@ -59,28 +60,27 @@ def _window_models(K, V, k, v, n_c):
     }
 
 
-def _window_check(seed, b, h, m, t, d, n_c, *, dtype=torch.float64, non_contiguous=False):
-    def run(fn):
-        gen = seeded(seed)
-        make = (lambda n: heads_view(gen, b, h, n, d, dtype)) if non_contiguous else \
-            (lambda n: randn(gen, b, h, n, d, dtype=dtype))
-        K, V, k, v = make(m), make(m), make(t), make(t)
-        got = call_keeping_inputs(fn, K, V, k, v, n_c)
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            raise Mistake("not_pair", f"got {type_name(got)}")
-        gk, gv = got
-        want_k, want_v = _window_ref(K, V, k, v, n_c)
-        if isinstance(gk, torch.Tensor) and isinstance(gv, torch.Tensor) and close(gk, want_v) and close(gv, want_k) \
-                and not close(gk, want_k):
-            raise Mistake("swapped")
-        for key, pair in _window_models(K, V, k, v, n_c).items():
-            if pair is not None and not close(pair[0], want_k) and close(gk, pair[0]) and close(gv, pair[1]):
-                raise Mistake(key.split("#")[0])
-        expect_tensor(gk, tuple(want_k.shape), dtype, shape_text="[B, H, min(m + T, n_c), D]")
-        expect_tensor(gv, tuple(want_v.shape), dtype, shape_text="[B, H, min(m + T, n_c), D]")
-        expect_close(gk, want_k)
-        expect_close(gv, want_v)
-    return run
+@check_factory
+def _window_check(fn, seed, b, h, m, t, d, n_c, *, dtype=torch.float64, non_contiguous=False):
+    gen = seeded(seed)
+    make = (lambda n: heads_view(gen, b, h, n, d, dtype)) if non_contiguous else \
+        (lambda n: randn(gen, b, h, n, d, dtype=dtype))
+    K, V, k, v = make(m), make(m), make(t), make(t)
+    got = call_keeping_inputs(fn, K, V, k, v, n_c)
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise Mistake("not_pair", f"got {type_name(got)}")
+    gk, gv = got
+    want_k, want_v = _window_ref(K, V, k, v, n_c)
+    if isinstance(gk, torch.Tensor) and isinstance(gv, torch.Tensor) and close(gk, want_v) and close(gv, want_k) \
+            and not close(gk, want_k):
+        raise Mistake("swapped")
+    for key, pair in _window_models(K, V, k, v, n_c).items():
+        if pair is not None and not close(pair[0], want_k) and close(gk, pair[0]) and close(gv, pair[1]):
+            raise Mistake(key.split("#")[0])
+    expect_tensor(gk, tuple(want_k.shape), dtype, shape_text="[B, H, min(m + T, n_c), D]")
+    expect_tensor(gv, tuple(want_v.shape), dtype, shape_text="[B, H, min(m + T, n_c), D]")
+    expect_close(gk, want_k)
+    expect_close(gv, want_v)
 
 
 WINDOW_UPDATE = code_exercise(
@@ -148,33 +148,31 @@ def _cumavg_expect(got, want, models, dtype, shape):
     expect_close(gv, want[1])
 
 
-def _cumavg_step_check(seed, i, b=1, h=2, d=4, *, dtype=torch.float64):
-    def run(fn):
-        gen = seeded(seed)
-        kb, vb, k, v = (randn(gen, b, h, 1, d, dtype=dtype) for _ in range(4))
-        got = call_keeping_inputs(fn, kb, vb, k, v, i)
-        want = ((k + i * kb) / (i + 1), (v + i * vb) / (i + 1))
-        _cumavg_expect(got, want, _cumavg_models(kb, vb, k, v, i), dtype, (b, h, 1, d))
-    return run
+@check_factory
+def _cumavg_step_check(fn, seed, i, b=1, h=2, d=4, *, dtype=torch.float64):
+    gen = seeded(seed)
+    kb, vb, k, v = (randn(gen, b, h, 1, d, dtype=dtype) for _ in range(4))
+    got = call_keeping_inputs(fn, kb, vb, k, v, i)
+    want = ((k + i * kb) / (i + 1), (v + i * vb) / (i + 1))
+    _cumavg_expect(got, want, _cumavg_models(kb, vb, k, v, i), dtype, (b, h, 1, d))
 
 
-def _cumavg_stream_check(seed, n, b=2, h=3, d=4, *, dtype=torch.float64):
+@check_factory
+def _cumavg_stream_check(fn, seed, n, b=2, h=3, d=4, *, dtype=torch.float64):
     """Feed n positions from i = 0 (the first memory is garbage, to be ignored) and compare with
     CumulativeAverageMemory's state, i.e. the batch mean of everything so far."""
-    def run(fn):
-        gen = seeded(seed)
-        ks, vs = randn(gen, b, h, n, d, dtype=dtype), randn(gen, b, h, n, d, dtype=dtype)
-        kb, vb = randn(gen, b, h, 1, d, dtype=dtype, scale=100.0), randn(gen, b, h, 1, d, dtype=dtype, scale=100.0)
-        mem = CumulativeAverageMemory()
-        state = mem.init_state(b, h, d, dtype=dtype)
-        for i in range(n):
-            k, v = ks[:, :, i:i + 1], vs[:, :, i:i + 1]
-            _, state = mem(k, k, v, state)
-            want = (state.k_mean, state.v_mean)
-            got = call_keeping_inputs(fn, kb, vb, k, v, i)
-            _cumavg_expect(got, want, _cumavg_models(kb, vb, k, v, i), dtype, (b, h, 1, d))
-            kb, vb = got
-    return run
+    gen = seeded(seed)
+    ks, vs = randn(gen, b, h, n, d, dtype=dtype), randn(gen, b, h, n, d, dtype=dtype)
+    kb, vb = randn(gen, b, h, 1, d, dtype=dtype, scale=100.0), randn(gen, b, h, 1, d, dtype=dtype, scale=100.0)
+    mem = CumulativeAverageMemory()
+    state = mem.init_state(b, h, d, dtype=dtype)
+    for i in range(n):
+        k, v = ks[:, :, i:i + 1], vs[:, :, i:i + 1]
+        _, state = mem(k, k, v, state)
+        want = (state.k_mean, state.v_mean)
+        got = call_keeping_inputs(fn, kb, vb, k, v, i)
+        _cumavg_expect(got, want, _cumavg_models(kb, vb, k, v, i), dtype, (b, h, 1, d))
+        kb, vb = got
 
 
 CUMULATIVE_AVERAGE_UPDATE = code_exercise(
@@ -241,18 +239,17 @@ def _moving_ref(x, w):
     return out[:, :, -1:]
 
 
-def _moving_check(seed, b, h, t, d, weights, *, dtype=torch.float64, non_contiguous=False):
-    def run(fn):
-        gen = seeded(seed)
-        x = heads_view(gen, b, h, t, d, dtype) if non_contiguous else randn(gen, b, h, t, d, dtype=dtype)
-        w = torch.tensor(weights, dtype=torch.float64)
-        got = call_keeping_inputs(fn, x, w)
-        want = _moving_ref(x, w)
-        if isinstance(got, torch.Tensor) and tuple(got.shape) == (b, h, d) and close(got.unsqueeze(2), want):
-            raise Mistake("keepdim")
-        expect_tensor(got, (b, h, 1, d), dtype, shape_text="[B, H, 1, D]")
-        expect_close(got, want, _moving_models(x, w))
-    return run
+@check_factory
+def _moving_check(fn, seed, b, h, t, d, weights, *, dtype=torch.float64, non_contiguous=False):
+    gen = seeded(seed)
+    x = heads_view(gen, b, h, t, d, dtype) if non_contiguous else randn(gen, b, h, t, d, dtype=dtype)
+    w = torch.tensor(weights, dtype=torch.float64)
+    got = call_keeping_inputs(fn, x, w)
+    want = _moving_ref(x, w)
+    if isinstance(got, torch.Tensor) and tuple(got.shape) == (b, h, d) and close(got.unsqueeze(2), want):
+        raise Mistake("keepdim")
+    expect_tensor(got, (b, h, 1, d), dtype, shape_text="[B, H, 1, D]")
+    expect_close(got, want, _moving_models(x, w))
 
 
 MOVING_AVERAGE = code_exercise(

@@ -23,6 +23,10 @@ from ..compare import call_keeping_inputs, close, expect_answer, expect_close, e
 from ..compare import probe as register_probe
 from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
+from ._common import check_factory
+
+# torch's error for S + an outer product taken the other way round ([D_v, D] against S's [D, D_v])
+OUTER_ORDER_ERROR = r"size of tensor a \(\d+\) must match the size of tensor b \(\d+\)"
 
 # ---------------------------------------------------------------- 05.delta_update
 
@@ -75,18 +79,17 @@ def _delta_models(S, k, v, beta):
     return models
 
 
-def _delta_check(seed, b, h, d, d_v, *, beta=1.0, beta_per_head=False, dtype=torch.float64, empty=False,
+@check_factory
+def _delta_check(fn, seed, b, h, d, d_v, *, beta=1.0, beta_per_head=False, dtype=torch.float64, empty=False,
                  non_contiguous=False):
-    def run(fn):
-        gen = seeded(seed)
-        S = torch.zeros(b, h, d, d_v, dtype=dtype) if empty else randn(gen, b, h, d, d_v, dtype=dtype)
-        if non_contiguous:
-            S = randn(gen, b, h, d_v, d, dtype=dtype).transpose(-2, -1)
-        k = F.normalize(randn(gen, b, h, d, dtype=dtype), dim=-1)
-        v = randn(gen, b, h, d_v, dtype=dtype)
-        bt = (0.2 + 0.7 * torch.rand(b, h, generator=gen, dtype=torch.float64)).to(dtype) if beta_per_head else beta
-        expect_answer(fn, (S, k, v, bt), (b, h, d, d_v), dtype, _delta_ref, _delta_models, shape_text="[B, H, D, D_v]")
-    return run
+    gen = seeded(seed)
+    S = torch.zeros(b, h, d, d_v, dtype=dtype) if empty else randn(gen, b, h, d, d_v, dtype=dtype)
+    if non_contiguous:
+        S = randn(gen, b, h, d_v, d, dtype=dtype).transpose(-2, -1)
+    k = F.normalize(randn(gen, b, h, d, dtype=dtype), dim=-1)
+    v = randn(gen, b, h, d_v, dtype=dtype)
+    bt = (0.2 + 0.7 * torch.rand(b, h, generator=gen, dtype=torch.float64)).to(dtype) if beta_per_head else beta
+    expect_answer(fn, (S, k, v, bt), (b, h, d, d_v), dtype, _delta_ref, _delta_models, shape_text="[B, H, D, D_v]")
 
 
 def _overwrite_check(fn):
@@ -107,7 +110,7 @@ def _overwrite_check(fn):
 DELTA_UPDATE = code_exercise(
     id="05.delta_update", title="One write of the delta rule",
     hints=DELTA_HINTS,
-    error_hints={r"size of tensor a \(\d+\) must match the size of tensor b \(\d+\)": "outer_order",
+    error_hints={OUTER_ORDER_ERROR: "outer_order",
                  r"only one element tensors can be converted to Python scalars": "beta_tensor",
                  r"Expected size for first two dimensions of batch2 tensor": "read_side"},
     checks=[
@@ -149,51 +152,50 @@ def _phi(x):
     return F.elu(x) + 1
 
 
-def _linear_check(seed, b, h, d, d_v, *, dtype=torch.float64, non_contiguous=False, scale=1.0):
-    def run(fn):
-        gen = seeded(seed)
-        S = randn(gen, b, h, d, d_v, dtype=dtype).abs()
-        z = randn(gen, b, h, d, dtype=dtype).abs()
-        if non_contiguous:
-            k = randn(gen, b, d, h, dtype=dtype).transpose(1, 2)  # [B, H, D] views, not contiguous
-            v = randn(gen, b, d_v, h, dtype=dtype).transpose(1, 2)
-        else:
-            k, v = randn(gen, b, h, d, dtype=dtype, scale=scale), randn(gen, b, h, d_v, dtype=dtype)
-        out = call_keeping_inputs(fn, S, z, k, v)
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise Mistake("not_pair", f"got {type_name(out)}")
-        S_new, z_new = out
-        expect_tensor(S_new, (b, h, d, d_v), dtype, shape_text="S [B, H, D, D_v]")
-        expect_tensor(z_new, (b, h, d), dtype, shape_text="z [B, H, D]")
-        _, S_ref, z_ref = linear_attention_recurrent(k[:, :, None], k[:, :, None], v[:, :, None], S, z)
-        fk = _phi(k)
-        outer = lambda f, x: f[..., :, None] * x[..., None, :]  # noqa: E731
-        expect_close(S_new, S_ref, {
-            "no_phi": lambda: S + outer(k, v),
-            "wrong_phi#relu": lambda: S + outer(F.relu(k), v),
-            "wrong_phi#exp": lambda: S + outer(k.exp(), v),
-            "wrong_phi#elu": lambda: S + outer(F.elu(k), v),
-            "relu_plus_one": lambda: S + outer(F.relu(k) + 1, v),
-            "phi_on_v": lambda: S + outer(fk, _phi(v)),
-            "outer_order": lambda: S + outer(v, fk),  # [D_v, D]: only when D = D_v
-            "replaces": lambda: outer(fk, v),
-        })
-        expect_close(z_new, z_ref, {
-            "z_not_updated": lambda: z,
-            "z_raw_k": lambda: z + k,
-            "no_phi": lambda: z + k,
-            "replaces": lambda: fk,
-            "wrong_phi#relu": lambda: z + F.relu(k),
-            "wrong_phi#elu": lambda: z + F.elu(k),
-            "relu_plus_one": lambda: z + F.relu(k) + 1,
-        })
-    return run
+@check_factory
+def _linear_check(fn, seed, b, h, d, d_v, *, dtype=torch.float64, non_contiguous=False, scale=1.0):
+    gen = seeded(seed)
+    S = randn(gen, b, h, d, d_v, dtype=dtype).abs()
+    z = randn(gen, b, h, d, dtype=dtype).abs()
+    if non_contiguous:
+        k = randn(gen, b, d, h, dtype=dtype).transpose(1, 2)  # [B, H, D] views, not contiguous
+        v = randn(gen, b, d_v, h, dtype=dtype).transpose(1, 2)
+    else:
+        k, v = randn(gen, b, h, d, dtype=dtype, scale=scale), randn(gen, b, h, d_v, dtype=dtype)
+    out = call_keeping_inputs(fn, S, z, k, v)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise Mistake("not_pair", f"got {type_name(out)}")
+    S_new, z_new = out
+    expect_tensor(S_new, (b, h, d, d_v), dtype, shape_text="S [B, H, D, D_v]")
+    expect_tensor(z_new, (b, h, d), dtype, shape_text="z [B, H, D]")
+    _, S_ref, z_ref = linear_attention_recurrent(k[:, :, None], k[:, :, None], v[:, :, None], S, z)
+    fk = _phi(k)
+    outer = lambda f, x: f[..., :, None] * x[..., None, :]  # noqa: E731
+    expect_close(S_new, S_ref, {
+        "no_phi": lambda: S + outer(k, v),
+        "wrong_phi#relu": lambda: S + outer(F.relu(k), v),
+        "wrong_phi#exp": lambda: S + outer(k.exp(), v),
+        "wrong_phi#elu": lambda: S + outer(F.elu(k), v),
+        "relu_plus_one": lambda: S + outer(F.relu(k) + 1, v),
+        "phi_on_v": lambda: S + outer(fk, _phi(v)),
+        "outer_order": lambda: S + outer(v, fk),  # [D_v, D]: only when D = D_v
+        "replaces": lambda: outer(fk, v),
+    })
+    expect_close(z_new, z_ref, {
+        "z_not_updated": lambda: z,
+        "z_raw_k": lambda: z + k,
+        "no_phi": lambda: z + k,
+        "replaces": lambda: fk,
+        "wrong_phi#relu": lambda: z + F.relu(k),
+        "wrong_phi#elu": lambda: z + F.elu(k),
+        "relu_plus_one": lambda: z + F.relu(k) + 1,
+    })
 
 
 LINEAR_MEMORY_UPDATE = code_exercise(
     id="05.linear_memory_update", title="One write of the linear-attention memory",
     hints=LINEAR_HINTS,
-    error_hints={r"size of tensor a \(\d+\) must match the size of tensor b \(\d+\)": "outer_order"},
+    error_hints={OUTER_ORDER_ERROR: "outer_order"},
     checks=[
         Check("random float64, B = 1, H = 1, D = D_v = 4", _linear_check(511, 1, 1, 4, 4)),
         Check("B = 2, H = 3, D = 5, D_v = 3 (values of another width)", _linear_check(512, 2, 3, 5, 3)),
@@ -222,43 +224,41 @@ SEGMENT_HINTS = {
 }
 
 
-def _segment_check(seed, b, h, m, t, d, mem_len, *, dtype=torch.float64, grad=False, d_v=None):
+@check_factory
+def _segment_check(fn, seed, b, h, m, t, d, mem_len, *, dtype=torch.float64, grad=False, d_v=None):
     d_v = d if d_v is None else d_v
-
-    def run(fn):
-        gen = seeded(seed)
-        K_mem, V_mem = randn(gen, b, h, m, d, dtype=dtype), randn(gen, b, h, m, d_v, dtype=dtype)
-        k, v = randn(gen, b, h, t, d, dtype=dtype), randn(gen, b, h, t, d_v, dtype=dtype)
-        out = call_keeping_inputs(fn, K_mem, V_mem, k, v, mem_len)
-        if grad:  # where the answer lives, with k and v requiring grad: is what it keeps detached?
-            flags = make(fn, detached_probe, fn, [K_mem, V_mem, k, v, mem_len])
-            if flags is not None and any(flags):
-                raise Mistake("not_detached")
-        if isinstance(out, (tuple, list)) and len(out) == 2 and all(callable(x) for x in out):
-            raise Mistake("not_called", f"got a pair of {type_name(out[0])}")
-        if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(x, torch.Tensor) for x in out):
-            raise Mistake("not_pair", f"got {type_name(out)}")
-        K, V = out
-        all_k, all_v = torch.cat([K_mem, k.detach()], 2), torch.cat([V_mem, v.detach()], 2)
-        n = min(m + t, mem_len)
-        if K.dim() == 4 and K.shape[2] == m + t and m + t > mem_len:
-            raise Mistake("never_evicts", f"it holds {m + t} pairs, mem_len = {mem_len}")
-        if K.dim() == 4 and K.shape[2] == t and t < n:
-            raise Mistake("only_new")
-        if K.dim() == 4 and abs(K.shape[2] - n) == 1:
-            raise Mistake("off_by_one", f"it holds {K.shape[2]} pairs, expected {n}")
-        expect_tensor(K, (b, h, n, d), dtype, shape_text="[B, H, min(m + T, mem_len), D]")
-        expect_tensor(V, (b, h, n, d_v), dtype, shape_text="[B, H, min(m + T, mem_len), D_v]")
-        if close(K, all_v[:, :, -n:]) and close(V, all_k[:, :, -n:]) and d == d_v:
-            raise Mistake("values_swapped")
-        models = {
-            "keeps_oldest": lambda: all_k[:, :, :n],
-            "new_first": lambda: torch.cat([k.detach(), K_mem], 2)[:, :, -n:],
-            "new_first#head": lambda: torch.cat([k.detach(), K_mem], 2)[:, :, :n],
-        }
-        expect_close(K, all_k[:, :, -n:], models)
-        expect_close(V, all_v[:, :, -n:], {"keeps_oldest": lambda: all_v[:, :, :n]})
-    return run
+    gen = seeded(seed)
+    K_mem, V_mem = randn(gen, b, h, m, d, dtype=dtype), randn(gen, b, h, m, d_v, dtype=dtype)
+    k, v = randn(gen, b, h, t, d, dtype=dtype), randn(gen, b, h, t, d_v, dtype=dtype)
+    out = call_keeping_inputs(fn, K_mem, V_mem, k, v, mem_len)
+    if grad:  # where the answer lives, with k and v requiring grad: is what it keeps detached?
+        flags = make(fn, detached_probe, fn, [K_mem, V_mem, k, v, mem_len])
+        if flags is not None and any(flags):
+            raise Mistake("not_detached")
+    if isinstance(out, (tuple, list)) and len(out) == 2 and all(callable(x) for x in out):
+        raise Mistake("not_called", f"got a pair of {type_name(out[0])}")
+    if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(x, torch.Tensor) for x in out):
+        raise Mistake("not_pair", f"got {type_name(out)}")
+    K, V = out
+    all_k, all_v = torch.cat([K_mem, k.detach()], 2), torch.cat([V_mem, v.detach()], 2)
+    n = min(m + t, mem_len)
+    if K.dim() == 4 and K.shape[2] == m + t and m + t > mem_len:
+        raise Mistake("never_evicts", f"it holds {m + t} pairs, mem_len = {mem_len}")
+    if K.dim() == 4 and K.shape[2] == t and t < n:
+        raise Mistake("only_new")
+    if K.dim() == 4 and abs(K.shape[2] - n) == 1:
+        raise Mistake("off_by_one", f"it holds {K.shape[2]} pairs, expected {n}")
+    expect_tensor(K, (b, h, n, d), dtype, shape_text="[B, H, min(m + T, mem_len), D]")
+    expect_tensor(V, (b, h, n, d_v), dtype, shape_text="[B, H, min(m + T, mem_len), D_v]")
+    if close(K, all_v[:, :, -n:]) and close(V, all_k[:, :, -n:]) and d == d_v:
+        raise Mistake("values_swapped")
+    models = {
+        "keeps_oldest": lambda: all_k[:, :, :n],
+        "new_first": lambda: torch.cat([k.detach(), K_mem], 2)[:, :, -n:],
+        "new_first#head": lambda: torch.cat([k.detach(), K_mem], 2)[:, :, :n],
+    }
+    expect_close(K, all_k[:, :, -n:], models)
+    expect_close(V, all_v[:, :, -n:], {"keeps_oldest": lambda: all_v[:, :, :n]})
 
 
 @register_probe

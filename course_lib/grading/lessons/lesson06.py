@@ -23,6 +23,7 @@ from ..compare import call_keeping_inputs, close, expect_close, expect_tensor, h
 from ..compare import probe as register_probe
 from ..core import Check, Mistake, code_exercise, error_name, type_name
 from ..questions import choice_exercise, number_exercise
+from ._common import check_factory
 
 # ---------------------------------------------------------------- 06.compress
 
@@ -47,26 +48,25 @@ def _compress_ref(x, c, how):
     return groups.mean(3) if how == "mean" else groups.amax(3)
 
 
-def _compress_check(seed, b, h, n, d, c, how, *, dtype=torch.float64, non_contiguous=False):
-    def run(fn):
-        gen = seeded(seed)
-        x = heads_view(gen, b, h, n, d, dtype) if non_contiguous else randn(gen, b, h, n, d, dtype=dtype)
-        out = call_keeping_inputs(fn, x, c, how)
-        if not isinstance(out, torch.Tensor):
-            try:
-                out.indices  # noqa: B018 -- torch.max(x, dim) returns (values, indices)
-            except Exception:  # anything else: the shape check names it
-                pass
-            else:
-                raise Mistake("max_tuple")
-        expect_tensor(out, (b, h, n // c, d), dtype, shape_text="[B, H, n // c, D]")
-        other = "max" if how == "mean" else "mean"
-        expect_close(out, _compress_ref(x, c, how), {
-            "strided": lambda: x.unflatten(2, (c, -1)).mean(2) if how == "mean" else x.unflatten(2, (c, -1)).amax(2),
-            "ignores_how": lambda: _compress_ref(x, c, other),
-            "subsampled": lambda: x[:, :, ::c],
-        })
-    return run
+@check_factory
+def _compress_check(fn, seed, b, h, n, d, c, how, *, dtype=torch.float64, non_contiguous=False):
+    gen = seeded(seed)
+    x = heads_view(gen, b, h, n, d, dtype) if non_contiguous else randn(gen, b, h, n, d, dtype=dtype)
+    out = call_keeping_inputs(fn, x, c, how)
+    if not isinstance(out, torch.Tensor):
+        try:
+            out.indices  # noqa: B018 -- torch.max(x, dim) returns (values, indices)
+        except Exception:  # anything else: the shape check names it
+            pass
+        else:
+            raise Mistake("max_tuple")
+    expect_tensor(out, (b, h, n // c, d), dtype, shape_text="[B, H, n // c, D]")
+    other = "max" if how == "mean" else "mean"
+    expect_close(out, _compress_ref(x, c, how), {
+        "strided": lambda: x.unflatten(2, (c, -1)).mean(2) if how == "mean" else x.unflatten(2, (c, -1)).amax(2),
+        "ignores_how": lambda: _compress_ref(x, c, other),
+        "subsampled": lambda: x[:, :, ::c],
+    })
 
 
 def _remainder_check(fn):
@@ -174,43 +174,41 @@ def _count_detail(name, unit, got, want):
         f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
 
 
-def _update_check(seed, b, h, d, m, n_cm_held, t, n_m, n_cm, c, *, dtype=torch.float64, d_v=None):
+@check_factory
+def _update_check(fn, seed, b, h, d, m, n_cm_held, t, n_m, n_cm, c, *, dtype=torch.float64, d_v=None):
     d_v = d if d_v is None else d_v
-
-    def run(fn):
-        gen = seeded(seed)
-        mem = (randn(gen, b, h, m, d, dtype=dtype), randn(gen, b, h, m, d_v, dtype=dtype))
-        cmem = (randn(gen, b, h, n_cm_held, d, dtype=dtype), randn(gen, b, h, n_cm_held, d_v, dtype=dtype))
-        s_kv = (randn(gen, b, h, t, d, dtype=dtype), randn(gen, b, h, t, d_v, dtype=dtype))
-        inputs = [x for pair in (mem, cmem, s_kv) for x in pair]
-        before = [x.clone() for x in inputs]
-        got = _flat(fn(mem, cmem, s_kv, n_m, n_cm, c))
-        if not all(torch.equal(x, y) for x, y in zip(inputs, before)):
-            raise Mistake("modified_input")
-        want = _flat(_update_model(mem, cmem, s_kv, n_m, n_cm, c))
-        for g, w, name in zip(got, want, ("Mem K", "Mem V", "CMem K", "CMem V")):
-            if g.dtype != w.dtype:
-                raise Mistake("dtype", f"{name}: got {g.dtype} for {w.dtype} inputs")
-        if _all_close(got, want):
-            return
-        variants = {
-            "evict_first": dict(compress=False),
-            "newest": dict(which="newest"),
-            "drop_remainder": dict(pop="exact"),
-            "floor": dict(pop="floor"),
-            "no_cap": dict(cap=None),
-            "cap_oldest": dict(cap="oldest"),
-            "prepend": dict(prepend=True),
-            "max_pool": dict(how="max"),
-        }
-        for key, kw in variants.items():
-            model = _flat(_update_model(mem, cmem, s_kv, n_m, n_cm, c, **kw))
-            if not _all_close(model, want) and _all_close(got, model):
-                raise Mistake(key)
-        if not (close(got[0], want[0]) and close(got[1], want[1])):
-            raise Mistake("mem_wrong", _count_detail("Mem", "pairs", got[0], want[0]))
-        raise Mistake("cmem_wrong", _count_detail("CMem", "slots", got[2], want[2]))
-    return run
+    gen = seeded(seed)
+    mem = (randn(gen, b, h, m, d, dtype=dtype), randn(gen, b, h, m, d_v, dtype=dtype))
+    cmem = (randn(gen, b, h, n_cm_held, d, dtype=dtype), randn(gen, b, h, n_cm_held, d_v, dtype=dtype))
+    s_kv = (randn(gen, b, h, t, d, dtype=dtype), randn(gen, b, h, t, d_v, dtype=dtype))
+    inputs = [x for pair in (mem, cmem, s_kv) for x in pair]
+    before = [x.clone() for x in inputs]
+    got = _flat(fn(mem, cmem, s_kv, n_m, n_cm, c))
+    if not all(torch.equal(x, y) for x, y in zip(inputs, before)):
+        raise Mistake("modified_input")
+    want = _flat(_update_model(mem, cmem, s_kv, n_m, n_cm, c))
+    for g, w, name in zip(got, want, ("Mem K", "Mem V", "CMem K", "CMem V")):
+        if g.dtype != w.dtype:
+            raise Mistake("dtype", f"{name}: got {g.dtype} for {w.dtype} inputs")
+    if _all_close(got, want):
+        return
+    variants = {
+        "evict_first": dict(compress=False),
+        "newest": dict(which="newest"),
+        "drop_remainder": dict(pop="exact"),
+        "floor": dict(pop="floor"),
+        "no_cap": dict(cap=None),
+        "cap_oldest": dict(cap="oldest"),
+        "prepend": dict(prepend=True),
+        "max_pool": dict(how="max"),
+    }
+    for key, kw in variants.items():
+        model = _flat(_update_model(mem, cmem, s_kv, n_m, n_cm, c, **kw))
+        if not _all_close(model, want) and _all_close(got, model):
+            raise Mistake(key)
+    if not (close(got[0], want[0]) and close(got[1], want[1])):
+        raise Mistake("mem_wrong", _count_detail("Mem", "pairs", got[0], want[0]))
+    raise Mistake("cmem_wrong", _count_detail("CMem", "slots", got[2], want[2]))
 
 
 COMPRESSIVE_UPDATE = code_exercise(
@@ -266,29 +264,27 @@ def _recon_inputs(seed, b, h, t, n, c, d, d_v, dtype):
     return q, ok, ov, ck, cv
 
 
-def _recon_value_check(seed, b, h, t, n, c, d, d_v=None, *, dtype=torch.float64):
+@check_factory
+def _recon_value_check(fn, seed, b, h, t, n, c, d, d_v=None, *, dtype=torch.float64):
     d_v = d if d_v is None else d_v
-
-    def run(fn):
-        q, ok, ov, ck, cv = _recon_inputs(seed, b, h, t, n, c, d, d_v, dtype)
-        out = call_keeping_inputs(fn, q, ok, ov, ck, cv)
-        if isinstance(out, torch.Tensor) and out.numel() == 1 and out.dim() > 0:
-            raise Mistake("not_scalar", f"got shape {tuple(out.shape)}")
-        expect_tensor(out, (), dtype, shape_text="a scalar")
-        a, target = attention_reference(q, ck, cv), attention_reference(q, ok, ov)
-        expect_close(out, _recon_ref(q, ok, ov, ck, cv), {
-            "sum": lambda: F.mse_loss(a, target, reduction="sum"),
-            "no_scale": lambda: F.mse_loss(attention_reference(q, ck, cv, scale=1.0),
-                                           attention_reference(q, ok, ov, scale=1.0)),
-            "rmse": lambda: F.mse_loss(a, target).sqrt(),
-            "sum#last_axis": lambda: ((a - target) ** 2).sum(-1).mean(),
-            "causal": lambda: F.mse_loss(attention_reference(q, ck, cv, causal_mask(t, ck.shape[2])),
-                                         attention_reference(q, ok, ov, causal_mask(t, n))),
-            "causal#top_left": lambda: F.mse_loss(
-                F.scaled_dot_product_attention(q, ck, cv, is_causal=True),
-                F.scaled_dot_product_attention(q, ok, ov, is_causal=True)),
-        })
-    return run
+    q, ok, ov, ck, cv = _recon_inputs(seed, b, h, t, n, c, d, d_v, dtype)
+    out = call_keeping_inputs(fn, q, ok, ov, ck, cv)
+    if isinstance(out, torch.Tensor) and out.numel() == 1 and out.dim() > 0:
+        raise Mistake("not_scalar", f"got shape {tuple(out.shape)}")
+    expect_tensor(out, (), dtype, shape_text="a scalar")
+    a, target = attention_reference(q, ck, cv), attention_reference(q, ok, ov)
+    expect_close(out, _recon_ref(q, ok, ov, ck, cv), {
+        "sum": lambda: F.mse_loss(a, target, reduction="sum"),
+        "no_scale": lambda: F.mse_loss(attention_reference(q, ck, cv, scale=1.0),
+                                       attention_reference(q, ok, ov, scale=1.0)),
+        "rmse": lambda: F.mse_loss(a, target).sqrt(),
+        "sum#last_axis": lambda: ((a - target) ** 2).sum(-1).mean(),
+        "causal": lambda: F.mse_loss(attention_reference(q, ck, cv, causal_mask(t, ck.shape[2])),
+                                     attention_reference(q, ok, ov, causal_mask(t, n))),
+        "causal#top_left": lambda: F.mse_loss(
+            F.scaled_dot_product_attention(q, ck, cv, is_causal=True),
+            F.scaled_dot_product_attention(q, ok, ov, is_causal=True)),
+    })
 
 
 @register_probe

@@ -32,6 +32,7 @@ from ..compare import (
 )
 from ..core import Check, Mistake, code_exercise, error_name, type_name
 from ..questions import choice_exercise, number_exercise
+from ._common import check_factory
 
 # ---------------------------------------------------------------- 07.gate
 
@@ -76,16 +77,15 @@ def _gate_models(a, b, w):
     }
 
 
-def _gate_check(seed, b, h, t, d, *, w=None, dtype=torch.float64, non_contiguous=False):
-    def run(fn):
-        gen = seeded(seed)
-        if non_contiguous:
-            out_a, out_b = heads_view(gen, b, h, t, d, dtype), heads_view(gen, b, h, t, d, dtype)
-        else:
-            out_a, out_b = randn(gen, b, h, t, d, dtype=dtype), randn(gen, b, h, t, d, dtype=dtype)
-        ww = randn(gen, h, dtype=dtype, scale=1.5) if w is None else torch.tensor(w, dtype=dtype)
-        expect_answer(fn, (out_a, out_b, ww), (b, h, t, d), dtype, _gate_ref, _gate_models, shape_text="[B, H, T, D]")
-    return run
+@check_factory
+def _gate_check(fn, seed, b, h, t, d, *, w=None, dtype=torch.float64, non_contiguous=False):
+    gen = seeded(seed)
+    if non_contiguous:
+        out_a, out_b = heads_view(gen, b, h, t, d, dtype), heads_view(gen, b, h, t, d, dtype)
+    else:
+        out_a, out_b = randn(gen, b, h, t, d, dtype=dtype), randn(gen, b, h, t, d, dtype=dtype)
+    ww = randn(gen, h, dtype=dtype, scale=1.5) if w is None else torch.tensor(w, dtype=dtype)
+    expect_answer(fn, (out_a, out_b, ww), (b, h, t, d), dtype, _gate_ref, _gate_models, shape_text="[B, H, T, D]")
 
 
 def _gate_grad_check(fn):
@@ -185,26 +185,25 @@ def _pair(out):
     return out
 
 
-def _knn_check(seed, b, h, n, d, top_k, *, d_v=None, dtype=torch.float64, norms=False, negative=False,
+@check_factory
+def _knn_check(fn, seed, b, h, n, d, top_k, *, d_v=None, dtype=torch.float64, norms=False, negative=False,
                non_contiguous=False):
-    def run(fn):
-        gen = seeded(seed)
-        q = randn(gen, b, h, 1, d, dtype=dtype)
-        K = heads_view(gen, b, h, n, d, dtype) if non_contiguous else randn(gen, b, h, n, d, dtype=dtype)
-        if norms:  # keys of very different lengths: nearest by distance != highest q . k
-            K = K * torch.linspace(0.2, 4.0, n, dtype=dtype)[:, None]
-        if negative:  # scores of large magnitude and both signs: |q . k| picks the worst matches
-            K = K * 3
-        V = randn(gen, b, h, n, d_v or d, dtype=dtype)
-        got_k, got_v = _pair(call_keeping_inputs(fn, q, K, V, top_k))
-        want_k, want_v = _knn_ref(q, K, V, top_k)
-        if isinstance(got_k, torch.Tensor) and got_k.dim() == 4 and got_k.shape[2] == n != top_k:
-            raise Mistake("wrong_axis", f"it returns all {n} stored pairs, top_k = {top_k}")
-        expect_tensor(got_k, tuple(want_k.shape), dtype, shape_text="[B, H, top_k, D]")
-        expect_tensor(got_v, tuple(want_v.shape), dtype, shape_text="[B, H, top_k, D_v]")
-        expect_close(got_k, want_k, _knn_models(q, K, V, top_k, 0))
-        expect_close(got_v, want_v, _knn_models(q, K, V, top_k, 1))
-    return run
+    gen = seeded(seed)
+    q = randn(gen, b, h, 1, d, dtype=dtype)
+    K = heads_view(gen, b, h, n, d, dtype) if non_contiguous else randn(gen, b, h, n, d, dtype=dtype)
+    if norms:  # keys of very different lengths: nearest by distance != highest q . k
+        K = K * torch.linspace(0.2, 4.0, n, dtype=dtype)[:, None]
+    if negative:  # scores of large magnitude and both signs: |q . k| picks the worst matches
+        K = K * 3
+    V = randn(gen, b, h, n, d_v or d, dtype=dtype)
+    got_k, got_v = _pair(call_keeping_inputs(fn, q, K, V, top_k))
+    want_k, want_v = _knn_ref(q, K, V, top_k)
+    if isinstance(got_k, torch.Tensor) and got_k.dim() == 4 and got_k.shape[2] == n != top_k:
+        raise Mistake("wrong_axis", f"it returns all {n} stored pairs, top_k = {top_k}")
+    expect_tensor(got_k, tuple(want_k.shape), dtype, shape_text="[B, H, top_k, D]")
+    expect_tensor(got_v, tuple(want_v.shape), dtype, shape_text="[B, H, top_k, D_v]")
+    expect_close(got_k, want_k, _knn_models(q, K, V, top_k, 0))
+    expect_close(got_v, want_v, _knn_models(q, K, V, top_k, 1))
 
 
 def _knn_too_many(fn):
@@ -292,16 +291,15 @@ def _concat_ref(q, Ka, Va, Kb, Vb):
     return attention_reference(q, torch.cat([Ka, Kb], 2), torch.cat([Va, Vb], 2))
 
 
-def _concat_check(seed, b, h, t_q, n_a, n_b, d, d_v=None, *, dtype=torch.float64, non_contiguous=False):
-    def run(fn):
-        gen = seeded(seed)
-        d_v_ = d_v or d
-        q = heads_view(gen, b, h, t_q, d, dtype) if non_contiguous else randn(gen, b, h, t_q, d, dtype=dtype, scale=2)
-        Ka, Kb = randn(gen, b, h, n_a, d, dtype=dtype), randn(gen, b, h, n_b, d, dtype=dtype)
-        Va, Vb = randn(gen, b, h, n_a, d_v_, dtype=dtype), randn(gen, b, h, n_b, d_v_, dtype=dtype)
-        expect_answer(fn, (q, Ka, Va, Kb, Vb), (b, h, t_q, d_v_), dtype, _concat_ref, _concat_models,
-                      shape_text="[B, H, T_q, D_v]")
-    return run
+@check_factory
+def _concat_check(fn, seed, b, h, t_q, n_a, n_b, d, d_v=None, *, dtype=torch.float64, non_contiguous=False):
+    gen = seeded(seed)
+    d_v_ = d_v or d
+    q = heads_view(gen, b, h, t_q, d, dtype) if non_contiguous else randn(gen, b, h, t_q, d, dtype=dtype, scale=2)
+    Ka, Kb = randn(gen, b, h, n_a, d, dtype=dtype), randn(gen, b, h, n_b, d, dtype=dtype)
+    Va, Vb = randn(gen, b, h, n_a, d_v_, dtype=dtype), randn(gen, b, h, n_b, d_v_, dtype=dtype)
+    expect_answer(fn, (q, Ka, Va, Kb, Vb), (b, h, t_q, d_v_), dtype, _concat_ref, _concat_models,
+                  shape_text="[B, H, T_q, D_v]")
 
 
 CONCAT = code_exercise(

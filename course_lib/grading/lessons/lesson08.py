@@ -20,6 +20,7 @@ from ...experiments.lesson08 import answer_accuracy, compressed_slots, error_by_
 from ..compare import call_keeping_inputs, expect_close, expect_number, expect_tensor, number_tolerance, randn, seeded
 from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import choice_exercise, number_exercise
+from ._common import check_factory
 
 # ---------------------------------------------------------------- 08.pareto_front
 
@@ -82,17 +83,16 @@ def _pareto_models(b, a):
     return {"sorts_inputs": ranks, **models} if ranks != sorted(front) else models
 
 
-def _pareto_check(b, a, *, as_tuple=False):
-    def run(fn):
-        got = _as_indices(fn(tuple(b) if as_tuple else list(b), tuple(a) if as_tuple else list(a)))
-        want = pareto_front(b, a)
-        if got == want:
-            return
-        for key, model in _pareto_models(b, a).items():
-            if model != want and got == model:
-                raise Mistake(key.split("#")[0])
-        raise Mistake("wrong_values")
-    return run
+@check_factory
+def _pareto_check(fn, b, a, *, as_tuple=False):
+    got = _as_indices(fn(tuple(b) if as_tuple else list(b), tuple(a) if as_tuple else list(a)))
+    want = pareto_front(b, a)
+    if got == want:
+        return
+    for key, model in _pareto_models(b, a).items():
+        if model != want and got == model:
+            raise Mistake(key.split("#")[0])
+    raise Mistake("wrong_values")
 
 
 def _random_designs(seed, n):
@@ -168,29 +168,28 @@ def _accuracy_models(logits, targets, ignore_index):
     return models
 
 
-def _accuracy_check(seed, b, t, v, *, ignore_index=-100, p_ignore=0.5, dtype=torch.float64, sharp=False):
-    def run(fn):
-        gen = seeded(seed)
-        logits = randn(gen, b, t, v, dtype=dtype)
-        targets = torch.randint(0, v, (b, t), generator=gen)
-        if sharp:  # make the model right often, so accuracies are far from 0
-            hit = torch.rand(b, t, generator=gen) < 0.7
-            logits = logits + 6 * torch.nn.functional.one_hot(targets, v).to(dtype) * hit[..., None].to(dtype)
-        ignored = torch.rand(b, t, generator=gen) < p_ignore
-        ignored.view(-1)[0] = False  # at least one labelled position
-        targets = targets.masked_fill(ignored, ignore_index)
-        args = (logits, targets) if ignore_index == -100 else (logits, targets, ignore_index)
-        got = call_keeping_inputs(fn, *args)
-        if isinstance(got, torch.Tensor):
-            raise Mistake("not_float", f"got a tensor of shape {tuple(got.shape)}")
-        keep = targets != ignore_index
-        # exact, in float64: hits / n. An answer computed in float32 (.float().mean()) may differ by
-        # float32 rounding, so the tolerance is float32's, and float64 or Python division is exact.
-        want = int((logits.argmax(-1) == targets)[keep].sum()) / int(keep.sum())
-        assert abs(want - answer_accuracy(logits, targets, ignore_index)) <= 1e-6 * want
-        models = {k: m for k, m in _accuracy_models(logits, targets, ignore_index).items() if abs(m - want) > 1e-6}
-        expect_number(got, want, models, rel_tol=number_tolerance(torch.float32))
-    return run
+@check_factory
+def _accuracy_check(fn, seed, b, t, v, *, ignore_index=-100, p_ignore=0.5, dtype=torch.float64, sharp=False):
+    gen = seeded(seed)
+    logits = randn(gen, b, t, v, dtype=dtype)
+    targets = torch.randint(0, v, (b, t), generator=gen)
+    if sharp:  # make the model right often, so accuracies are far from 0
+        hit = torch.rand(b, t, generator=gen) < 0.7
+        logits = logits + 6 * torch.nn.functional.one_hot(targets, v).to(dtype) * hit[..., None].to(dtype)
+    ignored = torch.rand(b, t, generator=gen) < p_ignore
+    ignored.view(-1)[0] = False  # at least one labelled position
+    targets = targets.masked_fill(ignored, ignore_index)
+    args = (logits, targets) if ignore_index == -100 else (logits, targets, ignore_index)
+    got = call_keeping_inputs(fn, *args)
+    if isinstance(got, torch.Tensor):
+        raise Mistake("not_float", f"got a tensor of shape {tuple(got.shape)}")
+    keep = targets != ignore_index
+    # exact, in float64: hits / n. An answer computed in float32 (.float().mean()) may differ by
+    # float32 rounding, so the tolerance is float32's, and float64 or Python division is exact.
+    want = int((logits.argmax(-1) == targets)[keep].sum()) / int(keep.sum())
+    assert abs(want - answer_accuracy(logits, targets, ignore_index)) <= 1e-6 * want
+    models = {k: m for k, m in _accuracy_models(logits, targets, ignore_index).items() if abs(m - want) > 1e-6}
+    expect_number(got, want, models, rel_tol=number_tolerance(torch.float32))
 
 
 ACCURACY = code_exercise(
@@ -250,15 +249,14 @@ def _age_models(values, spans, slots):
     }
 
 
-def _age_check(seed, t, d, n_m, n_cm, c, *, dtype=torch.float64, scale=1.0):
-    def run(fn):
-        gen = seeded(seed)
-        values = randn(gen, t, d, dtype=dtype, scale=scale)
-        spans, slots = compressed_slots(values, n_m, n_cm, c)
-        got = call_keeping_inputs(fn, values, list(spans), slots)
-        expect_tensor(got, (t,), dtype, shape_text="[T]")
-        expect_close(got, error_by_age(values, spans, slots), _age_models(values, spans, slots))
-    return run
+@check_factory
+def _age_check(fn, seed, t, d, n_m, n_cm, c, *, dtype=torch.float64, scale=1.0):
+    gen = seeded(seed)
+    values = randn(gen, t, d, dtype=dtype, scale=scale)
+    spans, slots = compressed_slots(values, n_m, n_cm, c)
+    got = call_keeping_inputs(fn, values, list(spans), slots)
+    expect_tensor(got, (t,), dtype, shape_text="[T]")
+    expect_close(got, error_by_age(values, spans, slots), _age_models(values, spans, slots))
 
 
 ERROR_BY_AGE = code_exercise(

@@ -26,6 +26,7 @@ from ...experiments.capstone import SETUP, format_bytes
 from ..compare import expect_number
 from ..core import Check, Mistake, code_exercise, type_name
 from ..questions import answer_value, choice_exercise
+from ._common import check_factory
 
 # ------------------------------------------------------------ 09.window_for_budget
 
@@ -45,22 +46,21 @@ WINDOW_HINTS = {
 }
 
 
-def _window_case(budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
-    def run(fn):
-        got = fn(budget, n_layers, n_kv_heads, head_dim, bytes_per_value)
-        if isinstance(got, bool) or not isinstance(got, numbers.Integral):
-            raise Mistake("not_int", f"got {type_name(got)}")
-        per = n_layers * n_kv_heads * head_dim * bytes_per_value
-        expect_number(int(got), budget // (2 * per), {
-            "no_factor_2": budget // per,
-            "no_layers": budget // (2 * n_kv_heads * head_dim * bytes_per_value),
-            "rounded_up": -(-budget // (2 * per)),
-            "rounded_up#nearest": round(budget / (2 * per)),
-            "no_kv_heads": budget // (2 * n_layers * head_dim * bytes_per_value),
-            "minus_one": budget // (2 * per) - 1,
-            "bits": budget // (2 * per * 8),
-        }, integer=True)
-    return run
+@check_factory
+def _window_case(fn, budget, n_layers, n_kv_heads, head_dim, bytes_per_value):
+    got = fn(budget, n_layers, n_kv_heads, head_dim, bytes_per_value)
+    if isinstance(got, bool) or not isinstance(got, numbers.Integral):
+        raise Mistake("not_int", f"got {type_name(got)}")
+    per = n_layers * n_kv_heads * head_dim * bytes_per_value
+    expect_number(int(got), budget // (2 * per), {
+        "no_factor_2": budget // per,
+        "no_layers": budget // (2 * n_kv_heads * head_dim * bytes_per_value),
+        "rounded_up": -(-budget // (2 * per)),
+        "rounded_up#nearest": round(budget / (2 * per)),
+        "no_kv_heads": budget // (2 * n_layers * head_dim * bytes_per_value),
+        "minus_one": budget // (2 * per) - 1,
+        "bits": budget // (2 * per * 8),
+    }, integer=True)
 
 
 WINDOW_FOR_BUDGET = code_exercise(
