@@ -25,6 +25,18 @@ from .linear import (
     linear_attention_recurrent,
 )
 from .multi import MultiMemory, MultiState
+from .reference import (
+    compressive_reference,
+    cumulative_average_reference,
+    delta_rule_reference,
+    full_reference,
+    knn_reference,
+    linear_attention_reference,
+    moving_average_reference,
+    segment_reference,
+    sink_reference,
+    window_reference,
+)
 from .segment import SegmentMemory, SegmentState
 from .window import SinkMemory, SinkState, WindowMemory, WindowState
 
@@ -84,4 +96,7 @@ __all__ = [
     "delta_rule_recurrent", "delta_rule_chunked",
     "SegmentMemory", "SegmentState", "CompressiveMemory", "CompressiveState", "COMPRESSIONS",
     "attention_reconstruction_loss", "KNNMemory", "KNNState", "MultiMemory", "MultiState",
+    "full_reference", "window_reference", "sink_reference", "segment_reference", "knn_reference",
+    "compressive_reference", "moving_average_reference", "cumulative_average_reference",
+    "linear_attention_reference", "delta_rule_reference",
 ]
