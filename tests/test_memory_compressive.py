@@ -1,4 +1,5 @@
-"""CompressiveMemory: the FIFO rules by hand, against a plain-list reference, and the compressor's loss."""
+"""CompressiveMemory: the FIFO rules by hand, against the plain rule of course_lib.memory.reference, and the
+compressor's loss."""
 
 from __future__ import annotations
 
@@ -11,52 +12,8 @@ from hypothesis import strategies as st
 from memory_helpers import SETTINGS, chunkings, qkv, run
 
 from course_lib.attention import attention_reference, causal_mask
-from course_lib.memory import COMPRESSIONS, CompressiveMemory, attention_reconstruction_loss
+from course_lib.memory import COMPRESSIONS, CompressiveMemory, attention_reconstruction_loss, compressive_reference
 from course_lib.models import MemoryLM
-
-
-def compressive_reference(q, k, v, sizes, mem_len, cmem_len, ratio, compress):
-    """The rules of DESIGN.md with Python lists of pairs: attend, append, pop, compress, keep newest C."""
-    mem, cmem, outs, s = [], [], [], 0  # items: dicts of k [B, H, D], v [B, H, D], mass [B, H], seen
-    for t in sizes:
-        qc, kc, vc = (x[:, :, s:s + t] for x in (q, k, v))
-        held = cmem + mem
-        keys = torch.cat([torch.stack([x["k"] for x in held], 2), kc], 2) if held else kc
-        values = torch.cat([torch.stack([x["v"] for x in held], 2), vc], 2) if held else vc
-        mask = torch.ones(t, len(held) + t, dtype=torch.bool)
-        mask[:, len(held):] = causal_mask(t, t)
-        out, weights = attention_reference(qc, keys, values, mask, return_weights=True)
-        outs.append(out)
-        mass = weights.sum(2)  # [B, H, P + T]: attention each key received
-        for j, item in enumerate(mem):
-            item["mass"] = item["mass"] + mass[:, :, len(cmem) + j]
-            item["seen"] += t  # every query of the chunk saw it
-        mem += [{"k": kc[:, :, r], "v": vc[:, :, r], "mass": mass[:, :, len(held) + r], "seen": t - r}
-                for r in range(t)]  # seen by the chunk's queries at its position and after
-        if len(mem) > mem_len:
-            n_pop = math.ceil((len(mem) - mem_len) / ratio) * ratio
-            popped, mem = mem[:n_pop], mem[n_pop:]
-            if compress == "most_used":  # the paper: the n_pop / c pairs of highest average attention, in order
-                usage = torch.stack([x["mass"] / x["seen"] for x in popped], 2)  # [B, H, n_pop]
-                new = [{"k": torch.zeros_like(popped[0]["k"]), "v": torch.zeros_like(popped[0]["v"])}
-                       for _ in range(n_pop // ratio)]
-                for b in range(usage.shape[0]):
-                    for h in range(usage.shape[1]):
-                        u = usage[b, h].tolist()
-                        keep = sorted(sorted(range(n_pop), key=lambda j: (-u[j], j))[:n_pop // ratio])
-                        for slot, j in zip(new, keep):
-                            slot["k"][b, h], slot["v"][b, h] = popped[j]["k"][b, h], popped[j]["v"][b, h]
-                cmem += new
-            for g in range(0, n_pop, ratio) if compress != "most_used" else ():
-                group = popped[g:g + ratio]
-                gk, gv = torch.stack([x["k"] for x in group], 2), torch.stack([x["v"] for x in group], 2)
-                if compress == "mean":
-                    cmem.append({"k": gk.mean(2), "v": gv.mean(2)})
-                else:
-                    cmem.append({"k": gk.amax(2), "v": gv.amax(2)})
-            cmem = cmem[-cmem_len:]
-        s += t
-    return torch.cat(outs, dim=2)
 
 
 @SETTINGS
@@ -66,7 +23,7 @@ def test_compressive_memory_follows_the_fifo_rules(sizes, mem_len, cmem_len, rat
     mem_len = max(mem_len, ratio)
     q, k, v = qkv(seed, 2, 2, sum(sizes), 3)
     out, _ = run(CompressiveMemory(mem_len, cmem_len, ratio, compress), q, k, v, sizes)
-    torch.testing.assert_close(out, compressive_reference(q, k, v, sizes, mem_len, cmem_len, ratio, compress))
+    torch.testing.assert_close(out, compressive_reference(q, k, v, mem_len, cmem_len, ratio, compress, sizes))
 
 
 @SETTINGS
