@@ -42,7 +42,7 @@ test-fast: env
 # learner's answers (committed or not) is left as it is, and that is no error; FORCE=1 moves
 # it to exercises/backups/ first and says how to bring it back.
 exercises: env
-	$(PY) -m course_lib.grading.make_exercises $(if $(FORCE),--force)
+	$(PY) -m course_lib.tools.make_exercises $(if $(FORCE),--force)
 
 # Build each notebook in notebooks/ and solutions/ from its text source (src/NN_topic.md,
 # jupytext MyST) and execute it in place with the project's own kernel: its outputs are

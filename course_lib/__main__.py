@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return doctor_main(as_json=args.json)
     if args.command == "grade":
-        from .grading.cli import main as grade_main
+        from .grading.grader.cli import main as grade_main
 
         return grade_main(args.notebook, as_json=args.json, timeout=args.timeout, cell_timeout=args.cell_timeout,
                           memory_gb=args.memory_gb, cpu_seconds=args.cpu_seconds, disk_gb=args.disk_gb)

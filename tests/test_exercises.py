@@ -18,8 +18,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from course_lib.grading import EXERCISES
-from course_lib.grading.cli import CHECK_CALL, grade_notebook
-from course_lib.grading.make_exercises import (
+from course_lib.grading.grader.cli import grade_notebook
+from course_lib.grading.grader.notebook import check_calls as cell_check_calls
+from course_lib.tools.make_exercises import (
     committed_text,
     exercise_path,
     fingerprint,
@@ -29,7 +30,7 @@ from course_lib.grading.make_exercises import (
     solution_paths,
     strip_solutions,
 )
-from course_lib.grading.make_exercises import (
+from course_lib.tools.make_exercises import (
     main as make_exercises,
 )
 
@@ -53,7 +54,7 @@ def lesson_of(path: Path) -> str:
 
 
 def check_calls(nb) -> list[str]:
-    return [i for cell in nb.cells if cell.cell_type == "code" for i in CHECK_CALL.findall(cell.source)]
+    return [call.exercise_id for cell in nb.cells if cell.cell_type == "code" for call in cell_check_calls(cell.source)]
 
 
 # ---------------------------------------------------------------- the generator

@@ -2,13 +2,17 @@
 references pass, a stub is "not attempted yet", and nothing can hang or leak the checks.
 
 The mutants and references run twice: called directly (as ``check`` does in a notebook)
-and through the proxy the grade command uses (:mod:`course_lib.grading.remote`, served in
+and through the proxy the grade command uses (:mod:`course_lib.grading.grader.remote`, served in
 this process), so every check keeps to what crosses between grader and kernel: data."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ from grading import RIGHT, load
 from course_lib import attention_reference
 from course_lib.grading import EXERCISES, check, get_exercise, run_exercise
 from course_lib.grading.core import PASS, CheckResult
-from course_lib.grading.remote import loopback_answer
+from course_lib.grading.grader.remote import loopback_answer
 
 MUTANTS, REFERENCES = load()  # tests/grading/mutants_NN.py
 
@@ -412,3 +416,28 @@ def test_feedback_never_echoes_unbounded_learner_text():
 
     result = check("06.compress", raises, quiet=True)
     assert len(result.feedback) < 3000 and "E" * 41 not in result.feedback
+
+
+GRADE_COMMAND_MODULES = {f"course_lib.grading.grader.{name}" for name in
+                         ("cli", "kernel", "report", "notebook", "sandbox", "probe")} | {"nbclient", "jupyter_client"}
+
+
+def test_a_notebooks_check_loads_none_of_the_grade_commands_machinery():
+    # what an exercise notebook does, in a fresh interpreter: import check, then check an answer
+    # (through the proxy, the one piece of the grade command the runtime uses)
+    code = ("import sys, json\n"
+            "import course_lib.grading\n"
+            "imported = set(sys.modules)\n"
+            "from course_lib.grading import check\n"
+            "result = check('01.first_query', 'B', quiet=True)\n"
+            "print(json.dumps({'imported': sorted(imported), 'checked': sorted(sys.modules), 'score': result.score}))")
+    env = {k: v for k, v in os.environ.items() if k != "COURSE_GRADE_SESSION"}  # checked here, not deferred
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         env=env)
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["score"] == 1.0
+    assert not {m for m in seen["imported"] if m.startswith("course_lib.grading.grader")}, \
+        "importing course_lib.grading must import nothing of the grade command"
+    assert GRADE_COMMAND_MODULES & set(seen["checked"]) == set(), \
+        "check() may use the proxy (grader.remote), never the kernel runner, sandbox, parser or report"
+    assert "course_lib.grading.grader.remote" in seen["checked"], "check() calls the answer as the grader does"

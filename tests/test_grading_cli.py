@@ -17,7 +17,9 @@ from notebook_helpers import write_notebook
 
 from course_lib.__main__ import main as course_main
 from course_lib.grading import EXERCISES
-from course_lib.grading.cli import Item, Report, _expected_items, grade_notebook
+from course_lib.grading.grader.cli import grade_notebook
+from course_lib.grading.grader.notebook import CheckCall, check_calls, targets
+from course_lib.grading.grader.report import Item, Report
 
 LESSON_01 = [i for i in EXERCISES if i.startswith("01.")]
 LESSON_02 = [i for i in EXERCISES if i.startswith("02.")]
@@ -101,13 +103,38 @@ def test_a_missing_or_broken_notebook_exits_2_with_the_reason(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
 
 
+def first_check_cells(nb, path):
+    """Exercise id -> index of the first cell that checks it (None: no cell does)."""
+    return {exercise_id: target.cell for exercise_id, target in targets(nb, path)[1].items()}
+
+
 def test_expected_items_are_every_exercise_of_the_lessons_named_by_metadata_file_name_and_checks(tmp_path):
     nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("check( '02.double_context', f)")])
-    found = _expected_items(nb, tmp_path / "01_mine.ipynb")
+    found = first_check_cells(nb, tmp_path / "01_mine.ipynb")
     assert found == {**{i: None for i in LESSON_01}, **{i: None for i in LESSON_02}, "02.double_context": 1}
-    assert _expected_items(nb, tmp_path / "homework.ipynb") == {**{i: None for i in LESSON_02}, "02.double_context": 1}
+    assert first_check_cells(nb, tmp_path / "homework.ipynb") == \
+        {**{i: None for i in LESSON_02}, "02.double_context": 1}
     nb.metadata["course"] = {"lesson": "01"}
-    assert set(_expected_items(nb, tmp_path / "homework.ipynb")) == set(LESSON_01 + LESSON_02)
+    assert set(first_check_cells(nb, tmp_path / "homework.ipynb")) == set(LESSON_01 + LESSON_02)
+
+
+def test_check_calls_are_read_as_code_not_as_text():
+    cell = ('# check("01.first_query", "A") is only a comment\n'
+            'print("check(\'01.causal_mask\', m)")\n'
+            'grading.check("01.scaled_attention", scaled_attention, timeout=5)\n'
+            'check("01.first_query",\n      answer="B")\n'
+            'check("01.window_scores")\n'
+            'check("not an id", x)')
+    assert check_calls(cell) == [CheckCall("01.scaled_attention", "scaled_attention"),
+                                 CheckCall("01.first_query", '"B"'), CheckCall("01.window_scores", None)]
+
+
+def test_a_cell_that_does_not_parse_still_shows_the_check_calls_on_lines_of_their_own():
+    # IPython's syntax, and a learner's typo: the run will say the cell raised, not that no cell checks
+    assert check_calls('%%time\ncheck("01.first_query", "B")') == [CheckCall("01.first_query", '"B"')]
+    assert check_calls('!ls\nx = (1 +\n    check("01.causal_mask", causal_mask)') == \
+        [CheckCall("01.causal_mask", "causal_mask")]
+    assert check_calls("def f(:\n    pass") == []
 
 
 def test_the_table_lists_every_item_the_total_and_the_errors():

@@ -23,8 +23,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 from notebook_helpers import write_notebook
 
-from course_lib.grading import sandbox
-from course_lib.grading.cli import grade_notebook
+from course_lib.grading.grader import sandbox
+from course_lib.grading.grader.cli import grade_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_bwrap = pytest.mark.skipif(bool(sandbox.bwrap_reason()), reason=f"no sandbox: {sandbox.bwrap_reason()}")
@@ -65,7 +65,7 @@ def report_text(report) -> str:
 
 
 MEASURE = ("import json, resource, sys\n"
-           "from course_lib.grading.cli import grade_notebook\n"
+           "from course_lib.grading.grader.cli import grade_notebook\n"
            "r = grade_notebook(sys.argv[1], timeout=float(sys.argv[2]), cell_timeout=float(sys.argv[3]))\n"
            "print(json.dumps({'report': r.as_dict(), 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss"
            " / 1024}))")
@@ -152,7 +152,7 @@ def test_B11_without_a_sandbox_links_for_the_next_requests_are_refused_not_follo
 
 
 PATCH_DUMP = (
-    "import course_lib.grading.remote as R\n"
+    "import course_lib.grading.grader.remote as R\n"
     "_orig = R._dump\n"
     "def _dump(obj, path):\n"
     "    if 'response' in str(path):\n"
@@ -278,7 +278,7 @@ def test_B10_sending_the_probe_another_function_than_the_one_graded_is_caught(tm
         "def good(K_mem, V_mem, k, v, mem_len):\n"
         "    return (torch.cat([K_mem, k], 2)[:, :, -mem_len:].detach(),\n"
         "            torch.cat([V_mem, v], 2)[:, :, -mem_len:].detach())",
-        "import course_lib.grading.remote as R\n_real = R.export_function\n"
+        "import course_lib.grading.grader.remote as R\n_real = R.export_function\n"
         "R.export_function = lambda fn, depth=0: _real(good)",
         "def segment_update(K_mem, V_mem, k, v, mem_len):  # WRONG: no stop-gradient, and keeps one pair too many\n"
         "    return torch.cat([K_mem, k], 2)[:, :, -mem_len - 1:], torch.cat([V_mem, v], 2)[:, :, -mem_len - 1:]",
@@ -389,7 +389,7 @@ def test_B16_the_private_tmp_and_the_working_folder_are_size_limited(tmp_path):
 def test_B16_answers_written_past_the_disk_limit_stop_the_kernel(tmp_path):
     path = write_notebook(
         tmp_path / "03_disk_answers.ipynb", IMPORT,
-        "import course_lib.grading.remote as R\n"
+        "import course_lib.grading.grader.remote as R\n"
         "folder = [p for p in glob.glob(os.path.join(os.getcwd(), '..', '*')) if p.endswith('responses')][0]\n"
         "for n in range(40):\n"
         "    with open(os.path.join(folder, f'filler-{n}'), 'wb') as f:\n"
@@ -432,7 +432,7 @@ def test_B13_a_cell_whose_source_is_not_text_gets_a_clear_message(tmp_path, caps
 
 
 def test_the_grader_never_writes_through_a_link_planted_under_a_request_name(tmp_path):
-    from course_lib.grading.remote import Exchange
+    from course_lib.grading.grader.remote import Exchange
 
     exchange = Exchange(tmp_path / "requests", tmp_path / "responses")
     victim = tmp_path / "victim.txt"
@@ -446,7 +446,7 @@ def test_the_grader_never_writes_through_a_link_planted_under_a_request_name(tmp
 
 @pytest.mark.parametrize("plant", ["symlink", "fifo", "dev-zero", "folder"])
 def test_an_answer_that_is_not_a_plain_file_is_refused_at_once(tmp_path, plant):
-    from course_lib.grading.remote import Exchange, RemoteError
+    from course_lib.grading.grader.remote import Exchange, RemoteError
 
     exchange = Exchange(tmp_path / "requests", tmp_path / "responses")
     _, response = exchange.names(1)
@@ -462,7 +462,7 @@ def test_an_answer_that_is_not_a_plain_file_is_refused_at_once(tmp_path, plant):
 
 
 def test_replacing_the_answers_folder_by_a_link_changes_nothing_the_grader_reads(tmp_path):
-    from course_lib.grading.remote import Exchange
+    from course_lib.grading.grader.remote import Exchange
 
     exchange = Exchange(tmp_path / "requests", tmp_path / "responses")
     _, response = exchange.names(1)
@@ -475,7 +475,7 @@ def test_replacing_the_answers_folder_by_a_link_changes_nothing_the_grader_reads
 
 
 def test_an_oversized_answer_is_refused_without_reading_it(tmp_path, monkeypatch):
-    from course_lib.grading import remote
+    from course_lib.grading.grader import remote
 
     monkeypatch.setattr(remote, "MAX_RESPONSE_BYTES", 1024)
     exchange = remote.Exchange(tmp_path / "requests", tmp_path / "responses")
@@ -489,7 +489,7 @@ def test_an_oversized_answer_is_refused_without_reading_it(tmp_path, monkeypatch
 def test_B09_a_sparse_tensor_with_indices_out_of_range_is_refused(tmp_path):
     import torch
 
-    from course_lib.grading.remote import RemoteError, loopback_answer
+    from course_lib.grading.grader.remote import RemoteError, loopback_answer
 
     def answer():
         return torch.sparse_coo_tensor([[0, 10**9], [0, 5]], [1.0, 2.0], (4, 4), check_invariants=False)
@@ -500,7 +500,7 @@ def test_B09_a_sparse_tensor_with_indices_out_of_range_is_refused(tmp_path):
 
 
 def test_exception_names_from_the_kernel_reach_a_report_short_and_plain():
-    from course_lib.grading.remote import remote_error
+    from course_lib.grading.grader.remote import remote_error
 
     err = remote_error("LEAK=" + "{'secret': 1}" * 1000, "x" * 10_000)
     assert len(err.remote_type) <= 60 and "{" not in err.remote_type and len(str(err)) <= 300

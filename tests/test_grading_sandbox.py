@@ -21,8 +21,8 @@ from notebook_helpers import write_notebook
 
 import course_lib.grading as grading_package
 from course_lib.__main__ import main as course_main
-from course_lib.grading import sandbox
-from course_lib.grading.cli import grade_notebook
+from course_lib.grading.grader import sandbox
+from course_lib.grading.grader.cli import grade_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 GRADING_INIT = Path(grading_package.__file__)
@@ -157,9 +157,9 @@ def test_the_kernel_command_sets_limits_and_wraps_bubblewrap(tmp_path):
     layout = sandbox.Layout.create(tmp_path / "grade")
     limits = sandbox.Limits(memory=2**30, cpu=60, disk=2**28)
     argv = sandbox.kernel_argv(layout, sandbox=True, limits=limits)
-    launcher = argv.index("course_lib.grading.sandbox") - 2
-    assert argv[launcher + 1:launcher + 9] == ["-m", "course_lib.grading.sandbox", "--memory", str(2**30), "--cpu",
-                                                str(60 + sandbox.CPU_BACKSTOP), "--fsize", str(2**28)]
+    launcher = argv.index("course_lib.grading.grader.sandbox") - 2
+    assert argv[launcher + 1:launcher + 9] == ["-m", "course_lib.grading.grader.sandbox", "--memory", str(2**30),
+                                                "--cpu", str(60 + sandbox.CPU_BACKSTOP), "--fsize", str(2**28)]
     joined = " ".join(argv)
     for flag in ("--tmpfs /tmp", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
                  "--remount-ro /", f"--ro-bind {layout.requests} {layout.requests}",
@@ -176,8 +176,8 @@ def test_the_limits_launcher_applies_them_before_running_the_command(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "course_lib.grading.sandbox", "--memory", str(2**31), "--cpu", "7",
-                          "--", sys.executable, "-c",
+    out = subprocess.run([sys.executable, "-m", "course_lib.grading.grader.sandbox", "--memory", str(2**31),
+                          "--cpu", "7", "--", sys.executable, "-c",
                           "import resource; print(resource.getrlimit(resource.RLIMIT_AS)[0], "
                           "resource.getrlimit(resource.RLIMIT_CPU)[0])"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ})

@@ -32,9 +32,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.grading.make_exercises import exercise_path
-from course_lib.grading.make_exercises import main as make_exercises
 from course_lib.tools.execute_notebooks import main as make_notebooks
+from course_lib.tools.make_exercises import exercise_path
+from course_lib.tools.make_exercises import main as make_exercises
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
@@ -65,11 +65,11 @@ def clone_like(tmp_path: Path) -> Path:
     """A learner's copy of the course: the Makefile, the modules the commands run (copied, so that
     their ROOT is this folder) and a git repository, with one solution and one lesson source."""
     root = tmp_path / "course"
-    for rel in ("Makefile", "course_lib/grading/make_exercises.py", "course_lib/tools/execute_notebooks.py",
+    for rel in ("Makefile", "course_lib/tools/make_exercises.py", "course_lib/tools/execute_notebooks.py",
                 "course_lib/tools/sources.py"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, root / rel)
-    for package in ("course_lib", "course_lib/grading", "course_lib/tools"):
+    for package in ("course_lib", "course_lib/tools"):
         (root / package / "__init__.py").write_text("")
     (root / "solutions" / "src").mkdir(parents=True)
     (root / "solutions" / "src" / "07_demo_solutions.md").write_text(solution_md())

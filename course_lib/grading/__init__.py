@@ -1,4 +1,4 @@
-"""Graded exercises: ``check(exercise_id, answer)`` runs an exercise's extended checks.
+"""The learner's runtime: ``check(exercise_id, answer)`` runs an exercise's extended checks.
 
 In an exercise notebook::
 
@@ -14,9 +14,9 @@ them is strong evidence, not a proof: the summary says "extended checks passed".
 An answer that still raises ``NotImplementedError`` is reported as "not attempted yet",
 so an untouched exercise notebook runs from top to bottom. Under ``python -m course_lib
 grade`` (``COURSE_GRADE_SESSION`` set) ``check`` prints one line and leaves the checks to
-the grader, which calls your answer from its own process (:mod:`course_lib.grading.cli`).
+the grader, which calls your answer from its own process (:mod:`course_lib.grading.grader.cli`).
 Everywhere else ``check`` calls your answer the way the grader does, through
-:mod:`course_lib.grading.remote` (served in this process, through the same files): only data
+:mod:`course_lib.grading.grader.remote` (served in this process, through the same files): only data
 crosses, strings arrive as new objects, a numpy array is not a list, an exception keeps its
 own name. So the notebook shows the score the grade command gives.
 Each check runs under a
@@ -25,6 +25,14 @@ timeout (``COURSE_CHECK_TIMEOUT`` seconds, default 10), so an endless loop canno
 Exercise ids are ``NN.name`` (``NN`` the lesson); lesson ``NN``'s exercises live in
 :mod:`course_lib.grading.lessons.lessonNN` and :data:`EXERCISES` holds them all. The
 known-wrong answers each must reject live beside the tests, in ``tests/grading/mutants_NN.py``.
+
+This package is what a notebook imports: ``check`` (here), the checks' engine
+(:mod:`~course_lib.grading.core`), their helpers (:mod:`~course_lib.grading.compare`,
+:mod:`~course_lib.grading.questions`) and the lessons' exercises
+(:mod:`~course_lib.grading.lessons`). The grade command lives apart, in
+:mod:`course_lib.grading.grader`; of it, ``check`` imports the proxy
+(:mod:`~course_lib.grading.grader.remote`) alone, never the kernel runner, the sandbox, the
+notebook parser or the report.
 """
 
 from __future__ import annotations
@@ -34,10 +42,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from .core import CheckResult, Exercise, run_exercise
+from .core import GRADING_ENV, CheckResult, Exercise, run_exercise
 from .lessons import all_exercises, lesson_exercises, lesson_total
-
-GRADING_ENV = "COURSE_GRADE_SESSION"  # set by the grade command in the kernel it grades
 
 __all__ = ["check", "CheckResult", "Exercise", "EXERCISES", "get_exercise", "lesson_total"]
 
@@ -92,10 +98,10 @@ def _reading_key(err) -> str:
 
 def run_as_graded(exercise: Exercise, answer, *, timeout: float | None = None) -> CheckResult:
     """:func:`~course_lib.grading.core.run_exercise` on ``answer`` as the grade command's checks see
-    it: behind the proxy of :mod:`course_lib.grading.remote`, served in this process through the
-    same files, so that ``check`` and ``grade`` give the same verdict and the same feedback."""
-    from . import remote
+    it: behind the proxy of :mod:`course_lib.grading.grader.remote`, served in this process through
+    the same files, so that ``check`` and ``grade`` give the same verdict and the same feedback."""
     from .core import CheckLine, error_name
+    from .grader import remote
 
     before = remote.handles()
     try:

@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Mistake", "Check", "Exercise", "code_exercise", "CheckResult", "CheckLine", "run_exercise", "format_score",
-           "TIMEOUT_ENV", "echo", "type_name", "error_name", "REQUIRED_SHARE"]
+           "TIMEOUT_ENV", "GRADING_ENV", "echo", "type_name", "error_name", "REQUIRED_SHARE"]
 
 TIMEOUT_ENV = "COURSE_CHECK_TIMEOUT"  # seconds per check (default DEFAULT_TIMEOUT)
+GRADING_ENV = "COURSE_GRADE_SESSION"  # set by the grade command in the kernel it grades: check() leaves it the checks
 DEFAULT_TIMEOUT = 10.0
 PASS, FAIL = "\u2713", "\u2717"  # check mark, ballot x
 ECHO_CHARS = 40  # the most characters of a learner's value, or of a name it chose, that feedback repeats
@@ -80,9 +81,9 @@ def echo(value) -> str:
 def type_name(value) -> str:
     """The name of ``value``'s type, as the learner's code made it, at most :data:`ECHO_CHARS` characters
     (for an object that stayed in the learner's kernel, its type there, not the grader's proxy)."""
-    from .remote import RemoteObject  # remote imports this module
+    from .grader.remote import RemoteObject  # remote imports this module
 
-    name = value._course_type_name if isinstance(value, RemoteObject) else type(value).__name__
+    name = value._type if isinstance(value, RemoteObject) else type(value).__name__
     return _shortened(str(name), ECHO_CHARS)
 
 
@@ -294,7 +295,9 @@ def _run_check(exercise: Exercise, check: Check, answer, timeout: float) -> Chec
 
 
 def _run_check_line(exercise: Exercise, check: Check, answer, timeout: float) -> CheckLine:
-    session = getattr(answer, "_session", None) if type(answer).__name__.startswith("Remote") else None
+    from .grader.remote import KernelGone, RemoteObject  # remote imports this module
+
+    session = answer._session if isinstance(answer, RemoteObject) else None
     try:
         if session is not None:  # the answer runs in the learner's kernel, which enforces the time limit
             session.deadline = time.monotonic() + timeout
@@ -312,9 +315,9 @@ def _run_check_line(exercise: Exercise, check: Check, answer, timeout: float) ->
         return CheckLine(check.name, "not implemented", "not implemented yet (raises NotImplementedError)")
     except CheckTimeout:
         return CheckLine(check.name, "timed out", f"timed out after {timeout:g} s. {exercise.hint('timed_out')}")
+    except KernelGone:  # no answer can come any more: the grade command ends the run
+        raise
     except Exception as err:  # the learner's code raised: name the error, hint when we recognise it
-        if type(err).__name__ == "KernelGone":
-            raise
         message = _one_line(err).rstrip(".")
         name = error_name(err)
         return CheckLine(check.name, "failed", f"raised {name}: {message}. {exercise.hint(_error_key(exercise, err))}")

@@ -18,7 +18,7 @@ limit per process (``RLIMIT_CPU``) and, watched by the grader, for the whole pro
 Without bubblewrap the kernel gets the limits, a minimal environment and a throw-away
 working folder, and the grade command says plainly that nothing else is protected.
 
-The kernel's command is ``[bwrap ...] python -m course_lib.grading.sandbox --memory BYTES
+The kernel's command is ``[bwrap ...] python -m course_lib.grading.grader.sandbox --memory BYTES
 --cpu SECONDS --fsize BYTES [--copy-from DIR] -- COMMAND...``: it sets the limits on
 itself, copies the notebook into its working folder, and then becomes ``COMMAND``.
 """
@@ -36,14 +36,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ..core import GRADING_ENV
+
 __all__ = ["bwrap_reason", "kernel_argv", "worker_argv", "Limits", "Layout", "minimal_env", "tree_cpu_seconds",
-           "kill_tree", "folder_bytes", "DEFAULT_MEMORY", "DEFAULT_CPU", "DEFAULT_DISK", "GRADING_ENV"]
+           "kill_tree", "folder_bytes", "DEFAULT_MEMORY", "DEFAULT_CPU", "DEFAULT_DISK"]
 
 DEFAULT_MEMORY = 8 * 2**30  # bytes of address space per process (torch reserves far more than it touches)
 DEFAULT_CPU = 3600  # seconds of CPU time for the whole notebook: all threads and processes together
 DEFAULT_DISK = 1 * 2**30  # bytes the kernel may write: private /tmp + working folder + its answers
 CPU_BACKSTOP = 10  # seconds a single process may run past the tree's CPU limit before RLIMIT_CPU ends it
-GRADING_ENV = "COURSE_GRADE_SESSION"  # set in a graded kernel: check() leaves the checks to the grader
 
 # What a graded kernel inherits of the grader's environment: course settings and numeric-library
 # switches, never tokens, paths or credentials.
@@ -196,7 +197,7 @@ def _bwrap(layout: Layout | None, limits: Limits, env: dict[str, str], chdir: Pa
 
 def _launcher(limits: Limits, copy_from: Path | None = None) -> list[str]:
     # the per-process CPU limit is a backstop: the grader's watchdog stops the whole tree first
-    args = [sys.executable, "-m", "course_lib.grading.sandbox", "--memory", str(int(limits.memory)),
+    args = [sys.executable, "-m", "course_lib.grading.grader.sandbox", "--memory", str(int(limits.memory)),
             "--cpu", str(int(limits.cpu) + CPU_BACKSTOP), "--fsize", str(int(limits.file_size))]
     if copy_from is not None:
         args += ["--copy-from", str(copy_from)]
@@ -213,8 +214,8 @@ def kernel_argv(layout: Layout, *, sandbox: bool, limits: Limits = Limits()) -> 
 
 
 def worker_argv(*, sandbox: bool, limits: Limits = Limits()) -> list[str]:
-    """The command of the grader's probe interpreter (:mod:`course_lib.grading.probe`)."""
-    inner = _launcher(limits) + [sys.executable, "-m", "course_lib.grading.probe"]
+    """The command of the grader's probe interpreter (:mod:`course_lib.grading.grader.probe`)."""
+    inner = _launcher(limits) + [sys.executable, "-m", "course_lib.grading.grader.probe"]
     if not sandbox:
         return inner
     return _bwrap(None, limits, minimal_env(), Path("/tmp")) + inner
@@ -297,7 +298,7 @@ def folder_bytes(folder: Path, limit: int | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.grading.sandbox")
+    parser = argparse.ArgumentParser(prog="python -m course_lib.grading.grader.sandbox")
     parser.add_argument("--memory", type=int, required=True, help="address-space limit in bytes")
     parser.add_argument("--cpu", type=int, required=True, help="CPU-time limit in seconds")
     parser.add_argument("--fsize", type=int, default=None, help="largest file it may write, in bytes")

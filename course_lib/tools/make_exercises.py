@@ -22,7 +22,7 @@ is, the command says so and exits 0 (keeping your work is a normal outcome, not 
 and how to bring it back, and then writes the fresh copy. Git plays no part: a learner who
 commits their answers is protected the same way.
 
-    python -m course_lib.grading.make_exercises [--check] [--force] [SOLUTION ...]
+    python -m course_lib.tools.make_exercises [--check] [--force] [SOLUTION ...]
 
 ``--check`` writes nothing and exits 1 when a file in exercises/ differs from what it would be.
 """
@@ -118,14 +118,8 @@ def make_exercise(solution: nbformat.NotebookNode, name: str = "notebook", lesso
 def read_solution_text(text: str, name: str):
     """A solution notebook from the text of its source (``.md``, MyST) or of an ``.ipynb``."""
     if name.endswith(".md"):
-        try:
-            from course_lib.tools.sources import from_text
-        except ImportError:  # pragma: no cover - until the sources module exists
-            import jupytext
+        from course_lib.tools.sources import from_text
 
-            nb = jupytext.reads(text, fmt="md:myst")
-            nb.metadata = nbformat.from_dict({"kernelspec": nb.metadata.get("kernelspec", {})})
-            return nb
         return from_text(text, where=name)
     return nbformat.reads(text, as_version=4)
 
@@ -223,7 +217,7 @@ def is_learners_work(current: str, fresh: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.grading.make_exercises",
+    parser = argparse.ArgumentParser(prog="python -m course_lib.tools.make_exercises",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if exercises/ is stale")
     parser.add_argument("--force", action="store_true",

@@ -1,13 +1,13 @@
 """The grader's probe interpreter: gradients and stop-gradients measured where no notebook code ran.
 
-``python -m course_lib.grading.probe`` is started by the grade command in the same sandbox
-as the kernel (:func:`course_lib.grading.sandbox.worker_argv`). Before it reads anything it
+``python -m course_lib.grading.grader.probe`` is started by the grade command in the same sandbox
+as the kernel (:func:`course_lib.grading.grader.sandbox.worker_argv`). Before it reads anything it
 imports every lesson's checks and keeps its own references to the registered probes
 (:func:`course_lib.grading.compare.probe`), so a notebook that replaces
 ``course_lib.grading.lessons.lesson05.detached_probe`` in its kernel, or an answer that does
 so here while it runs, changes nothing the grader measures. Then, for each request on its
 standard input (8 bytes of length, then a ``torch.save``): it rebuilds the learner's function
-from its source and the names it uses (:func:`course_lib.grading.remote.export_function`) in
+from its source and the names it uses (:func:`course_lib.grading.grader.remote.export_function`) in
 a namespace of its own, runs ``probe(fn, args, ...)`` and ``fn(*args)`` on the same inputs,
 and answers with data on the descriptor that was its standard output (the learner's prints
 go to /dev/null).
@@ -72,9 +72,9 @@ def main() -> int:
 
     import torch
 
-    from . import compare
-    from .core import CheckTimeout, call_with_timeout
-    from .lessons import lesson_exercises, lesson_modules
+    from .. import compare
+    from ..core import CheckTimeout, call_with_timeout
+    from ..lessons import lesson_exercises, lesson_modules
     from .remote import MAX_MESSAGE, _loads, safe_name
 
     for lesson in lesson_modules():

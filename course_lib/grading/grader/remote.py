@@ -20,7 +20,7 @@ the grading process, and a kernel that lies can only hand back wrong data.
 What cannot cross as data (gradients, whether a state was detached) is measured by a
 *probe* (:func:`course_lib.grading.compare.probe`), which never runs in the kernel: the
 kernel hands over its function as source text and the names it uses
-(:func:`export_function`), and a fresh sandboxed interpreter (:mod:`course_lib.grading.probe`),
+(:func:`export_function`), and a fresh sandboxed interpreter (:mod:`course_lib.grading.grader.probe`),
 which imported the probes before any of the learner's code, rebuilds it and runs the probe;
 the grader then checks that the rebuilt function gives the values the kernel's gives.
 
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from .core import CheckTimeout
+from ..core import CheckTimeout
 
 __all__ = ["Session", "RemoteObject", "RemoteCallable", "RemoteError", "KernelGone", "serve", "LoopbackTransport"]
 
@@ -280,7 +280,7 @@ def _decode_request(x):
 
 
 def _call_tracking_inputs(fn, args, kwargs, timeout):
-    from .core import call_with_timeout
+    from ..core import call_with_timeout
 
     slots = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
     slots += [(k, a) for k, a in kwargs.items() if isinstance(a, torch.Tensor)]
@@ -293,7 +293,7 @@ def _call_tracking_inputs(fn, args, kwargs, timeout):
 
 def serve(request_path, response_path, namespace: dict) -> None:
     """Answer one request of the grader (run in the learner's kernel)."""
-    from .core import CheckTimeout as _Timeout
+    from ..core import CheckTimeout as _Timeout
 
     try:
         request = _load(request_path)
@@ -406,14 +406,6 @@ class RemoteObject:
 
     def __repr__(self):
         return f"<{self._type} in the learner's kernel>"
-
-    @staticmethod
-    def _course_make(answer, factory, args, kwargs):  # used by compare.make
-        return answer._session.make(factory, args, kwargs)
-
-    @property
-    def _course_type_name(self):
-        return self._type
 
 
 class RemoteCallable(RemoteObject):
@@ -589,7 +581,7 @@ def _same(a, b) -> bool:
 
 
 class ProbeWorker:
-    """The fresh interpreter probes run in (``python -m course_lib.grading.probe`` in the sandbox):
+    """The fresh interpreter probes run in (``python -m course_lib.grading.grader.probe`` in the sandbox):
     started on first use, it imports every probe before it reads a request; each request and
     response is a length-prefixed ``torch.save``, the response read with a time and size limit."""
 
@@ -694,14 +686,13 @@ class LoopbackTransport:
         serve(request_path, response_path, self.namespace)
 
 
-def loopback_answer(answer, folder: Path, prober=None):
-    """``answer`` as a check would see it under the grade command, served in this process
-    (probes too, unless a ``prober`` is given)."""
-    session = Session(LoopbackTransport({"answer": answer}), folder, prober=prober)
+def loopback_answer(answer, folder: Path):
+    """``answer`` as a check would see it under the grade command, served in this process (probes too)."""
+    session = Session(LoopbackTransport({"answer": answer}), folder)
     return session, session.answer("answer")
 
 
 def remote_code(request_path: Path, response_path: Path) -> str:
     """The code of the cell that makes the kernel answer one request."""
-    return ("__import__('course_lib.grading.remote', fromlist=['serve']).serve("
+    return ("__import__('course_lib.grading.grader.remote', fromlist=['serve']).serve("
             f"{os.fspath(request_path)!r}, {os.fspath(response_path)!r}, globals())")
