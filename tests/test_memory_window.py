@@ -167,12 +167,12 @@ def run_cache(memory, q, k, v, sizes, *, reserve=False):
        h=st.integers(1, 3), d=st.sampled_from([2, 4, 6]), seed=st.integers(0, 2**16), reserve=st.booleans())
 def test_cache_positions_equal_each_querys_own_cache_built_token_by_token(sizes, window, sinks, b, h, d, seed,
                                                                           reserve):
-    from course_lib.memory.window import sink_cache_reference
+    from course_lib.memory.reference import sink_reference
 
     t = sum(sizes)
     q, k, v = qkv(seed, b, h, t, d)
     out, _ = run_cache(SinkMemory(sinks, window, positions="cache"), q, k, v, sizes, reserve=reserve)
-    torch.testing.assert_close(out, sink_cache_reference(q, k, v, sinks, window, rotation(t, d)),
+    torch.testing.assert_close(out, sink_reference(q, k, v, sinks, window, "cache", rotation(t, d)),
                                rtol=1e-12, atol=1e-12)
 
 
@@ -180,12 +180,13 @@ def test_cache_positions_equal_each_querys_own_cache_built_token_by_token(sizes,
 @given(sizes=chunkings(30), window=st.integers(1, 9), sinks=st.integers(0, 3), seed=st.integers(0, 2**16))
 def test_cache_positions_with_grouped_query_heads(sizes, window, sinks, seed):
     from course_lib.attention import repeat_kv
-    from course_lib.memory.window import sink_cache_reference
+    from course_lib.memory.reference import sink_reference
 
     t = sum(sizes)
     q, k, v = qkv(seed, 1, 4, t, 4, h_kv=2)
     out, _ = run_cache(SinkMemory(sinks, window, positions="cache"), q, k, v, sizes)
-    expected = sink_cache_reference(q, repeat_kv(k, 2), repeat_kv(v, 2), sinks, window, rotation(t, 4))
+    expected = sink_reference(q, repeat_kv(k, 2), repeat_kv(v, 2), sinks, window, "cache",
+                              rotation(t, 4))
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 

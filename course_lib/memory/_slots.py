@@ -188,6 +188,7 @@ class SlotMemory(Memory):
         """``Mem = Update(S_kv, Mem_pre)``: the state after the chunk ``k, v``.
 
         ``mass [B, H, P + T]``: attention received by each slot and chunk key (if tracked).
+        Each memory's rule, written plainly, is in :mod:`course_lib.memory.reference`.
         """
 
     # -- protocol ------------------------------------------------------------------------

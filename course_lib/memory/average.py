@@ -96,6 +96,7 @@ class MovingAverageMemory(Memory):
         return MovingAverageState(**meta, values=values, length=0)
 
     def forward(self, q, k, v, state):
+        """:func:`course_lib.memory.reference.moving_average_reference` is the rule."""
         check_input(self, q, k, v, state, MovingAverageState)
         n, t, w = state.length, v.shape[2], self.window
         x = torch.cat([state.values, v], dim=2)  # [B, H, n_c - 1 + T, D_v]: positions n-n_c+1 .. n+T-1
@@ -133,6 +134,7 @@ class CumulativeAverageMemory(Memory):
                                       v_mean=torch.zeros(batch, n_heads, 1, meta["v_dim"], **kw), length=0)
 
     def forward(self, q, k, v, state):
+        """:func:`course_lib.memory.reference.cumulative_average_reference` is the rule."""
         check_input(self, q, k, v, state, CumulativeAverageState)
         n, t = state.length, v.shape[2]
         count = torch.arange(n + 1, n + t + 1, device=v.device, dtype=v.dtype)[:, None]  # [T, 1]: i + 1

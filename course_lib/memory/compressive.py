@@ -230,6 +230,7 @@ class CompressiveMemory(SlotMemory):
         return self._advance(state, k, v, mass)[0]
 
     def forward(self, q, k, v, state):
+        """:func:`course_lib.memory.reference.compressive_reference` is the rule (the chunks fed are its segments)."""
         self.check(q, k, v, state)  # its state type and its number of slots
         out, mass = self._attend(q, k, v, state)
         new_state, popped = self._advance(state, k, v, mass)

@@ -121,6 +121,7 @@ class FullMemory(SlotMemory):
 
     # -- protocol ----------------------------------------------------------------------------
     def forward(self, q, k, v, state: FullState):
+        """:func:`course_lib.memory.reference.full_reference` is the rule (causal attention)."""
         self.check(q, k, v, state)
         return self.forward_unchecked(q, k, v, state)
 

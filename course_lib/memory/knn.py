@@ -95,6 +95,7 @@ class KNNMemory(RingMemory):
         return buf.k, buf.v, torch.cat([picked, causal_chunk_mask(t, q.device).expand(b, h, t, t)], dim=-1)
 
     def forward(self, q, k, v, state):
+        """:func:`course_lib.memory.reference.knn_reference` is the rule (the chunks fed are its segments)."""
         self.check(q, k, v, state)
         buf = self._read(state)
         b, h, t, d = q.shape

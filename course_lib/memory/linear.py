@@ -72,7 +72,8 @@ def _initial(q, v, S, z):
 
 # -- linear attention ------------------------------------------------------------------------
 def linear_attention_recurrent(q, k, v, S=None, z=None):
-    """The token loop: returns ``(out [B, H, T, D_v], S [B, H, D, D_v], z [B, H, D])``."""
+    """The token loop: returns ``(out [B, H, T, D_v], S [B, H, D, D_v], z [B, H, D])``; also the decoding
+    step of :class:`LinearMemory`. :func:`course_lib.memory.reference.linear_attention_reference` is the rule."""
     S, z = _initial(q, v, S, z)
     fq, fk = phi(q), phi(k)
     outs = []
@@ -127,7 +128,8 @@ def _beta(beta, b, h, t, like):
 
 
 def delta_rule_recurrent(q, k, v, beta, S=None):
-    """The token loop: ``S_i = S_{i-1} + beta_i k^_i^T (v_i - k^_i S_{i-1})``, ``out_i = q^_i S_i``."""
+    """The token loop: ``S_i = S_{i-1} + beta_i k^_i^T (v_i - k^_i S_{i-1})``, ``out_i = q^_i S_i``; also
+    the decoding step of :class:`DeltaMemory`. :func:`course_lib.memory.reference.delta_rule_reference` is the rule."""
     S, _ = _initial(q, v, S, None)
     b, h, t, _ = q.shape
     qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
@@ -224,6 +226,7 @@ class LinearMemory(Memory):
                            z=torch.zeros(batch, n_heads, head_dim, **kw), length=0)
 
     def forward(self, q, k, v, state):
+        """:func:`course_lib.memory.reference.linear_attention_reference` is the rule."""
         check_input(self, q, k, v, state, LinearState)
         t = q.shape[2]
         if t == 1:
@@ -277,7 +280,8 @@ class DeltaMemory(Memory):
 
     def forward(self, q, k, v, state, beta=None):
         """``beta``: this call's write strength, a float or a ``[B, H, T]`` tensor in ``[0, 2]``
-        (``None``: the memory's own; a ``beta="learned"`` memory has none and needs it)."""
+        (``None``: the memory's own; a ``beta="learned"`` memory has none and needs it).
+        :func:`course_lib.memory.reference.delta_rule_reference` is the rule."""
         check_input(self, q, k, v, state, DeltaState)
         if beta is None:
             if self.learns_beta:

@@ -59,6 +59,7 @@ class SegmentMemory(RingMemory):
         return buf.k, buf.v, all_held_and_causal(buf.pos >= 0, q.shape[2])  # every held pair is visible
 
     def forward(self, q, k, v, state):
+        """:func:`course_lib.memory.reference.segment_reference` is the rule (the chunks fed are its segments)."""
         if q.shape[2] != 1 or self._needs_grad(q, k, v):
             return super().forward(q, k, v, state)
         # decoding: slots [0, min(i, n_m)) hold the last n_m keys before position i -- no mask needed

@@ -18,7 +18,7 @@ Positions, two ways (``SinkMemory(..., positions=...)``):
   ``[sinks 0..S-1, window in age order]``, the key in slot ``c`` is rotated by ``c`` and the query
   by its own slot ``min(i, S + n_c - 1)``. A sink then sits at distance at most ``S + n_c - 1``,
   a window key at ``i - j`` as before. Before the first ``S + n_c`` tokens the cache *is* the
-  text, so the two agree. :func:`sink_cache_reference` builds each query's cache token by token;
+  text, so the two agree. :func:`course_lib.memory.reference.sink_reference` builds each query's cache;
   the fast form uses ``(R_a q) . (R_b k) = (R_{a+s} q) . (R_{b+s} k)``: window keys rotated by
   ``j`` and read with the query rotated by ``i``, sinks rotated by ``j`` and read with the query
   rotated by its slot, in one softmax (the two rotated queries side by side, each key padded
@@ -40,7 +40,7 @@ from .._checks import check_positive_int
 from ._slots import SlotMemory, SlotState, attend, write_ring
 from .base import Rotation
 
-__all__ = ["WindowMemory", "SinkMemory", "WindowState", "SinkState", "sink_cache_reference", "POSITIONS"]
+__all__ = ["WindowMemory", "SinkMemory", "WindowState", "SinkState", "POSITIONS"]
 
 POSITIONS = ("absolute", "cache")
 
@@ -110,6 +110,8 @@ class WindowMemory(SlotMemory):
         return self._successor(state, buf, n + t)
 
     def forward(self, q, k, v, state):
+        """:func:`course_lib.memory.reference.window_reference` is the rule (with sinks,
+        :func:`course_lib.memory.reference.sink_reference`)."""
         if q.shape[2] != 1 or self._needs_grad(q, k, v):
             return super().forward(q, k, v, state)
         # decoding: write the new pair first, then attend to the filled slots -- no mask needed,
@@ -171,7 +173,8 @@ class SinkMemory(WindowMemory):
 
     def forward(self, q, k, v, state, *, rotary: Rotation | None = None):
         """``rotary``: for ``positions="cache"``, the :class:`Rotation` of the chunk (``MemoryLM``
-        passes it); without it the keys and queries are read as given (no positions at all)."""
+        passes it); without it the keys and queries are read as given (no positions at all).
+        :func:`course_lib.memory.reference.sink_reference` is the rule (``positions`` and ``rotary`` alike)."""
         if rotary is None:
             return super().forward(q, k, v, state)
         if self.positions != "cache":
@@ -203,26 +206,3 @@ class SinkMemory(WindowMemory):
         wide_q = torch.cat([q_cache, q_text], -1)  # [B, H, T, 2D]: (q_cache . k) on sinks, (q_text . k) elsewhere
         return F.scaled_dot_product_attention(wide_q, wide_k, values, attn_mask=mask, scale=d ** -0.5,
                                               enable_gqa=q.shape[1] != keys.shape[1])
-
-
-def sink_cache_reference(q, k, v, sinks: int, window: int, rotary: Rotation) -> torch.Tensor:
-    """StreamingLLM's attention written plainly: for each query ``i``, its cache built token by token
-    (sinks ``0..S-1``, then the window in age order), the key in slot ``c`` rotated by ``c``, the
-    query by its own slot, one softmax. ``q, k, v [B, H, T, D]`` (unrotated, positions
-    ``0..T-1``); ``rotary`` covers positions ``< T``. The reference of ``positions="cache"``."""
-    t, d = q.shape[2], q.shape[-1]
-    outs = []
-    for i in range(t):
-        cache = []  # the positions held after token i was written, in cache order
-        for p in range(i + 1):  # the cache after each token: sinks stay, the window slides
-            cache.append(p)
-            window_part = [x for x in cache if x >= sinks]
-            if len(window_part) > window:
-                cache.remove(window_part[0])  # evict the oldest window token
-        idx = torch.tensor(cache, device=q.device)
-        slots = torch.arange(len(cache), device=q.device)
-        kc = rotary.at(k[:, :, idx], slots)  # slot c rotated by c
-        qc = rotary.at(q[:, :, i:i + 1], slots[-1:])  # the query in the newest slot
-        w = torch.softmax(qc @ kc.transpose(-2, -1) / d ** 0.5, dim=-1)
-        outs.append(w @ v[:, :, idx])
-    return torch.cat(outs, 2)
