@@ -107,7 +107,7 @@ def probe(fn: Callable) -> Callable:
 
     Under the grade command a probe never runs in the learner's kernel, whose modules the
     notebook can replace: the grader runs it in a fresh sandboxed interpreter
-    (:mod:`course_lib.grading.probe`) on the answer rebuilt from its source, and checks that
+    (:mod:`course_lib.grading.grader.probe`) on the answer rebuilt from its source, and checks that
     the rebuilt answer gives the kernel's values for ``args``. In the learner's own notebook
     it runs beside the answer. ``fn`` must be a module-level function of an importable module."""
     fn.__course_probe__ = True

@@ -174,7 +174,7 @@ class SlotMemory(Memory):
                                device=meta["device"], dtype=meta["dtype"], mass=self.track_mass)
         return self.state_type(**meta, buffer=buf, length=0)
 
-    # -- the two hooks -------------------------------------------------------------------
+    # -- the hooks ------------------------------------------------------------------------
     @abc.abstractmethod
     def slots(self, q, state):
         """``(K [B, H, P, D], V [B, H, P, D_v], mask)`` held from before the chunk of queries ``q``.
@@ -190,6 +190,11 @@ class SlotMemory(Memory):
         ``mass [B, H, P + T]``: attention received by each slot and chunk key (if tracked).
         Each memory's rule, written plainly, is in :mod:`course_lib.memory.reference`.
         """
+
+    @abc.abstractmethod
+    def spans(self, state) -> list[tuple[int, int]]:
+        """The first and last position each held slot stands for, in attention order (the
+        inspector draws them; ``parts`` counts them)."""
 
     # -- protocol ------------------------------------------------------------------------
     def check(self, q, k, v, state) -> None:

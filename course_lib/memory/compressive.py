@@ -1,7 +1,7 @@
 r"""The Compressive Transformer (Rae et al., 2020): evict, compress, append.
 
-Two FIFO memories: ``Mem`` holds up to ``M`` recent pairs as they are; ``CMem`` holds up
-to ``C`` compressed pairs, each standing for ``c`` consecutive positions (``c`` = ratio).
+Two FIFO memories: ``Mem`` holds up to ``n_m`` recent pairs as they are; ``CMem`` holds up
+to ``n_cm`` compressed pairs, each standing for ``c`` consecutive positions (``c`` = ratio).
 A chunk's queries attend, in one softmax, to ``[CMem, Mem]`` and to the chunk causally::
 
     Att_com(q_i) = Att(q_i, [CMem, Mem, S_kv])
@@ -9,12 +9,12 @@ A chunk's queries attend, in one softmax, to ``[CMem, Mem]`` and to the chunk ca
 then the memories move on, in this order:
 
 1. append: ``Mem`` gets the chunk's pairs ``S_kv^k`` appended;
-2. evict: if ``|Mem| > M``, its oldest ``ceil((|Mem| - M) / c) * c`` pairs are popped;
+2. evict: if ``|Mem| > n_m``, its oldest ``ceil((|Mem| - n_m) / c) * c`` pairs are popped;
 3. compress: each group of ``c`` popped pairs becomes one pair ``C_kv^k = f_c(group)``
    (keys and values alike), appended to ``CMem``: ``CMem = FIFO(C_kv^k, CMem_pre)``,
-   which keeps its newest ``C`` slots.
+   which keeps its newest ``n_cm`` slots.
 
-So the memory reaches back about ``M + c C`` tokens for the bytes of ``M + C`` pairs.
+So the memory reaches back about ``n_m + c n_cm`` tokens for the bytes of ``n_m + n_cm`` pairs.
 Compression functions ``f_c`` (keys and values each get their own):
 
 * ``mean`` and ``max`` pooling over each group of ``c``;
@@ -41,8 +41,8 @@ start, so an optimiser built before the first forward still holds them, and the 
 mean-pooling start, so no random draw depends on when that happens). Counting parameters
 (``numel``) before the first forward needs ``head_dim``.
 
-Storage: one buffer of ``C + M`` slots: ``CMem`` ring (group ``g`` in slot ``g % C``, stored
-position = its first token ``g c``) then ``Mem`` ring (position ``p`` in slot ``C + p % M``).
+Storage: one buffer of ``n_cm + n_m`` slots: ``CMem`` ring (group ``g`` in slot ``g % n_cm``, stored
+position = its first token ``g c``) then ``Mem`` ring (position ``p`` in slot ``n_cm + p % n_m``).
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ _CHANNEL_MAPS = ("conv", "dilated_conv")  # parameters sized by d_h
 
 @dataclass
 class CompressiveState(SlotState):
-    """``buffer`` (``C + M`` slots) after ``length`` tokens, ``n_groups`` groups compressed so far.
+    """``buffer`` (``n_cm + n_m`` slots) after ``length`` tokens, ``n_groups`` groups compressed so far.
 
-    ``Mem`` holds positions ``n_groups * c .. length - 1``; ``CMem`` the newest ``C`` groups.
+    ``Mem`` holds positions ``n_groups * c .. length - 1``; ``CMem`` the newest ``n_cm`` groups.
     ``extra_losses``: ``{"reconstruction": loss}`` when the forward that made this state popped
     pairs and trains a learned ``f_c`` (see :meth:`CompressiveMemory.extra_losses`), else empty.
     """
@@ -82,8 +82,8 @@ class CompressiveMemory(SlotMemory):
     """``Att(q_i, [CMem, Mem, chunk])`` with the FIFO rules of the Compressive Transformer.
 
     Args:
-        mem_len: ``M``, pairs kept as they are (``M >= ratio``).
-        cmem_len: ``C``, compressed pairs kept.
+        mem_len: ``n_m``, pairs kept as they are (``n_m >= ratio``).
+        cmem_len: ``n_cm``, compressed pairs kept.
         ratio: ``c >= 1``, pairs per compressed pair.
         compress: ``f_c``, one of ``"mean"``, ``"max"``, ``"conv"``, ``"conv_shared"``,
             ``"dilated_conv"``, ``"most_used"`` (see the module's docstring).
@@ -105,7 +105,7 @@ class CompressiveMemory(SlotMemory):
 
     @classmethod
     def example_sizes(cls, slots=8, *, n_heads=2):
-        half = max(slots // 2, 2)  # M = C, c = 2: reaches M + 2 C positions for the bytes of M + C pairs
+        half = max(slots // 2, 2)  # n_m = n_cm, c = 2: reaches n_m + 2 n_cm positions for n_m + n_cm pairs' bytes
         return {"mem_len": half, "cmem_len": max(1, slots - half), "ratio": 2}
 
     def label_details(self) -> str:
@@ -276,7 +276,7 @@ class CompressiveMemory(SlotMemory):
             with torch.no_grad():
                 ck, cv = self.compress_pairs(pk, pv, usage)  # [B, H, n_pop / c, D]
             groups = n_pop // c
-            keep = min(groups, cm)  # CMem keeps its newest C slots
+            keep = min(groups, cm)  # CMem keeps its newest n_cm slots
             g = g0 + groups - keep
             write_ring(buf, 0, cm, g, ck[:, :, groups - keep:], cv[:, :, groups - keep:], g * c, c)
             for d0, d1 in ranges:
@@ -303,7 +303,8 @@ class CompressiveMemory(SlotMemory):
         return [(label, size) for label, size in groups if size]
 
     def slots_after(self, context: int) -> int:
-        """``min(m, M) + min(C, (m - M) // c)``: ``Mem`` fills first, then each ``c`` evicted pairs make a slot."""
+        """``min(m, n_m) + min(n_cm, (m - n_m) // c)``: ``Mem`` fills first, then each ``c`` evicted
+        pairs make a slot."""
         m = self.mem_len
         return min(context, m) + min(self.cmem_len, max(0, context - m) // self.ratio)
 
