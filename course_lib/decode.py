@@ -12,7 +12,8 @@ per layer and reading the weights. This module computes the same function with l
   rotary tables per step;
 * each memory called through ``forward_unchecked``: the caller checked its input once; a
   memory that learns its write strength gets ``beta_t = sigma(W_beta x_t)`` from one ``addmm``
-  on the transposed copy ``W_beta^T`` and an in-place sigmoid; a memory that rotates its keys
+  on the transposed copy ``W_beta^T`` and an in-place sigmoid (a learned decay likewise,
+  ``alpha_t = exp(-softplus(W_alpha x_t + b))``); a memory that rotates its keys
   itself (``Memory.rotates_itself``) gets ``q, k`` unrotated and a
   :class:`~course_lib.memory.base.Rotation` over the plan's rotary tables, as in ``models.py``;
 * on a CPU, GELU on torch's native kernel: oneDNN's costs ~10 us per call whatever the size
@@ -80,6 +81,8 @@ class LayerPlan:
     mlp_out_b: torch.Tensor
     beta_t: torch.Tensor | None = None  # [C, H]: W_beta^T of a memory with learns_beta, else None
     beta_b: torch.Tensor | None = None  # [H]: its bias
+    alpha_t: torch.Tensor | None = None  # [C, H]: W_alpha^T of a memory with learns_alpha, else None
+    alpha_b: torch.Tensor | None = None  # [H]: its bias b
 
 
 _data_ptr, _version = torch.Tensor.data_ptr, attrgetter("_version")
@@ -217,6 +220,8 @@ def _build(model, end: int) -> DecodePlan:
                 mlp_out_t=t(mlp_out.weight), mlp_out_b=mlp_out.bias,
                 beta_t=None if attn.w_beta is None else t(attn.w_beta.weight),
                 beta_b=None if attn.w_beta is None else attn.w_beta.bias,
+                alpha_t=None if attn.w_alpha is None else t(attn.w_alpha.weight),
+                alpha_b=None if attn.w_alpha is None else attn.w_alpha.bias,
             ))
         head_t = t(model.head.weight)
     cos, sin = model.rotary.rolled_tables(end, head_t.device, head_t.dtype)
@@ -250,12 +255,14 @@ def _layers(plan: DecodePlan, idx, state):
         q, k = qk.split((h, g), dim=1)
         if lp.repeat_kv:
             k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
-        if lp.beta_t is None and not lp.rotates_itself:
+        if lp.beta_t is None and lp.alpha_t is None and not lp.rotates_itself:
             o, mem_state = lp.attend(q, k, v, mem_state)  # [B, H, 1, d_h]
         else:
             kwargs = {"rotary": Rotation(plan.cos, plan.sin, pos)} if lp.rotates_itself else {}
             if lp.beta_t is not None:  # beta_t = sigma(W_beta x_t) [B, H, 1]: one new tensor, as a fixed beta's fill
                 kwargs["beta"] = torch.addmm(lp.beta_b, xn, lp.beta_t).sigmoid_().view(b, -1, 1)
+            if lp.alpha_t is not None:  # alpha_t = exp(-softplus(W_alpha x_t + b)) [B, H, 1]
+                kwargs["alpha"] = F.softplus(torch.addmm(lp.alpha_b, xn, lp.alpha_t)).neg_().exp_().view(b, -1, 1)
             o, mem_state = lp.attend(q, k, v, mem_state, **kwargs)
         new_layers.append(mem_state)
         x = torch.addmm(x, o.reshape(b, h * d), lp.out_t)  # x + W_o o

@@ -2,7 +2,8 @@ r"""``MemoryLM``: a small decoder-only transformer whose every layer attends thr
 
 Each layer ``l`` computes ``q_i, k_i, v_i`` from its input, rotates ``q_i`` and ``k_i`` by
 their *absolute* position ``i`` (rotary embeddings, so cached keys never need recomputing;
-not for memories read by content alone, ``Memory.uses_rotary = False``: linear and delta; a
+not for memories read by content alone, ``Memory.uses_rotary = False``: linear, delta, decay and
+gated delta; a
 memory that ``rotates_itself`` gets them unrotated, with the means to rotate them),
 and returns ``Att(q_i, Mem_l)`` where ``Mem_l`` is that layer's own copy of the memory::
 
@@ -116,6 +117,14 @@ class MemoryAttention(nn.Module):
     input ``x_t`` as ``q_t, k_t, v_t``: the write is then
     ``S_t = S_{t-1} + beta_t k^_t^T (v_t - k^_t S_{t-1})``.
 
+    For a memory with ``learns_alpha`` (``DecayMemory(alpha="learned")``, ``GatedDeltaMemory(alpha=
+    "learned")``) the layer owns ``w_alpha`` = ``W_alpha, b``, a ``Linear(d_model, H)``, and hands the
+    memory the decay ``alpha_t = exp(-softplus(W_alpha x_t + b))`` ``[B, H, T]`` in ``(0, 1)``, as
+    Mamba-2 and Gated DeltaNet parameterise it (``-log alpha_t = softplus(.)``: a positive step, the
+    decay never above 1). ``b`` starts so that each head forgets at its own rate, ``-log alpha`` from
+    ``1e-3`` to ``1e-1`` geometrically over the heads (half-lives of about 700 to 7 tokens; Mamba-2
+    draws its step sizes from the same range), ``W_alpha`` as every weight, ``N(0, 0.02^2)``.
+
     Positions: ``q, k`` are rotated by their absolute positions for a memory with
     ``uses_rotary``, left as they are for one read by content (linear, delta), and for a memory
     that ``rotates_itself`` (StreamingLLM's positions within the cache, a ``MultiMemory`` whose
@@ -135,6 +144,16 @@ class MemoryAttention(nn.Module):
         # gets beta_t = sigma(W_beta x_t) from here, one per memory head and token (DeltaNet);
         # MemoryLM's init gives W_beta N(0, 0.02^2) and a zero bias, so beta starts near 0.5
         self.w_beta = nn.Linear(d_model, self.mem_heads) if memory.learns_beta else None
+        # and one that learns its decay (memory.learns_alpha) gets alpha_t = exp(-softplus(W_alpha x_t + b))
+        self.w_alpha = nn.Linear(d_model, self.mem_heads) if memory.learns_alpha else None
+
+    def reset_decay(self) -> None:
+        """``b`` of ``W_alpha``: ``-log alpha`` from ``1e-3`` to ``1e-1`` over the heads, ``b = softplus^-1(.)``
+        (called by ``MemoryLM``'s initialisation, after the bias was zeroed with every other one)."""
+        if self.w_alpha is not None:
+            rate = torch.logspace(-3, -1, self.mem_heads, dtype=torch.float64)  # -log alpha at x = 0
+            with torch.no_grad():
+                self.w_alpha.bias.copy_(torch.log(torch.expm1(rate)))
 
     def forward(self, x, rotary: Rotary, pos: int, mem_state):
         b, t, _ = x.shape
@@ -151,6 +170,8 @@ class MemoryAttention(nn.Module):
             k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
         if self.w_beta is not None:
             kwargs["beta"] = torch.sigmoid(self.w_beta(x)).transpose(1, 2)  # [B, H, T]: beta_t = sigma(W_beta x_t)
+        if self.w_alpha is not None:  # [B, H, T]: alpha_t = exp(-softplus(W_alpha x_t + b))
+            kwargs["alpha"] = torch.exp(-F.softplus(self.w_alpha(x))).transpose(1, 2)
         out, mem_state = self.memory(q, k, v, mem_state, **kwargs)  # [B, H, T, d_h]
         return self.out(out.transpose(1, 2).reshape(b, t, h * d)), mem_state
 
@@ -224,6 +245,8 @@ class MemoryLM(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, MemoryAttention):  # after its W_alpha (apply visits children first)
+            module.reset_decay()
 
     @property
     def memories(self) -> list[Memory]:

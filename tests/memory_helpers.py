@@ -67,12 +67,13 @@ def qkv(seed, b, h, t, d, *, h_kv=None, dv=None):
     return q, k, v
 
 
-def run(memory, q, k, v, sizes, *, state=None, reserve=False, beta=None):
+def run(memory, q, k, v, sizes, *, state=None, reserve=False, beta=None, alpha=None):
     """Stream ``q, k, v`` through ``memory`` in chunks of ``sizes``; the outputs concatenated and the last state.
 
     ``state``: start from it (default: a fresh ``init_state``). ``reserve``: call ``memory.reserve``
     first, so that the chunks are written in place as in a decoding stream. ``beta``: a ``[B, H, T]``
-    write strength, cut into chunks along with ``q, k, v`` (:class:`DeltaMemory`).
+    write strength, cut into chunks along with ``q, k, v`` (:class:`DeltaMemory`); ``alpha`` likewise, a
+    ``[B, H, T]`` or ``[B, H, T, D]`` decay (:class:`DecayMemory`, :class:`GatedDeltaMemory`).
     """
     if state is None:
         state = memory.init_state(k.shape[0], k.shape[1], k.shape[3], dtype=k.dtype, v_dim=v.shape[3])
@@ -80,8 +81,19 @@ def run(memory, q, k, v, sizes, *, state=None, reserve=False, beta=None):
         state = memory.reserve(state, sum(sizes))
     outs, p = [], 0
     for c in sizes:
-        kw = {} if beta is None else {"beta": beta[:, :, p:p + c]}
+        kw = {name: gate[:, :, p:p + c] for name, gate in (("beta", beta), ("alpha", alpha)) if gate is not None}
         out, state = memory(q[:, :, p:p + c], k[:, :, p:p + c], v[:, :, p:p + c], state, **kw)
         outs.append(out)
         p += c
     return torch.cat(outs, dim=2), state
+
+
+def assert_same_gradients(fast, slow, leaves):
+    """The gradients of ``sum |x|^2`` over the outputs ``fast`` and ``slow`` (tuples of tensors) with
+    respect to ``leaves`` agree (a leaf neither uses gets none from both)."""
+    grads = [torch.autograd.grad(sum((x * x).sum() for x in r), leaves, allow_unused=True) for r in (fast, slow)]
+    for g_fast, g_slow in zip(*grads):
+        if g_slow is None:
+            assert g_fast is None
+        else:
+            torch.testing.assert_close(g_fast, g_slow)

@@ -5,13 +5,24 @@ Pick one by class or by name:
 >>> make_memory("window", window=4)
 WindowMemory(window=4)
 >>> sorted(FIXED_SIZE_MEMORIES)[:3]
-['compressive', 'cumulative_average', 'delta']
+['compressive', 'cumulative_average', 'decay']
 """
 
 from .average import CumulativeAverageMemory, CumulativeAverageState, MovingAverageMemory, MovingAverageState
 from .base import Memory, check_state, state_nbytes
 from .compressive import COMPRESSIONS, CompressiveMemory, CompressiveState, attention_reconstruction_loss
 from .full import FullMemory, FullState
+from .gated import (
+    DecayMemory,
+    DecayState,
+    GatedDeltaMemory,
+    GatedDeltaState,
+    decay_chunked,
+    decay_parallel,
+    decay_recurrent,
+    gated_delta_chunked,
+    gated_delta_recurrent,
+)
 from .knn import KNNMemory, KNNState
 from .linear import (
     DeltaMemory,
@@ -28,8 +39,10 @@ from .multi import MultiMemory, MultiState
 from .reference import (
     compressive_reference,
     cumulative_average_reference,
+    decay_reference,
     delta_rule_reference,
     full_reference,
+    gated_delta_reference,
     knn_reference,
     linear_attention_reference,
     moving_average_reference,
@@ -51,6 +64,8 @@ REGISTERED: tuple[type[Memory], ...] = (
     CumulativeAverageMemory,
     LinearMemory,
     DeltaMemory,
+    DecayMemory,
+    GatedDeltaMemory,
     SegmentMemory,
     CompressiveMemory,
     KNNMemory,
@@ -94,9 +109,11 @@ __all__ = [
     "LinearMemory", "LinearState", "DeltaMemory", "DeltaState",
     "linear_attention_recurrent", "linear_attention_parallel", "linear_attention_chunked",
     "delta_rule_recurrent", "delta_rule_chunked",
+    "DecayMemory", "DecayState", "GatedDeltaMemory", "GatedDeltaState",
+    "decay_recurrent", "decay_chunked", "decay_parallel", "gated_delta_recurrent", "gated_delta_chunked",
     "SegmentMemory", "SegmentState", "CompressiveMemory", "CompressiveState", "COMPRESSIONS",
     "attention_reconstruction_loss", "KNNMemory", "KNNState", "MultiMemory", "MultiState",
     "full_reference", "window_reference", "sink_reference", "segment_reference", "knn_reference",
     "compressive_reference", "moving_average_reference", "cumulative_average_reference",
-    "linear_attention_reference", "delta_rule_reference",
+    "linear_attention_reference", "delta_rule_reference", "decay_reference", "gated_delta_reference",
 ]

@@ -186,6 +186,10 @@ class Memory(nn.Module, abc.ABC):
             ``forward(q, k, v, state, beta=...)`` with ``beta [B, H, T] = sigma(W_beta x)``: the
             attention layer of ``MemoryLM`` then owns ``W_beta`` and computes it
             (``DeltaMemory(beta="learned")``, DeltaNet's ``beta_t``).
+        learns_alpha: the memory takes a learned decay per head and token,
+            ``forward(q, k, v, state, alpha=...)`` with ``alpha [B, H, T] = exp(-softplus(W_alpha x + b))``
+            (Mamba-2's and Gated DeltaNet's ``alpha_t``): the attention layer of ``MemoryLM`` then owns
+            ``W_alpha`` and ``b`` (``DecayMemory(alpha="learned")``, ``GatedDeltaMemory(alpha="learned")``).
 
     ``chunk_invariant`` (a property, from ``reads_segment``): the output does not depend on how the
     text is cut into chunks; tests that feed random chunkings read it.
@@ -204,6 +208,7 @@ class Memory(nn.Module, abc.ABC):
     sized_by_head_dim: bool = False
     reads_segment: bool = False
     learns_beta: bool = False
+    learns_alpha: bool = False
 
     # -- metadata -------------------------------------------------------------------------
     @classmethod
@@ -261,7 +266,7 @@ class Memory(nn.Module, abc.ABC):
 
     def forward_unchecked(self, q, k, v, state, **kwargs):
         """:meth:`forward` without the argument checks, for a caller that checked once (a
-        decoding loop); by default the same as ``forward`` (``kwargs``: ``rotary``, ``beta``)."""
+        decoding loop); by default the same as ``forward`` (``kwargs``: ``rotary``, ``beta``, ``alpha``)."""
         return self(q, k, v, state, **kwargs)
 
     def extra_losses(self, state) -> dict:

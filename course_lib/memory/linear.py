@@ -38,14 +38,13 @@ less than the seed spread.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_positive_int, check_tensor, describe
+from .._checks import check_positive_int
+from ._gates import BETA, LEARNED, check_gate_option, per_call
 from ._state import StateMeta, check_input, meta_of, new_meta
 from .base import Memory
 
@@ -130,17 +129,48 @@ def _beta(beta, b, h, t, like):
 def delta_rule_recurrent(q, k, v, beta, S=None):
     """The token loop: ``S_i = S_{i-1} + beta_i k^_i^T (v_i - k^_i S_{i-1})``, ``out_i = q^_i S_i``; also
     the decoding step of :class:`DeltaMemory`. :func:`course_lib.memory.reference.delta_rule_reference` is the rule."""
+    return delta_recurrence(q, k, v, beta, S)
+
+
+def delta_recurrence(q, k, v, beta, S=None, alpha=None):
+    """The delta rule's token loop, with a decay ``alpha [B, H, T]`` of the state before each write
+    when given (the gated delta rule, :func:`course_lib.memory.gated.gated_delta_recurrent`)."""
     S, _ = _initial(q, v, S, None)
     b, h, t, _ = q.shape
     qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
     beta = _beta(beta, b, h, t, q)
     outs = []
     for i in range(t):
+        if alpha is not None:
+            S = alpha[:, :, i, None, None] * S  # alpha_i S_{i-1}: forget first
         ki = kn[:, :, i, None, :]  # [B, H, 1, D]
         u = beta[:, :, i, None, None] * (v[:, :, i, None, :] - ki @ S)  # [B, H, 1, D_v]
         S = S + ki.transpose(-2, -1) @ u
         outs.append(qn[:, :, i, None, :] @ S)
     return torch.cat(outs, dim=2), S
+
+
+def to_chunks(c, *xs):
+    """``x [B, H, T, ...]`` -> ``[B, H, N, C, ...]``, ``N = ceil(T / C)``, zero rows padded at the end."""
+    t = xs[0].shape[2]
+    n = -(-t // c)
+    pad = n * c - t
+    out = []
+    for x in xs:
+        if pad:
+            x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+        out.append(x.unflatten(2, (n, c)))
+    return out
+
+
+def lower_decay(g, *, strict=False):
+    """``L_ij = exp(g_i - g_j)`` for ``j <= i`` (``j < i`` if ``strict``), ``0`` above, from the
+    cumulative log-decays ``g [..., C]`` (``g_i = sum_{s <= i} log alpha_s``): the decay
+    ``prod_{j < s <= i} alpha_s`` from position ``j`` to ``i``, ``[..., C, C]``. Masked before the
+    ``exp``, so no ``exp`` of a positive number is ever taken."""
+    c = g.shape[-1]
+    mask = torch.ones(c, c, dtype=torch.bool, device=g.device).tril(-1 if strict else 0)
+    return torch.where(mask, g[..., :, None] - g[..., None, :], float("-inf")).exp()
 
 
 def delta_rule_chunked(q, k, v, beta, S=None, chunk_size=64):
@@ -151,28 +181,40 @@ def delta_rule_chunked(q, k, v, beta, S=None, chunk_size=64):
     ``U = W_v - W_k S_0`` with ``[W_k, W_v] = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta) [K, V]``;
     then ``O = Q S_0 + tril(Q K^T) U`` and ``S = S_0 + K^T U``.
     """
+    return delta_chunk_scan(q, k, v, beta, S, chunk_size)
+
+
+def delta_chunk_scan(q, k, v, beta, S=None, chunk_size=64, log_alpha=None):
+    """:func:`delta_rule_chunked`, with a decay of the state before each write when ``log_alpha``
+    ``[B, H, T]`` is given (the gated delta rule: :func:`course_lib.memory.gated.gated_delta_chunked`
+    derives the decayed form)."""
     S, _ = _initial(q, v, S, None)
     b, h, t, d = q.shape
-    c = chunk_size
-    n = -(-t // c)
-    pad = n * c - t
     qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    beta = _beta(beta, b, h, t, q)
-    if pad:  # beta = 0 on padding: padded tokens write nothing
-        qn, kn, v = (F.pad(x, (0, 0, 0, pad)) for x in (qn, kn, v))
-        beta = F.pad(beta, (0, pad))
-    qn, kn, vc = (x.unflatten(2, (n, c)) for x in (qn, kn, v))  # [B, H, N, C, D]
-    bc = beta.unflatten(2, (n, c))[..., None]  # [B, H, N, C, 1]
+    # beta = 0 on padding: padded tokens write nothing (and alpha = 1 there: log 0)
+    qn, kn, vc = to_chunks(chunk_size, qn, kn, v)  # [B, H, N, C, D]
+    bc = to_chunks(chunk_size, _beta(beta, b, h, t, q))[0][..., None]  # [B, H, N, C, 1]
+    n, c = kn.shape[2], kn.shape[3]
     eye = torch.eye(c, dtype=q.dtype, device=q.device)
-    a = eye + ((bc * kn) @ kn.transpose(-2, -1)).tril(-1)  # [B, H, N, C, C] unit lower triangular
-    w = torch.linalg.solve_triangular(a, torch.cat([bc * kn, bc * vc], -1), upper=False, unitriangular=True)
-    w_k, w_v = w.split([d, vc.shape[-1]], dim=-1)
+    bkk = (bc * kn) @ kn.transpose(-2, -1)  # diag(beta) K K^T
     qk = (qn @ kn.transpose(-2, -1)).tril()  # [B, H, N, C, C]
+    write_k, read_q, write_back, keep = bc * kn, qn, kn, None
+    if log_alpha is not None:
+        g = to_chunks(chunk_size, log_alpha)[0].cumsum(-1)  # [B, H, N, C]: log gamma_t, within the chunk
+        decay = lower_decay(g)  # Gamma_ts = gamma_t / gamma_s, s <= t
+        bkk, qk = bkk * decay, qk * decay
+        gamma = g.exp()[..., None]
+        write_k, read_q = write_k * gamma, qn * gamma  # diag(beta gamma) K, diag(gamma) Q
+        write_back = kn * (g[..., -1:] - g).exp()[..., None]  # k_s gamma_C / gamma_s
+        keep = g[..., -1].exp()[..., None, None]  # gamma_C [B, H, N, 1, 1]
+    a = eye + bkk.tril(-1)  # [B, H, N, C, C] unit lower triangular
+    w = torch.linalg.solve_triangular(a, torch.cat([write_k, bc * vc], -1), upper=False, unitriangular=True)
+    w_k, w_v = w.split([d, vc.shape[-1]], dim=-1)
     outs = []
     for j in range(n):
         u = w_v[:, :, j] - w_k[:, :, j] @ S  # [B, H, C, D_v]
-        outs.append(qn[:, :, j] @ S + qk[:, :, j] @ u)
-        S = S + kn[:, :, j].transpose(-2, -1) @ u
+        outs.append(read_q[:, :, j] @ S + qk[:, :, j] @ u)
+        S = (S if keep is None else keep[:, :, j] * S) + write_back[:, :, j].transpose(-2, -1) @ u
     return torch.cat(outs, dim=2)[:, :, :t], S
 
 
@@ -217,7 +259,7 @@ class LinearMemory(Memory):
     def cost_per_token(self, config, context: int) -> dict:
         """``S`` and ``z`` per head, ``L tau (d_h^2 + d_h) b`` bytes; ``~4 L tau d_h^2`` FLOPs
         (write ``phi(k)^T v``, read ``phi(q) S``), whatever the context."""
-        return _matrix_cost(config, extra=config.head_dim)
+        return matrix_cost(config, extra=config.head_dim)
 
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
         meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
@@ -264,14 +306,14 @@ class DeltaMemory(Memory):
 
     def __init__(self, beta: float | str = 1.0, chunk_size: int = 64):
         super().__init__()
-        self.beta = _check_beta_option(beta)
+        self.beta = check_gate_option(BETA, beta)
         self.learns_beta = self.beta == LEARNED  # read by MemoryLM's attention layer: it then owns W_beta
         self.chunk_size = _check_chunk_size(chunk_size)
 
     def cost_per_token(self, config, context: int) -> dict:
         """``S`` per head, ``L tau d_h^2 b`` bytes; ``~4 L tau d_h^2`` FLOPs, whatever the context
         (a learned ``beta_t`` adds ``W_beta``'s ``2 d tau`` FLOPs per layer, left out like the projections)."""
-        return _matrix_cost(config, extra=0)
+        return matrix_cost(config, extra=0)
 
     def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
         meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
@@ -283,16 +325,7 @@ class DeltaMemory(Memory):
         (``None``: the memory's own; a ``beta="learned"`` memory has none and needs it).
         :func:`course_lib.memory.reference.delta_rule_reference` is the rule."""
         check_input(self, q, k, v, state, DeltaState)
-        if beta is None:
-            if self.learns_beta:
-                raise ValueError(
-                    "beta must be given to a DeltaMemory(beta='learned'): its write strength "
-                    "beta_t = sigma(W_beta x_t) comes from the layer (MemoryLM computes it); called directly, "
-                    "pass forward(q, k, v, state, beta=...) a float in [0, 2] or a [B, H, T] tensor, got beta=None"
-                )
-            beta = self.beta
-        else:
-            beta = _check_beta(beta, k)
+        beta = per_call(self, BETA, beta, k)
         return self._write_and_read(q, k, v, state, beta)
 
     def forward_unchecked(self, q, k, v, state, beta=None):
@@ -303,53 +336,20 @@ class DeltaMemory(Memory):
         return self._write_and_read(q, k, v, state, beta)
 
     def _write_and_read(self, q, k, v, state, beta):
-        t = q.shape[2]
-        if t == 1:
-            out, S = delta_rule_recurrent(q, k, v, beta, state.S)
-        else:
-            out, S = delta_rule_chunked(q, k, v, beta, state.S, min(self.chunk_size, t))
-        return out, DeltaState(**meta_of(state), S=S.detach(), length=state.length + t)
+        out, S = step_or_chunks(delta_rule_recurrent, delta_rule_chunked, self.chunk_size, q, k, v, state.S, beta)
+        return out, DeltaState(**meta_of(state), S=S.detach(), length=state.length + q.shape[2])
 
 
-def _matrix_cost(config, extra: int) -> dict:
+def step_or_chunks(recurrent, chunked, chunk_size, q, k, v, S, *gates):
+    """``recurrent(q, k, v, *gates, S)`` for one token (the decoding step), else
+    ``chunked(q, k, v, *gates, S, C)`` with ``C = min(chunk_size, T)``: ``(out, S)``."""
+    t = q.shape[2]
+    if t == 1:
+        return recurrent(q, k, v, *gates, S)
+    return chunked(q, k, v, *gates, S, min(chunk_size, t))
+
+
+def matrix_cost(config, extra: int, flops_per_entry: int = 4) -> dict:
+    """``L tau (d_h^2 + extra)`` values of ``S`` (and ``z``) and ``flops_per_entry`` FLOPs per entry of ``S``."""
     L, tau, d = config.n_layers, config.n_heads, config.head_dim
-    return {"bytes": L * tau * (d * d + extra) * config.bytes_per_value, "flops": 4 * L * tau * d * d}
-
-
-LEARNED = "learned"
-
-
-def _check_beta_float(beta, expected="a float in [0, 2]"):
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta):
-        raise TypeError(f"beta must be {expected}, got {describe(beta)}")
-    if not 0 <= beta <= 2:
-        raise ValueError(f"beta must be in [0, 2] (1 overwrites fully), got {beta}")
-    return float(beta)
-
-
-def _check_beta_option(beta):
-    """The constructor's ``beta``: a float in ``[0, 2]`` or ``"learned"``."""
-    expected = f"a float in [0, 2] or {LEARNED!r} (DeltaNet's beta_t = sigma(W_beta x_t))"
-    if isinstance(beta, str):
-        if beta != LEARNED:
-            raise ValueError(f"beta must be {expected}, got str {beta!r}")
-        return beta
-    return _check_beta_float(beta, expected)
-
-
-def _check_beta(beta, k):
-    if not isinstance(beta, torch.Tensor):
-        return _check_beta_float(beta, "a float in [0, 2] or a [B, H, T] tensor")
-    check_tensor("beta", beta, ndim=3, floating=True)
-    b, h, t = k.shape[:3]
-    if tuple(beta.shape) != (b, h, t):
-        raise ValueError(f"beta must be a float or a [B, H, T] = [{b}, {h}, {t}] tensor, got {describe(beta)}")
-    if beta.device != k.device:
-        raise ValueError(f"beta is on {beta.device} but k is on {k.device}")
-    lowest, highest = (float(x) for x in torch.aminmax(beta.detach()))
-    if not (0 <= lowest and highest <= 2):  # also refuses NaN
-        raise ValueError(
-            f"beta must hold values in [0, 2] (1 overwrites fully; a learned sigma(W_beta x) lies in (0, 1)), "
-            f"got a tensor with values from {lowest} to {highest}"
-        )
-    return beta
+    return {"bytes": L * tau * (d * d + extra) * config.bytes_per_value, "flops": flops_per_entry * L * tau * d * d}

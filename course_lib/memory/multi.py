@@ -18,7 +18,8 @@ differ (a window, rotated by position, beside a linear or delta memory, read by 
 gate rotates them by their absolute position for a part with ``uses_rotary``, leaves them
 unrotated for a part without, and passes the rotation down to a part that ``rotates_itself``
 (``SinkMemory(positions="cache")``). A part that learns its write strength
-(``DeltaMemory(beta="learned")``) gets ``forward(..., beta=...)`` passed through (``learns_beta``).
+(``DeltaMemory(beta="learned")``) gets ``forward(..., beta=...)`` passed through (``learns_beta``),
+one that learns its decay ``forward(..., alpha=...)`` (``learns_alpha``: ``GatedDeltaMemory(alpha="learned")``).
 
 An Infini-attention-style layer: ``MultiMemory([WindowMemory(n_c), LinearMemory()], combine="gate",
 n_heads=tau)``. It differs from the paper (Munkhdalai et al., 2024) in three ways: the paper's
@@ -73,14 +74,15 @@ class MultiMemory(Memory):
     ``uses_rotary``/``rotates_itself``: a gate over parts rotated alike takes their setting (two
     windows: ``MemoryLM`` rotates once for both); over parts rotated differently it
     ``rotates_itself`` and gives each part the keys that part asks for (see the module docstring).
-    ``learns_beta``: a part learns its write strength; ``forward(..., beta=...)`` hands it over.
+    ``learns_beta``: a part learns its write strength; ``forward(..., beta=...)`` hands it over
+    (``learns_alpha`` and ``alpha=`` likewise for a learned decay).
     """
 
     name = "multi"
     title = "multiple memories"  # menus build its example(): a window and a delta memory, gated
     # these depend on the memories it combines, so the class states none of them (None): each
     # instance sets its own in __init__ (fixed-size when all its memories are, ...)
-    fixed_size = holds_slots = supports_gqa = learns_beta = reads_segment = None
+    fixed_size = holds_slots = supports_gqa = learns_beta = learns_alpha = reads_segment = None
 
     def __init__(self, memories, combine: str = "gate", n_heads: int | None = None):
         super().__init__()
@@ -135,6 +137,7 @@ class MultiMemory(Memory):
         else:
             self.rotates_itself = True  # each part gets the keys it asks for (see forward)
         self.learns_beta = any(m.learns_beta for m in memories)
+        self.learns_alpha = any(m.learns_alpha for m in memories)
 
     @classmethod
     def example_sizes(cls, slots=8, *, n_heads=2):
@@ -165,21 +168,25 @@ class MultiMemory(Memory):
         return MultiState(**meta, states=[m.init_state(batch, n_heads, head_dim, **kw) for m in self.memories],
                           length=0)
 
-    def forward(self, q, k, v, state, *, rotary: Rotation | None = None, beta=None):
+    def forward(self, q, k, v, state, *, rotary: Rotation | None = None, beta=None, alpha=None):
         """``rotary``: the chunk's :class:`~course_lib.memory.base.Rotation` for a gate that
         ``rotates_itself`` (``MemoryLM`` passes it with unrotated ``q, k``; without it ``q, k`` go to
-        every part as given). ``beta``: the write strength of the part that ``learns_beta``."""
+        every part as given). ``beta``: the write strength of the part that ``learns_beta``; ``alpha``:
+        the decay of the part that ``learns_alpha``."""
         check_input(self, q, k, v, state, MultiState)
         if beta is not None and not self.learns_beta:
             raise ValueError(f"beta is the write strength of a memory that learns it (DeltaMemory(beta='learned')), "
                              f"but none of {self.label()} does; got beta={describe(beta)}")
+        if alpha is not None and not self.learns_alpha:
+            raise ValueError(f"alpha is the decay of a memory that learns it (GatedDeltaMemory(alpha='learned')), "
+                             f"but none of {self.label()} does; got alpha={describe(alpha)}")
         if rotary is not None and not self.rotates_itself:
             raise TypeError(f"rotary is for a MultiMemory that rotates_itself; {self.label()} has its keys "
                             "rotated alike, by MemoryLM before the call")
         if self.combine == "gate":
             if q.shape[1] != self.n_heads:
                 raise ValueError(f"q has {q.shape[1]} heads but this gate was made for n_heads={self.n_heads}")
-            return self._gate(q, k, v, state, rotary, beta, checked=False)
+            return self._gate(q, k, v, state, rotary, beta, alpha, checked=False)
         out, mass = attend_slots(self, q, k, v, state)  # one softmax over every memory's slots and the chunk
         return out, self.update(state, k, v, mass)
 
@@ -188,9 +195,9 @@ class MultiMemory(Memory):
         through its own ``forward_unchecked``."""
         if self.combine != "gate":
             return self(q, k, v, state, **kwargs)
-        return self._gate(q, k, v, state, kwargs.get("rotary"), kwargs.get("beta"), checked=True)
+        return self._gate(q, k, v, state, kwargs.get("rotary"), kwargs.get("beta"), kwargs.get("alpha"), checked=True)
 
-    def _gate(self, q, k, v, state, rotary, beta, checked):
+    def _gate(self, q, k, v, state, rotary, beta, alpha, checked):
         outs, states, rotated = [], [], None
         for m, s in zip(self.memories, state.states):
             qm, km, kw = q, k, {}
@@ -202,6 +209,8 @@ class MultiMemory(Memory):
                     qm, km = rotated
             if m.learns_beta:
                 kw["beta"] = beta
+            if m.learns_alpha:
+                kw["alpha"] = alpha
             out, s = (m.forward_unchecked if checked else m)(qm, km, v, s, **kw)
             outs.append(out)
             states.append(s)

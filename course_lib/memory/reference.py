@@ -25,6 +25,9 @@ memory, ``c`` ratio, ``N`` store, ``k`` retrieved pairs):
   token loops :func:`~course_lib.memory.linear_attention_recurrent` and
   :func:`~course_lib.memory.delta_rule_recurrent` stay in :mod:`course_lib.memory.linear`: they
   are also the decoding step of those memories, a fast path, and are tested against these.)
+* :func:`decay_reference`, :func:`gated_delta_reference`: :class:`~course_lib.memory.DecayMemory`
+  and :class:`~course_lib.memory.GatedDeltaMemory`, the decayed matrix memories (their token loops
+  stay in :mod:`course_lib.memory.gated` for the same reason).
 
 Memories whose output depends on where the segments start (``reads_segment``: segment,
 compressive, kNN) take the segmentation, ``segment_len``: an int ``n_s`` (segments of ``n_s``
@@ -52,7 +55,7 @@ from .base import Rotation
 __all__ = [
     "full_reference", "window_reference", "sink_reference", "segment_reference", "knn_reference",
     "compressive_reference", "moving_average_reference", "cumulative_average_reference",
-    "linear_attention_reference", "delta_rule_reference", "REFERENCES",
+    "linear_attention_reference", "delta_rule_reference", "decay_reference", "gated_delta_reference", "REFERENCES",
 ]
 
 
@@ -364,11 +367,65 @@ def delta_rule_reference(q, k, v, beta, S=None, *, return_memory=False):
     return (out, S) if return_memory else out
 
 
+def _gate_at(gate, i):
+    """A gate's value at token ``i``, shaped to multiply ``[B, H, D, D_v]``: a float as it is, ``[B, H, T]``
+    per head, ``[B, H, T, D]`` per key channel (the rows of ``S``)."""
+    if not isinstance(gate, torch.Tensor):
+        return gate
+    return gate[:, :, i, :, None] if gate.dim() == 4 else gate[:, :, i, None, None]
+
+
+def decay_reference(q, k, v, alpha, S=None, *, eps=1e-6, return_memory=False):
+    """Linear attention with a decay, the rule of :class:`~course_lib.memory.DecayMemory`, token by token::
+
+        S_t = alpha_t S_{t-1} + k_t^T v_t        o_t = q_t S_t        out_t = o_t / sqrt(mean(o_t^2) + eps)
+
+    ``alpha``: a float (RetNet), ``[B, H, T]`` (Mamba-2: one per head and token) or ``[B, H, T, D]``
+    (gated linear attention: ``diag(alpha_t) S_{t-1}``, one per key channel). ``S [B, H, D, D_v]``:
+    the memory before the text (default zeros). With ``return_memory``: ``(out, S)`` after it.
+    """
+    b, h, t, d = q.shape
+    S = q.new_zeros(b, h, d, v.shape[-1]) if S is None else S
+    outs = []
+    for i in range(t):
+        S = _gate_at(alpha, i) * S + torch.einsum("bhd,bhe->bhde", k[:, :, i], v[:, :, i])  # forget, then write
+        o = torch.einsum("bhd,bhde->bhe", q[:, :, i], S)
+        outs.append(o / torch.sqrt((o * o).mean(-1, keepdim=True) + eps))  # RMS-normalised per head
+    out = torch.stack(outs, dim=2)
+    return (out, S) if return_memory else out
+
+
+def gated_delta_reference(q, k, v, alpha, beta, S=None, *, return_memory=False):
+    """The gated delta rule (Gated DeltaNet), the rule of :class:`~course_lib.memory.GatedDeltaMemory`,
+    token by token, with unit keys and queries ``k^_t = k_t / |k_t|``, ``q^_t = q_t / |q_t|``::
+
+        S_t = alpha_t (I - beta_t k^_t^T k^_t) S_{t-1} + beta_t k^_t^T v_t        out_t = q^_t S_t
+
+    ``alpha``, ``beta``: floats or ``[B, H, T]``. ``alpha = 1`` is :func:`delta_rule_reference`.
+    ``S [B, H, D, D_v]``: the memory before the text (default zeros). With ``return_memory``:
+    ``(out, S)`` after it.
+    """
+    b, h, t, d = q.shape
+    S = q.new_zeros(b, h, d, v.shape[-1]) if S is None else S
+    eye = torch.eye(d, dtype=q.dtype, device=q.device)
+    outs = []
+    for i in range(t):
+        ki = k[:, :, i] / k[:, :, i].norm(dim=-1, keepdim=True)
+        qi = q[:, :, i] / q[:, :, i].norm(dim=-1, keepdim=True)
+        a_i, b_i = _gate_at(alpha, i), _gate_at(beta, i)
+        erase = eye - b_i * torch.einsum("bhd,bhe->bhde", ki, ki)  # I - beta_t k^_t^T k^_t
+        S = a_i * (erase @ S) + b_i * torch.einsum("bhd,bhe->bhde", ki, v[:, :, i])
+        outs.append(torch.einsum("bhd,bhde->bhe", qi, S))
+    out = torch.stack(outs, dim=2)
+    return (out, S) if return_memory else out
+
+
 #: registry name -> the reference rule of that memory (every registered memory but ``multi``,
 #: which combines others: its parts are checked against theirs)
 REFERENCES = {
     "full": full_reference, "window": window_reference, "sink": sink_reference,
     "moving_average": moving_average_reference, "cumulative_average": cumulative_average_reference,
-    "linear": linear_attention_reference, "delta": delta_rule_reference, "segment": segment_reference,
+    "linear": linear_attention_reference, "delta": delta_rule_reference, "decay": decay_reference,
+    "gated_delta": gated_delta_reference, "segment": segment_reference,
     "compressive": compressive_reference, "knn": knn_reference,
 }
