@@ -73,7 +73,7 @@ def test_the_hand_loop_is_timed_against_generate_in_the_same_run(tmp_path, capsy
     assert all(len(r) == 5 for r in rows.values()), table  # five numbers, no '(different tokens!)'
     loops = json.loads((tmp_path / "r.json").read_text())["loop_vs_generate"]
     assert [r["memory"] for r in loops] == ["window", "linear"] and all(r["same_tokens"] for r in loops)
-    assert all(r["loop / generate"] == r["loop"] / r["generate"] > 0 for r in loops)
+    assert all(r["loop / generate"] > 0 and r["reserved_loop / generate"] > 0 for r in loops)
     assert "hand loop / generate" not in skipped and "ms/token against context length" in skipped
 
 
@@ -84,6 +84,21 @@ def test_measure_loop_says_its_tokens_per_second_and_refuses_no_tokens():
     model = MemoryLM(32, 16, 1, 2, decode.build_memory("full", 2))
     row = decode.measure_loop(model, 4, prompt=3, repeats=1)
     assert row["same_tokens"] and set(row) >= {"generate", "loop", "reserved_loop"}
-    assert row["reserved_loop / generate"] == row["reserved_loop"] / row["generate"]
+    # one round: its own ratio is the ratio of the two rates
+    assert row["reserved_loop / generate"] == pytest.approx(row["reserved_loop"] / row["generate"], rel=1e-9)
     with pytest.raises(ValueError, match="new_tokens"):
         decode.measure_loop(model, 0)
+
+
+def test_the_loop_ratio_is_paired_by_round_so_a_slow_spell_does_not_decide_it(monkeypatch):
+    """Rounds where the whole machine is 3x slower move no ratio: each round compares its own runs."""
+    from course_lib.models import MemoryLM
+
+    torch.manual_seed(0)
+    model = MemoryLM(32, 16, 1, 2, decode.build_memory("full", 2))
+    # per round: generate 1.0 s, loop 1.25 s, reserved 1.0 s; rounds 2 and 3 three times slower
+    ticks = iter([0.0, 1.0, 0.0, 1.25, 0.0, 1.0] + [0.0, 3.0, 0.0, 3.75, 0.0, 3.0] * 2)
+    monkeypatch.setattr(decode.time, "perf_counter", lambda: next(ticks))
+    row = decode.measure_loop(model, 4, prompt=3, repeats=3)
+    assert row["loop / generate"] == pytest.approx(0.8) and row["reserved_loop / generate"] == pytest.approx(1.0)
+    assert row["generate"] == pytest.approx(4.0) and row["loop"] == pytest.approx(4 / 1.25)  # the fastest rounds

@@ -25,6 +25,7 @@ that holds slots at every token (copy-on-write, so that any state can be branche
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -133,8 +134,8 @@ def _write_json(args, results: dict, device, load_before, seconds: float, loops:
                  loop_vs_generate=[{"memory": name, **row} for name, row in (loops or {}).items()])
 
 
-#: the loop against generate keeps the fastest of at least this many alternating timings
-LOOP_REPEATS = 5
+#: the loop against generate: at least this many rounds (the three timed in turn in each)
+LOOP_REPEATS = 11
 
 
 def measure_loop(model, new_tokens: int = LOOP_TOKENS, *, prompt: int = LOOP_PROMPT, repeats: int = LOOP_REPEATS,
@@ -143,10 +144,15 @@ def measure_loop(model, new_tokens: int = LOOP_TOKENS, *, prompt: int = LOOP_PRO
     writes for it, ``model(tok, state)`` token by token under ``torch.inference_mode()``: plain,
     and with each layer's state reserved first (``memory.reserve``, as ``generate`` does).
 
-    The three are timed in turn ``repeats`` times and the fastest of each is kept (noise only
+    The three are timed in turn, ``repeats`` rounds, and the fastest of each is kept (noise only
     adds time). Returns ``{"generate", "loop", "reserved_loop"}`` in tokens/s, the two ratios
     ``loop / generate`` and ``reserved_loop / generate``, and ``same_tokens``: whether both
-    loops chose generate's tokens (they compute the same steps)."""
+    loops chose generate's tokens (they compute the same steps).
+
+    A ratio is the median over the rounds of the round's own ratio (paired: the three runs of a
+    round are back to back, so a machine that slows down for a while slows all three), not the
+    ratio of two fastest runs taken minutes apart: on a shared 2-core VM the latter moved between
+    0.69 and 0.97 for the same code, the paired median by a few hundredths."""
     from ..models import LMState
 
     for name, value in (("new_tokens", new_tokens), ("prompt", prompt), ("repeats", repeats)):
@@ -171,19 +177,20 @@ def measure_loop(model, new_tokens: int = LOOP_TOKENS, *, prompt: int = LOOP_PRO
 
     runs = {"generate": lambda: model.generate(idx, new_tokens), "loop": lambda: loop(False),
             "reserved_loop": lambda: loop(True)}
-    best, tokens = dict.fromkeys(runs, float("inf")), {}
-    for name, run_once in runs.items():  # warm-up: the plan, the rotary tables, the allocator
-        tokens[name] = run_once()
+    tokens = {name: run_once() for name, run_once in runs.items()}  # warm-up: plan, rotary tables, allocator
+    rounds = []  # {name: seconds} per round
     for _ in range(repeats):
+        timed = {}
         for name, run_once in runs.items():
             sync(device)
             t0 = time.perf_counter()
             run_once()
             sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
-    row = {name: new_tokens / seconds for name, seconds in best.items()}
-    row["loop / generate"] = row["loop"] / row["generate"]
-    row["reserved_loop / generate"] = row["reserved_loop"] / row["generate"]
+            timed[name] = time.perf_counter() - t0
+        rounds.append(timed)
+    row = {name: new_tokens / min(r[name] for r in rounds) for name in runs}
+    for name in ("loop", "reserved_loop"):  # tokens/s ratio of the round = generate's time / the loop's
+        row[f"{name} / generate"] = statistics.median(r["generate"] / r[name] for r in rounds)
     row["same_tokens"] = all(torch.equal(t, tokens["generate"]) for t in tokens.values())
     return row
 
@@ -191,8 +198,9 @@ def measure_loop(model, new_tokens: int = LOOP_TOKENS, *, prompt: int = LOOP_PRO
 def format_loop_table(loops: dict, new_tokens: int, repeats: int) -> str:
     """The hand-written loop against generate, one line per memory (rows of :func:`measure_loop`)."""
     lines = [f"hand loop / generate: tokens/s of model(tok, state) under torch.inference_mode() over generate's "
-             f"({new_tokens} new tokens after a {LOOP_PROMPT}-token prompt, batch 1, the fastest of {repeats}; "
-             "reserved: the state reserved first, as generate does)",
+             f"({new_tokens} new tokens after a {LOOP_PROMPT}-token prompt, batch 1, {repeats} rounds: "
+             "tokens/s the fastest, ratios the median of each round's own; reserved: the state reserved first, "
+             "as generate does)",
              f"{'memory':<20}{'generate':>10}{'loop':>10}{'reserved':>10}{'loop/gen':>10}{'reserved/gen':>14}"]
     for name, r in loops.items():
         lines.append(f"{name:<20}{r['generate']:>10.0f}{r['loop']:>10.0f}{r['reserved_loop']:>10.0f}"
