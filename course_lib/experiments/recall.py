@@ -108,7 +108,8 @@ import torch
 
 from .results import RESULTS, read_result, spread, write_result
 
-__all__ = ["DistanceSetup", "CapacitySetup", "design", "distance_designs", "capacity_designs", "build_model",
+__all__ = ["DistanceSetup", "CapacitySetup", "design", "layered_design", "model_layers", "distance_designs",
+           "capacity_designs", "build_model",
            "model_bytes", "evaluate_gaps", "train_one", "run_distance", "run_capacity", "summary", "best_lrs",
            "distance_table", "capacity_table", "partial_path", "seed_values", "plot_distance", "plot_capacity",
            "live_distance",
@@ -272,10 +273,43 @@ def capacity_designs(s: CapacitySetup) -> list[dict]:
     return deltas[:len(ends)] + windows + deltas[len(ends):]
 
 
+def layered_design(layers: list, *, n_heads: int = 1, d_model: int = 64, label: str, family: str) -> dict:
+    """A design record whose memory layers differ (a hybrid): ``layers`` holds one spec per layer
+    after the first (the local window of :func:`build_model`), bottom to top. The record's ``spec``
+    is the spec held by most of its layers (the first of them on a tie), ``n_layers`` counts the
+    local layer too, and ``family`` names the design in tables and plots."""
+    from .specs import check_spec
+
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"layers must be a non-empty list of specs, one per memory layer, got {layers!r}")
+    for i, spec in enumerate(layers):
+        check_spec(spec, where=f"layers[{i}]")
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+    counts = [sum(other == spec for other in layers) for spec in layers]
+    return {"label": label, "spec": layers[counts.index(max(counts))], "d_model": d_model, "n_heads": n_heads,
+            "layers": [dict(spec) for spec in layers], "n_layers": len(layers) + 1, "family": family}
+
+
+def model_layers(record: dict, n_layers: int, local: int) -> int:
+    """How many layers :func:`build_model` gives ``record``: ``n_layers``, or, for a record with
+    ``layers`` (:func:`layered_design`), one per spec there plus the local window."""
+    if "layers" not in record:
+        return n_layers
+    want = len(record["layers"]) + (1 if local else 0)
+    if record.get("n_layers", want) != want:
+        raise ValueError(f"design {record['label']!r} has n_layers={record['n_layers']} but {len(record['layers'])} "
+                         f"memory layers and local={local}: expected n_layers={want}")
+    return want
+
+
 def build_model(record: dict, *, vocab_size: int, n_layers: int = 2, local: int = 4):
     """The :class:`~course_lib.models.MemoryLM` of a design record: every layer but the first holds
     the record's memory, the first a window of ``local`` tokens (``0``: every layer the record's);
-    PyTorch's default initialisation of the linear layers (see the module docstring)."""
+    a record with ``layers`` (:func:`layered_design`) has one layer per spec there above the local
+    one (``n_layers`` is then ignored: :func:`model_layers`). PyTorch's default initialisation of
+    the linear layers (see the module docstring), then each learned decay's bias as MemoryLM sets it
+    (``MemoryAttention.reset_decay``: each head's own forgetting rate)."""
     from torch import nn
 
     from ..memory import WindowMemory
@@ -283,17 +317,24 @@ def build_model(record: dict, *, vocab_size: int, n_layers: int = 2, local: int 
     from .specs import build_memory
 
     d_model, n_heads = record["d_model"], record["n_heads"]
+    n_layers = model_layers(record, n_layers, local)
     model = MemoryLM(vocab_size, d_model, n_layers, n_heads, build_memory(record["spec"], n_heads=n_heads))
     if local:
         model.blocks[0].attn = MemoryAttention(d_model, n_heads, n_heads, WindowMemory(local))
+    for i, spec in enumerate(record.get("layers") or []):
+        block = model.blocks[i + (1 if local else 0)]
+        block.attn = MemoryAttention(d_model, n_heads, n_heads, build_memory(spec, n_heads=n_heads))
     for module in model.modules():
         if isinstance(module, nn.Linear):
             module.reset_parameters()
+    for module in model.modules():
+        if isinstance(module, MemoryAttention):
+            module.reset_decay()  # reset_parameters drew W_alpha's bias at random: a no-op without one
     return model
 
 
 def _family(record: dict) -> str:
-    return record["spec"]["name"]
+    return record.get("family") or record["spec"]["name"]
 
 
 # --------------------------------------------------------------------------- measuring
@@ -384,8 +425,10 @@ def _distance_train(s: DistanceSetup):
 
 
 def _record_fields(record: dict) -> dict:
-    return {"label": record["label"], "family": _family(record), "spec": record["spec"],
-            "d_model": record["d_model"], "n_heads": record["n_heads"], "d_h": record["d_model"] // record["n_heads"]}
+    out = {"label": record["label"], "family": _family(record), "spec": record["spec"],
+           "d_model": record["d_model"], "n_heads": record["n_heads"], "d_h": record["d_model"] // record["n_heads"]}
+    out.update({k: record[k] for k in ("layers", "n_layers") if k in record})  # a layered design's
+    return out
 
 
 def partial_path(out) -> Path:
@@ -418,9 +461,11 @@ def _write(out, partial: bool, **kwargs) -> None:
 
 
 def run_distance(s: DistanceSetup | None = None, *, only=None, out=None, command: str | None = None,
-                 device="cpu", progress: bool = True, log=print, resume: bool = False) -> dict:
-    """Train and measure every design of :func:`distance_designs` (those whose family or label is in
-    ``only``): ``lrs`` on ``seeds[0]``, the best by validation, then the other seeds at it. Writes
+                 device="cpu", progress: bool = True, log=print, resume: bool = False, designs=None,
+                 experiment: str = "recall against distance") -> dict:
+    """Train and measure every design of :func:`distance_designs` (or of ``designs``, a list of
+    records; those whose family or label is in ``only``): ``lrs`` on ``seeds[0]``, the best by
+    validation, then the other seeds at it. Writes
     the rows so far to :func:`partial_path` after every run (a crash loses only the run in
     progress) and the result file ``out`` at the end; with ``resume`` the runs already written
     (in the partial file, else in ``out``) are kept and skipped, so designs can be added to a
@@ -428,7 +473,8 @@ def run_distance(s: DistanceSetup | None = None, *, only=None, out=None, command
     from ..train import progress_bar
 
     s = DistanceSetup.full() if s is None else s
-    designs = [d for d in distance_designs(s) if not only or _family(d) in only or d["label"] in only]
+    designs = distance_designs(s) if designs is None else list(designs)
+    designs = [d for d in designs if not only or _family(d) in only or d["label"] in only]
     command = command or "python -m course_lib.experiments.lesson08 recall"
     rows, best, done = [], {}, set()
     old = _resume_from(out, resume)
@@ -443,7 +489,7 @@ def run_distance(s: DistanceSetup | None = None, *, only=None, out=None, command
 
     def save(partial: bool):
         _write(out, partial, command=command, rows=rows, seeds=list(s.seeds), setup=dataclasses.asdict(s),
-               seconds=time.perf_counter() - t0, device=device, experiment="recall against distance",
+               seconds=time.perf_counter() - t0, device=device, experiment=experiment,
                best_lr=best, designs=designs)
 
     n_runs = len(designs) * (len(s.lrs) + len(s.seeds) - 1)
@@ -455,7 +501,8 @@ def run_distance(s: DistanceSetup | None = None, *, only=None, out=None, command
             return [r for r in rows if (r["label"], r["lr"], r["seed"]) == (record["label"], lr, seed)]
         model, seconds = train_one(record, data, vocab_size=s.vocab_size, lr=lr, seed=seed, steps=s.steps,
                                    batch_size=s.batch_size, segment_len=s.segment_len, warmup=s.warmup,
-                                   schedule=s.schedule, n_layers=s.n_layers, local=s.local, device=device)
+                                   schedule=s.schedule, n_layers=model_layers(record, s.n_layers, s.local),
+                                   local=s.local, device=device)
         val_acc = evaluate_gaps(model, val, s.segment_len, device=device)
         val_mean = sum(v["accuracy"] for v in val_acc.values()) / len(val_acc)
         res = evaluate_gaps(model, test, s.segment_len, device=device)
@@ -653,7 +700,7 @@ def capacity_table(result: dict) -> str:
 
 FAMILY_COLOURS = {"full": "black", "window": "tab:blue", "sink": "tab:cyan", "linear": "tab:orange",
                   "delta": "tab:red", "segment": "tab:green", "compressive": "tab:purple", "knn": "tab:brown",
-                  "multi": "tab:pink"}
+                  "multi": "tab:pink", "decay": "tab:olive", "gated_delta": "darkred", "hybrid": "tab:gray"}
 
 
 def plot_distance(result: dict, value: str = "accuracy", title: str | None = None):
