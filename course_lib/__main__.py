@@ -4,7 +4,7 @@
   broken, and says how to fix it.
 * ``grade NOTEBOOK.ipynb [--json]``: run a learner's notebook in a fresh sandboxed kernel and
   score it with checks run outside the notebook.
-* ``bench decode | recall | compare``: benchmarks that print a table and save a plot.
+* ``bench decode | recall | compare | chunked``: benchmarks that print a table and save a plot.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "decode": "ms/token and bytes against context length, for any memory",
     "recall": "MQAR accuracy against memory bytes, for every memory model",
     "compare": "course_lib side by side with Hugging Face GPT-2 and compressive-transformer-pytorch",
+    "chunked": "training tokens/s and peak memory of the matrix memories' token loop, chunked and parallel forms",
 }
 
 
