@@ -25,6 +25,8 @@ line saying so; ``explorer.show()`` does the same outside a kernel by returning 
   what is evicted or compressed, and the chunk's attention over ``[CMem | Mem | chunk]``.
 * :class:`CompressionPlayground`: ``f_c`` and ``c`` -> how far attention over the
   compressed pairs is from attention over the originals.
+* :class:`RetrievalExplorer`: a delta, gated delta or decay memory and its gates ``alpha``,
+  ``beta`` -> how well each past key ``k_j`` still reads its value ``v_j`` from ``S_t``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ from .inspector_state import (
     slot_layout,
     update_inspector,
 )
+from .retrieval_state import (
+    RETRIEVAL_MEMORIES,
+    RetrievalState,
+    memory_states,
+    retrieval_data,
+    retrieval_heatmaps,
+    retrieval_map,
+    retrieval_view,
+    update_retrieval,
+    write_strengths,
+)
 
 #: the names that need ipywidgets, and their modules (imported when first named)
 _EXPLORERS = {
@@ -53,6 +66,7 @@ _EXPLORERS = {
     "CostExplorer": ".cost",
     "MemoryInspector": ".inspector",
     "CompressionPlayground": ".compression",
+    "RetrievalExplorer": ".retrieval",
 }
 
 __all__ = [
@@ -62,6 +76,8 @@ __all__ = [
     "InspectorState", "update_inspector", "memory_frames", "frame_changes", "slot_layout", "make_inspected_memory",
     "INSPECT_MEMORIES", "INSPECTOR_SIZES", "MemoryInspector",
     "CompressionState", "update_compression", "compression_view", "playground_data", "CompressionPlayground",
+    "RetrievalState", "update_retrieval", "retrieval_data", "memory_states", "write_strengths", "retrieval_map",
+    "retrieval_view", "retrieval_heatmaps", "RETRIEVAL_MEMORIES", "RetrievalExplorer",
 ]
 
 
