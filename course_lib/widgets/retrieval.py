@@ -99,7 +99,8 @@ class RetrievalExplorer(Explorer):
         for n, name in enumerate(RETRIEVAL_MEMORIES):
             bold = name == s.memory
             right.plot(js, view["rows"][name].numpy(), color=viz.PALETTE[n], ls=viz.LINESTYLES[n],
-                       lw=2.2 if bold else 1.2, label=self._title(name))
+                       lw=2.0 if bold else 1.0, alpha=1.0 if bold else 0.45, zorder=3 if bold else 2,
+                       label=self._title(name))
         right.plot(view["facts"], view["rows"][s.memory][view["facts"]].numpy(), "v", color="k", ms=5,
                    label="facts (chosen memory)")
         right.axhline(KEPT, color="0.5", lw=0.8, ls=":")
@@ -108,7 +109,7 @@ class RetrievalExplorer(Explorer):
         right.set_xlabel("position written, j")
         right.set_ylabel(f"cos($\\hat{{k}}_j S_{{{s.t}}}$, $v_j$)")
         right.set_title(f"what each pair reads back after t = {s.t}", fontsize=10, loc="left")
-        right.legend(fontsize=8, loc="lower right")
+        right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         right.grid(alpha=0.3)
         return fig
 
