@@ -23,14 +23,20 @@ decide whether the design fits the device (:class:`Capstone` holds the device an
   then the share of held-out conversations whose answer the model gets entirely right.
 
 :func:`measure_design` runs all three; the grader (``09.chatbot_design``) and lesson 09 call it.
-The recall runs that lesson 09 shows were made with (one process per design, three seeds each,
-:func:`run_seeds`; a few minutes a seed on a quiet 2-core CPU, more on a shared one)::
+A design may hold any registered memory, lesson 10's gated ones too (a learned decay
+``{"name": "gated_delta", "alpha": "learned", "beta": "learned"}`` or ``{"name": "decay", "alpha":
+"learned"}``: the bytes are streamed with any ``alpha``, :func:`document_reach` decays by the
+``alpha`` the layer starts from). The recall runs that lesson 09 shows were made with (one process
+per design, three seeds each, :func:`run_seeds`; a few minutes a seed on a quiet 2-core CPU, more on
+a shared one)::
 
     python -m course_lib.experiments.capstone --design "window 32" --seeds 0,1,2 --out docs/results/capstone_window.json
     python -m course_lib.experiments.capstone --design "window 16 + delta, beta = 1" --seeds 0,1,2 \
         --out docs/results/capstone_delta_beta1.json
     python -m course_lib.experiments.capstone --design "window 16 + delta, learned beta" --seeds 0,1,2 \
         --out docs/results/capstone_delta_learned.json
+    python -m course_lib.experiments.capstone --design "window 16 + gated delta" --seeds 0,1,2 \
+        --out docs/results/capstone_gated_delta.json
 
 Each writes a result file (:func:`course_lib.experiments.results.write_result`) with one row per
 seed: the recall after ``SETUP.steps`` steps, the learning curve, and :func:`recall_at`, the same
@@ -54,7 +60,7 @@ from . import specs
 __all__ = ["Capstone", "SETUP", "build_memory", "build_model", "spec_label", "state_bytes", "decode_ms",
            "dialogue_data", "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
            "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "VARIANTS", "RUNNABLE",
-           "run_seeds", "recall_at", "FAR_LENGTHS", "main"]
+           "run_seeds", "recall_at", "FAR_LENGTHS", "initial_decay", "main"]
 
 
 @dataclass(frozen=True)
@@ -103,13 +109,21 @@ DESIGNS = {
 }
 
 #: the two write strengths of the reference design's delta memory, measured against each other
-#: (lesson 09 says which one the reference uses, and why); ``--design`` takes these names too
+#: (lesson 09 says which one the reference uses, and why), and the gated memories in its place;
+#: ``--design`` takes these names too
 VARIANTS = {
     "window 16 + delta, beta = 1": {"name": "multi", "combine": "gate",
                                     "memories": [{"name": "window", "window": 16}, {"name": "delta"}]},
     "window 16 + delta, learned beta": {"name": "multi", "combine": "gate",
                                         "memories": [{"name": "window", "window": 16},
                                                      {"name": "delta", "beta": "learned"}]},
+    # the gated memories of lesson 10 in the reference design's place: a learned decay alpha_t beside the
+    # learned write strength (Gated DeltaNet), and a decay alone (Mamba-2's scalar alpha_t, no delta rule)
+    "window 16 + gated delta": {"name": "multi", "combine": "gate",
+                                "memories": [{"name": "window", "window": 16},
+                                             {"name": "gated_delta", "alpha": "learned", "beta": "learned"}]},
+    "window 16 + decay": {"name": "multi", "combine": "gate",
+                          "memories": [{"name": "window", "window": 16}, {"name": "decay", "alpha": "learned"}]},
 }
 RUNNABLE = {**DESIGNS, **VARIANTS}
 
@@ -179,7 +193,8 @@ def state_bytes(spec: dict, contexts=(1024, 4096, 16_384, 65_536), setup: Capsto
     Streams random unit-scale ``q, k, v`` (``[1, tau, chunk, d_h]``) through one layer's memory
     and reads ``nbytes`` at each ``m``; a state's size does not depend on what its vectors hold.
     Streaming stops at the first ``m`` whose bytes exceed ``stop_above`` (default: 4 x the
-    budget); the rows stop there. Returns ``[{"context", "nbytes"}]``.
+    budget); the rows stop there. Returns ``[{"context", "nbytes"}]``. One torch thread (:func:`one_thread`):
+    on a busy 2-core machine, 64k tokens of a matrix memory took about 6 s so, 40 s with two threads.
     """
     memory = build_memory(spec, setup)
     memory.eval()
@@ -187,17 +202,19 @@ def state_bytes(spec: dict, contexts=(1024, 4096, 16_384, 65_536), setup: Capsto
     h, d = setup.n_heads, setup.d_model // setup.n_heads
     gen = torch.Generator().manual_seed(seed)
     state = memory.init_state(1, h, d)
-    kw = {"beta": 1.0} if memory.learns_beta else {}  # a learned write strength: any value, the bytes are the same
+    # a learned write strength or decay: any value, the bytes are the same
+    kw = {**({"beta": 1.0} if memory.learns_beta else {}), **({"alpha": 1.0} if memory.learns_alpha else {})}
     pos, rows = 0, []
-    for m in sorted(int(c) for c in contexts):
-        while pos < m:
-            t = min(chunk, m - pos)
-            q, k, v = (torch.randn(1, h, t, d, generator=gen) for _ in range(3))
-            _, state = memory(q, k, v, state, **kw)
-            pos += t
-        rows.append({"context": m, "nbytes": setup.n_layers * memory.nbytes(state)})
-        if rows[-1]["nbytes"] > stop_above:
-            break
+    with one_thread():
+        for m in sorted(int(c) for c in contexts):
+            while pos < m:
+                t = min(chunk, m - pos)
+                q, k, v = (torch.randn(1, h, t, d, generator=gen) for _ in range(3))
+                _, state = memory(q, k, v, state, **kw)
+                pos += t
+            rows.append({"context": m, "nbytes": setup.n_layers * memory.nbytes(state)})
+            if rows[-1]["nbytes"] > stop_above:
+                break
     return rows
 
 
@@ -217,11 +234,21 @@ def document_reach(spec: dict, setup: Capstone = SETUP, *, length: int = 16_384,
     0 when that part of the document no longer reaches the memory's read-out. A memory that
     learns its write strength (``DeltaMemory(beta="learned")``, ``learns_beta``) has no input
     ``x_t`` to compute ``beta_t`` from here; it writes with ``beta`` (default 0.5, where
-    ``sigma(W_beta x_t)`` starts) at every token.
+    ``sigma(W_beta x_t)`` starts) at every token. One that learns its decay (``learns_alpha``:
+    ``GatedDeltaMemory(alpha="learned")``, ``DecayMemory(alpha="learned")``) decays each head by the
+    ``alpha`` its layer starts from (:func:`initial_decay`; half-lives from about 7 to 700 tokens),
+    so this is the reach of the untrained decay: training may move ``alpha_t`` towards 1.
     """
     memory = build_memory(spec, setup).to(torch.float64).eval()
-    kw = {"beta": beta} if memory.learns_beta else {}
     h, d = setup.n_heads, setup.d_model // setup.n_heads
+    alpha = initial_decay(spec, setup).to(torch.float64) if memory.learns_alpha else None
+
+    def gates(t):  # this piece's learned gates, [1, H, t] for the decay
+        kw = {"beta": beta} if memory.learns_beta else {}
+        if alpha is not None:
+            kw["alpha"] = alpha[None, :, None].expand(1, h, t)
+        return kw
+
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, h, length, d, generator=gen, dtype=torch.float64) for _ in range(3))
     starts = [j * length // 4 for j in range(4)]
@@ -232,14 +259,14 @@ def document_reach(spec: dict, setup: Capstone = SETUP, *, length: int = 16_384,
         out = None
         for a, b in pieces:
             if a >= first:
-                out, state = memory(q[:, :, a:b], k[:, :, a:b], vv[:, :, a:b], state, **kw)
+                out, state = memory(q[:, :, a:b], k[:, :, a:b], vv[:, :, a:b], state, **gates(b - a))
         return out  # the last piece: the read-out queries
 
     saved, state = {}, memory.init_state(1, h, d, dtype=torch.float64)
     for a, b in pieces:  # the unchanged document, keeping the state where each quarter starts
         if a in starts:
             saved[a] = state
-        base, state = memory(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], state, **kw)
+        base, state = memory(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], state, **gates(b - a))
     reach = {}
     for j, s in enumerate(starts):
         vv = v.clone()
@@ -247,6 +274,18 @@ def document_reach(spec: dict, setup: Capstone = SETUP, *, length: int = 16_384,
         out = stream(saved[s], s, vv)
         reach[j] = float((out - base).norm() / base.norm())
     return reach
+
+
+def initial_decay(spec: dict, setup: Capstone = SETUP) -> torch.Tensor:
+    """``[H]``: the decay ``alpha = exp(-softplus(b))`` that each head of a design with a learned decay
+    starts from (the first layer of :func:`build_model`, input ``x = 0``; ``MemoryLM`` spreads
+    ``-log alpha`` from ``1e-3`` to ``1e-1`` over the heads)."""
+    with torch.random.fork_rng():  # the weights drawn here leave the caller's random stream as it was
+        model = build_model(build_memory(spec, setup), setup)
+    w_alpha = model.blocks[0].attn.w_alpha
+    if w_alpha is None:
+        raise ValueError(f"spec must be a design with a learned decay (alpha='learned'), got {spec_label(spec)}")
+    return torch.exp(-F.softplus(w_alpha.bias.detach()))
 
 
 # ---------------------------------------------------------------------- ms/token
@@ -370,6 +409,9 @@ def train_recall(spec: dict, setup: Capstone = SETUP, *, progress: bool = False,
         for module in model.modules():  # PyTorch's width-aware init (see course_lib.bench.recall)
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
+        for module in model.modules():  # ... which drew W_alpha's bias at random (alpha ~ 0.5, a half-life of
+            if hasattr(module, "reset_decay"):  # one token): the decay starts where MemoryLM sets it (no-op without)
+                module.reset_decay()
         curve = []
 
         def loss_fn(model, batch):  # each batch cut to its longest conversation
