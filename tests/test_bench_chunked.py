@@ -30,7 +30,7 @@ def test_a_tiny_run_prints_its_table_and_summary_and_writes_every_memory_form_an
     assert _bench(["--T", "8,16", *TINY, "--json", str(result), "--out", str(plot)], monkeypatch) == 0
     assert torch.get_num_threads() == threads  # the benchmark's 2 threads are given back
     printed = capsys.readouterr().out
-    table = printed.split("tokens/s (peak memory growth, MiB) against T")[1]
+    table = printed.split("tokens/s (peak memory growth, MiB; -: not profiled) against T")[1]
     forms = {name: set(f) for name, (_, f) in chunked._forms().items()}
     assert forms == {"linear": {"recurrent", "chunked", "parallel"}, "delta": {"recurrent", "chunked"},
                      "decay": {"recurrent", "chunked", "parallel"}, "gated_delta": {"recurrent", "chunked"}}
@@ -69,6 +69,17 @@ def test_no_memory_skips_the_profiler_and_one_memory_can_be_chosen(tmp_path, cap
     assert all(r["peak_bytes"] is None for r in rows)
 
 
+def test_the_token_loop_is_profiled_up_to_the_length_asked(tmp_path, capsys, monkeypatch):
+    result = tmp_path / "r.json"
+    assert _bench(["--T", "8,16", *TINY, "--memory", "linear", "--profile-loop-up-to", "8", "--json", str(result),
+                   "--out", str(tmp_path / "c.png")], monkeypatch) == 0
+    recurrent = capsys.readouterr().out.split("linear       recurrent")[1].splitlines()[0]
+    assert recurrent.count("(-)") == 1 and recurrent.rstrip().endswith("(-)")
+    peaks = {(r["form"], r["T"]): r["peak_bytes"] for r in json.loads(result.read_text())["rows"]}
+    assert peaks.pop(("recurrent", 16)) is None and all(p > 0 for p in peaks.values())
+    assert json.loads(result.read_text())["summary"]["peak_growth_per_step_of_T"]["linear"]["recurrent"] == []
+
+
 def test_ratios_and_growth_give_the_exact_numbers_of_hand_made_rows():
     rows = [{"memory": "linear", "form": form, "T": t, "tokens_per_s": speed, "peak_bytes": peak}
             for form, t, speed, peak in [("recurrent", 256, 100.0, 10), ("recurrent", 512, 80.0, 20),
@@ -83,7 +94,8 @@ def test_ratios_and_growth_give_the_exact_numbers_of_hand_made_rows():
 @pytest.mark.parametrize("args, name", [(["--T", "0"], "--T"), (["--T", "abc"], "--T"), (["--T", "8,x"], "--T"),
                                         (["--T", ","], "--T"), (["--chunk", "0"], "--chunk"),
                                         (["--repeats", "0"], "--repeats"), (["--batch", "0"], "--batch"),
-                                        (["--threads", "-1"], "--threads")])
+                                        (["--threads", "-1"], "--threads"),
+                                        (["--profile-loop-up-to", "-1"], "--profile-loop-up-to")])
 def test_bad_arguments_are_refused_with_an_error_naming_them(args, name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=name) as err:

@@ -15,15 +15,17 @@ decay and gated delta, ``beta_t`` in ``(0, 1)`` for delta and gated delta. Every
 numbers (``tests/test_memory_linear.py``, ``tests/test_memory_gated.py``).
 
 Reported per memory, form and ``T``: tokens/s (``B T`` over the fastest of ``--repeats`` timed
-steps after one warm-up: noise only ever adds time) and the **peak memory growth** of the step:
+steps after one warm-up: noise only ever adds time; a memory's forms take turns, one step each per
+round, so a burst of load from other users falls on all of them) and the **peak memory growth** of the step:
 the most bytes live at once above what was allocated before it (inputs and gates), from the **torch
 profiler on the CPU** (``profile_memory=True``: every allocation and free of the step, summed in
-time order; :func:`peak_bytes`), measured in a separate, untimed run. The summary gives
+time order; :func:`peak_bytes`), measured after all the timings, in untimed runs (the token loop up
+to ``--profile-loop-up-to``, see :data:`PROFILE_LOOP_UP_TO`). The summary gives
 the chunked form's speed over the recurrence's at every ``T`` (the target: at least 5x at
 ``T = 2,048`` on 2 CPU cores) and how the peak grows from one ``T`` to the next (linear: x2 per
 doubling; the parallel form: x4).
 
-    python -m course_lib bench chunked                                 # T = 256 .. 2048 (about a minute or two)
+    python -m course_lib bench chunked                                 # T = 256 .. 2048 (about 5 minutes)
     python -m course_lib bench chunked --T 256,512,1024,2048 --repeats 3 --json docs/results/bench_chunked.json
     python -m course_lib bench chunked --T 16,32 --batch 1 --heads 1 --head-dim 4 --chunk 8 --repeats 1  # smoke
 """
@@ -45,6 +47,12 @@ __all__ = ["FORMS", "MEMORY_NAMES", "add_arguments", "growth", "measure", "parse
 
 DEFAULT_T = "256,512,1024,2048"
 MEMORY_NAMES = ("linear", "delta", "decay", "gated_delta")
+#: the token loop's memory is profiled up to this T. Its backward frees a [B, H, T, D] gradient
+#: (``select_backward``) per token and input; between those the profiler's own small records split
+#: glibc's freed blocks, and at T = 2,048 (B 4, H 4, d_h 32) the process grew to 11-22 GB of heap for a
+#: 168 MiB peak and once ran out of memory on a shared 23 GB machine. The loop's peak doubles exactly
+#: with T up to here (the summary shows it), as its autograd graph keeps one state per token.
+PROFILE_LOOP_UP_TO = 1024
 
 
 def _forms():
@@ -97,18 +105,23 @@ def _step(f, q, k, v, gates, chunk, leaves):
     torch.autograd.grad(loss, leaves)
 
 
-def measure(name: str, form: str, t: int, *, batch: int, heads: int, head_dim: int, chunk: int,
-            repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` timed steps (after one warm-up)."""
-    gate_names, forms = _forms()[name]
+def measure(name: str, t: int, *, batch: int, heads: int, head_dim: int, chunk: int, repeats: int,
+            forms: tuple[str, ...] | None = None) -> dict:
+    """``{form: seconds}``, the fastest of ``repeats`` timed steps of each form (after one warm-up each).
+
+    The forms take turns, one step each per round, on the same inputs: a burst of load from a
+    machine's other users falls on every form alike, not on whichever happened to run then."""
+    gate_names, steps = _forms()[name]
     q, k, v, gates, leaves = _inputs(gate_names, batch, heads, t, head_dim)
-    f = forms[form]
-    _step(f, q, k, v, gates, chunk, leaves)
-    best = float("inf")
+    chosen = list(steps) if forms is None else list(forms)
+    for form in chosen:
+        _step(steps[form], q, k, v, gates, chunk, leaves)
+    best = dict.fromkeys(chosen, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        _step(f, q, k, v, gates, chunk, leaves)
-        best = min(best, time.perf_counter() - t0)
+        for form in chosen:
+            t0 = time.perf_counter()
+            _step(steps[form], q, k, v, gates, chunk, leaves)
+            best[form] = min(best[form], time.perf_counter() - t0)
     return best
 
 
@@ -201,6 +214,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps, the fastest kept (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2; 0: torch's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the profiler's peak memory")
+    parser.add_argument("--profile-loop-up-to", type=int, default=PROFILE_LOOP_UP_TO,
+                        help="profile the token loop's memory up to this T (default "
+                             f"{PROFILE_LOOP_UP_TO}; see PROFILE_LOOP_UP_TO)")
     parser.add_argument("--out", default="bench_chunked.png", help="where to save the plot")
     parser.add_argument("--json", default=None,
                         help="also write the run as a result file (e.g. docs/results/bench_chunked.json)")
@@ -216,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
                  chunk=check_positive_int("--chunk", args.chunk))
     repeats = check_positive_int("--repeats", args.repeats)
     check_positive_int("--threads", args.threads, minimum=0)
+    check_positive_int("--profile-loop-up-to", args.profile_loop_up_to, minimum=0)
     names = args.memory or list(MEMORY_NAMES)
     threads_before = torch.get_num_threads()
     if args.threads > 0:
@@ -228,13 +245,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         for name in names:
             t0 = time.perf_counter()
-            for form in _forms()[name][1]:
-                for t in lengths:
-                    seconds = measure(name, form, t, repeats=repeats, **sizes)
-                    peak = None if args.no_memory else peak_bytes(name, form, t, **sizes)
+            for t in lengths:
+                for form, seconds in measure(name, t, repeats=repeats, **sizes).items():
                     rows.append({"memory": name, "form": form, "T": t, "seconds": seconds,
-                                 "tokens_per_s": args.batch * t / seconds, "peak_bytes": peak})
-            print(f"  {name}: measured in {time.perf_counter() - t0:.0f} s")
+                                 "tokens_per_s": args.batch * t / seconds, "peak_bytes": None})
+            print(f"  {name}: timed in {time.perf_counter() - t0:.0f} s")
+        if not args.no_memory:  # after every timing: the profiler's heap never sits under a timed step
+            t0 = time.perf_counter()
+            for r in rows:
+                if r["form"] != "recurrent" or r["T"] <= args.profile_loop_up_to:
+                    r["peak_bytes"] = peak_bytes(r["memory"], r["form"], r["T"], **sizes)
+            print(f"  peak memory profiled in {time.perf_counter() - t0:.0f} s")
     finally:
         torch.set_num_threads(threads_before)
     summary = {"chunked_over_recurrent": ratios(rows), "peak_growth_per_step_of_T": growth(rows)}
@@ -251,13 +272,14 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(rows: list[dict], lengths: list[int]) -> str:
     head = f"{'memory':<12} {'form':<10} " + " ".join(f"{'T=' + str(t):>22}" for t in lengths)
-    lines = ["tokens/s (peak memory growth, MiB) against T", head]
+    lines = ["tokens/s (peak memory growth, MiB; -: not profiled) against T", head]
     by = {(r["memory"], r["form"], r["T"]): r for r in rows}
+    profiled = any(r["peak_bytes"] is not None for r in rows)  # else --no-memory: no column at all
     for name, form in dict.fromkeys((r["memory"], r["form"]) for r in rows):
         cells = []
         for t in lengths:
             r = by[(name, form, t)]
-            mib = "" if r["peak_bytes"] is None else f" ({r['peak_bytes'] / 2**20:.1f})"
+            mib = "" if not profiled else " (-)" if r["peak_bytes"] is None else f" ({r['peak_bytes'] / 2**20:.1f})"
             cells.append(f"{r['tokens_per_s']:>12,.0f}{mib:>10}")
         lines.append(f"{name:<12} {form:<10} " + " ".join(cells))
     return "\n".join(lines)
@@ -284,8 +306,10 @@ def save_plot(rows: list[dict], path: str) -> None:
         style = {"recurrent": ":", "chunked": "-", "parallel": "--"}[form]
         ts = [r["T"] for r in mine]
         ax_speed.plot(ts, [r["tokens_per_s"] for r in mine], style, marker="o", label=f"{name} {form}")
-        if all(r["peak_bytes"] for r in mine):
-            ax_mem.plot(ts, [r["peak_bytes"] / 2**20 for r in mine], style, marker="o", label=f"{name} {form}")
+        profiled = [r for r in mine if r["peak_bytes"]]
+        if profiled:
+            ax_mem.plot([r["T"] for r in profiled], [r["peak_bytes"] / 2**20 for r in profiled], style, marker="o",
+                        label=f"{name} {form}")
     for ax, ylabel in ((ax_speed, "tokens/s (forward + backward)"), (ax_mem, "peak memory growth (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -325,6 +349,9 @@ def _write_json(args, rows, summary, sizes, repeats, load_before, seconds) -> No
     write_result(args.json, command=command_of(args), rows=rows, seeds=[0],
                  seconds=seconds, device=torch.device("cpu"),
                  setup={**sizes, "repeats": repeats, "threads": args.threads, "dtype": "float32", "T": args.T,
+                        "timing": "the forms of a memory take turns, one step each per round, on the same inputs; "
+                                  "the fastest of the rounds is kept",
+                        "profile_loop_up_to": args.profile_loop_up_to,
                         "memory_measure": "torch profiler (CPU, profile_memory): the peak of the running sum of "
                                           "the step's allocations and frees, bytes above those live before it"},
                  load_average={"before": load_before, "after": load_average()}, summary=summary)
