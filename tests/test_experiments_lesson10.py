@@ -3,6 +3,7 @@ against distance, at equal peak bytes; their quick runs, result files and comman
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -162,3 +163,16 @@ def test_the_live_runs_are_small(monkeypatch):
     assert {r["family"] for r in hybrid["rows"]} == {"hybrid"} and recall.summary(hybrid)
     with pytest.raises(ValueError, match="no design of"):
         lesson10.live_recall(("full",), steps=2)
+
+
+@pytest.mark.parametrize("what, designs", [("recall", lesson10.recall_designs), ("hybrid", lesson10.hybrid_designs)])
+def test_the_shipped_results_hold_every_design_on_three_seeds_at_every_gap(what, designs):
+    result = read_result(lesson10.RECALL_RESULT if what == "recall" else lesson10.HYBRID_RESULT)
+    s = lesson10.setup()
+    assert result["command"].startswith(f"python -m course_lib.experiments.lesson10 {what}")
+    assert result["partial"] is False and len(result["seeds"]) >= 3 and max(result["setup"]["eval_gaps"]) >= 4096
+    assert result["setup"] == json.loads(json.dumps(dataclasses.asdict(s)))  # the full setup
+    _check_rows(result, designs(s), s)
+    window = next(r["peak_nbytes"] for r in result["rows"] if r["family"] == "window")
+    for r in result["rows"]:  # every row at the window's peak (linear: its normaliser more)
+        assert abs(r["peak_nbytes"] - window) <= (0.02 + (1 / r["d_model"] if r["family"] == "linear" else 0)) * window
