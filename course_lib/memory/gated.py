@@ -108,9 +108,10 @@ def decay_recurrent(q, k, v, alpha, S=None):
     b, h, t, _ = q.shape
     a = _alpha(alpha, b, h, t, q)  # [B, H, T, G]
     outs = []
-    for i in range(t):
-        S = a[:, :, i, :, None] * S + k[:, :, i, :, None] * v[:, :, i, None, :]  # alpha_t S_{t-1} + k_t^T v_t
-        outs.append(q[:, :, i, None, :] @ S)  # q_t S_t  [B, H, 1, D_v]
+    # one view per token, made once (unbind): per-token indexing would make the backward O(T^2)
+    for q_t, k_t, v_t, a_t in zip(*(x.unbind(2) for x in (q, k, v, a))):
+        S = a_t[..., None] * S + k_t[..., None] * v_t[..., None, :]  # alpha_t S_{t-1} + k_t^T v_t
+        outs.append(q_t[..., None, :] @ S)  # q_t S_t  [B, H, 1, D_v]
     return torch.cat(outs, dim=2), S
 
 

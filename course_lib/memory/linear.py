@@ -74,13 +74,14 @@ def linear_attention_recurrent(q, k, v, S=None, z=None):
     """The token loop: returns ``(out [B, H, T, D_v], S [B, H, D, D_v], z [B, H, D])``; also the decoding
     step of :class:`LinearMemory`. :func:`course_lib.memory.reference.linear_attention_reference` is the rule."""
     S, z = _initial(q, v, S, z)
-    fq, fk = phi(q), phi(k)
     outs = []
-    for i in range(q.shape[2]):
-        S = S + fk[:, :, i, :, None] * v[:, :, i, None, :]  # + phi(k_i)^T v_i
-        z = z + fk[:, :, i]
-        num = (fq[:, :, i, :, None] * S).sum(-2)  # phi(q_i) S_i   [B, H, D_v]
-        den = (fq[:, :, i] * z).sum(-1, keepdim=True)  # phi(q_i) . z_i
+    # one view per token, made once (unbind): indexing x[:, :, i] in the loop would make each token's
+    # backward write a whole [B, H, T, D] gradient, O(T^2) for the loop
+    for fq_i, fk_i, v_i in zip(*(x.unbind(2) for x in (phi(q), phi(k), v))):
+        S = S + fk_i[..., None] * v_i[..., None, :]  # + phi(k_i)^T v_i
+        z = z + fk_i
+        num = (fq_i[..., None] * S).sum(-2)  # phi(q_i) S_i   [B, H, D_v]
+        den = (fq_i * z).sum(-1, keepdim=True)  # phi(q_i) . z_i
         outs.append(num / den)
     return torch.stack(outs, dim=2), S, z
 
@@ -140,13 +141,15 @@ def delta_recurrence(q, k, v, beta, S=None, alpha=None):
     qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
     beta = _beta(beta, b, h, t, q)
     outs = []
-    for i in range(t):
+    # one view per token, made once (split): per-token indexing would make the backward O(T^2)
+    steps = zip(qn.split(1, 2), kn.split(1, 2), v.split(1, 2), beta[..., None, None].split(1, 2),
+                (alpha[..., None, None] if alpha is not None else beta[..., None, None]).split(1, 2))
+    for qi, ki, vi, bi, ai in steps:  # qi, ki [B, H, 1, D], vi [B, H, 1, D_v], bi, ai [B, H, 1, 1, 1]
         if alpha is not None:
-            S = alpha[:, :, i, None, None] * S  # alpha_i S_{i-1}: forget first
-        ki = kn[:, :, i, None, :]  # [B, H, 1, D]
-        u = beta[:, :, i, None, None] * (v[:, :, i, None, :] - ki @ S)  # [B, H, 1, D_v]
+            S = ai[:, :, 0] * S  # alpha_i S_{i-1}: forget first
+        u = bi[:, :, 0] * (vi - ki @ S)  # [B, H, 1, D_v]
         S = S + ki.transpose(-2, -1) @ u
-        outs.append(qn[:, :, i, None, :] @ S)
+        outs.append(qi @ S)
     return torch.cat(outs, dim=2), S
 
 
