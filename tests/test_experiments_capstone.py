@@ -34,7 +34,8 @@ def test_the_row_of_the_grades_seed_is_the_grades_own_training_run():
     assert row["recall"] == graded["recall"] and row["distance"] == graded["distance"]
 
 
-@pytest.mark.parametrize("name", ["capstone_delta_beta1", "capstone_delta_learned", "capstone_window"])
+@pytest.mark.parametrize("name", ["capstone_delta_beta1", "capstone_delta_learned", "capstone_window",
+                                  "capstone_gated_delta"])
 def test_the_shipped_capstone_runs_follow_the_schema_on_three_seeds(name):
     run = results.read_result(name)
     assert len(run["seeds"]) >= 3 and [r["seed"] for r in run["rows"]] == run["seeds"]
