@@ -148,3 +148,27 @@ def test_the_parallel_forms_peak_grows_with_t_squared_and_the_chunked_forms_with
              ("chunked", "parallel")}
     assert 1.8 < peaks["chunked"][1] / peaks["chunked"][0] < 2.2, peaks
     assert 3.5 < peaks["parallel"][1] / peaks["parallel"][0] < 4.2, peaks
+
+
+def test_the_readme_block_is_rendered_from_the_result_file_and_its_claims_hold():
+    """README's chunked-training numbers are the shipped run's: the chunked form trains at least 5x
+    faster than the token loop at T = 2,048 for every matrix memory (issue 20's target), its peak
+    grows linearly (x2 per doubling of T) and the parallel form's about 4x."""
+    import json
+    from pathlib import Path
+
+    from course_lib.bench.chunked import readme_block
+
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / "docs" / "results" / "bench_chunked.json").read_text())
+    readme = (root / "README.md").read_text()
+    start = readme.index("<!-- chunked table: rendered from docs/results/bench_chunked.json -->\n")
+    end = readme.index("<!-- end of chunked table -->")
+    assert readme[start:end].split("\n", 1)[1].strip() == readme_block(result)
+    ratio, growth = result["summary"]["chunked_over_recurrent"], result["summary"]["peak_growth_per_step_of_T"]
+    assert set(ratio) == {"linear", "delta", "decay", "gated_delta"}
+    assert all(by_t["2048"] >= 5 for by_t in ratio.values()), ratio
+    # "the delta rules gain least"
+    assert max(ratio[n]["2048"] for n in ("delta", "gated_delta")) < min(ratio[n]["2048"] for n in ("linear", "decay"))
+    assert all(1.8 <= x <= 2.2 for forms in growth.values() for x in forms["chunked"])
+    assert all(x >= 3 for forms in growth.values() for x in forms.get("parallel", []))

@@ -43,7 +43,7 @@ import torch
 from .._checks import check_positive_int
 
 __all__ = ["FORMS", "MEMORY_NAMES", "add_arguments", "growth", "measure", "parse_lengths", "peak_bytes", "ratios",
-           "run"]
+           "readme_block", "run"]
 
 DEFAULT_T = "256,512,1024,2048"
 MEMORY_NAMES = ("linear", "delta", "decay", "gated_delta")
@@ -355,3 +355,27 @@ def _write_json(args, rows, summary, sizes, repeats, load_before, seconds) -> No
                         "memory_measure": "torch profiler (CPU, profile_memory): the peak of the running sum of "
                                           "the step's allocations and frees, bytes above those live before it"},
                  load_average={"before": load_before, "after": load_average()}, summary=summary)
+
+
+def readme_block(result: dict) -> str:
+    """README's block for a result file of this benchmark: how it was made, then per memory the
+    chunked form's speed over the token loop's at each ``T`` and the peak's growth per doubling."""
+    m, s, load = result["machine"], result["setup"], result.get("load_average") or {}
+    loads = [v for v in (load.get("before"), load.get("after")) if v is not None]
+    busy = f"; load average {min(loads):.1f}-{max(loads):.1f} during the run" if loads else ""
+    commit = (result.get("commit") or "unknown")[:7] + (" with uncommitted changes" if result.get("dirty") else "")
+    head = (f"`{result['command']}` at commit {commit} ({m.get('processor') or 'a CPU'}, {m.get('cpu_count')} "
+            f"logical CPUs, torch {m.get('torch')}, {s['threads']} threads, {s['dtype']}; B {s['batch']}, "
+            f"H {s['heads']}, d_h {s['head_dim']}, C {s['chunk']}; the fastest of {s['repeats']} rounds{busy}; "
+            f"{result['seconds']:.0f} s).")
+    ratio, growth_ = result["summary"]["chunked_over_recurrent"], result["summary"]["peak_growth_per_step_of_T"]
+    lengths = sorted({int(t) for by_t in ratio.values() for t in by_t})
+    lines = [head, "", "| chunked over token loop (tokens/s) | " + " | ".join(f"T = {t:,}" for t in lengths)
+             + " | peak growth per doubling of T: chunked | parallel |",
+             "|---|" + "---|" * (len(lengths) + 2)]
+    for name, by_t in ratio.items():
+        steps = growth_.get(name, {})
+        par = ", ".join(f"{x:.2f}" for x in steps["parallel"]) if "parallel" in steps else "-"
+        lines.append(f"| {name} | " + " | ".join(f"{by_t[str(t)]:.1f}x" for t in lengths)
+                     + f" | {', '.join(f'{x:.2f}' for x in steps.get('chunked', []))} | {par} |")
+    return "\n".join(lines)

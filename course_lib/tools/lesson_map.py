@@ -64,6 +64,11 @@ COVERS = {
     "09_capstone": "a long-conversation chatbot under a 32 KiB state budget, designs measured side by side "
                    "(bytes and ms/token against context, recall of an early fact after a short training run, "
                    "reach over a long document for summarisation), the residual risk",
+    "10_gated_memories": "forgetting on purpose: decay `alpha` and write strength `beta` (RetNet, Mamba-2, gated "
+                         "linear attention, Gated DeltaNet), the decay mask that makes a recurrence an attention, "
+                         "chunkwise-parallel training measured (`python -m course_lib bench chunked`), a retrieval "
+                         "explorer, gated memories and hybrids on MQAR at equal peak bytes (`python -m "
+                         "course_lib.experiments.lesson10 recall`, `... hybrid`)",
 }
 # notebooks beside a lesson (notebooks/<stem>.ipynb, no number): named in that lesson's row
 PLAYGROUNDS = {"04_memory_attention": ["explore_memories"]}
