@@ -239,6 +239,18 @@ class MemoryLM(nn.Module):
             self.head.weight = self.embed.weight
         self.apply(self._init)
 
+    def reset_linear_default(self) -> None:
+        """PyTorch's default (width-aware) initialisation for every ``nn.Linear`` (the recall experiments'
+        and the capstone's start, see :mod:`course_lib.bench.recall`), then each learned decay's bias where
+        :meth:`MemoryAttention.reset_decay` puts it: ``reset_parameters`` draws that bias at random too,
+        which starts ``alpha`` near 0.5, a half-life of one token. Draws from torch's global generator."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+        for module in self.modules():
+            if isinstance(module, MemoryAttention):
+                module.reset_decay()
+
     @staticmethod
     def _init(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -70,12 +70,9 @@ class Design:
 
 
 def _reinit(model) -> None:
-    """PyTorch's default (width-aware) initialisation for the linear layers, see the module docstring."""
-    from torch import nn
-
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.reset_parameters()
+    """PyTorch's default (width-aware) initialisation for the linear layers, see the module docstring
+    (a learned decay keeps the start ``MemoryLM`` gives it: :meth:`MemoryLM.reset_linear_default`)."""
+    model.reset_linear_default()
 
 
 def build_model(s: Setup, design: Design):

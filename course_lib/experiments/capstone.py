@@ -53,7 +53,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from . import specs
 
@@ -406,12 +405,7 @@ def train_recall(spec: dict, setup: Capstone = SETUP, *, progress: bool = False,
     with one_thread():
         torch.manual_seed(setup.seed)
         model = build_model(build_memory(spec, setup), setup)
-        for module in model.modules():  # PyTorch's width-aware init (see course_lib.bench.recall)
-            if isinstance(module, nn.Linear):
-                module.reset_parameters()
-        for module in model.modules():  # ... which drew W_alpha's bias at random (alpha ~ 0.5, a half-life of
-            if hasattr(module, "reset_decay"):  # one token): the decay starts where MemoryLM sets it (no-op without)
-                module.reset_decay()
+        model.reset_linear_default()  # PyTorch's width-aware init, the decays where MemoryLM starts them
         curve = []
 
         def loss_fn(model, batch):  # each batch cut to its longest conversation

@@ -310,7 +310,6 @@ def build_model(record: dict, *, vocab_size: int, n_layers: int = 2, local: int 
     one (``n_layers`` is then ignored: :func:`model_layers`). PyTorch's default initialisation of
     the linear layers (see the module docstring), then each learned decay's bias as MemoryLM sets it
     (``MemoryAttention.reset_decay``: each head's own forgetting rate)."""
-    from torch import nn
 
     from ..memory import WindowMemory
     from ..models import MemoryAttention, MemoryLM
@@ -324,12 +323,7 @@ def build_model(record: dict, *, vocab_size: int, n_layers: int = 2, local: int 
     for i, spec in enumerate(record.get("layers") or []):
         block = model.blocks[i + (1 if local else 0)]
         block.attn = MemoryAttention(d_model, n_heads, n_heads, build_memory(spec, n_heads=n_heads))
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.reset_parameters()
-    for module in model.modules():
-        if isinstance(module, MemoryAttention):
-            module.reset_decay()  # reset_parameters drew W_alpha's bias at random: a no-op without one
+    model.reset_linear_default()
     return model
 
 
