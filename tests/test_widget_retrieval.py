@@ -8,19 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import course_lib.widgets as w
 from course_lib.memory.reference import decay_reference, gated_delta_reference
-from course_lib.widgets import (
-    RETRIEVAL_MEMORIES,
-    RetrievalExplorer,
-    RetrievalState,
-    memory_states,
-    retrieval_data,
-    retrieval_heatmaps,
-    retrieval_map,
-    retrieval_view,
-    update_retrieval,
-    write_strengths,
-)
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -50,13 +39,13 @@ def plain_map(memory, k, v, alpha, beta):
     return torch.tensor(out, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("memory", RETRIEVAL_MEMORIES)
+@pytest.mark.parametrize("memory", w.RETRIEVAL_MEMORIES)
 @pytest.mark.parametrize("beta_kind", ["float", "per_token"])
 def test_the_map_equals_plain_loops_on_awkward_sizes(memory, beta_kind):
-    k, v = retrieval_data(length=7, d=3, d_v=5, seed=3)
+    k, v = w.retrieval_data(length=7, d=3, d_v=5, seed=3)
     k = k * torch.linspace(0.5, 2.0, 7, dtype=torch.float64)[:, None]  # not unit: the map normalises the keys
-    beta = 0.7 if beta_kind == "float" else write_strengths(7, 3, 1.3, 0.2)
-    ours = retrieval_map(memory, k, v, 0.83, beta)
+    beta = 0.7 if beta_kind == "float" else w.write_strengths(7, 3, 1.3, 0.2)
+    ours = w.retrieval_map(memory, k, v, 0.83, beta)
     torch.testing.assert_close(ours, plain_map(memory, k, v, 0.83, beta), equal_nan=True)
     assert torch.isnan(ours.triu(1)[torch.ones(7, 7, dtype=torch.bool).triu(1)]).all()  # not written yet
 
@@ -76,35 +65,35 @@ def _reads_by_rule(memory, k, v, alpha, beta):
     return out[:, 0].transpose(0, 1)  # [t, j, d_v]
 
 
-@pytest.mark.parametrize("memory", RETRIEVAL_MEMORIES)
+@pytest.mark.parametrize("memory", w.RETRIEVAL_MEMORIES)
 def test_the_map_reads_what_the_course_rules_hold(memory):
     """The explorer's states are the memories of course_lib.memory.reference (decay's RMS norm keeps the cosine)."""
-    k, v = retrieval_data(length=9, d=4, seed=1)
-    beta = write_strengths(9, 4, 1.0, 0.3)
+    k, v = w.retrieval_data(length=9, d=4, seed=1)
+    beta = w.write_strengths(9, 4, 1.0, 0.3)
     reads = _reads_by_rule(memory, k, v, 0.9, beta)
     cos = F.cosine_similarity(reads, v[None].expand_as(reads), dim=-1)
     lower = torch.ones(9, 9, dtype=torch.bool).tril()
-    torch.testing.assert_close(retrieval_map(memory, k, v, 0.9, beta)[lower], cos[lower])
+    torch.testing.assert_close(w.retrieval_map(memory, k, v, 0.9, beta)[lower], cos[lower])
 
 
 def test_delta_is_gated_delta_without_decay_and_ignores_alpha():
-    k, v = retrieval_data(length=12, d=4, seed=2)
-    delta = retrieval_map("delta", k, v, 0.5, 1.0)
-    torch.testing.assert_close(delta, retrieval_map("gated_delta", k, v, 1.0, 1.0), equal_nan=True)
-    torch.testing.assert_close(delta, retrieval_map("delta", k, v, 0.9, 1.0), equal_nan=True)
+    k, v = w.retrieval_data(length=12, d=4, seed=2)
+    delta = w.retrieval_map("delta", k, v, 0.5, 1.0)
+    torch.testing.assert_close(delta, w.retrieval_map("gated_delta", k, v, 1.0, 1.0), equal_nan=True)
+    torch.testing.assert_close(delta, w.retrieval_map("delta", k, v, 0.9, 1.0), equal_nan=True)
 
 
 def test_a_pair_is_read_back_right_after_its_delta_write_and_fades_with_filler():
-    k, v = retrieval_data(length=128, d=16, seed=0)
-    m = retrieval_map("delta", k, v, 1.0, 1.0)
+    k, v = w.retrieval_data(length=128, d=16, seed=0)
+    m = w.retrieval_map("delta", k, v, 1.0, 1.0)
     torch.testing.assert_close(m.diagonal(), torch.ones(128, dtype=torch.float64))  # beta = 1: exact at once
     assert abs(m[127, :32].mean()) < 0.15 and m[127, -4:].mean() > 0.8  # old pairs faded to noise, recent ones held
 
 
 def test_weak_filler_writes_keep_the_facts_longer():
-    k, v = retrieval_data()
-    uniform = retrieval_view(RetrievalState(memory="delta", t=127), k, v)
-    selective = retrieval_view(RetrievalState(memory="delta", t=127, filler_beta=0.1), k, v)
+    k, v = w.retrieval_data()
+    uniform = w.retrieval_view(w.RetrievalState(memory="delta", t=127), k, v)
+    selective = w.retrieval_view(w.RetrievalState(memory="delta", t=127, filler_beta=0.1), k, v)
     assert selective["facts_kept"] > uniform["facts_kept"]
     assert selective["fact_quality"] > uniform["fact_quality"] + 0.3
     assert selective["oldest_fact_kept"] < 127 - 32
@@ -112,36 +101,36 @@ def test_weak_filler_writes_keep_the_facts_longer():
 
 def test_bad_settings_name_the_argument_and_what_was_expected():
     with pytest.raises(ValueError, match=r"memory='window'; expected one of \('delta', 'gated_delta', 'decay'\)"):
-        update_retrieval(RetrievalState(), {"memory": "window"}, 16)
+        w.update_retrieval(w.RetrievalState(), {"memory": "window"}, 16)
     with pytest.raises(ValueError, match=r"t=16; expected a position in 0\.\.15 of the 16 tokens"):
-        update_retrieval(RetrievalState(), {"t": 16}, 16)
+        w.update_retrieval(w.RetrievalState(), {"t": 16}, 16)
     with pytest.raises(ValueError, match=r"alpha=0; expected a number in \(0, 1\]"):
-        update_retrieval(RetrievalState(t=3), {"alpha": 0}, 16)
+        w.update_retrieval(w.RetrievalState(t=3), {"alpha": 0}, 16)
     with pytest.raises(ValueError, match=r"beta=2\.5; expected a number in \[0, 2\]"):
-        update_retrieval(RetrievalState(t=3), {"beta": 2.5}, 16)
+        w.update_retrieval(w.RetrievalState(t=3), {"beta": 2.5}, 16)
     with pytest.raises(ValueError, match=r"filler_beta=-0\.1; expected a number in \[0, 2\]"):
-        update_retrieval(RetrievalState(t=3), {"filler_beta": -0.1}, 16)
-    k, v = retrieval_data(length=5, d=3)
+        w.update_retrieval(w.RetrievalState(t=3), {"filler_beta": -0.1}, 16)
+    k, v = w.retrieval_data(length=5, d=3)
     with pytest.raises(ValueError, match=r"beta must be a number or a \[T\] = \[5\] tensor, got shape \(4,\)"):
-        memory_states("delta", k, v, 1.0, torch.ones(4, dtype=torch.float64))
+        w.memory_states("delta", k, v, 1.0, torch.ones(4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"k and v must be \[T, d\] and \[T, d_v\] with the same T"):
-        memory_states("delta", k, v[:4], 1.0, 1.0)
+        w.memory_states("delta", k, v[:4], 1.0, 1.0)
     with pytest.raises(ValueError, match=r"fact_every=0; expected an int >= 1"):
-        write_strengths(5, 0, 1.0, 1.0)
+        w.write_strengths(5, 0, 1.0, 1.0)
     with pytest.raises(ValueError, match=r"length=0; expected an int >= 1"):
-        retrieval_data(length=0)
+        w.retrieval_data(length=0)
 
 
 def test_the_static_heatmaps_draw_one_panel_per_map():
-    k, v = retrieval_data(length=10, d=4)
-    maps = {name: retrieval_map(name, k, v, 0.9, 1.0) for name in RETRIEVAL_MEMORIES}
-    fig = retrieval_heatmaps(maps, t=5, facts=[0, 4, 8])
-    assert [ax.get_title(loc="left") for ax in fig.axes[:3]] == list(RETRIEVAL_MEMORIES)
+    k, v = w.retrieval_data(length=10, d=4)
+    maps = {name: w.retrieval_map(name, k, v, 0.9, 1.0) for name in w.RETRIEVAL_MEMORIES}
+    fig = w.retrieval_heatmaps(maps, t=5, facts=[0, 4, 8])
+    assert [ax.get_title(loc="left") for ax in fig.axes[:3]] == list(w.RETRIEVAL_MEMORIES)
     assert fig._repr_png_().startswith(b"\x89PNG")
 
 
 def test_the_explorer_builds_and_follows_its_controls():
-    ex = RetrievalExplorer(length=32, d=8, fact_every=8).go_live()
+    ex = w.RetrievalExplorer(length=32, d=8, fact_every=8).go_live()
     assert ex.state.t == 31 and ex.controls["t"].max == 31
     png, readout = ex.image.value, ex.readout_text()
     assert "after reading positions 0..31" in readout and "of the 4 facts (every 8th position)" in readout
@@ -161,24 +150,3 @@ def test_the_explorer_builds_and_follows_its_controls():
         ex.set(gamma=1)
     bundle = ex._repr_mimebundle_()
     assert bundle["image/png"] and WIDGET_VIEW in bundle and bundle["text/plain"].startswith("RetrievalExplorer")
-
-
-def test_the_state_module_needs_no_ipywidgets():
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent("""
-        import sys
-        sys.modules["ipywidgets"] = None
-        import course_lib.widgets as w
-        k, v = w.retrieval_data(length=6, d=3)
-        assert w.retrieval_view(w.RetrievalState(t=5), k, v, fact_every=2)["kept"] >= 1
-        try:
-            w.RetrievalExplorer
-        except ImportError:
-            print("explorers need ipywidgets")
-    """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "explorers need ipywidgets"

@@ -422,6 +422,8 @@ def test_state_and_view_functions_work_without_ipywidgets():
         assert view["visible"] == [0, 1, 2]
         assert w.update_inspector(w.InspectorState(), {"memory": "window"}, 12).memory == "window"
         assert w.compression_view(w.CompressionState(), *w.playground_data("smooth"), curves={})["error"] > 0
+        k, v = w.retrieval_data(length=6, d=3)
+        assert w.retrieval_view(w.RetrievalState(t=5), k, v, fact_every=2)["kept"] >= 1
         assert "ipywidgets" not in [m for m in sys.modules if sys.modules[m] is not None]
         try:
             w.MemoryInspector

@@ -299,6 +299,8 @@ def format_summary(summary: dict, lengths: list[int]) -> str:
 def save_plot(rows: list[dict], path: str) -> None:
     from matplotlib.figure import Figure
 
+    from .decode import log_log_axes
+
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_speed, ax_mem = fig.subplots(1, 2)
     for name, form in dict.fromkeys((r["memory"], r["form"]) for r in rows):
@@ -311,11 +313,7 @@ def save_plot(rows: list[dict], path: str) -> None:
             ax_mem.plot([r["T"] for r in profiled], [r["peak_bytes"] / 2**20 for r in profiled], style, marker="o",
                         label=f"{name} {form}")
     for ax, ylabel in ((ax_speed, "tokens/s (forward + backward)"), (ax_mem, "peak memory growth (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("text length T (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
+        log_log_axes(ax, "text length T (tokens)", ylabel)
     ax_speed.set_title("training speed")
     ax_mem.set_title("memory (torch profiler, CPU)")
     ax_speed.legend(fontsize=7, ncol=2)

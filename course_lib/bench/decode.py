@@ -266,6 +266,15 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def log_log_axes(ax, xlabel: str, ylabel: str) -> None:
+    """A benchmark's axes: lengths in powers of 2 across, a log scale up, a light grid."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def save_plot(results: dict, path: str) -> None:
     from matplotlib.figure import Figure
 
@@ -276,11 +285,7 @@ def save_plot(results: dict, path: str) -> None:
         ax_ms.plot(m, [r["ms_per_token"] for r in rows], marker="o", label=name)
         ax_bytes.plot(m, [max(r["nbytes"], 1) for r in rows], marker="o", label=name)
     for ax, ylabel in ((ax_ms, "ms per token"), (ax_bytes, "memory bytes (all layers)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("context length m (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
+        log_log_axes(ax, "context length m (tokens)", ylabel)
     ax_ms.set_title("decoding cost per token")
     ax_bytes.set_title("memory size")
     ax_bytes.legend(fontsize=8)

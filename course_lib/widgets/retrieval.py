@@ -5,19 +5,8 @@ from __future__ import annotations
 import ipywidgets as widgets
 
 from .. import viz
+from . import retrieval_state as rs
 from .base import Explorer
-from .retrieval_state import (
-    KEPT,
-    RETRIEVAL_LABELS,
-    RETRIEVAL_MEMORIES,
-    RetrievalState,
-    retrieval_data,
-    retrieval_heatmaps,
-    retrieval_map,
-    retrieval_view,
-    update_retrieval,
-    write_strengths,
-)
 
 __all__ = ["RetrievalExplorer"]
 
@@ -29,21 +18,22 @@ class RetrievalExplorer(Explorer):
     ``(j, t)``; right: row ``t`` for the delta, gated delta and decay memories at the same gates.
 
     Args:
-        length: tokens written (random unit keys and values, :func:`retrieval_data`); ``d`` the key size,
-            ``seed``; ``fact_every``: every ``fact_every``-th position is a fact, written with ``beta``
+        length: tokens written (random unit keys and values, :func:`.retrieval_state.retrieval_data`);
+            ``d`` the key size, ``seed``; ``fact_every``: every ``fact_every``-th position is a fact, written
+            with ``beta``
             (the others with ``filler_beta``).
-        memory, t, alpha, beta, filler_beta: the starting settings (:class:`RetrievalState`).
+        memory, t, alpha, beta, filler_beta: the starting settings (:class:`.retrieval_state.RetrievalState`).
     """
 
     data_fields = ("t",)
 
     def __init__(self, *, length: int = 128, d: int = 16, fact_every: int = 16, seed: int = 0, **settings):
-        self.k, self.v = retrieval_data(length, d, seed=seed)
+        self.k, self.v = rs.retrieval_data(length, d, seed=seed)
         self.length, self.d, self.fact_every = length, d, fact_every
-        write_strengths(length, fact_every, 1.0, 1.0)  # checks fact_every
+        rs.write_strengths(length, fact_every, 1.0, 1.0)  # checks fact_every
         self._maps = (None, None)
         settings.setdefault("t", length - 1)
-        self.state = update_retrieval(RetrievalState(), settings, length)
+        self.state = rs.update_retrieval(rs.RetrievalState(), settings, length)
         super().__init__()
 
     @property
@@ -52,13 +42,13 @@ class RetrievalExplorer(Explorer):
         s = self.state
         key = (s.alpha, s.beta, s.filler_beta)
         if self._maps[0] != key:
-            beta = write_strengths(self.length, self.fact_every, s.beta, s.filler_beta)
-            self._maps = (key, {name: retrieval_map(name, self.k, self.v, s.alpha, beta)
-                                for name in RETRIEVAL_MEMORIES})
+            beta = rs.write_strengths(self.length, self.fact_every, s.beta, s.filler_beta)
+            self._maps = (key, {name: rs.retrieval_map(name, self.k, self.v, s.alpha, beta)
+                                for name in rs.RETRIEVAL_MEMORIES})
         return self._maps[1]
 
     def _compute_view(self) -> dict:
-        return retrieval_view(self.state, self.k, self.v, self.fact_every, maps=self.maps)
+        return rs.retrieval_view(self.state, self.k, self.v, self.fact_every, maps=self.maps)
 
     def _controls(self):
         s = self.state
@@ -69,7 +59,7 @@ class RetrievalExplorer(Explorer):
                                        continuous_update=False, readout_format=".2f")
 
         return {
-            "memory": widgets.ToggleButtons(options=list(RETRIEVAL_MEMORIES),
+            "memory": widgets.ToggleButtons(options=list(rs.RETRIEVAL_MEMORIES),
                                             value=s.memory, description="memory", style={"button_width": "100px"}),
             "t": widgets.IntSlider(value=s.t, min=0, max=self.length - 1, description="read up to t", style=style,
                                    continuous_update=True, layout=widgets.Layout(width="420px")),
@@ -88,22 +78,22 @@ class RetrievalExplorer(Explorer):
         self.controls["alpha"].disabled = self.state.memory == "delta"  # the delta rule has no decay
 
     def _update(self, state, changes):
-        return update_retrieval(state, changes, self.length)
+        return rs.update_retrieval(state, changes, self.length)
 
     def figure(self):
         view, s = self.view, self.state
         fig = viz.new_figure(figsize=(11, 4.0))
         left, right = fig.subplots(1, 2, width_ratios=[1, 1.25])
-        retrieval_heatmaps({self._title(s.memory): view["map"]}, t=s.t, facts=view["facts"], ax=left)
+        rs.retrieval_heatmaps({self._title(s.memory): view["map"]}, t=s.t, facts=view["facts"], ax=left)
         js = list(range(s.t + 1))
-        for n, name in enumerate(RETRIEVAL_MEMORIES):
+        for n, name in enumerate(rs.RETRIEVAL_MEMORIES):
             bold = name == s.memory
             right.plot(js, view["rows"][name].numpy(), color=viz.PALETTE[n], ls=viz.LINESTYLES[n],
                        lw=2.0 if bold else 1.0, alpha=1.0 if bold else 0.45, zorder=3 if bold else 2,
                        label=self._title(name))
         right.plot(view["facts"], view["rows"][s.memory][view["facts"]].numpy(), "v", color="k", ms=5,
                    label="facts (chosen memory)")
-        right.axhline(KEPT, color="0.5", lw=0.8, ls=":")
+        right.axhline(rs.KEPT, color="0.5", lw=0.8, ls=":")
         right.set_xlim(-0.5, self.length - 0.5)
         right.set_ylim(-0.5, 1.05)
         right.set_xlabel("position written, j")
@@ -117,14 +107,14 @@ class RetrievalExplorer(Explorer):
         s = self.state
         gates = [] if name == "delta" else [f"alpha {s.alpha:.2f}"]
         gates.append(f"beta {s.beta:.2f}" if s.beta == s.filler_beta else f"beta {s.beta:.2f}/{s.filler_beta:.2f}")
-        return f"{RETRIEVAL_LABELS[name]} ({', '.join(gates)})"
+        return f"{rs.RETRIEVAL_LABELS[name]} ({', '.join(gates)})"
 
     def readout_lines(self):
         view, s = self.view, self.state
         oldest = view["oldest_fact_kept"]
         n_facts = len(view["facts"])
         return [f"{self._title(s.memory)}, d = {self.d}, after reading positions 0..{s.t}:",
-                f"{view['kept']} of the {s.t + 1} pairs still read back at cosine >= {KEPT}; "
+                f"{view['kept']} of the {s.t + 1} pairs still read back at cosine >= {rs.KEPT}; "
                 f"{view['facts_kept']} of the {n_facts} facts (every {self.fact_every}th position), "
                 + (f"the oldest at j = {oldest} ({s.t - oldest} tokens back)" if oldest is not None else "none of them")
                 + f"; mean cosine over the facts {view['fact_quality']:.2f}"]
