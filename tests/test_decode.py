@@ -72,6 +72,18 @@ CASES += [("full", 2, 2, 1), ("full", None, 3, 5), ("window", 1, 1, 9), ("sink_c
           ("sink_cache", None, 1, 9), ("gated_delta_learned", 1, 2, 9)]
 
 
+def stepped(lm, seq, prompt: int):
+    """The prompt in one forward, then every later token through the one-token decoding step:
+    ``(logits [B, T - prompt, vocab], the last state)``."""
+    with torch.no_grad():
+        _, s = lm(seq[:, :prompt])
+        steps = []
+        for i in range(prompt, seq.shape[1]):
+            logits, s = lm(seq[:, i:i + 1], s)  # the decoding step
+            steps.append(logits)
+    return torch.cat(steps, 1), s
+
+
 @pytest.mark.parametrize("memory,n_kv_heads,batch,prompt", CASES)
 def test_the_step_equals_the_blocks(memory, n_kv_heads, batch, prompt):
     lm = make(memory, n_kv_heads=n_kv_heads)
@@ -307,13 +319,8 @@ def test_generate_with_a_learned_beta_equals_the_full_forward(batch, prompt):
     seq, state = lm.generate(tokens(batch, prompt), 7, return_state=True)
     whole, _ = blocks(lm, seq, None)
     assert torch.equal(whole[:, prompt - 1:-1].argmax(-1), seq[:, prompt:])
-    with torch.no_grad():
-        _, s = lm(seq[:, :prompt])
-        steps = []
-        for i in range(prompt, seq.shape[1]):
-            logits, s = lm(seq[:, i:i + 1], s)  # the decoding step
-            steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, 1), whole[:, prompt:], rtol=1e-12, atol=1e-12)
+    steps, s = stepped(lm, seq, prompt)
+    torch.testing.assert_close(steps, whole[:, prompt:], rtol=1e-12, atol=1e-12)
     for got, want in zip(s.layers, state.layers):
         torch.testing.assert_close(got.S, want.S, rtol=0, atol=0)
 
@@ -373,13 +380,8 @@ def test_generate_with_a_self_rotating_memory_equals_the_full_forward(memory, ba
     lm = make(memory, n_kv_heads=(None, 2, 1)[batch % 3])
     seq = lm.generate(tokens(batch, prompt), 9)
     whole, _ = blocks(lm, seq, None)
-    with torch.no_grad():
-        _, s = lm(seq[:, :prompt])
-        steps = []
-        for i in range(prompt, seq.shape[1]):
-            logits, s = lm(seq[:, i:i + 1], s)  # the decoding step
-            steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, 1), whole[:, prompt:], rtol=1e-12, atol=1e-12)
+    steps, s = stepped(lm, seq, prompt)
+    torch.testing.assert_close(steps, whole[:, prompt:], rtol=1e-12, atol=1e-12)
 
 
 def test_the_plan_says_which_layers_rotate_and_which_rotate_themselves():
