@@ -213,90 +213,60 @@ def _decay_weights(g, strict=False):
     return torch.where(causal, g[..., :, None] - g[..., None, :], float("-inf")).exp()
 
 
-@mutant("10.chunked_decay", hint="state_not_carried")
-def chunked_state_reset_every_chunk(q, k, v, alpha, chunk):
-    out = []
-    for s in range(0, q.shape[2], chunk):
-        qc, kc, vc = q[:, :, s:s + chunk], k[:, :, s:s + chunk], v[:, :, s:s + chunk]
-        g = alpha[:, :, s:s + chunk].log().cumsum(-1)
-        out.append(((qc @ kc.transpose(-1, -2)) * _decay_weights(g)) @ vc)  # only the chunk's own tokens
-    return torch.cat(out, dim=2)
+def _chunks(q, k, v, alpha, chunk, stop=None):
+    """(q, k, v, alpha) of each chunk along the time axis, the chunks starting before ``stop`` (T by default)."""
+    for s in range(0, q.shape[2] if stop is None else stop, chunk):
+        yield q[:, :, s:s + chunk], k[:, :, s:s + chunk], v[:, :, s:s + chunk], alpha[:, :, s:s + chunk]
 
 
-@mutant("10.chunked_decay", hint="read_not_decayed")
-def chunked_reads_the_old_state_undecayed(q, k, v, alpha, chunk):
+def _chunked(q, k, v, alpha, chunk, *, carry=True, read_decay=True, strict=False, write_decay=True,
+             state_decay=True, whole_chunks_only=False):
+    """The chunked decay memory as a learner writes it, each keyword switching one mistake on (the default
+    is right): the state not carried, its read or its decay, the writes' decay, the diagonal, the last chunk."""
     B, H, T, D = q.shape
     S = q.new_zeros(B, H, D, v.shape[-1])
     out = []
-    for s in range(0, T, chunk):
-        qc, kc, vc = q[:, :, s:s + chunk], k[:, :, s:s + chunk], v[:, :, s:s + chunk]
-        g = alpha[:, :, s:s + chunk].log().cumsum(-1)
-        out.append(qc @ S + ((qc @ kc.transpose(-1, -2)) * _decay_weights(g)) @ vc)
-        S = g[..., -1, None, None].exp() * S + (kc * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2) @ vc
+    for qc, kc, vc, ac in _chunks(q, k, v, alpha, chunk, stop=T - T % chunk if whole_chunks_only else T):
+        g = ac.log().cumsum(-1)
+        intra = ((qc @ kc.transpose(-1, -2)) * _decay_weights(g, strict)) @ vc
+        if not carry:
+            out.append(intra)  # only the chunk's own tokens
+            continue
+        read = (qc * g.exp()[..., None]) if read_decay else qc
+        out.append(read @ S + intra)
+        kept = g[..., -1, None, None].exp() * S if state_decay else S
+        written = (kc * (g[..., -1:] - g).exp()[..., None]) if write_decay else kc
+        S = kept + written.transpose(-1, -2) @ vc
     return torch.cat(out, dim=2)
 
 
-@mutant("10.chunked_decay", hint="intra_off_by_one")
-def chunked_without_the_diagonal(q, k, v, alpha, chunk):
-    B, H, T, D = q.shape
-    S = q.new_zeros(B, H, D, v.shape[-1])
-    out = []
-    for s in range(0, T, chunk):
-        qc, kc, vc = q[:, :, s:s + chunk], k[:, :, s:s + chunk], v[:, :, s:s + chunk]
-        g = alpha[:, :, s:s + chunk].log().cumsum(-1)
-        out.append((qc * g.exp()[..., None]) @ S + ((qc @ kc.transpose(-1, -2)) * _decay_weights(g, True)) @ vc)
-        S = g[..., -1, None, None].exp() * S + (kc * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2) @ vc
-    return torch.cat(out, dim=2)
+def _chunked_mutant(name, hint, **mistake):
+    """Register ``_chunked`` with ``mistake`` switched on as the mutant ``name`` of 10.chunked_decay."""
+    def answer(q, k, v, alpha, chunk):
+        return _chunked(q, k, v, alpha, chunk, **mistake)
+    answer.__name__ = answer.__qualname__ = name
+    return mutant("10.chunked_decay", hint=hint)(answer)
 
 
-@mutant("10.chunked_decay", hint="last_chunk_dropped")
-def chunked_whole_chunks_only(q, k, v, alpha, chunk):
-    B, H, T, D = q.shape
-    S = q.new_zeros(B, H, D, v.shape[-1])
-    out = []
-    for n in range(T // chunk):  # the last, shorter chunk is never reached
-        s = n * chunk
-        qc, kc, vc = q[:, :, s:s + chunk], k[:, :, s:s + chunk], v[:, :, s:s + chunk]
-        g = alpha[:, :, s:s + chunk].log().cumsum(-1)
-        out.append((qc * g.exp()[..., None]) @ S + ((qc @ kc.transpose(-1, -2)) * _decay_weights(g)) @ vc)
-        S = g[..., -1, None, None].exp() * S + (kc * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2) @ vc
-    return torch.cat(out, dim=2)
-
-
-@mutant("10.chunked_decay", hint="writes_not_decayed")
-def chunked_writes_passed_on_undecayed(q, k, v, alpha, chunk):
-    B, H, T, D = q.shape
-    S = q.new_zeros(B, H, D, v.shape[-1])
-    out = []
-    for s in range(0, T, chunk):
-        qc, kc, vc = q[:, :, s:s + chunk], k[:, :, s:s + chunk], v[:, :, s:s + chunk]
-        g = alpha[:, :, s:s + chunk].log().cumsum(-1)
-        out.append((qc * g.exp()[..., None]) @ S + ((qc @ kc.transpose(-1, -2)) * _decay_weights(g)) @ vc)
-        S = g[..., -1, None, None].exp() * S + kc.transpose(-1, -2) @ vc
-    return torch.cat(out, dim=2)
-
-
-@mutant("10.chunked_decay", hint="state_not_decayed")
-def chunked_old_state_kept_whole(q, k, v, alpha, chunk):
-    B, H, T, D = q.shape
-    S = q.new_zeros(B, H, D, v.shape[-1])
-    out = []
-    for s in range(0, T, chunk):
-        qc, kc, vc = q[:, :, s:s + chunk], k[:, :, s:s + chunk], v[:, :, s:s + chunk]
-        g = alpha[:, :, s:s + chunk].log().cumsum(-1)
-        out.append((qc * g.exp()[..., None]) @ S + ((qc @ kc.transpose(-1, -2)) * _decay_weights(g)) @ vc)
-        S = S + (kc * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2) @ vc
-    return torch.cat(out, dim=2)
+chunked_state_reset_every_chunk = _chunked_mutant("chunked_state_reset_every_chunk", "state_not_carried",
+                                                  carry=False)
+chunked_reads_the_old_state_undecayed = _chunked_mutant("chunked_reads_the_old_state_undecayed",
+                                                        "read_not_decayed", read_decay=False)
+chunked_without_the_diagonal = _chunked_mutant("chunked_without_the_diagonal", "intra_off_by_one", strict=True)
+chunked_whole_chunks_only = _chunked_mutant("chunked_whole_chunks_only", "last_chunk_dropped",
+                                            whole_chunks_only=True)  # the last, shorter chunk is never reached
+chunked_writes_passed_on_undecayed = _chunked_mutant("chunked_writes_passed_on_undecayed", "writes_not_decayed",
+                                                     write_decay=False)
+chunked_old_state_kept_whole = _chunked_mutant("chunked_old_state_kept_whole", "state_not_decayed",
+                                               state_decay=False)
 
 
 @mutant("10.chunked_decay", hint="nonfinite")
 def chunked_by_cumprod_division(q, k, v, alpha, chunk):
-    B, H, T, D = q.shape
-    S = q.new_zeros(B, H, D, v.shape[-1])
+    S = q.new_zeros(*q.shape[:2], q.shape[-1], v.shape[-1])
     out = []
-    for s in range(0, T, chunk):
-        qc, kc, vc = q[:, :, s:s + chunk], k[:, :, s:s + chunk], v[:, :, s:s + chunk]
-        c = alpha[:, :, s:s + chunk].cumprod(-1)  # prod of alpha from the chunk's start
+    for qc, kc, vc, ac in _chunks(q, k, v, alpha, chunk):
+        c = ac.cumprod(-1)  # prod of alpha from the chunk's start
         gamma = (c[..., :, None] / c[..., None, :]).tril()  # 0 / 0 once c underflows
         out.append((qc * c[..., None]) @ S + ((qc @ kc.transpose(-1, -2)) * gamma) @ vc)
         S = c[..., -1, None, None] * S + (kc * (c[..., -1:] / c)[..., None]).transpose(-1, -2) @ vc

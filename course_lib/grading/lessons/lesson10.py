@@ -50,6 +50,30 @@ def _gates(gen, b, h, low, high, dtype):
     return (low + (high - low) * torch.rand(b, h, generator=gen, dtype=torch.float64)).to(dtype)
 
 
+def _memory(gen, b, h, d, d_v, dtype, non_contiguous):
+    """A memory that already holds pairs, ``[B, H, D, D_v]``; with ``non_contiguous`` a transposed view
+    (drawn after the contiguous one, which it replaces)."""
+    S = randn(gen, b, h, d, d_v, dtype=dtype)
+    return randn(gen, b, h, d_v, d, dtype=dtype).transpose(-2, -1) if non_contiguous else S
+
+
+def _one_write_exercise(exercise_id, title, hints, factory, seed, first, middle):
+    """The two one-write exercises: ``factory``'s case B = H = D = D_v = 3 (named ``first``), every axis its
+    own size, the ``middle`` checks, then float32 with a transposed ``S`` and a second call (seeds from ``seed``)."""
+    return code_exercise(
+        id=exercise_id, title=title, hints=hints, error_hints={BROADCAST_ERROR: "broadcast"},
+        checks=[
+            Check(first, factory(seed, 3, 3, 3, 3)),
+            Check("B = 2, H = 3, D = 5, D_v = 4 (every axis its own size)", factory(seed + 1, 2, 3, 5, 4)),
+            *middle,
+            Check("float32 in, float32 out; S a non-contiguous (transposed) view (B = 2, H = 4, D = 6, D_v = 3)",
+                  factory(seed + 4, 2, 4, 6, 3, dtype=torch.float32, non_contiguous=True)),
+            Check("called twice on the same inputs (B = 1, H = 2, D = 3, D_v = 2): the same result",
+                  twice(factory(seed + 5, 1, 2, 3, 2))),
+        ],
+    )
+
+
 def _wrong_alphas(alpha):
     """``alpha [B, H]`` broadcast the wrong way against a ``[B, H, D, D_v]`` tensor: each a function
     ``x -> alpha (wrongly broadcast) * x`` (they run only where B = H = D = D_v; otherwise torch raises)."""
@@ -110,9 +134,7 @@ def _decay_models(S, k, v, alpha):
 @check_factory
 def _decay_check(fn, seed, b, h, d, d_v, *, dtype=torch.float64, empty=False, non_contiguous=False, alpha=None):
     gen = seeded(seed)
-    S = randn(gen, b, h, d, d_v, dtype=dtype)
-    if non_contiguous:
-        S = randn(gen, b, h, d_v, d, dtype=dtype).transpose(-2, -1)
+    S = _memory(gen, b, h, d, d_v, dtype, non_contiguous)
     if empty:
         S = torch.zeros(b, h, d, d_v, dtype=dtype)
     k, v = randn(gen, b, h, d, dtype=dtype), randn(gen, b, h, d_v, dtype=dtype)
@@ -120,22 +142,12 @@ def _decay_check(fn, seed, b, h, d, d_v, *, dtype=torch.float64, empty=False, no
     expect_answer(fn, (S, k, v, a), (b, h, d, d_v), dtype, _decay_ref, _decay_models, shape_text="[B, H, D, D_v]")
 
 
-DECAY_UPDATE = code_exercise(
-    id="10.decay_update", title="One write of the decay memory",
-    hints=DECAY_HINTS,
-    error_hints={BROADCAST_ERROR: "broadcast"},
-    checks=[
-        Check("B = H = D = D_v = 3, one alpha per head, a memory that already holds pairs",
-              _decay_check(1001, 3, 3, 3, 3)),
-        Check("B = 2, H = 3, D = 5, D_v = 4 (every axis its own size)", _decay_check(1002, 2, 3, 5, 4)),
-        Check("alpha = 1 on one head (no forgetting), 0.01 on the other (B = 1, H = 2, D = 3, D_v = 5)",
-              _decay_check(1003, 1, 2, 3, 5, alpha=[[1.0, 0.01]])),
-        Check("an empty memory S = 0 (B = 2, H = 1, D = 4, D_v = 2)", _decay_check(1004, 2, 1, 4, 2, empty=True)),
-        Check("float32 in, float32 out; S a non-contiguous (transposed) view (B = 2, H = 4, D = 6, D_v = 3)",
-              _decay_check(1005, 2, 4, 6, 3, dtype=torch.float32, non_contiguous=True)),
-        Check("called twice on the same inputs (B = 1, H = 2, D = 3, D_v = 2): the same result",
-              twice(_decay_check(1006, 1, 2, 3, 2))),
-    ],
+DECAY_UPDATE = _one_write_exercise(
+    "10.decay_update", "One write of the decay memory", DECAY_HINTS, _decay_check, 1001,
+    "B = H = D = D_v = 3, one alpha per head, a memory that already holds pairs",
+    [Check("alpha = 1 on one head (no forgetting), 0.01 on the other (B = 1, H = 2, D = 3, D_v = 5)",
+           _decay_check(1003, 1, 2, 3, 5, alpha=[[1.0, 0.01]])),
+     Check("an empty memory S = 0 (B = 2, H = 1, D = 4, D_v = 2)", _decay_check(1004, 2, 1, 4, 2, empty=True))],
 )
 
 # ---------------------------------------------------------------- 10.gated_delta_update
@@ -200,9 +212,7 @@ def _gated_models(S, k, v, alpha, beta):
 @check_factory
 def _gated_check(fn, seed, b, h, d, d_v, *, dtype=torch.float64, non_contiguous=False, alpha=None, beta=None):
     gen = seeded(seed)
-    S = randn(gen, b, h, d, d_v, dtype=dtype)
-    if non_contiguous:
-        S = randn(gen, b, h, d_v, d, dtype=dtype).transpose(-2, -1)
+    S = _memory(gen, b, h, d, d_v, dtype, non_contiguous)
     k = F.normalize(randn(gen, b, h, d, dtype=dtype), dim=-1)
     v = randn(gen, b, h, d_v, dtype=dtype)
     a = _gates(gen, b, h, 0.3, 0.9, dtype) if alpha is None else torch.full((b, h), alpha, dtype=dtype)
@@ -226,25 +236,15 @@ def _overwrite_check(fn):
     expect_close(S_new, _gated_ref(S, k, v, alpha, beta), _gated_models(S, k, v, alpha, beta))
 
 
-GATED_DELTA_UPDATE = code_exercise(
-    id="10.gated_delta_update", title="One write of the gated delta rule",
-    hints=GATED_HINTS,
-    error_hints={BROADCAST_ERROR: "broadcast"},
-    checks=[
-        Check("B = H = D = D_v = 3, alpha and beta one per head, a memory that already holds pairs",
-              _gated_check(1011, 3, 3, 3, 3)),
-        Check("B = 2, H = 3, D = 5, D_v = 4 (every axis its own size)", _gated_check(1012, 2, 3, 5, 4)),
-        Check("alpha = 1 on every head: lesson 05's delta rule (B = 1, H = 2, D = 4, D_v = 6, beta per head)",
-              _gated_check(1013, 1, 2, 4, 6, alpha=1.0)),
-        Check("beta = 0 on every head: no write, the memory only fades (B = 2, H = 2, D = 3, D_v = 2)",
-              _gated_check(1014, 2, 2, 3, 2, beta=0.0)),
-        Check("beta = 1, alpha = 0.5 (B = 2, H = 3, D = 5, D_v = 4): reading k afterwards returns v exactly",
-              _overwrite_check),
-        Check("float32 in, float32 out; S a non-contiguous (transposed) view (B = 2, H = 4, D = 6, D_v = 3)",
-              _gated_check(1015, 2, 4, 6, 3, dtype=torch.float32, non_contiguous=True)),
-        Check("called twice on the same inputs (B = 1, H = 2, D = 3, D_v = 2): the same result",
-              twice(_gated_check(1016, 1, 2, 3, 2))),
-    ],
+GATED_DELTA_UPDATE = _one_write_exercise(
+    "10.gated_delta_update", "One write of the gated delta rule", GATED_HINTS, _gated_check, 1011,
+    "B = H = D = D_v = 3, alpha and beta one per head, a memory that already holds pairs",
+    [Check("alpha = 1 on every head: lesson 05's delta rule (B = 1, H = 2, D = 4, D_v = 6, beta per head)",
+           _gated_check(1013, 1, 2, 4, 6, alpha=1.0)),
+     Check("beta = 0 on every head: no write, the memory only fades (B = 2, H = 2, D = 3, D_v = 2)",
+           _gated_check(1014, 2, 2, 3, 2, beta=0.0)),
+     Check("beta = 1, alpha = 0.5 (B = 2, H = 3, D = 5, D_v = 4): reading k afterwards returns v exactly",
+           _overwrite_check)],
 )
 
 # ---------------------------------------------------------------- 10.decay_mask
@@ -315,21 +315,21 @@ def _mask_check(fn, seed, t, *, dtype=torch.float64, low=0.5, high=1.0, values=N
 
 _TINY = [0.5, 1e-200, 0.9, 1e-200, 1e-200, 1.0, 0.3, 1e-200]  # products of two underflow to 0 in float64
 
+_MASK_CASES = [  # (what the check tries, seed, T, options of _mask_check)
+    ("T = 5, alpha between 0.5 and 1, float64", 1021, 5, {}),
+    ("T = 1: a 1 x 1 mask", 1022, 1, {}),
+    ("alpha = 1 everywhere (T = 4): the causal mask of ones", 1023, 4, {"values": [1.0] * 4}),
+    ("alphas of 10^-200 (T = 8, float64): products underflow to 0, the diagonal stays 1", 1024, 8,
+     {"values": _TINY}),
+    ("float32 in, float32 out (T = 12, alpha between 0.8 and 1)", 1025, 12, {"dtype": torch.float32, "low": 0.8}),
+    ("float32 alphas of 10^-30 (T = 6): the product of two is 0 in float32", 1026, 6,
+     {"dtype": torch.float32, "values": [1.0, 1e-30, 0.7, 1e-30, 1e-30, 0.9]}),
+    ("a long text, T = 300 (alpha between 0.95 and 1)", 1027, 300, {"low": 0.95}),
+]
+
 DECAY_MASK = code_exercise(
-    id="10.decay_mask", title="The decay mask",
-    hints=MASK_HINTS,
-    checks=[
-        Check("T = 5, alpha between 0.5 and 1, float64", _mask_check(1021, 5)),
-        Check("T = 1: a 1 x 1 mask", _mask_check(1022, 1)),
-        Check("alpha = 1 everywhere (T = 4): the causal mask of ones", _mask_check(1023, 4, values=[1.0] * 4)),
-        Check("alphas of 10^-200 (T = 8, float64): products underflow to 0, the diagonal stays 1",
-              _mask_check(1024, 8, values=_TINY)),
-        Check("float32 in, float32 out (T = 12, alpha between 0.8 and 1)",
-              _mask_check(1025, 12, dtype=torch.float32, low=0.8)),
-        Check("float32 alphas of 10^-30 (T = 6): the product of two is 0 in float32",
-              _mask_check(1026, 6, dtype=torch.float32, values=[1.0, 1e-30, 0.7, 1e-30, 1e-30, 0.9])),
-        Check("a long text, T = 300 (alpha between 0.95 and 1)", _mask_check(1027, 300, low=0.95)),
-    ],
+    id="10.decay_mask", title="The decay mask", hints=MASK_HINTS,
+    checks=[Check(what, _mask_check(seed, t, **options)) for what, seed, t, options in _MASK_CASES],
 )
 
 # ---------------------------------------------------------------- 10.chunked_decay
