@@ -64,12 +64,7 @@ read through :func:`recall_table` and :func:`plot_recall`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-import time
-
-import torch
 
 from . import recall
 from .recall import DistanceSetup, design, layered_design
@@ -181,47 +176,11 @@ def plot_recall(result: dict, value: str = "accuracy", title: str | None = None)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson10",
-                                     description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="what", required=True)
-    parsers = {"recall": (sub.add_parser("recall", help="gated and earlier memories: MQAR recall against distance"),
-                          RECALL_RESULT, run_recall),
-               "hybrid": (sub.add_parser("hybrid", help="a window layer among gated-delta layers, against all-gated "
-                                                        "and all-window, on MQAR recall against distance"),
-                          HYBRID_RESULT, run_hybrid)}
-    for p, default, _ in parsers.values():
-        p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (seconds)")
-        p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the setup's)")
-        p.add_argument("--seeds", type=int, default=None, help="how many seeds (default: the setup's)")
-        p.add_argument("--lrs", default=None,
-                       help="learning rates to sweep on seed 0, separated by ',' (default: the setup's)")
-        p.add_argument("--only", default=None,
-                       help="families or labels, separated by ',' (or by ';' when a label holds a comma); default: all")
-        p.add_argument("--resume", action="store_true", help="keep the runs already in --out (or its partial file)")
-        p.add_argument("--device", default="cpu")
-        p.add_argument("--out", default=str(default.relative_to(RESULTS.parents[1])))
-    args = parser.parse_args(argv)
-
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    given = argv if argv is not None else sys.argv[1:]
-    command = "python -m course_lib.experiments.lesson10 " + " ".join(given)
-    changes = {}
-    if args.steps is not None:
-        changes["steps"] = args.steps
-    s = setup(args.quick, **changes)
-    if args.seeds is not None:
-        s = dataclasses.replace(s, seeds=tuple(range(args.seeds)))
-    if args.lrs is not None:
-        s = dataclasses.replace(s, lrs=tuple(float(x) for x in args.lrs.split(",")))
-    sep = ";" if args.only and ";" in args.only else ","  # labels hold commas: separate them by ';'
-    only = None if args.only is None else {x.strip() for x in args.only.split(sep)}
-    runner = parsers[args.what][2]
-    result = runner(s, only=only, out=args.out, command=command, device=args.device,
-                    log=lambda line: print(line, flush=True), resume=args.resume)
-    print(recall_table(result))
-    print(f"wrote {args.out} ({time.perf_counter() - t0:.0f} s)")
-    return 0
+    return recall.distance_main(
+        argv, prog="python -m course_lib.experiments.lesson10", description=__doc__.split("\n")[0], setup=setup,
+        runs={"recall": ("gated and earlier memories: MQAR recall against distance", RECALL_RESULT, run_recall),
+              "hybrid": ("a window layer among gated-delta layers, against all-gated and all-window, on MQAR "
+                         "recall against distance", HYBRID_RESULT, run_hybrid)})
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ __all__ = ["DistanceSetup", "CapacitySetup", "design", "layered_design", "model_
            "capacity_designs", "build_model",
            "model_bytes", "evaluate_gaps", "train_one", "run_distance", "run_capacity", "summary", "best_lrs",
            "distance_table", "capacity_table", "partial_path", "seed_values", "plot_distance", "plot_capacity",
-           "live_distance",
+           "live_distance", "distance_main",
            "DISTANCE_RESULT", "CAPACITY_RESULT"]
 
 DISTANCE_RESULT = RESULTS / "lesson08_recall.json"
@@ -786,3 +786,45 @@ def live_distance(families=("window", "delta"), *, steps: int = 1000, gaps=(0, 1
             chosen.append(record["label"])
             seen.add(fam)
     return run_distance(s, only=set(chosen), device=device, progress=progress, log=lambda line: None)
+
+
+def distance_main(argv, *, prog: str, description: str, runs: dict, setup) -> int:
+    """The command line of a lesson's distance runs: ``runs[name] = (help, default result file,
+    runner)``, each a subcommand taking ``--quick --steps --seeds --lrs --only --resume --device
+    --out``; ``setup(quick, **changes)`` gives the :class:`DistanceSetup`. Writes the file with the
+    command that made it and prints its table."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name, (help_, default, _) in runs.items():
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (seconds)")
+        p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the setup's)")
+        p.add_argument("--seeds", type=int, default=None, help="how many seeds (default: the setup's)")
+        p.add_argument("--lrs", default=None,
+                       help="learning rates to sweep on seed 0, separated by ',' (default: the setup's)")
+        p.add_argument("--only", default=None,
+                       help="families or labels, separated by ',' (or by ';' when a label holds a comma); default: all")
+        p.add_argument("--resume", action="store_true", help="keep the runs already in --out (or its partial file)")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--out", default=str(Path(default).relative_to(RESULTS.parents[1])))
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    given = argv if argv is not None else sys.argv[1:]
+    command = f"{prog} " + " ".join(given)
+    s = setup(args.quick, **({} if args.steps is None else {"steps": args.steps}))
+    if args.seeds is not None:
+        s = dataclasses.replace(s, seeds=tuple(range(args.seeds)))
+    if args.lrs is not None:
+        s = dataclasses.replace(s, lrs=tuple(float(x) for x in args.lrs.split(",")))
+    sep = ";" if args.only and ";" in args.only else ","  # labels hold commas: separate them by ';'
+    only = None if args.only is None else {x.strip() for x in args.only.split(sep)}
+    result = runs[args.what][2](s, only=only, out=args.out, command=command, device=args.device,
+                                log=lambda line: print(line, flush=True), resume=args.resume)
+    print(distance_table(result))
+    print(f"wrote {args.out} ({time.perf_counter() - t0:.0f} s)")
+    return 0
