@@ -1,0 +1,266 @@
+r"""``HeavyHitterMemory``: H2O's eviction (Zhang et al. 2023, "H2O: Heavy-Hitter Oracle for Efficient
+Generative Inference of Large Language Models", arXiv:2306.14048): softmax attention over a fixed
+budget of ``B_h`` key/value pairs, chosen by the attention they have received.
+
+Every pair carries its *accumulated attention* ``A_j = sum_{i' <= i} w_{i' j}``: the sum, over every
+query so far that saw it, of the softmax weight it got (as ``CompressiveMemory``'s ``most_used``
+tracks ``mass``). The memory keeps the ``recent`` newest pairs and, of the older ones, the
+``budget - recent`` with the largest ``A_j`` (:func:`heavy_hitters`; ties: the earlier position).
+A generalisation of lesson 04's window plus sinks: where attention piles on the first tokens, the
+heavy hitters *are* the first tokens and the memory keeps what ``SinkMemory(sinks=budget - recent,
+window=recent)`` keeps.
+
+The rule, token by token (the paper evicts once per generated token), for the token at ``i``:
+
+1. candidates: the pairs the query at ``i - 1`` saw, plus the new pair ``i`` (its ``A_i = 0``);
+2. evict: if there are more than ``budget``, drop one: of the candidates older than the newest
+   ``recent``, the one with the smallest ``A_j`` (ties: the later position goes), i.e. keep
+   :func:`heavy_hitters` of the candidates;
+3. attend: the query at ``i`` sees the kept candidates (``budget`` of them, itself included unless
+   ``recent = 0`` evicted it at once) in one softmax, and each kept pair's ``A_j`` grows by its weight.
+
+Inside a chunk longer than one token the memory follows the same rule token by token, so its
+output does not depend on the chunking (``chunk_invariant``; the rule in
+:func:`course_lib.memory.reference.heavy_hitter_reference`). Until the memory is full nothing is
+evicted and the chunk's queries are one causal softmax; after that each token's eviction depends on
+the weights the previous queries gave, so the chunk's bookkeeping is a loop over its tokens on
+``[B, H, budget + 1]`` tensors (no tensor op does a sequential argmin), while the output is one
+masked softmax over ``[held pairs, chunk]`` with the live scores (gradients reach the chunk's keys).
+
+Storage: ``k [B, H, budget, D]``, ``v``, the accumulated attention ``acc [B, H, budget]`` (counted
+by ``nbytes``) and the position each slot holds, ``pos [B, H, budget]`` (``-1`` = empty; bookkeeping,
+like the slot memories' positions, not counted). Heads and sequences evict differently, so positions
+are per head: the memory holds no shared slot layout (``holds_slots = False``, no ``spans``); its
+pairs are :meth:`HeavyHitterMemory.held` and :meth:`HeavyHitterMemory.kept_positions`. States are
+copy-on-write; after :meth:`~HeavyHitterMemory.reserve` they are written in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_positive_int, describe
+from ..kv_cache import kv_cache_bytes
+from ._state import StateMeta, check_input, new_meta
+from .base import Memory
+
+__all__ = ["HeavyHitterMemory", "HeavyHitterState", "heavy_hitters"]
+
+
+def _int_arg(name, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        upper = f" and <= {high}" if high is not None else ""
+        raise ValueError(f"{name} must be an int >= {low}{upper}, got {describe(value)}")
+    return value
+
+
+def heavy_hitters(scores: torch.Tensor, budget: int, recent: int) -> torch.Tensor:
+    """The positions H2O keeps of ``T`` candidates with accumulated attention ``scores [T]``.
+
+    If ``T <= budget``: all of them, ``arange(T)``. Otherwise the ``recent`` newest positions
+    ``T - recent .. T - 1`` and, among ``0 .. T - recent - 1``, the ``budget - recent`` with the largest
+    score (ties: the earlier position). Returns a sorted ``torch.long`` tensor of ``min(T, budget)``
+    positions. Errors (``ValueError``) name ``budget`` (an int >= 1), ``recent`` (an int,
+    ``0 <= recent <= budget``) and ``scores`` (a 1-D tensor).
+
+    >>> heavy_hitters(torch.tensor([5.0, 0.1, 0.2, 3.0, 0.0, 0.0]), budget=4, recent=2)
+    tensor([0, 3, 4, 5])
+    >>> heavy_hitters(torch.tensor([1.0, 1.0, 1.0]), budget=2, recent=0)
+    tensor([0, 1])
+    """
+    _int_arg("budget", budget, 1)
+    _int_arg("recent", recent, 0, budget)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.is_complex() or scores.dtype == torch.bool:
+        raise ValueError(f"scores must be a 1-D real tensor [T] (accumulated attention), got {describe(scores)}")
+    t = scores.shape[0]
+    if t <= budget:
+        return torch.arange(t, device=scores.device)
+    older = scores[:t - recent]
+    order = torch.sort(older, descending=True, stable=True).indices  # stable: the earlier of equal scores first
+    kept = torch.cat([order[:budget - recent], torch.arange(t - recent, t, device=scores.device)])
+    return kept.sort().values
+
+
+class _Buffer:
+    """``k [B, H, P, D]``, ``v``, ``pos [B, H, P]`` (``-1`` empty), ``acc [B, H, P]``; ``written``: the
+    length of the newest state that wrote into it."""
+
+    __slots__ = ("k", "v", "pos", "acc", "written")
+
+    def __init__(self, k, v, pos, acc, written=0):
+        self.k, self.v, self.pos, self.acc, self.written = k, v, pos, acc, written
+
+    def clone(self, written):
+        return _Buffer(self.k.clone(), self.v.clone(), self.pos.clone(), self.acc.clone(), written)
+
+    def __repr__(self):
+        return f"HeavyHitterBuffer(slots={self.k.shape[2]}, written={self.written})"
+
+
+@dataclass
+class HeavyHitterState(StateMeta):
+    """``length`` tokens seen; the kept pairs, their positions and accumulated attention in ``buffer``."""
+
+    buffer: _Buffer
+    length: int
+    inplace: bool = False
+
+
+class HeavyHitterMemory(Memory):
+    """H2O: the ``recent`` newest pairs plus the ``budget - recent`` older ones with the largest
+    accumulated attention, ``budget`` pairs in all (see the module docstring for the rule).
+
+    Args:
+        budget: ``B_h >= 1``, the pairs kept (the current token's included).
+        recent: ``0 <= r <= B_h``, the newest pairs always kept.
+
+    >>> mem = HeavyHitterMemory(budget=3, recent=1)
+    >>> state = mem.init_state(1, 1, 2)
+    >>> x = torch.zeros(1, 1, 6, 2)
+    >>> out, state = mem(x, x, x, state)
+    >>> mem.kept_positions(state)[0, 0].tolist()  # equal attention: the earliest older ones stay
+    [0, 1, 5]
+    """
+
+    name = "heavy_hitter"
+    title = "heavy hitters + recent (H2O)"
+    label_name = "H2O"
+    symbols = {"budget": "B_h", "recent": "n_r"}
+    fixed_size = True
+    state_type = HeavyHitterState
+
+    def __init__(self, budget: int, recent: int):
+        super().__init__()
+        self.budget = check_positive_int("budget", budget)
+        self.recent = check_positive_int("recent", recent, minimum=0)
+        if recent > budget:
+            raise ValueError(f"recent must be <= budget={budget} (the recent pairs are part of the budget), "
+                             f"got {recent}")
+
+    @classmethod
+    def example_sizes(cls, slots=8, *, n_heads=2):
+        return {"budget": slots, "recent": max(1, slots // 2)}
+
+    def cost_per_token(self, config, context: int) -> dict:
+        """``bytes = 2 L tau d_h B_h b + L tau B_h b`` (the pairs and their accumulated attention, all
+        ``B_h`` slots preallocated); ``flops = 4 L tau d_h (min(context, B_h) + 1)``."""
+        L, tau, d, b = config.n_layers, config.n_heads, config.head_dim, config.bytes_per_value
+        held = min(context, self.budget)
+        return {"bytes": kv_cache_bytes(L, tau, d, self.budget, bytes_per_value=b) + L * tau * self.budget * b,
+                "flops": 4 * L * tau * d * (held + 1)}
+
+    def init_state(self, batch, n_heads, head_dim, *, device=None, dtype=None, v_dim=None):
+        meta = new_meta(batch, n_heads, head_dim, device=device, dtype=dtype, v_dim=v_dim)
+        kw = dict(device=meta["device"], dtype=meta["dtype"])
+        p = self.budget
+        buf = _Buffer(torch.zeros(batch, n_heads, p, head_dim, **kw),
+                      torch.zeros(batch, n_heads, p, meta["v_dim"], **kw),
+                      torch.full((batch, n_heads, p), -1, dtype=torch.long, device=meta["device"]),
+                      torch.zeros(batch, n_heads, p, **kw))
+        return HeavyHitterState(**meta, buffer=buf, length=0)
+
+    def nbytes(self, state) -> int:
+        """Bytes of the ``B_h`` key/value slots and their accumulated attention (positions not counted)."""
+        buf = state.buffer
+        return sum(x.numel() * x.element_size() for x in (buf.k, buf.v, buf.acc))
+
+    # -- copy-on-write -------------------------------------------------------------------------
+    def _read(self, state) -> _Buffer:
+        buf = state.buffer
+        if state.inplace and buf.written != state.length:
+            raise ValueError(
+                f"this HeavyHitterMemory state (after {state.length} tokens) is out of date: a later forward "
+                f"(at {buf.written} tokens) wrote over its buffer in place. States after memory.reserve() form "
+                "one decoding stream and only the newest can be used; keep memory.snapshot(state) to branch")
+        return buf
+
+    def reserve(self, state, n_tokens: int = 0):
+        """A state that owns its buffer: forwards from it write in place (a decoding stream)."""
+        if state.inplace:
+            self._read(state)
+            return state
+        return dataclasses.replace(state, buffer=state.buffer.clone(state.length), inplace=True)
+
+    def snapshot(self, state):
+        """A copy of ``state`` that later forwards never write into."""
+        return dataclasses.replace(state, buffer=self._read(state).clone(state.length), inplace=False)
+
+    # -- inspection ----------------------------------------------------------------------------
+    def kept_positions(self, state) -> torch.Tensor:
+        """``[B, H, n]``: the positions held, sorted, per sequence and head (``n = min(length, B_h)``)."""
+        pos = self._read(state).pos.sort(-1).values
+        return pos[..., self.budget - min(state.length, self.budget):]
+
+    def held(self, state):
+        """The pairs held, ``(K [B, H, n, D], V [B, H, n, D_v])``, oldest first per sequence and head."""
+        buf = self._read(state)
+        order = buf.pos.argsort(-1)[..., self.budget - min(state.length, self.budget):]
+        return (buf.k.gather(2, order[..., None].expand(-1, -1, -1, buf.k.shape[-1])),
+                buf.v.gather(2, order[..., None].expand(-1, -1, -1, buf.v.shape[-1])))
+
+    # -- protocol ------------------------------------------------------------------------------
+    def forward(self, q, k, v, state):
+        """:func:`course_lib.memory.reference.heavy_hitter_reference` is the rule (token by token)."""
+        check_input(self, q, k, v, state, HeavyHitterState)
+        if state.buffer.k.shape[2] != self.budget:
+            raise ValueError(f"the state holds {state.buffer.k.shape[2]} slots but {self!r} keeps {self.budget}: "
+                             "it was made by another memory; use this memory's init_state()")
+        return self.forward_unchecked(q, k, v, state)
+
+    def forward_unchecked(self, q, k, v, state):
+        buf = self._read(state)
+        n, t = state.length, q.shape[2]
+        keys, values = torch.cat([buf.k, k], 2), torch.cat([buf.v, v], 2)  # held pairs (detached), then the chunk
+        scores = q @ keys.transpose(-2, -1) * q.shape[-1] ** -0.5  # [B, H, T, P + T]
+        mask, kept_col, kept_pos, kept_acc = self._evict(scores.detach(), buf, n, t)
+        out = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ values
+        new = buf if state.inplace else buf.clone(n)
+        new.k.copy_(keys.detach().gather(2, kept_col[..., None].expand(-1, -1, -1, keys.shape[-1])))
+        new.v.copy_(values.detach().gather(2, kept_col[..., None].expand(-1, -1, -1, values.shape[-1])))
+        new.pos.copy_(kept_pos)
+        new.acc.copy_(kept_acc)
+        new.written = n + t
+        return out, dataclasses.replace(state, buffer=new, length=n + t)
+
+    def _evict(self, scores, buf, n, t):
+        """Which of ``[held slots, chunk]`` each query sees (``mask [B, H, T, P + T]``), and what the
+        slots hold after the chunk: the column of ``[held, chunk]`` each came from, its position and
+        its accumulated attention (all ``[B, H, P]``)."""
+        b, h, p = scores.shape[0], scores.shape[1], self.budget
+        dev = scores.device
+        mask = torch.zeros(b, h, t, p + t, dtype=torch.bool, device=dev)
+        kept_col = torch.arange(p, device=dev).expand(b, h, p).clone()
+        kept_pos, kept_acc = buf.pos.clone(), buf.acc.clone()
+        f = max(0, min(t, p - n))  # tokens that fill empty slots: nothing is evicted, one causal softmax
+        if f:
+            mask[:, :, :f, :p] = kept_pos[:, :, None, :] >= 0
+            mask[:, :, :f, p:p + f] = torch.ones(f, f, dtype=torch.bool, device=dev).tril()
+            w = torch.softmax(scores[:, :, :f].masked_fill(~mask[:, :, :f], float("-inf")), -1).sum(2)
+            kept_acc = kept_acc + w[..., :p]
+            kept_col[..., n:n + f] = torch.arange(p, p + f, device=dev)
+            kept_pos[..., n:n + f] = torch.arange(n, n + f, device=dev)
+            kept_acc[..., n:n + f] = w[..., p:p + f]
+        slot = torch.arange(p + 1, device=dev)
+        inf = torch.tensor(float("inf"), dtype=scores.dtype, device=dev)
+        zero = scores.new_zeros(b, h, 1)
+        for r in range(f, t):  # the memory is full: one eviction per token (the rule's steps 1-3)
+            i = n + r
+            cand_col = torch.cat([kept_col, torch.full_like(kept_col[..., :1], p + r)], -1)  # [B, H, P + 1]
+            cand_pos = torch.cat([kept_pos, torch.full_like(kept_pos[..., :1], i)], -1)
+            cand_acc = torch.cat([kept_acc, zero], -1)
+            older = cand_pos <= i - self.recent  # all valid: the memory is full
+            a = torch.where(older, cand_acc, inf)
+            tie = older & (a == a.amin(-1, keepdim=True))
+            drop = torch.where(tie, cand_pos, -1).argmax(-1, keepdim=True)  # the smallest A; ties: the later goes
+            seen = slot != drop  # [B, H, P + 1]
+            mask[:, :, r].scatter_(-1, cand_col, seen)
+            w = torch.softmax(scores[:, :, r].gather(-1, cand_col).masked_fill(~seen, float("-inf")), -1)
+            acc = cand_acc + w
+            replace = slot[:p] == drop  # the new pair takes the dropped slot (none if it was dropped itself)
+            kept_col = torch.where(replace, p + r, kept_col)
+            kept_pos = torch.where(replace, i, kept_pos)
+            kept_acc = torch.where(replace, acc[..., p:], acc[..., :p])
+        return mask, kept_col, kept_pos, kept_acc
