@@ -18,7 +18,7 @@ import torch
 
 from ._checks import check_positive_int, check_tensor, describe
 
-__all__ = ["KVCache", "StaticKVCache", "kv_cache_bytes"]
+__all__ = ["KVCache", "StaticKVCache", "kv_cache_bytes", "latent_cache_bytes"]
 
 
 def kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_value=2, *, v_dim=None) -> int:
@@ -41,6 +41,35 @@ def kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_v
     check_positive_int("seq_len", seq_len, minimum=0)
     per_pair = 2 * head_dim if v_dim is None else head_dim + check_positive_int("v_dim", v_dim)
     return n_layers * n_kv_heads * per_pair * seq_len * batch * bytes_per_value
+
+
+def latent_cache_bytes(n_layers, rank, context, batch=1, bytes_per_value=2, rope_dim=0) -> int:
+    """``n_layers * (rank + rope_dim) * context * batch * bytes_per_value``: a latent cache's bytes.
+
+    Multi-head latent attention (DeepSeek-V2) caches per token and layer one latent ``c_t`` of
+    ``rank = r`` numbers shared by every head (and ``rope_dim = d_R`` numbers of a decoupled rotary key,
+    also shared), instead of ``2 n_g d_h`` numbers of keys and values: ``(r + d_R) / (2 n_g d_h)`` of
+    the KV cache of :func:`kv_cache_bytes`. DeepSeek-V2 itself (60 layers, 128 heads of ``d_h = 128``,
+    ``r = 512``, ``d_R = 64``), per token in fp16, against MHA (``n_g = 128``), GQA with 8 groups and MQA
+    (``n_g = 1``):
+
+    >>> mla = latent_cache_bytes(60, 512, 1, rope_dim=64)
+    >>> mla, kv_cache_bytes(60, 128, 128, 1), kv_cache_bytes(60, 8, 128, 1), kv_cache_bytes(60, 1, 128, 1)
+    (69120, 3932160, 245760, 30720)
+    >>> mla / kv_cache_bytes(60, 128, 128, 1) == (512 + 64) / (2 * 128 * 128)  # 1.8% of MHA
+    True
+    >>> mla / kv_cache_bytes(60, 1, 128, 1)  # as much as GQA with 2.25 groups: between MQA and GQA-8
+    2.25
+
+    The one owner of this formula: :class:`~course_lib.memory.LatentMemory`'s ``nbytes`` and
+    ``cost_per_token`` count their latents with it. It still grows linearly with ``context``, only slower.
+    """
+    for name, value in (("n_layers", n_layers), ("rank", rank), ("batch", batch),
+                        ("bytes_per_value", bytes_per_value)):
+        check_positive_int(name, value)
+    check_positive_int("context", context, minimum=0)
+    check_positive_int("rope_dim", rope_dim, minimum=0)
+    return n_layers * (rank + rope_dim) * context * batch * bytes_per_value
 
 
 def _check_kv(k, v, expected=None) -> None:

@@ -146,6 +146,11 @@ class MemoryAttention(nn.Module):
         self.w_beta = nn.Linear(d_model, self.mem_heads) if memory.learns_beta else None
         # and one that learns its decay (memory.learns_alpha) gets alpha_t = exp(-softplus(W_alpha x_t + b))
         self.w_alpha = nn.Linear(d_model, self.mem_heads) if memory.learns_alpha else None
+        # a memory whose parameters depend on the heads and head dim it is handed (lazy ones: a learned
+        # compressor's maps, LatentMemory's projections) gets them made now, for this layer's sizes, so
+        # that they exist (and are drawn) when the model is built, before any optimizer or first forward
+        if any(nn.parameter.is_lazy(p) for p in memory.parameters()):
+            memory.init_state(1, self.mem_heads, self.head_dim)
 
     def reset_decay(self) -> None:
         """``b`` of ``W_alpha``: ``-log alpha`` from ``1e-3`` to ``1e-1`` over the heads, ``b = softplus^-1(.)``

@@ -111,3 +111,21 @@ def test_the_chatbot_check_measures_a_gated_design(monkeypatch):
     recall = status["recall"]
     assert "held-out conversations answered" in recall.hint and "reaches about" not in recall.hint
     assert lesson09._reach(spec) == (math.inf, "")  # a matrix memory: no cut-off, it blurs (as delta)
+
+
+def test_the_capstone_measures_a_latent_cache_design():
+    """A learner's MLA cache ({"name": "latent", "rank": r}) goes through the same measurement: its bytes
+    (latent_cache_bytes, growing: it does not fit 64k tokens), ms per token, no recall run when it does not fit."""
+    from course_lib.experiments.specs import build_memory, spec_label
+    from course_lib.kv_cache import latent_cache_bytes
+    from course_lib.memory import LatentMemory
+
+    spec = {"name": "latent", "rank": 8, "rope_dim": 4}
+    memory = capstone.build_memory(spec)
+    assert isinstance(memory, LatentMemory) and (memory.rank, memory.rope_dim) == (8, 4)
+    assert isinstance(build_memory(spec), LatentMemory) and spec_label(spec) == "latent r=8 d_R=4"
+    setup = dataclasses.replace(capstone.SETUP, context=2048, decode_contexts=(64, 128))
+    out = capstone.measure_design({"name": "latent", "rank": 8}, setup)
+    # float32, all layers, where the stream stopped (past 4 x the budget)
+    assert out["nbytes"] == latent_cache_bytes(setup.n_layers, 8, out["bytes_at"], 1, 4) > 4 * setup.budget
+    assert out["fits"] is False and out["recall"] is None and [r["context"] for r in out["ms"]] == [64, 128]

@@ -24,6 +24,7 @@ from .gated import (
     gated_delta_recurrent,
 )
 from .knn import KNNMemory, KNNState
+from .latent import LatentMemory, LatentState
 from .linear import (
     DeltaMemory,
     DeltaState,
@@ -44,6 +45,7 @@ from .reference import (
     full_reference,
     gated_delta_reference,
     knn_reference,
+    latent_reference,
     linear_attention_reference,
     moving_average_reference,
     segment_reference,
@@ -69,6 +71,7 @@ REGISTERED: tuple[type[Memory], ...] = (
     SegmentMemory,
     CompressiveMemory,
     KNNMemory,
+    LatentMemory,
     MultiMemory,
 )
 
@@ -116,4 +119,5 @@ __all__ = [
     "full_reference", "window_reference", "sink_reference", "segment_reference", "knn_reference",
     "compressive_reference", "moving_average_reference", "cumulative_average_reference",
     "linear_attention_reference", "delta_rule_reference", "decay_reference", "gated_delta_reference",
+    "LatentMemory", "LatentState", "latent_reference",
 ]

@@ -28,6 +28,8 @@ memory, ``c`` ratio, ``N`` store, ``k`` retrieved pairs):
 * :func:`decay_reference`, :func:`gated_delta_reference`: :class:`~course_lib.memory.DecayMemory`
   and :class:`~course_lib.memory.GatedDeltaMemory`, the decayed matrix memories (their token loops
   stay in :mod:`course_lib.memory.gated` for the same reason).
+* :func:`latent_reference`: :class:`~course_lib.memory.LatentMemory` (multi-head latent attention):
+  every key and value rebuilt from the stored latents, a plain causal softmax.
 
 Memories whose output depends on where the segments start (``reads_segment``: segment,
 compressive, kNN) take the segmentation, ``segment_len``: an int ``n_s`` (segments of ``n_s``
@@ -55,7 +57,8 @@ from .base import Rotation
 __all__ = [
     "full_reference", "window_reference", "sink_reference", "segment_reference", "knn_reference",
     "compressive_reference", "moving_average_reference", "cumulative_average_reference",
-    "linear_attention_reference", "delta_rule_reference", "decay_reference", "gated_delta_reference", "REFERENCES",
+    "linear_attention_reference", "delta_rule_reference", "decay_reference", "gated_delta_reference",
+    "latent_reference", "REFERENCES",
 ]
 
 
@@ -420,6 +423,56 @@ def gated_delta_reference(q, k, v, alpha, beta, S=None, *, return_memory=False):
     return (out, S) if return_memory else out
 
 
+def _rope_at(x, i: int, base: float):
+    """``x [..., D]`` turned by position ``i``: pair ``(x_j, x_{j+D/2})`` by the angle ``i base^(-2j/D)``."""
+    d = x.shape[-1]
+    angle = torch.tensor([i / base ** (2 * j / d) for j in range(d // 2)] * 2, dtype=torch.float64)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def latent_reference(q, k, v, down, up_k, up_v, w_kr=None, w_qr=None, *, rope_base=10000.0, return_memory=False):
+    """Multi-head latent attention (DeepSeek-V2), the rule of :class:`~course_lib.memory.LatentMemory`:
+    store one latent per token, rebuild every head's keys and values from the stored latents, attend
+    with a plain causal softmax::
+
+        c_j = W_down [k_j; v_j]      (k_j, v_j of all heads, head after head)
+        K_{j,h} = W_uk,h c_j         V_{j,h} = W_uv,h c_j
+
+    ``down [r, H (d_h + d_v)]``, ``up_k [H, d_h, r]``, ``up_v [H, d_v, r]``. With the decoupled rotary
+    key (``w_kr [d_R, H d_h]``, ``w_qr [H, d_R, d_h]``): ``k^R_j = RoPE_j(W_kr k_j)``, shared by the heads,
+    ``q^R_{i,h} = RoPE_i(W_qr,h q_{i,h})``, score ``(q_{i,h} . K_{j,h} + q^R_{i,h} . k^R_j) / sqrt(d_h + d_R)``;
+    without: score ``RoPE_i(q_{i,h}) . RoPE_j(K_{j,h}) / sqrt(d_h)``. With ``return_memory``:
+    ``(out, (c [B, T, r], k^R [B, T, d_R] or None))``, what the cache holds after the text.
+    """
+    b, h, t, d = q.shape
+    latents, rope_keys, outs = [], [], []
+    for j in range(t):  # the cache: one latent (and rotary key) per token
+        kv = torch.cat([k[:, :, j].reshape(b, -1), v[:, :, j].reshape(b, -1)], dim=-1)  # [B, H (d_h + d_v)]
+        latents.append(kv @ down.T)
+        if w_kr is not None:
+            rope_keys.append(_rope_at(k[:, :, j].reshape(b, -1) @ w_kr.T, j, rope_base))
+    for i in range(t):
+        scores, values = [], []
+        for j in range(i + 1):  # every key so far, rebuilt from its stored latent
+            key = torch.einsum("hdr,br->bhd", up_k, latents[j])
+            values.append(torch.einsum("hvr,br->bhv", up_v, latents[j]))
+            if w_kr is None:
+                s = (_rope_at(q[:, :, i], i, rope_base) * _rope_at(key, j, rope_base)).sum(-1) / math.sqrt(d)
+            else:
+                q_rope = _rope_at(torch.einsum("hed,bhd->bhe", w_qr, q[:, :, i]), i, rope_base)
+                s = ((q[:, :, i] * key).sum(-1) + (q_rope * rope_keys[j][:, None]).sum(-1)) / math.sqrt(
+                    d + w_kr.shape[0])
+            scores.append(s)
+        weights = torch.softmax(torch.stack(scores, dim=-1), dim=-1)  # [B, H, i + 1]
+        outs.append(torch.einsum("bhn,bhnv->bhv", weights, torch.stack(values, dim=2)))
+    out = torch.stack(outs, dim=2)
+    if not return_memory:
+        return out
+    return out, (torch.stack(latents, dim=1), torch.stack(rope_keys, dim=1) if rope_keys else None)
+
+
 #: registry name -> the reference rule of that memory (every registered memory but ``multi``,
 #: which combines others: its parts are checked against theirs)
 REFERENCES = {
@@ -428,4 +481,5 @@ REFERENCES = {
     "linear": linear_attention_reference, "delta": delta_rule_reference, "decay": decay_reference,
     "gated_delta": gated_delta_reference, "segment": segment_reference,
     "compressive": compressive_reference, "knn": knn_reference,
+    "latent": latent_reference,
 }
