@@ -23,6 +23,7 @@ from .gated import (
     gated_delta_chunked,
     gated_delta_recurrent,
 )
+from .heavy_hitter import HeavyHitterMemory, HeavyHitterState, heavy_hitters
 from .knn import KNNMemory, KNNState
 from .latent import LatentMemory, LatentState
 from .linear import (
@@ -37,6 +38,7 @@ from .linear import (
     linear_attention_recurrent,
 )
 from .multi import MultiMemory, MultiState
+from .quantized import QuantizedKVMemory, QuantizedState, dequantize_kv, quantize_kv
 from .reference import (
     compressive_reference,
     cumulative_average_reference,
@@ -44,10 +46,12 @@ from .reference import (
     delta_rule_reference,
     full_reference,
     gated_delta_reference,
+    heavy_hitter_reference,
     knn_reference,
     latent_reference,
     linear_attention_reference,
     moving_average_reference,
+    quantized_reference,
     segment_reference,
     sink_reference,
     window_reference,
@@ -71,6 +75,8 @@ REGISTERED: tuple[type[Memory], ...] = (
     SegmentMemory,
     CompressiveMemory,
     KNNMemory,
+    QuantizedKVMemory,
+    HeavyHitterMemory,
     LatentMemory,
     MultiMemory,
 )
@@ -120,4 +126,6 @@ __all__ = [
     "compressive_reference", "moving_average_reference", "cumulative_average_reference",
     "linear_attention_reference", "delta_rule_reference", "decay_reference", "gated_delta_reference",
     "LatentMemory", "LatentState", "latent_reference",
+    "HeavyHitterMemory", "HeavyHitterState", "heavy_hitters", "heavy_hitter_reference",
+    "QuantizedKVMemory", "QuantizedState", "quantize_kv", "dequantize_kv", "quantized_reference",
 ]

@@ -19,6 +19,10 @@ memory, ``c`` ratio, ``N`` store, ``k`` retrieved pairs):
 * :func:`window_reference`: :class:`~course_lib.memory.WindowMemory`, the last ``n_c`` keys;
 * :func:`sink_reference`: :class:`~course_lib.memory.SinkMemory`, keys ``0..S-1`` and the last
   ``n_c``, rotated at their positions in the text or in the cache (StreamingLLM);
+* :func:`heavy_hitter_reference`: :class:`~course_lib.memory.HeavyHitterMemory` (H2O), token by token:
+  each token's eviction by accumulated attention, then its softmax;
+* :func:`quantized_reference`: :class:`~course_lib.memory.QuantizedKVMemory` (KIVI), each key read
+  through its quantisation once the cache had quantised it;
 * :func:`moving_average_reference`, :func:`cumulative_average_reference`: the averages;
 * :func:`linear_attention_reference`, :func:`delta_rule_reference`:
   :class:`~course_lib.memory.LinearMemory` and :class:`~course_lib.memory.DeltaMemory`. (The
@@ -58,6 +62,7 @@ __all__ = [
     "full_reference", "window_reference", "sink_reference", "segment_reference", "knn_reference",
     "compressive_reference", "moving_average_reference", "cumulative_average_reference",
     "linear_attention_reference", "delta_rule_reference", "decay_reference", "gated_delta_reference",
+    "heavy_hitter_reference", "quantized_reference",
     "latent_reference", "REFERENCES",
 ]
 
@@ -290,6 +295,76 @@ def compressive_reference(q, k, v, mem_len: int, cmem_len: int, ratio: int, comp
     return out, (torch.stack([x["k"] for x in kept], 2), torch.stack([x["v"] for x in kept], 2))
 
 
+def heavy_hitter_reference(q, k, v, budget: int, recent: int, *, return_memory=False):
+    """H2O (Zhang et al. 2023), the rule of :class:`~course_lib.memory.HeavyHitterMemory`, token by
+    token, separately for each sequence and head, with Python lists of positions. For the token at ``i``:
+
+    1. candidates: the positions the query at ``i - 1`` saw, plus ``i`` (accumulated attention ``A_i = 0``);
+    2. evict: while there are more than ``budget``, keep the ``recent`` newest candidates and, of the
+       others, the ``budget - recent`` with the largest ``A_j`` (ties: the earlier position);
+    3. attend: ``q_i`` over the kept candidates in one softmax; each one's ``A_j`` grows by its weight.
+
+    A chunk of any length follows the same rule (the fast memory's output does not depend on the
+    chunking). Held after the text: the positions the last query saw, oldest first.
+    """
+    b, h, t, _ = q.shape
+    out = v.new_zeros(b, h, t, v.shape[-1])
+    kept_k = k.new_zeros(b, h, min(t, budget), k.shape[-1])
+    kept_v = v.new_zeros(b, h, min(t, budget), v.shape[-1])
+    for bi in range(b):
+        for hi in range(h):
+            kept, acc = [], {}
+            for i in range(t):
+                cand = kept + [i]
+                acc[i] = 0.0
+                if len(cand) > budget:  # keep the newest `recent`, then the heavy hitters of the rest
+                    older, newest = cand[:len(cand) - recent], cand[len(cand) - recent:]
+                    hitters = sorted(older, key=lambda j: (-acc[j], j))[:budget - recent]
+                    cand = sorted(hitters + newest)
+                o, w = _attend(q[bi:bi + 1, hi:hi + 1, i], k[bi:bi + 1, hi:hi + 1, cand], v[bi:bi + 1, hi:hi + 1, cand])
+                out[bi, hi, i] = o[0, 0]
+                for j, wj in zip(cand, w[0, 0].tolist()):
+                    acc[j] += wj
+                kept = cand
+            kept_k[bi, hi], kept_v[bi, hi] = k[bi, hi, kept], v[bi, hi, kept]
+    return (out, (kept_k, kept_v)) if return_memory else out
+
+
+def _minmax(x, bits: int, axis: int):
+    """``x`` through ``bits``-bit asymmetric min-max quantisation over ``axis``: ``round((x - min) / s)``
+    in ``0..2^b - 1`` times ``s = (max - min) / (2^b - 1)`` plus ``min`` (``s = 1`` where ``max = min``)."""
+    lo, hi = x.amin(axis, keepdim=True), x.amax(axis, keepdim=True)
+    top = 2 ** bits - 1
+    s = torch.where(hi == lo, torch.ones_like(lo), (hi - lo) / top)
+    return ((x - lo) / s).round().clamp(0, top) * s + lo
+
+
+def quantized_reference(q, k, v, bits: int, group: int, residual: int, window: int | None = None):
+    """KIVI (Liu et al. 2024), the rule of :class:`~course_lib.memory.QuantizedKVMemory`, query by query.
+
+    After ``m`` tokens the cache holds the first ``Q(m) = floor(max(0, m - R) / G) * G`` quantised,
+    the rest exact. Key ``j`` read through quantisation is key ``j`` of its group ``j // G``
+    quantised per channel over the group's ``G`` tokens; value ``j`` is quantised per token over its
+    channels. The query at ``i`` sees keys ``0..i`` (the last ``n_c`` with ``window``), key ``j``
+    quantised when ``j < Q(i)`` (what the cache held before token ``i``), exact otherwise, in one softmax.
+    """
+    t = q.shape[2]
+    qk, qv = k.clone(), v.clone()  # every key and value as the cache would read it once quantised
+    for g in range(t // group):
+        span = slice(g * group, (g + 1) * group)
+        qk[:, :, span] = _minmax(k[:, :, span], bits, -2)  # per channel, over the group's tokens
+    for j in range(t):
+        qv[:, :, j] = _minmax(v[:, :, j], bits, -1)  # per token, over its channels
+    outs = []
+    for i in range(t):
+        quantised = max(0, i - residual) // group * group  # Q(i)
+        first = 0 if window is None else max(0, i - window + 1)
+        keys = [qk[:, :, j] if j < quantised else k[:, :, j] for j in range(first, i + 1)]
+        values = [qv[:, :, j] if j < quantised else v[:, :, j] for j in range(first, i + 1)]
+        outs.append(_attend(q[:, :, i], torch.stack(keys, 2), torch.stack(values, 2))[0])
+    return torch.stack(outs, dim=2)
+
+
 # -- averages --------------------------------------------------------------------------------------
 def moving_average_reference(v, window: int, weights=None):
     """The rule of :class:`~course_lib.memory.MovingAverageMemory`: ``out_i`` is the weighted mean
@@ -481,5 +556,6 @@ REFERENCES = {
     "linear": linear_attention_reference, "delta": delta_rule_reference, "decay": decay_reference,
     "gated_delta": gated_delta_reference, "segment": segment_reference,
     "compressive": compressive_reference, "knn": knn_reference,
+    "heavy_hitter": heavy_hitter_reference, "quantized": quantized_reference,
     "latent": latent_reference,
 }
