@@ -129,3 +129,27 @@ def test_the_capstone_measures_a_latent_cache_design():
     # float32, all layers, where the stream stopped (past 4 x the budget)
     assert out["nbytes"] == latent_cache_bytes(setup.n_layers, 8, out["bytes_at"], 1, 4) > 4 * setup.budget
     assert out["fits"] is False and out["recall"] is None and [r["context"] for r in out["ms"]] == [64, 128]
+
+
+@pytest.mark.parametrize("spec,label", [
+    ({"name": "quantized", "bits": 4, "group": 8, "residual": 8, "window": 56}, "quantized b=4 G=8 R=8 n_c=56"),
+    ({"name": "heavy_hitter", "budget": 24, "recent": 8}, "heavy_hitter B_h=24 n_r=8"),
+])
+def test_the_capstone_measures_a_quantized_or_heavy_hitter_cache(spec, label):
+    """A learner's 4-bit KIVI cache (windowed: fixed-size) or H2O cache goes through the same measurement:
+    bytes flat with the context and within the budget, ms per token flat, and a (tiny) recall run."""
+    setup = dataclasses.replace(TINY, context=2048, decode_contexts=(64, 128))
+    out = capstone.measure_design(spec, setup)
+    memory = capstone.build_memory(spec)
+    assert out["label"] == label and memory.fixed_size
+    assert len({row["nbytes"] for row in out["bytes"]}) == 1 and out["nbytes"] <= setup.budget
+    assert out["nbytes"] == setup.n_layers * memory.nbytes(memory.init_state(1, setup.n_heads, 16))
+    assert out["fits"] is True and isinstance(out["flat"], bool) and [r["context"] for r in out["ms"]] == [64, 128]
+    assert 0.0 <= out["recall"] <= 1.0 and out["recalls"] is not None
+
+
+def test_a_quantized_cache_without_a_window_grows_and_is_not_trained():
+    setup = dataclasses.replace(TINY, context=2048, decode_contexts=(64, 128))
+    out = capstone.measure_design({"name": "quantized", "bits": 4}, setup)
+    float_bytes = capstone.kv_bytes_per_token(setup) * out["bytes_at"]
+    assert out["fits"] is False and out["recall"] is None and out["nbytes"] < 0.55 * float_bytes
