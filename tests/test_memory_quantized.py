@@ -174,3 +174,18 @@ def test_decoding_after_reserve_allocates_no_new_cache_until_it_is_full():
         stale = memory.reserve(memory.init_state(1, 2, 4, dtype=torch.float64), 4)
         run(memory, q[:, :, :2], k[:, :, :2], v[:, :, :2], [1, 1], state=stale)
         memory(q[:, :, :1], k[:, :, :1], v[:, :, :1], stale)
+
+
+def test_a_windowed_cache_keeps_its_states_meaning_and_holds_no_graph():
+    memory = QuantizedKVMemory(bits=2, group=4, residual=3, window=10).double()
+    q, k, v = qkv(6, 1, 2, 30, 4)
+    _, kept = run(memory, q[:, :, :11], k[:, :, :11], v[:, :, :11], [4, 7])
+    first, later = run(memory, q[:, :, 11:], k[:, :, 11:], v[:, :, 11:], [3, 1, 15], state=kept)
+    run(memory, q, k, v, [30], state=later)
+    again, _ = run(memory, q[:, :, 11:], k[:, :, 11:], v[:, :, 11:], [3, 1, 15], state=kept)
+    torch.testing.assert_close(again, first)
+    torch.testing.assert_close(first, ref.quantized_reference(q, k, v, 2, 4, 3, 10)[:, :, 11:])
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    out, state = run(memory, *leaves, [5, 1, 24])
+    assert out.requires_grad and not any(x.requires_grad for x in state.groups.tensors())
+    assert not state.exact.k.requires_grad
