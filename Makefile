@@ -13,7 +13,7 @@ LAB_ARGS ?=
 # As root (containers) JupyterLab refuses to start unless told it may.
 LAB_ROOT = $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
-.PHONY: lab test test-fast env exercises notebooks lint bench clean-venv
+.PHONY: lab test test-fast env exercises notebooks lint bench clean-venv site site-theme
 
 env: $(STAMP)
 
@@ -59,6 +59,21 @@ lint: env
 bench: env
 	@mkdir -p runs
 	$(PY) -m course_lib bench decode $(BENCH_ARGS) --out runs/bench_decode.png
+
+# The course's website in _build/site/html (view: python -m http.server -d _build/site/html 8000): Jupyter Book 2
+# over the executed notebooks, nothing executed (course_lib/tools/site.py). Its theme, MyST's book theme, is built
+# from its source in site/theme with packages from the npm registry, once (`make site-theme`); needs Node.js >= 18.
+THEME := site/theme
+site: env site-theme
+	$(PY) -m course_lib.tools.site
+
+site-theme: $(THEME)/build/index.js
+
+$(THEME)/build/index.js: $(addprefix $(THEME)/,package.json package-lock.json prepare.cjs app/root.tsx app/katex.ts)
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { echo "make site needs Node.js >= 18 and npm: apt-get install nodejs npm (or https://nodejs.org)" >&2; exit 1; }
+	@node -e 'process.exit(+process.versions.node.split(".")[0] < 18)' || { echo "make site needs Node.js >= 18, found $$(node --version)" >&2; exit 1; }
+	cd $(THEME) && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent >/dev/null
+	@touch $@
 
 clean-venv:
 	rm -rf $(VENV)
