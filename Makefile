@@ -71,7 +71,7 @@ site-theme: $(THEME)/build/index.js
 
 $(THEME)/build/index.js: $(addprefix $(THEME)/,package.json package-lock.json prepare.cjs app/root.tsx app/katex.ts)
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { echo "make site needs Node.js >= 18 and npm: apt-get install nodejs npm (or https://nodejs.org)" >&2; exit 1; }
-	@node -e 'process.exit(+process.versions.node.split(".")[0] < 18)' || { echo "make site needs Node.js >= 18, found $$(node --version)" >&2; exit 1; }
+	@node -e 'process.exit(parseInt(process.versions.node) < 18 ? 1 : 0)' || { echo "make site needs Node.js >= 18, found $$(node --version)" >&2; exit 1; }
 	cd $(THEME) && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent >/dev/null
 	@touch $@
 

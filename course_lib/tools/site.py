@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -237,7 +239,7 @@ def _jupyter_book() -> list[str]:
     return [found]
 
 
-def build(out: Path = OUT, root: Path = ROOT, quiet: bool = False) -> Path:
+def build(out: Path = OUT, root: Path = ROOT, quiet: bool = False, timeout_s: float = 600) -> Path:
     """Stage and build the website into ``out/html``; returns that folder. Raises with mystmd's log on failure."""
     if shutil.which("node") is None:
         raise RuntimeError("Node.js >= 18 is not on PATH: Jupyter Book 2 runs on it (apt-get install nodejs npm)")
@@ -250,13 +252,24 @@ def build(out: Path = OUT, root: Path = ROOT, quiet: bool = False) -> Path:
     stage(src, root)
     # no telemetry
     env = dict(os.environ, MYST_NO_TELEMETRY="1")
-    run = subprocess.run([*_jupyter_book(), "build", "--html", "--ci"], cwd=src, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    (out / "build.log").write_text(run.stdout)
+    # its own process group: mystmd starts the theme's server (npm, node) and leaves it running when a build
+    # fails; the group is ended after the build either way
+    run = subprocess.Popen([*_jupyter_book(), "build", "--html", "--ci"], cwd=src, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log = ""
+    try:
+        log, _ = run.communicate(timeout=timeout_s)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGTERM)
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    (out / "build.log").write_text(log)
     built = src / "_build" / "html"
     if run.returncode != 0 or not (built / "index.html").is_file():
         raise RuntimeError(f"jupyter book build failed ({run.returncode}); log in {out / 'build.log'}:\n"
-                           f"{run.stdout[-4000:]}")
+                           f"{log[-4000:]}")
     if html.exists():
         shutil.rmtree(html)
     shutil.move(str(built), str(html))
