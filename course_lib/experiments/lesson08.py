@@ -37,17 +37,19 @@ def recall_rows(setup=None, *, only=None, device="cpu", out=None, log=print) -> 
     return recall.run_distance(setup, only=only, device=device, out=out, progress=False, log=log)["rows"]
 
 
-def cost_rows(setup=None, contexts=(32, 1024, 4096), *, steps: int = 32, repeats: int = 3, only=None) -> list[dict]:
+def cost_rows(setup=None, contexts=(32, 1024, 4096), *, steps: int = 32, repeats: int = 3, only=None,
+              designs=None) -> list[dict]:
     """ms per decoded token of each design's model after ``m`` tokens, for ``m`` in ``contexts``
     (the median of ``repeats`` timings of ``steps`` steps each, one torch thread), and its state
-    bytes there. The designs are those of the recall benchmark
-    (:func:`course_lib.experiments.recall.distance_designs`), untrained."""
+    bytes there. The designs are ``designs`` (records of :func:`course_lib.experiments.recall.design`),
+    by default those of the recall benchmark (:func:`course_lib.experiments.recall.distance_designs`),
+    untrained."""
     from ..cost import measure_decode
     from . import recall
 
     s = recall.DistanceSetup.full() if setup is None else setup
     out = []
-    for design in recall.distance_designs(s):
+    for design in recall.distance_designs(s) if designs is None else designs:
         family = design["spec"]["name"]
         if only and family not in only:
             continue
