@@ -152,13 +152,13 @@ def _grade_cell(cell_targets: list[Target], session, scores: dict) -> str:
             if answer is _NOT_LITERAL:
                 answer = session.answer(target.answer)
             result = run_exercise(target.exercise, answer)
-            scores[exercise_id] = (result.score, result.feedback)
+            scores[exercise_id] = (result.score, result.feedback, result.status, list(result.lines))
         except KernelGone:
             return exercise_id
         except (RemoteError, CheckTimeout, NotImplementedError) as err:
             why = "ran out of time" if isinstance(err, CheckTimeout) else \
                 f"raised {getattr(err, 'remote_type', type(err).__name__)}: {' '.join(str(err).split())[:160]}"
-            scores[exercise_id] = (0.0, f"not reached: reading the answer `{target.answer}` {why}")
+            scores[exercise_id] = (0.0, f"not reached: reading the answer `{target.answer}` {why}", "not reached")
     return ""
 
 

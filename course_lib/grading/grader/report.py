@@ -28,9 +28,17 @@ class Item:
     score: float
     max_score: float
     feedback: str
+    title: str = ""
+    status: str = ""  # "passed", "failed", "not attempted" (the checks') or "not reached"
+    checks: tuple = ()  # each check line: {"name", "status", "hint"}
 
     def as_dict(self) -> dict:
         return {"id": self.id, "score": self.score, "max_score": self.max_score, "feedback": self.feedback}
+
+    def as_record(self) -> dict:
+        """:meth:`as_dict` with the title, the status and every check line (class grading's feedback)."""
+        return {**self.as_dict(), "title": self.title, "status": self.status,
+                "checks": [dict(line) for line in self.checks]}
 
 
 @dataclass
@@ -61,6 +69,11 @@ class Report:
                                 for number, error in self.cell_errors[:MAX_CELL_ERRORS]],
                 "cell_errors_not_listed": max(len(self.cell_errors) - MAX_CELL_ERRORS, 0),
                 "stopped": self.stopped, "sandbox": self.sandbox, "limits": self.limits}
+
+    def as_record(self) -> dict:
+        """:meth:`as_dict` with each exercise's title, status and check lines: what class grading
+        (:mod:`course_lib.grading.grader.classroom`) sends back from a worker, JSON-able."""
+        return {**self.as_dict(), "exercises": [item.as_record() for item in self.items]}
 
     def table(self) -> str:
         width = max([len("exercise"), *(len(item.id) for item in self.items)])
@@ -107,15 +120,21 @@ def not_reached(target: Target, run: KernelRun) -> str:
 def build_report(notebook: str, lessons: list[str], targets: dict[str, Target], scores: dict[str, tuple],
                  run: KernelRun, sandbox: str) -> Report:
     """The report of a grade: ``scores`` maps an exercise id to ``(score, feedback)`` for each
-    exercise the grader checked (a score is kept within 0 and the exercise's points);
+    exercise the grader checked (a score is kept within 0 and the exercise's points), optionally
+    followed by the checks' status and their lines (:class:`~course_lib.grading.core.CheckLine`);
     ``sandbox`` is "bubblewrap" or "none: why"."""
     items = []
     for exercise_id, target in targets.items():
         points = float(target.exercise.points)
+        title = str(getattr(target.exercise, "title", ""))
         if exercise_id in scores:
-            score, feedback = scores[exercise_id]
-            items.append(Item(exercise_id, min(max(float(score), 0.0), points), points, feedback))
+            score, feedback, *more = scores[exercise_id]
+            status = more[0] if more else ""
+            lines = tuple({"name": line.name, "status": line.status, "hint": line.hint}
+                          for line in (more[1] if len(more) > 1 else ()))
+            items.append(Item(exercise_id, min(max(float(score), 0.0), points), points, feedback, title,
+                              status, lines))
         else:
-            items.append(Item(exercise_id, 0.0, points, not_reached(target, run)))
+            items.append(Item(exercise_id, 0.0, points, not_reached(target, run), title, "not reached"))
     errors = [(cell.index + 1, cell.error) for cell in run.cells if cell.error]
     return Report(notebook, items, errors, run.stopped, sandbox, list(lessons), list(run.limits))
