@@ -1,4 +1,4 @@
-"""README's lesson 10 tables are rendered from the shipped result files, and its sentences hold
+"""README's lesson 10 and 11 tables are rendered from the shipped result files, and its sentences hold
 for their numbers: a rerun that overturns one fails here."""
 
 from pathlib import Path
@@ -12,16 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 
 
-def _block(name: str) -> str:
+def _block(name: str, lesson: str = "10") -> str:
     readme = (ROOT / "README.md").read_text()
-    start = readme.index(f"<!-- lesson 10 {name} table: rendered from docs/results/lesson10_{name}.json -->\n")
-    end = readme.index(f"<!-- end of lesson 10 {name} table -->")
+    source = f"docs/results/lesson{lesson}_{name}.json"
+    start = readme.index(f"<!-- lesson {lesson} {name} table: rendered from {source} -->\n")
+    end = readme.index(f"<!-- end of lesson {lesson} {name} table -->")
     return readme[start:end].split("\n", 1)[1].strip()
 
 
-@pytest.mark.parametrize("name", ["recall", "hybrid"])
-def test_the_readme_tables_are_the_ones_rendered_from_the_result_files(name):
-    assert _block(name) == recall_table(load_result(RESULTS / f"lesson10_{name}.json"))
+@pytest.mark.parametrize("lesson, name", [("10", "recall"), ("10", "hybrid"), ("11", "recall")])
+def test_the_readme_tables_are_the_ones_rendered_from_the_result_files(lesson, name):
+    assert _block(name, lesson) == recall_table(load_result(RESULTS / f"lesson{lesson}_{name}.json"))
 
 
 def _label(result, start: str) -> str:
@@ -53,3 +54,14 @@ def test_the_readme_sentences_about_the_hybrid_hold_for_the_shipped_run():
     assert not any(_above(r, hybrid, gated, g) for g in gaps)
     assert all(_above(r, window, hybrid, g) and _above(r, window, gated, g) for g in (0, 16))
     assert all(recall.summary(r)[window][g]["mean"] < 0.06 for g in gaps if g >= 64)
+
+
+def test_the_readme_sentences_about_compressed_caches_hold_for_the_shipped_run():
+    r, fixed = load_result(RESULTS / "lesson11_recall.json"), load_result(RESULTS / "lesson10_recall.json")
+    q4, q2, h2o = _label(r, "quantized b=4 G=8 R=8 n_c"), _label(r, "quantized b=2"), _label(r, "heavy_hitter")
+    window = _label(fixed, "window n_c=32")
+    assert all(len(recall.seed_values(r, q2, g)) >= 3 for g in (64, 256))
+    below = recall.seed_values(r, q4, 64) + recall.seed_values(fixed, window, 64)
+    assert min(recall.seed_values(r, q2, 64)) > max(below)
+    assert all(min(recall.seed_values(r, h2o, g)) > max(recall.seed_values(fixed, window, g)) for g in (64, 256, 1024))
+    assert all(recall.summary(r)[label][4096]["mean"] < 0.10 for label in recall.summary(r))

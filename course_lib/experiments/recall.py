@@ -694,7 +694,8 @@ def capacity_table(result: dict) -> str:
 
 FAMILY_COLOURS = {"full": "black", "window": "tab:blue", "sink": "tab:cyan", "linear": "tab:orange",
                   "delta": "tab:red", "segment": "tab:green", "compressive": "tab:purple", "knn": "tab:brown",
-                  "multi": "tab:pink", "decay": "tab:olive", "gated_delta": "darkred", "hybrid": "tab:gray"}
+                  "multi": "tab:pink", "decay": "tab:olive", "gated_delta": "darkred", "hybrid": "tab:gray",
+                  "quantized": "goldenrod", "heavy_hitter": "magenta", "latent": "teal"}
 
 
 def plot_distance(result: dict, value: str = "accuracy", title: str | None = None):

@@ -69,6 +69,11 @@ COVERS = {
                          "chunkwise-parallel training measured (`python -m course_lib bench chunked`), a retrieval "
                          "explorer, gated memories and hybrids on MQAR at equal peak bytes (`python -m "
                          "course_lib.experiments.lesson10 recall`, `... hybrid`)",
+    "11_kv_compression": "shrinking the cache without leaving softmax: the three knobs of its bytes, KIVI's "
+                         "quantised keys per channel and values per token, H2O's heavy hitters (sinks found by "
+                         "attention), a multi-head latent cache (MLA) against MHA/GQA/MQA, all on MQAR at equal "
+                         "peak bytes beside the fixed-size memories (`python -m course_lib.experiments.lesson11 "
+                         "recall`), PagedAttention in words",
 }
 # notebooks beside a lesson (notebooks/<stem>.ipynb, no number): named in that lesson's row
 PLAYGROUNDS = {"04_memory_attention": ["explore_memories"]}
