@@ -393,7 +393,7 @@ def test_a_justification_is_graded_on_content_not_length():
 def test_an_invalid_design_name_is_not_cut_mid_word():
     result = check("09.chatbot_design", {"memory": {"name": "multi", "combine": "gate", "memories": [
         {"name": "windo", "window": 16}, {"name": "delta"}]}, "justification": "x"}, quiet=True)
-    assert "got 'windo')" in result.feedback
+    assert "got 'windo'" in result.feedback
 
 
 def test_a_front_sorted_the_wrong_way_is_told_to_sort_ascending():

@@ -25,7 +25,8 @@ def check_spec(spec, where: str = "design") -> str:
         raise TypeError(f"{where} must be a dict such as {{'name': 'window', 'window': 32}}, got {type(spec).__name__}")
     name = spec.get("name")
     if name not in MEMORIES:
-        raise ValueError(f"{where}['name'] must be one of {', '.join(MEMORIES)}, got {name!r}")
+        # what it got first: a report that shortens a long message still shows the name that was wrong
+        raise ValueError(f"{where}['name'] must be one of the registered memories, got {name!r}: {', '.join(MEMORIES)}")
     return name
 
 
