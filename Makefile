@@ -13,7 +13,7 @@ LAB_ARGS ?=
 # As root (containers) JupyterLab refuses to start unless told it may.
 LAB_ROOT = $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
-.PHONY: lab test test-fast env exercises notebooks lint bench clean-venv site site-theme
+.PHONY: lab test test-fast env exercises notebooks lint bench gpu-check clean-venv site site-theme
 
 env: $(STAMP)
 
@@ -59,6 +59,11 @@ lint: env
 bench: env
 	@mkdir -p runs
 	$(PY) -m course_lib bench decode $(BENCH_ARGS) --out runs/bench_decode.png
+
+# On a machine with a CUDA GPU: the tests marked gpu and the decode and chunked-training benchmarks on it,
+# into runs/gpu (.ci/gpu-check says what each is).
+gpu-check: env
+	bash .ci/gpu-check
 
 # The course's website in _build/site/html (view: python -m http.server -d _build/site/html 8000): Jupyter Book 2
 # over the executed notebooks, nothing executed (course_lib/tools/site.py). Its theme, MyST's book theme, is built

@@ -88,10 +88,11 @@ def _forms():
 FORMS = ("recurrent", "chunked", "parallel")
 
 
-def _inputs(gates, b, h, t, d, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(b, h, t, d, generator=g) for _ in range(3))
-    made = {"alpha": 0.9 + 0.1 * torch.rand(b, h, t, generator=g), "beta": torch.rand(b, h, t, generator=g)}
+def _inputs(gates, b, h, t, d, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same numbers on every device
+    q, k, v = (torch.randn(b, h, t, d, generator=g).to(device) for _ in range(3))
+    made = {"alpha": (0.9 + 0.1 * torch.rand(b, h, t, generator=g)).to(device),
+            "beta": torch.rand(b, h, t, generator=g).to(device)}
     leaves = [q, k, v, *(made[name] for name in gates)]
     for x in leaves:
         x.requires_grad_()
@@ -106,27 +107,37 @@ def _step(f, q, k, v, gates, chunk, leaves):
 
 
 def measure(name: str, t: int, *, batch: int, heads: int, head_dim: int, chunk: int, repeats: int,
-            forms: tuple[str, ...] | None = None) -> dict:
+            forms: tuple[str, ...] | None = None, device="cpu") -> dict:
     """``{form: seconds}``, the fastest of ``repeats`` timed steps of each form (after one warm-up each).
 
     The forms take turns, one step each per round, on the same inputs: a burst of load from a
-    machine's other users falls on every form alike, not on whichever happened to run then."""
+    machine's other users falls on every form alike, not on whichever happened to run then. On a GPU
+    the clock is read after the device's queued work is done (:func:`~course_lib.cost.sync`)."""
+    from ..cost import sync
+
+    device = torch.device(device)
     gate_names, steps = _forms()[name]
-    q, k, v, gates, leaves = _inputs(gate_names, batch, heads, t, head_dim)
+    q, k, v, gates, leaves = _inputs(gate_names, batch, heads, t, head_dim, device=device)
     chosen = list(steps) if forms is None else list(forms)
     for form in chosen:
         _step(steps[form], q, k, v, gates, chunk, leaves)
     best = dict.fromkeys(chosen, float("inf"))
     for _ in range(repeats):
         for form in chosen:
+            sync(device)
             t0 = time.perf_counter()
             _step(steps[form], q, k, v, gates, chunk, leaves)
+            sync(device)
             best[form] = min(best[form], time.perf_counter() - t0)
     return best
 
 
-def peak_bytes(name: str, form: str, t: int, *, batch: int, heads: int, head_dim: int, chunk: int) -> int:
+def peak_bytes(name: str, form: str, t: int, *, batch: int, heads: int, head_dim: int, chunk: int,
+               device="cpu") -> int:
     """The most bytes live at once during one step, above those live before it (inputs and gates).
+
+    On a CUDA device, the caching allocator's own count: ``torch.cuda.max_memory_allocated`` over the
+    step, less what was allocated before it.
 
     The torch profiler records every allocation and free of the step (``profile_memory=True``);
     their running sum in time order is the bytes the step holds, and its maximum the peak. This is
@@ -135,8 +146,16 @@ def peak_bytes(name: str, form: str, t: int, *, batch: int, heads: int, head_dim
     at ``T = 2,048`` take minutes to profile."""
     from torch.profiler import ProfilerActivity, profile
 
+    device = torch.device(device)
     gate_names, forms = _forms()[name]
-    q, k, v, gates, leaves = _inputs(gate_names, batch, heads, t, head_dim)
+    q, k, v, gates, leaves = _inputs(gate_names, batch, heads, t, head_dim, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        _step(forms[form], q, k, v, gates, chunk, leaves)
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         _step(forms[form], q, k, v, gates, chunk, leaves)
     changes = sorted(((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
@@ -213,6 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk", type=int, default=64, help="C, the chunk length (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps, the fastest kept (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2; 0: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the steps run")
     parser.add_argument("--no-memory", action="store_true", help="skip the profiler's peak memory")
     parser.add_argument("--profile-loop-up-to", type=int, default=PROFILE_LOOP_UP_TO,
                         help="profile the token loop's memory up to this T (default "
@@ -234,10 +254,13 @@ def run(args: argparse.Namespace) -> int:
     check_positive_int("--threads", args.threads, minimum=0)
     check_positive_int("--profile-loop-up-to", args.profile_loop_up_to, minimum=0)
     names = args.memory or list(MEMORY_NAMES)
+    from ..device import pick_device
+
+    device = pick_device(args.device)
     threads_before = torch.get_num_threads()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    print(f"chunked-training benchmark on {describe_device(torch.device('cpu'))}, torch {torch.__version__}, "
+    print(f"chunked-training benchmark on {describe_device(device)}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, float32; B {args.batch}, H {args.heads}, d_h {args.head_dim}, "
           f"C {args.chunk}; forward + backward of one memory")
     started, load_before = time.perf_counter(), load_average()
@@ -246,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             t0 = time.perf_counter()
             for t in lengths:
-                for form, seconds in measure(name, t, repeats=repeats, **sizes).items():
+                for form, seconds in measure(name, t, repeats=repeats, device=device, **sizes).items():
                     rows.append({"memory": name, "form": form, "T": t, "seconds": seconds,
                                  "tokens_per_s": args.batch * t / seconds, "peak_bytes": None})
             print(f"  {name}: timed in {time.perf_counter() - t0:.0f} s")
@@ -254,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             for r in rows:
                 if r["form"] != "recurrent" or r["T"] <= args.profile_loop_up_to:
-                    r["peak_bytes"] = peak_bytes(r["memory"], r["form"], r["T"], **sizes)
+                    r["peak_bytes"] = peak_bytes(r["memory"], r["form"], r["T"], device=device, **sizes)
             print(f"  peak memory profiled in {time.perf_counter() - t0:.0f} s")
     finally:
         torch.set_num_threads(threads_before)
@@ -262,10 +285,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, lengths))
     print()
     print(format_summary(summary, lengths))
-    save_plot(rows, args.out)
+    save_plot(rows, args.out, device=device)
     print(f"plot saved to {args.out}")
     if args.json:
-        _write_json(args, rows, summary, sizes, repeats, load_before, time.perf_counter() - started)
+        _write_json(args, rows, summary, sizes, repeats, load_before, time.perf_counter() - started, device)
         print(f"result file written to {args.json}")
     return 0
 
@@ -296,7 +319,7 @@ def format_summary(summary: dict, lengths: list[int]) -> str:
     return "\n".join(lines)
 
 
-def save_plot(rows: list[dict], path: str) -> None:
+def save_plot(rows: list[dict], path: str, device=None) -> None:
     from matplotlib.figure import Figure
 
     from .decode import log_log_axes
@@ -315,7 +338,8 @@ def save_plot(rows: list[dict], path: str) -> None:
     for ax, ylabel in ((ax_speed, "tokens/s (forward + backward)"), (ax_mem, "peak memory growth (MiB)")):
         log_log_axes(ax, "text length T (tokens)", ylabel)
     ax_speed.set_title("training speed")
-    ax_mem.set_title("memory (torch profiler, CPU)")
+    cuda = device is not None and torch.device(device).type == "cuda"
+    ax_mem.set_title("memory (CUDA allocator)" if cuda else "memory (torch profiler, CPU)")
     ax_speed.legend(fontsize=7, ncol=2)
     fig.savefig(path, dpi=120)
 
@@ -341,17 +365,21 @@ def command_of(args: argparse.Namespace) -> str:
     return "python -m course_lib " + shlex.join(words)
 
 
-def _write_json(args, rows, summary, sizes, repeats, load_before, seconds) -> None:
+def _write_json(args, rows, summary, sizes, repeats, load_before, seconds, device=None) -> None:
     from ..experiments.results import load_average, write_result
 
+    device = torch.device("cpu") if device is None else torch.device(device)
+    measure = ("torch.cuda.max_memory_allocated over the step, less the bytes allocated before it"
+               if device.type == "cuda" else
+               "torch profiler (CPU, profile_memory): the peak of the running sum of "
+               "the step's allocations and frees, bytes above those live before it")
     write_result(args.json, command=command_of(args), rows=rows, seeds=[0],
-                 seconds=seconds, device=torch.device("cpu"),
+                 seconds=seconds, device=device,
                  setup={**sizes, "repeats": repeats, "threads": args.threads, "dtype": "float32", "T": args.T,
                         "timing": "the forms of a memory take turns, one step each per round, on the same inputs; "
                                   "the fastest of the rounds is kept",
                         "profile_loop_up_to": args.profile_loop_up_to,
-                        "memory_measure": "torch profiler (CPU, profile_memory): the peak of the running sum of "
-                                          "the step's allocations and frees, bytes above those live before it"},
+                        "memory_measure": measure},
                  load_average={"before": load_before, "after": load_average()}, summary=summary)
 
 
