@@ -78,11 +78,11 @@ def layer_bytes(record: dict, *, length: int = 256, cycle: int = 1) -> int:
     return most
 
 
-def fit(make, s: DistanceSetup, *, low: int = 1, high: int = 1024, cycle: int = 1) -> dict:
+def fit(make, s: DistanceSetup, *, low: int = 1, high: int = 1024, cycle: int = 1, n_heads: int = 2) -> dict:
     """The design ``make(n)`` with the largest ``n`` in ``[low, high]`` whose :func:`layer_bytes` is at
-    most those of the window of ``B = s.budget`` pairs (the budget of every fixed-size design); bytes
-    grow with ``n``, so a bisection."""
-    limit = layer_bytes(design({"name": "window", "window": s.budget}, d_model=s.d_model))
+    most those of the window of ``B = s.budget`` pairs (the budget of every fixed-size design; ``n_heads``
+    heads of ``d_h = s.d_model / n_heads``); bytes grow with ``n``, so a bisection."""
+    limit = layer_bytes(design({"name": "window", "window": s.budget}, n_heads=n_heads, d_model=s.d_model))
     if layer_bytes(make(low), cycle=cycle) > limit:
         raise ValueError(f"even n={low} exceeds the budget of {limit} B")
     while low < high:
@@ -94,23 +94,29 @@ def fit(make, s: DistanceSetup, *, low: int = 1, high: int = 1024, cycle: int = 
     return make(low)
 
 
-def recall_designs(s: DistanceSetup) -> list[dict]:
+def recall_designs(s: DistanceSetup, *, n_heads: int = 2) -> list[dict]:
     """The designs of the ``recall`` run, in the order they run: 4-bit window, H2O, 2-bit window
     (each as large as the budget allows), then the growing ones (latent rank ``d_h / 2``, a 4-bit
-    cache of every pair). Group and residual of the quantised caches: :data:`GROUP`."""
+    cache of every pair). Group and residual of the quantised caches: :data:`GROUP`. ``n_heads``
+    heads of ``d_h = s.d_model / n_heads`` (2 in the recall run; lesson 06's text task and the
+    capstone size the same designs for their own models with it)."""
     d = s.d_model
-    d_h = d // 2
+    d_h = d // n_heads
     group = {"group": GROUP, "residual": GROUP}
 
+    def make(spec):
+        return design(spec, n_heads=n_heads, d_model=d)
+
     def quantized(bits):
-        return lambda n: design({"name": "quantized", "bits": bits, **group, "window": n}, d_model=d)
+        return lambda n: make({"name": "quantized", "bits": bits, **group, "window": n})
 
     return [
-        fit(quantized(4), s, low=GROUP),
-        fit(lambda n: design({"name": "heavy_hitter", "budget": n, "recent": n // 2}, d_model=d), s, low=2, high=64),
-        fit(quantized(2), s, low=GROUP),
-        design({"name": "latent", "rank": d_h // 2, "rope_dim": max(2, d_h // 8 * 2)}, d_model=d),
-        design({"name": "quantized", "bits": 4, **group}, d_model=d),
+        fit(quantized(4), s, low=GROUP, n_heads=n_heads),
+        fit(lambda n: make({"name": "heavy_hitter", "budget": n, "recent": n // 2}), s, low=2, high=64,
+            n_heads=n_heads),
+        fit(quantized(2), s, low=GROUP, n_heads=n_heads),
+        make({"name": "latent", "rank": d_h // 2, "rope_dim": max(2, d_h // 8 * 2)}),
+        make({"name": "quantized", "bits": 4, **group}),
     ]
 
 
