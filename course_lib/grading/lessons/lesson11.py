@@ -161,14 +161,18 @@ def _quantize_check(fn, seed, b, h, t, d, bits, axis, *, dtype=torch.float64, co
             raise Mistake("round_trip")
 
 
+def _sized_check(check, seed, b, h, t, d, bits, axis):
+    """``Check`` of ``check(seed, b, h, t, d, bits, axis)``, labelled with the sizes it runs on (one source)."""
+    side = "keys per channel (axis = -2)" if axis == -2 else "values per token (axis = -1)"
+    return Check(f"{side}, {bits} bits, B = {b}, H = {h}, T = {t}, D = {d}", check(seed, b, h, t, d, bits, axis))
+
+
 QUANTIZE_KV = code_exercise(
     id="11.quantize_kv", title="Min-max quantisation of keys and values", hints=QUANT_HINTS,
     error_hints={BROADCAST_ERROR: "keepdim"},
     checks=[
-        Check("keys per channel (axis = -2), 4 bits, B = 2, H = 3, T = 7, D = 5",
-              _quantize_check(1101, 2, 3, 7, 5, 4, -2)),
-        Check("values per token (axis = -1), 4 bits, B = 2, H = 3, T = 7, D = 5",
-              _quantize_check(1102, 2, 3, 7, 5, 4, -1)),
+        _sized_check(_quantize_check, 1101, 2, 3, 7, 5, 4, -2),
+        _sized_check(_quantize_check, 1102, 2, 3, 7, 5, 4, -1),
         Check("8 bits, keys (axis = -2), B = 1, H = 2, T = 33, D = 6, float32 in, float32 scale and zero out",
               _quantize_check(1103, 1, 2, 33, 6, 8, -2, dtype=torch.float32)),
         Check("2 bits, values (axis = -1), B = 3, H = 1, T = 9, D = 4", _quantize_check(1104, 3, 1, 9, 4, 2, -1)),
@@ -226,10 +230,8 @@ def _dequantize_check(fn, seed, b, h, t, d, bits, axis, *, dtype=torch.float64, 
 DEQUANTIZE_KV = code_exercise(
     id="11.dequantize_kv", title="Reading quantised keys and values back", hints=DEQUANT_HINTS,
     checks=[
-        Check("keys per channel (axis = -2), 4 bits, B = 2, H = 3, T = 7, D = 5",
-              _dequantize_check(1121, 2, 3, 7, 5, 4, -2)),
-        Check("values per token (axis = -1), 2 bits, B = 1, H = 2, T = 9, D = 4",
-              _dequantize_check(1122, 1, 2, 9, 4, 2, -1)),
+        _sized_check(_dequantize_check, 1121, 2, 3, 7, 5, 4, -2),
+        _sized_check(_dequantize_check, 1122, 1, 2, 9, 4, 2, -1),
         Check("8 bits, float32 scale and zero: float32 out (keys, T = 20, D = 6)",
               _dequantize_check(1123, 1, 2, 20, 6, 8, -2, dtype=torch.float32)),
         Check("a constant row (scale 1, q 0): the minimum comes back exactly (values, 4 bits)",
