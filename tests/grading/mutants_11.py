@@ -186,13 +186,24 @@ def hh_recent_are_the_first(scores, budget, recent):
     return torch.cat([torch.arange(recent), rest]).sort().values
 
 
-@mutant("11.heavy_hitters", hint="budget_plus_recent")
-def hh_budget_of_heavy_hitters(scores, budget, recent):
-    t = scores.shape[0]
-    if t <= budget:
-        return torch.arange(t)
-    heavy = torch.sort(scores[:t - recent], descending=True, stable=True).indices[:budget]
-    return torch.cat([heavy, torch.arange(t - recent, t)]).sort().values
+def _picks_the_older_wrong(hint):
+    """Register a heavy-hitter mutant whose only mistake is which older positions it keeps: the
+    decorated ``heavy(older, budget, recent)`` picks them from ``older = scores[:T - recent]``;
+    the short case (T <= budget keeps all) and the recent window around it are right."""
+    def register(heavy):
+        def answer(scores, budget, recent):
+            t = scores.shape[0]
+            if t <= budget:
+                return torch.arange(t)
+            return torch.cat([heavy(scores[:t - recent], budget, recent), torch.arange(t - recent, t)]).sort().values
+        answer.__name__ = heavy.__name__
+        return mutant("11.heavy_hitters", hint=hint)(answer)
+    return register
+
+
+@_picks_the_older_wrong("budget_plus_recent")
+def hh_budget_of_heavy_hitters(older, budget, recent):
+    return torch.sort(older, descending=True, stable=True).indices[:budget]
 
 
 @mutant("11.heavy_hitters", hint="double_count")
@@ -204,15 +215,10 @@ def hh_top_then_add_recent(scores, budget, recent):
     return torch.tensor(sorted(set(top.tolist()) | set(range(t - recent, t))), dtype=torch.long)
 
 
-@mutant("11.heavy_hitters", hint="ties_later")
-def hh_ties_to_the_later(scores, budget, recent):
-    t = scores.shape[0]
-    if t <= budget:
-        return torch.arange(t)
-    older = scores[:t - recent]
+@_picks_the_older_wrong("ties_later")
+def hh_ties_to_the_later(older, budget, recent):
     flipped = torch.sort(older.flip(0), descending=True, stable=True).indices  # later first among equals
-    heavy = older.shape[0] - 1 - flipped[:budget - recent]
-    return torch.cat([heavy, torch.arange(t - recent, t)]).sort().values
+    return older.shape[0] - 1 - flipped[:budget - recent]
 
 
 @mutant("11.heavy_hitters", hint="unsorted")
