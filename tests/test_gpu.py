@@ -28,7 +28,9 @@ def test_every_memory_on_cuda_matches_the_cpu_in_float64(name):
     memory = MEMORY_CASES[name]()
     q, k, v = qkv(1, 2, 2, sum(SIZES), 8)
     out_cpu, _ = run(memory.double(), q, k, v, SIZES)
-    out_gpu, _ = run(memory.cuda(), q.cuda(), k.cuda(), v.cuda(), SIZES)
+    memory.cuda()
+    state = memory.init_state(k.shape[0], k.shape[1], k.shape[3], device="cuda", dtype=k.dtype, v_dim=v.shape[3])
+    out_gpu, _ = run(memory, q.cuda(), k.cuda(), v.cuda(), SIZES, state=state)
     torch.testing.assert_close(out_gpu.cpu(), out_cpu, atol=1e-10, rtol=1e-10)
 
 

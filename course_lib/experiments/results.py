@@ -71,6 +71,8 @@ def machine(device=None) -> dict:
            "threads": torch.get_num_threads()}
     if device is not None:
         out["device"] = str(device)
+        if torch.device(device).type == "cuda":
+            out["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return out
 
 
