@@ -41,6 +41,7 @@ import time
 import torch
 
 from .._checks import check_positive_int
+from ._made import how_made
 
 __all__ = ["FORMS", "MEMORY_NAMES", "add_arguments", "growth", "measure", "parse_lengths", "peak_bytes", "ratios",
            "readme_block", "run"]
@@ -386,14 +387,9 @@ def _write_json(args, rows, summary, sizes, repeats, load_before, seconds, devic
 def readme_block(result: dict) -> str:
     """README's block for a result file of this benchmark: how it was made, then per memory the
     chunked form's speed over the token loop's at each ``T`` and the peak's growth per doubling."""
-    m, s, load = result["machine"], result["setup"], result.get("load_average") or {}
-    loads = [v for v in (load.get("before"), load.get("after")) if v is not None]
-    busy = f"; load average {min(loads):.1f}-{max(loads):.1f} during the run" if loads else ""
-    commit = (result.get("commit") or "unknown")[:7] + (" with uncommitted changes" if result.get("dirty") else "")
-    head = (f"`{result['command']}` at commit {commit} ({m.get('processor') or 'a CPU'}, {m.get('cpu_count')} "
-            f"logical CPUs, torch {m.get('torch')}, {s['threads']} threads, {s['dtype']}; B {s['batch']}, "
-            f"H {s['heads']}, d_h {s['head_dim']}, C {s['chunk']}; the fastest of {s['repeats']} rounds{busy}; "
-            f"{result['seconds']:.0f} s).")
+    s = result["setup"]
+    head = how_made(result, f"{s['threads']} threads, {s['dtype']}; B {s['batch']}, H {s['heads']}, "
+                            f"d_h {s['head_dim']}, C {s['chunk']}; the fastest of {s['repeats']} rounds")
     ratio, growth_ = result["summary"]["chunked_over_recurrent"], result["summary"]["peak_growth_per_step_of_T"]
     lengths = sorted({int(t) for by_t in ratio.values() for t in by_t})
     lines = [head, "", "| chunked over token loop (tokens/s) | " + " | ".join(f"T = {t:,}" for t in lengths)
