@@ -203,3 +203,109 @@ def test_the_text_command_writes_its_result_and_resumes(tmp_path):
     assert lesson06.main(more) == 0
     again = read_result(out)  # the kept rows and the new design, in the order of DESIGNS
     assert [r["design"] for r in again["rows"]] == ["window", "conv", "most_used"] and again["rows"][:2] == before
+
+
+# ------------------------------------------------------------------ lesson 11's caches on the text task
+
+FIXED_CACHES = {"kivi4": "window", "h2o": "budget", "kivi2": "window"}  # the size each fit chose
+
+
+def _text_record(spec, s=lesson06.TEXT_FULL):
+    from course_lib.experiments.recall import design
+
+    return design(spec, n_heads=s.n_heads, d_model=s.d_model)
+
+
+def test_lesson11s_caches_are_its_own_fit_at_the_windows_bytes_with_labels_that_say_them():
+    from course_lib.experiments import lesson11
+
+    s = lesson06.TEXT_FULL
+    fitted = lesson11.recall_designs(lesson11.setup(budget=s.slots, d_model=s.d_model), n_heads=s.n_heads)
+    assert [lesson06.design_spec(name, s) for name in lesson06.CACHES] == [r["spec"] for r in fitted]
+    window = lesson11.layer_bytes(_text_record(lesson06.design_spec("window", s)))
+    assert window == 2 * s.slots * s.d_model * 4  # 32 fp32 pairs per head, 2 heads of d_h = 32: a layer
+    for name, key in FIXED_CACHES.items():
+        spec = lesson06.design_spec(name, s)
+        held = lesson11.layer_bytes(_text_record(spec))
+        bigger = {**spec, key: spec[key] + 1, **({"recent": (spec[key] + 1) // 2} if key == "budget" else {})}
+        assert 0.95 * window < held <= window < lesson11.layer_bytes(_text_record(bigger)), name  # the largest
+        label = lesson06.DESIGNS[name]
+        assert f"({held:,} B/layer)" in label and str(spec[key]) in label, label
+    assert lesson06.design_spec("kivi2", s)["window"] > lesson06.design_spec("kivi4", s)["window"] > s.slots
+    latent, every = lesson06.design_spec("latent", s), lesson06.design_spec("kivi4_all", s)
+    assert "window" not in latent and "window" not in every  # the growing ones
+    per_token = (latent["rank"] + latent["rope_dim"]) * 4
+    grow = lesson11.layer_bytes(_text_record(latent), length=257) - lesson11.layer_bytes(_text_record(latent))
+    assert grow == per_token and f"grows {per_token} B/token/layer" in lesson06.DESIGNS["latent"]
+    group = every["group"]  # the 4-bit cache grows a group at a time
+    grow = (lesson11.layer_bytes(_text_record(every), length=256 + group)
+            - lesson11.layer_bytes(_text_record(every))) // group
+    assert f"grows {grow} B/token/layer" in lesson06.DESIGNS["kivi4_all"]
+    with pytest.raises(ValueError, match="lesson 11's caches"):
+        lesson06.cache_spec("window", s)
+
+
+def test_lesson11s_caches_train_in_memorylm_on_segments_with_every_chunk_key_reaching_the_loss():
+    s = lesson06.TEXT_FULL
+    torch.manual_seed(0)
+    for name in ("kivi4", "kivi2"):  # as in lesson 11's runs: segments of 16, G = R = 8
+        memory = lesson06.make_memory_for(name, s).double()
+        state = memory.init_state(1, s.n_heads, s.d_model // s.n_heads, dtype=torch.float64)
+        for _ in range(4):  # past the first groups: quantised, in the ring, and evicted
+            q, k, v = (torch.randn(1, s.n_heads, s.segment_len, s.d_model // s.n_heads, dtype=torch.float64,
+                                   requires_grad=True) for _ in range(3))
+            out, state = memory(q, k, v, state)
+            out.square().sum().backward()
+            assert (k.grad.abs().sum((0, 1, 3)) > 0).all() and (v.grad.abs().sum((0, 1, 3)) > 0).all(), name
+            assert not state.exact.k.requires_grad and not any(x.requires_grad for x in state.groups.tensors())
+    for name in lesson06.CACHES:
+        model = MemoryLM(40, s.d_model, s.n_layers, s.n_heads, lesson06.make_memory_for(name, s))
+        state = None
+        for seg in torch.randint(0, 40, (2, 3 * s.segment_len)).split(s.segment_len, 1):
+            logits, state = model(seg, state)
+            F.cross_entropy(logits.flatten(0, 1), seg.flatten()).backward()  # per segment, as train_text
+        for p_name, p in model.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, (name, p_name)
+
+
+def test_the_text_command_runs_lesson11s_caches_beside_the_window(tmp_path):
+    from course_lib.experiments.results import read_result
+
+    out = tmp_path / "caches.json"
+    names = ["window", *lesson06.CACHES]
+    assert lesson06.main(["text", "--quick", "--designs", ",".join(names), "--jobs", "1", "--out", str(out)]) == 0
+    rows = {r["design"]: r for r in read_result(out)["rows"]}
+    assert list(rows) == names
+    for name in lesson06.CACHES:
+        assert rows[name]["label"] == lesson06.DESIGNS[name] and rows[name]["spec"] == lesson06.design_spec(
+            name, lesson06.TEXT_QUICK) and rows[name]["bpc"] > 0
+        assert rows[name]["peak_nbytes"] == rows[name]["nbytes"]  # none reads its segment
+    for name in FIXED_CACHES:  # every layer holds the cache: the model's bytes are the window's, within the fit
+        assert 0.95 * rows["window"]["nbytes"] < rows[name]["nbytes"] <= rows["window"]["nbytes"], name
+
+
+def test_resuming_the_shipped_text_file_keeps_its_rows_and_adds_only_the_new_designs(tmp_path, monkeypatch):
+    import json
+    import shutil
+    from dataclasses import asdict
+
+    from course_lib.experiments.results import read_result
+
+    shipped = read_result(lesson06.RESULT)
+    assert shipped["setup"] == json.loads(json.dumps(asdict(lesson06.TEXT_FULL)))  # what --resume compares
+    out = tmp_path / "text.json"
+    shutil.copy(lesson06.RESULT, out)
+    made = []
+
+    def fake(name, seed, s):  # no training: the rows --resume would add
+        made.append((name, seed))
+        return {"design": name, "label": lesson06.DESIGNS[name], "seed": seed, "bpc": 2.0, "nbytes": 1,
+                "peak_nbytes": 1, "seconds": 1.0, "commit": None}
+
+    monkeypatch.setattr(lesson06, "train_text", fake)
+    assert lesson06.main(["text", "--resume", "--designs", "kivi2,h2o", "--jobs", "1", "--out", str(out)]) == 0
+    assert sorted(made) == sorted((n, seed) for n in ("kivi2", "h2o") for seed in lesson06.TEXT_FULL.seeds)
+    rows = read_result(out)["rows"]
+    old = [r for r in rows if r["design"] not in ("kivi2", "h2o")]
+    key = lambda r: (r["design"], r["seed"])  # noqa: E731
+    assert sorted(old, key=key) == sorted(shipped["rows"], key=key) and len(rows) == len(shipped["rows"]) + 6

@@ -16,6 +16,19 @@ at equal carried bytes (the peak working memory of each is recorded beside it).
     channel maps), all three trained by the attention-reconstruction loss only, and
     ``most_used`` (the pairs of highest average attention).
 
+  Lesson 11's caches that keep softmax but shrink (:func:`cache_spec`), sized for this model by
+  lesson 11's own bisection (:func:`course_lib.experiments.lesson11.recall_designs`: ``d_h = 32``,
+  the window's 32 pairs per head and layer, 16,384 B a layer, as the bound, ``G = R = 8``):
+
+  - ``kivi4`` / ``kivi2``: a KIVI window of 4-bit / 2-bit codes, ``n_c`` as long as the window's
+    bytes allow (64 / 80 tokens, 15,744 B a layer);
+  - ``h2o``: H2O's heavy hitters, ``B_h = 31`` pairs of which ``n_r = 15`` recent (16,120 B a layer:
+    the accumulated attention is counted);
+  - the growing ones, not held to the budget (their bytes after a held-out row are in the rows):
+    ``latent`` (multi-head latent attention, rank ``r = 16`` and a rotary part ``d_R = 8``: 96 B a
+    token and layer) and ``kivi4_all`` (a 4-bit cache of every pair: 144 B a token and layer, plus
+    up to 15 exact pairs).
+
   Equal *carried* bytes (``nbytes``: 32 slots per head and layer; most-used also keeps the
   attention each slot received). Each row also gives ``peak_nbytes``, the peak working memory
   (:meth:`~course_lib.memory.Memory.peak_nbytes`): Transformer-XL and the compressive memory
@@ -32,10 +45,12 @@ at equal carried bytes (the peak working memory of each is recorded beside it).
 
 Command (the shipped result ``docs/results/lesson06_text.json``)::
 
-    python -m course_lib.experiments.lesson06 text              # 8 designs x 3 seeds, one core each (--jobs)
+    python -m course_lib.experiments.lesson06 text              # every design x 3 seeds, one core each (--jobs)
     python -m course_lib.experiments.lesson06 text --quick      # seconds: checks the pipeline
     python -m course_lib.experiments.lesson06 text --steps 150 --seeds 0 --designs window,xl,conv
     python -m course_lib.experiments.lesson06 text --resume --jobs 1   # finish an interrupted run
+    python -m course_lib.experiments.lesson06 text --designs window,kivi4,h2o,kivi2,latent,kivi4_all \
+        --jobs 16 --out docs/results/lesson11_text.json      # lesson 11's caches, the window beside them
 
 ``--resume`` keeps every row of ``--out`` made with the same setup and runs only the missing
 design x seed pairs (each row records the ``commit`` it was made at).
@@ -44,6 +59,7 @@ design x seed pairs (each row records the ``commit`` it was made at).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -54,7 +70,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "design_spec", "make_memory_for", "compressor_taps",
+__all__ = ["TextSetup", "TEXT_FULL", "TEXT_QUICK", "DESIGNS", "CACHES", "design_spec", "cache_spec",
+           "make_memory_for", "compressor_taps",
            "train_text", "run_text", "summarise", "paired", "plot_text",
            "extra_loss", "MqarSetup", "mqar_reach", "accuracy_by_gap", "main"]
 
@@ -95,7 +112,36 @@ DESIGNS = {
     "conv": "compressive, conv + recon. loss",
     "dilated_conv": "compressive, dilated conv + recon. loss",
     "most_used": "compressive, most-used",
+    # lesson 11's caches (:func:`cache_spec`); the bytes are those of TEXT_FULL's model, per layer
+    "kivi4": "KIVI 4-bit window n_c = 64 (15,744 B/layer)",
+    "h2o": "H2O B_h = 31, n_r = 15 (16,120 B/layer)",
+    "kivi2": "KIVI 2-bit window n_c = 80 (15,744 B/layer)",
+    "latent": "latent r = 16, d_R = 8 (grows 96 B/token/layer)",
+    "kivi4_all": "KIVI 4-bit, every pair (grows 144 B/token/layer)",
 }
+
+#: lesson 11's designs among :data:`DESIGNS` -> their place in
+#: :func:`course_lib.experiments.lesson11.recall_designs`
+CACHES = {"kivi4": 0, "h2o": 1, "kivi2": 2, "latent": 3, "kivi4_all": 4}
+
+
+@functools.lru_cache(maxsize=8)
+def _caches(slots: int, d_model: int, n_heads: int) -> tuple:
+    from . import lesson11
+
+    s = lesson11.setup(budget=slots, d_model=d_model)
+    return tuple(json.dumps(r["spec"]) for r in lesson11.recall_designs(s, n_heads=n_heads))
+
+
+def cache_spec(name: str, s: TextSetup) -> dict:
+    """The spec of lesson 11's cache ``name`` (one of :data:`CACHES`) for ``s``'s model, sized as
+    lesson 11 sizes it (:func:`course_lib.experiments.lesson11.recall_designs`, a bisection on
+    :func:`~course_lib.experiments.lesson11.layer_bytes`): the fixed-size ones hold at most the bytes
+    of a window of ``s.slots`` pairs per head and layer, the growing ones are lesson 11's latent
+    (rank ``d_h / 2``) and 4-bit cache of every pair."""
+    if name not in CACHES:
+        raise ValueError(f"name must be one of lesson 11's caches {', '.join(CACHES)}, got {name!r}")
+    return json.loads(_caches(s.slots, s.d_model, s.n_heads)[CACHES[name]])
 
 
 def design_spec(name: str, s: TextSetup) -> dict:
@@ -109,6 +155,8 @@ def design_spec(name: str, s: TextSetup) -> dict:
         return {"name": "window", "window": s.slots + s.segment_len}
     if name not in DESIGNS:
         raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {name!r}")
+    if name in CACHES:
+        return cache_spec(name, s)
     # d_h given, so that the learned channel maps are made at once
     return {"name": "compressive", "mem_len": s.slots // 2, "cmem_len": s.slots // 2, "ratio": s.ratio,
             "compress": name, "head_dim": s.d_model // s.n_heads}
@@ -137,8 +185,9 @@ def compressor_taps(memory, tensor: str = "k") -> dict | None:
     ``taps[a]`` = the mean diagonal of its linear map ``E_a`` (the weight a channel gives its own
     value at position ``a``; mean pooling: ``1 / c``), and ``off_diagonal`` = the share of
     ``sum_a ||E_a||^2`` off the diagonal (0 for mean pooling and for ``conv_shared``).
-    ``None`` for a compressor with nothing to learn."""
-    if not list(memory.parameters()):
+    ``None`` for a compressor with nothing to learn, and for a memory that is no compressor (lesson
+    11's latent cache learns its projections, but compresses no pairs)."""
+    if not hasattr(memory, "compress_pairs") or not list(memory.parameters()):
         return None
     c, d = memory.ratio, memory.head_dim or 1  # conv_shared: one tap per position, whatever d_h
     with torch.no_grad():
@@ -206,7 +255,7 @@ def train_text(name: str, seed: int, s: TextSetup = TEXT_FULL, *, corpus=None, p
         _, state = forward_segments(model, val[0][:1], s.segment_len)
     from ..experiments.results import commit
 
-    return {"design": name, "label": DESIGNS[name], "seed": seed, "bpc": result["bpc"],
+    return {"design": name, "label": DESIGNS[name], "spec": design_spec(name, s), "seed": seed, "bpc": result["bpc"],
             "nbytes": model.state_nbytes(state), "peak_nbytes": model.peak_nbytes(state, s.segment_len),
             "seconds": seconds, "commit": commit()[0],
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -274,7 +323,8 @@ def plot_text(summary: list[dict], title: str = ""):
 
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()
-    colours = {"window": "tab:blue", "window_peak": "tab:cyan", "xl": "tab:green"}
+    colours = {"window": "tab:blue", "window_peak": "tab:cyan", "xl": "tab:green",
+               **dict.fromkeys(CACHES, "tab:orange")}
     for y, r in enumerate(summary):  # points with error bars: no bar drawn from an arbitrary axis origin
         ax.errorbar(r["bpc"], y, xerr=r["std"] or 0, fmt="o", ms=7, capsize=4,
                     color=colours.get(r["design"], "tab:purple"))
