@@ -21,6 +21,7 @@ from course_lib.memory import (
     LinearMemory,
     MovingAverageMemory,
     MultiMemory,
+    QuantizedKVMemory,
     SegmentMemory,
     SinkMemory,
     WindowMemory,
@@ -41,6 +42,8 @@ MEMORY_CASES.update({
     "infini": lambda: MultiMemory([WindowMemory(4), LinearMemory(chunk_size=4)], combine="gate", n_heads=H),
     "concat": lambda: MultiMemory([SegmentMemory(4), KNNMemory(8, 2)], combine="concat"),
     "concat_sink_knn": lambda: MultiMemory([SinkMemory(1, 3), KNNMemory(8, 2)], combine="concat"),
+    # KIVI over a window: fixed-size (the registry's example grows), 2-bit codes, a window not a multiple of G
+    "quantized_window": lambda: QuantizedKVMemory(2, group=4, residual=4, window=13),
 })
 
 
