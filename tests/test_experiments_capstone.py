@@ -153,3 +153,80 @@ def test_a_quantized_cache_without_a_window_grows_and_is_not_trained():
     out = capstone.measure_design({"name": "quantized", "bits": 4}, setup)
     float_bytes = capstone.kv_bytes_per_token(setup) * out["bytes_at"]
     assert out["fits"] is False and out["recall"] is None and out["nbytes"] < 0.55 * float_bytes
+
+
+# ------------------------------------------------------------- lesson 11's caches sized to the budget
+
+FIXED_CACHES = {"KIVI 4-bit window 56": "window", "H2O 31, recent 15": "budget", "KIVI 2-bit window 72": "window"}
+GROWING_CACHES = ["latent r = 8, d_R = 4 (grows)", "KIVI 4-bit, every pair (grows)"]
+
+
+def test_lesson11s_caches_are_its_own_fit_to_the_capstones_budget():
+    from course_lib.experiments import lesson11
+
+    s = capstone.SETUP
+    assert list(capstone.CACHES) == [*FIXED_CACHES, *GROWING_CACHES]
+    assert set(capstone.CACHES) <= set(capstone.RUNNABLE) and not set(capstone.CACHES) & set(capstone.DESIGNS)
+    # the window of 32 fills the budget exactly: the bound lesson 11's bisection holds every cache to
+    assert capstone.state_bytes(capstone.DESIGNS["window 32"], (1024,))[0]["nbytes"] == s.budget
+    fitted = lesson11.recall_designs(lesson11.setup(budget=32, d_model=s.d_model), n_heads=s.n_heads)
+    assert list(capstone.CACHES.values()) == [r["spec"] for r in fitted]
+    for name, key in FIXED_CACHES.items():  # fixed-size: the same bytes at every context, within the budget
+        spec = capstone.CACHES[name]
+        rows = capstone.state_bytes(spec, (1024, 4096))
+        held = rows[0]["nbytes"]
+        assert rows[1]["nbytes"] == held and 0.9 * s.budget < held <= s.budget, name
+        record = lesson11.design(spec, n_heads=s.n_heads, d_model=s.d_model)
+        assert held == s.n_layers * lesson11.layer_bytes(record)
+        bigger = {**spec, key: spec[key] + 1, **({"recent": (spec[key] + 1) // 2} if key == "budget" else {})}
+        assert capstone.state_bytes(bigger, (1024,))[0]["nbytes"] > s.budget, name  # the largest that fits
+
+
+def test_the_growing_caches_fail_the_budget_on_the_chart_with_their_true_bytes():
+    s = capstone.SETUP
+    d_h = s.d_model // s.n_heads
+    latent = capstone.CACHES["latent r = 8, d_R = 4 (grows)"]
+    rows = capstone.state_bytes(latent)  # stops once 4x over the budget
+    assert rows[-1]["context"] < s.context and rows[-1]["nbytes"] > 4 * s.budget
+    assert all(r["nbytes"] == s.n_layers * (latent["rank"] + latent["rope_dim"]) * 4 * r["context"] for r in rows)
+    every = capstone.CACHES["KIVI 4-bit, every pair (grows)"]
+    (row,) = capstone.state_bytes(every)  # over 4x the budget at the first point already
+    g, m = every["group"], row["context"]
+    quantized = (m - every["residual"]) // g * g
+    per_group = g * 2 * d_h * 4 // 8 + (2 * d_h + 2 * g) * 4  # 4-bit codes of keys and values, scales and zeros
+    assert row["nbytes"] == s.n_layers * s.n_heads * (quantized // g * per_group + (m - quantized) * 2 * d_h * 4)
+    assert row["nbytes"] > 4 * s.budget
+
+
+@pytest.mark.parametrize("design", list(FIXED_CACHES))
+def test_lesson11s_fixed_size_caches_run_seeds(design):
+    saved = []
+    rows = capstone.run_seeds(design, (0, 1), TINY, log_every=1, far=(200,), on_row=lambda r: saved.append(len(r)))
+    assert saved == [1, 2] and [r["seed"] for r in rows] == [0, 1]
+    for row in rows:
+        assert row["spec"] == capstone.CACHES[design] and 0 <= row["recall"] <= 1
+        assert [step for step, _ in row["curve"]] == [1, 2] and row["far"][0]["dialogue_length"] == 200
+
+
+def test_the_command_writes_each_seed_as_it_finishes(tmp_path, monkeypatch):
+    tiny = functools.partial(capstone.run_seeds, setup=TINY, log_every=1, far=(200,))
+    monkeypatch.setattr(capstone, "run_seeds", tiny)
+    out = tmp_path / "kivi2.json"
+    assert capstone.main(["--design", "KIVI 2-bit window 72", "--seeds", "0,1", "--out", str(out)]) == 0
+    run = results.read_result(out)
+    assert run["seeds"] == [0, 1] and [r["seed"] for r in run["rows"]] == [0, 1] and "partial" not in run
+    assert run["spec"] == capstone.CACHES["KIVI 2-bit window 72"] and run["command"].startswith(
+        "python -m course_lib.experiments.capstone --design 'KIVI 2-bit window 72' --seeds 0,1")
+    train = capstone.train_recall
+
+    def stop_at_seed_1(spec, setup, **kw):  # a run cut short (a timeout) after its first seed
+        if setup.seed == 1:
+            raise KeyboardInterrupt
+        return train(spec, setup, **kw)
+
+    monkeypatch.setattr(capstone, "train_recall", stop_at_seed_1)
+    cut = tmp_path / "cut.json"
+    with pytest.raises(KeyboardInterrupt):
+        capstone.main(["--design", "H2O 31, recent 15", "--seeds", "0,1,2", "--out", str(cut)])
+    run = results.read_result(cut)
+    assert run["partial"] is True and run["seeds"] == [0] and [r["seed"] for r in run["rows"]] == [0]

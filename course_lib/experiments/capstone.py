@@ -58,7 +58,7 @@ from . import specs
 
 __all__ = ["Capstone", "SETUP", "build_memory", "build_model", "spec_label", "state_bytes", "decode_ms",
            "dialogue_data", "train_recall", "measure_design", "document_reach", "REACH_THRESHOLD", "plot_designs",
-           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "VARIANTS", "RUNNABLE",
+           "kv_bytes_per_token", "format_bytes", "recall_of", "one_thread", "DESIGNS", "VARIANTS", "CACHES", "RUNNABLE",
            "run_seeds", "recall_at", "FAR_LENGTHS", "initial_decay", "main"]
 
 
@@ -124,7 +124,23 @@ VARIANTS = {
     "window 16 + decay": {"name": "multi", "combine": "gate",
                           "memories": [{"name": "window", "window": 16}, {"name": "decay", "alpha": "learned"}]},
 }
-RUNNABLE = {**DESIGNS, **VARIANTS}
+
+#: lesson 11's caches that keep softmax but shrink, sized for this model (``d_h = 16``) to the budget by
+#: lesson 11's bisection (:func:`course_lib.experiments.lesson11.recall_designs` with ``n_heads = 4``: at
+#: most the bytes of the window of 32, ``2 L 32 d_model`` fp32 = 32 KiB, ``G = R = 8``; a test holds these
+#: literals to it): KIVI windows of 4-bit and 2-bit codes (30 and 31 KiB), H2O's heavy hitters (31 pairs,
+#: 15 of them recent, and their accumulated attention: 31.97 KiB); and the two that keep every token
+#: (a latent of rank ``d_h / 2`` with a rotary part ``d_R = 4``, 96 B a token; a 4-bit cache of every
+#: pair, 320 B a token), which grow past the budget within the first few thousand tokens: the
+#: chart shows them failing it (they are not trained for the recall files); ``--design`` takes these names
+CACHES = {
+    "KIVI 4-bit window 56": {"name": "quantized", "bits": 4, "group": 8, "residual": 8, "window": 56},
+    "H2O 31, recent 15": {"name": "heavy_hitter", "budget": 31, "recent": 15},
+    "KIVI 2-bit window 72": {"name": "quantized", "bits": 2, "group": 8, "residual": 8, "window": 72},
+    "latent r = 8, d_R = 4 (grows)": {"name": "latent", "rank": 8, "rope_dim": 4},
+    "KIVI 4-bit, every pair (grows)": {"name": "quantized", "bits": 4, "group": 8, "residual": 8},
+}
+RUNNABLE = {**DESIGNS, **VARIANTS, **CACHES}
 
 
 def format_bytes(n: float) -> str:
@@ -479,12 +495,13 @@ def plot_designs(rows: list[dict], setup: Capstone = SETUP):
 
 
 def run_seeds(design: str, seeds=(0, 1, 2), setup: Capstone = SETUP, *, log_every: int = 100,
-              far=FAR_LENGTHS) -> list[dict]:
-    """One row per seed for :data:`DESIGNS` (or :data:`VARIANTS`) ``[design]``: the grade's training run
-    (:func:`train_recall`)
+              far=FAR_LENGTHS, on_row=None) -> list[dict]:
+    """One row per seed for :data:`RUNNABLE` ``[design]`` (:data:`DESIGNS`, :data:`VARIANTS`,
+    :data:`CACHES`): the grade's training run (:func:`train_recall`)
     with ``setup.seed = seed`` (the seed picks the weights' initialisation, the batches and the
     training and test conversations), its recall and its learning curve every ``log_every`` steps,
-    and (``far``) the same model's recall on conversations with longer chats (:func:`recall_at`)."""
+    and (``far``) the same model's recall on conversations with longer chats (:func:`recall_at`).
+    ``on_row(rows)`` is called after each seed (to save partial results)."""
     if design not in RUNNABLE:
         raise ValueError(f"design must be one of {', '.join(map(repr, RUNNABLE))}, got {design!r}")
     spec, rows = RUNNABLE[design], []
@@ -494,6 +511,8 @@ def run_seeds(design: str, seeds=(0, 1, 2), setup: Capstone = SETUP, *, log_ever
         rows.append({"design": design, "label": spec_label(spec), "spec": spec, "seed": int(seed),
                      "recall": r["recall"], "curve": r["recall_curve"], "train_seconds": round(r["seconds"], 1),
                      "distance": r["distance"], "far": recall_at(r["model"], far, seeded) if far else []})
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -513,13 +532,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     t0, c0 = time.perf_counter(), time.process_time()
-    rows = run_seeds(args.design, seeds)
     setup = {k: v for k, v in dataclasses.asdict(SETUP).items() if k != "seed"}
     command = (f"python -m course_lib.experiments.capstone --design {shlex.quote(args.design)} "
                f"--seeds {','.join(map(str, seeds))} --out {args.out}")
-    results.write_result(args.out, command=command, rows=rows, seeds=seeds, setup=setup,
-                         seconds=time.perf_counter() - t0, design=args.design, spec=RUNNABLE[args.design],
-                         cpu_seconds=round(time.process_time() - c0, 1))
+
+    def save(rows, partial=True):  # after every seed, so a run cut short keeps the seeds it finished
+        extra = {"partial": True} if partial and len(rows) < len(seeds) else {}
+        results.write_result(args.out, command=command, rows=rows, seeds=[r["seed"] for r in rows], setup=setup,
+                             seconds=time.perf_counter() - t0, design=args.design, spec=RUNNABLE[args.design],
+                             cpu_seconds=round(time.process_time() - c0, 1), **extra)
+
+    rows = run_seeds(args.design, seeds, on_row=save)
+    save(rows, partial=False)
     for row in rows:
         print(f"{args.design} seed {row['seed']}: recall {row['recall']:.0%} ({row['train_seconds']:.0f} s)")
     return 0
