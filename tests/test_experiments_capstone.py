@@ -209,14 +209,20 @@ def test_lesson11s_fixed_size_caches_run_seeds(design):
 
 
 def test_the_command_writes_each_seed_as_it_finishes(tmp_path, monkeypatch):
-    tiny = functools.partial(capstone.run_seeds, setup=TINY, log_every=1, far=(200,))
+    run_seeds, given = capstone.run_seeds, []
+
+    def tiny(design, seeds, setup, **kw):  # the command's own setup is recorded; the test trains TINY
+        given.append(setup)
+        return run_seeds(design, seeds, dataclasses.replace(TINY, steps=setup.steps), log_every=1, far=(200,), **kw)
+
     monkeypatch.setattr(capstone, "run_seeds", tiny)
     out = tmp_path / "kivi2.json"
-    assert capstone.main(["--design", "KIVI 2-bit window 72", "--seeds", "0,1", "--out", str(out)]) == 0
+    assert capstone.main(["--design", "KIVI 2-bit window 72", "--seeds", "0,1", "--out", str(out), "--steps", "2"]) == 0
     run = results.read_result(out)
+    assert given == [dataclasses.replace(capstone.SETUP, steps=2)] and run["setup"]["steps"] == 2
     assert run["seeds"] == [0, 1] and [r["seed"] for r in run["rows"]] == [0, 1] and "partial" not in run
-    assert run["spec"] == capstone.CACHES["KIVI 2-bit window 72"] and run["command"].startswith(
-        "python -m course_lib.experiments.capstone --design 'KIVI 2-bit window 72' --seeds 0,1")
+    assert run["spec"] == capstone.CACHES["KIVI 2-bit window 72"] and run["command"] == (
+        f"python -m course_lib.experiments.capstone --design 'KIVI 2-bit window 72' --seeds 0,1 --out {out} --steps 2")
     train = capstone.train_recall
 
     def stop_at_seed_1(spec, setup, **kw):  # a run cut short (a timeout) after its first seed
@@ -227,6 +233,6 @@ def test_the_command_writes_each_seed_as_it_finishes(tmp_path, monkeypatch):
     monkeypatch.setattr(capstone, "train_recall", stop_at_seed_1)
     cut = tmp_path / "cut.json"
     with pytest.raises(KeyboardInterrupt):
-        capstone.main(["--design", "H2O 31, recent 15", "--seeds", "0,1,2", "--out", str(cut)])
+        capstone.main(["--design", "H2O 31, recent 15", "--seeds", "0,1,2", "--out", str(cut), "--steps", "2"])
     run = results.read_result(cut)
     assert run["partial"] is True and run["seeds"] == [0] and [r["seed"] for r in run["rows"]] == [0]
