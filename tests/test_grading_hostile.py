@@ -222,51 +222,44 @@ def test_B05_a_flood_of_output_is_cut_off_and_the_grader_stays_small(tmp_path, b
 # ---------------------------------------------------------------- B10: probes
 
 
-@pytest.mark.slow
-@needs_bwrap
-def test_B10_patching_the_stop_gradient_probe_in_the_kernel_does_not_pass_a_memory_without_detach(tmp_path):
-    item = graded_item(
-        tmp_path, "05.segment_update",
-        "import course_lib.grading.lessons.lesson05 as _L5\n"
-        "_L5.detached_probe = lambda fn, args: [False, False]",
-        "def segment_update(K_mem, V_mem, k, v, mem_len):  # WRONG: no stop-gradient\n"
-        "    return torch.cat([K_mem, k], 2)[:, :, -mem_len:], torch.cat([V_mem, v], 2)[:, :, -mem_len:]",
-    )
-    assert item.score < 2
-    assert "detach" in item.feedback
+PATCHED_PROBES = [  # (exercise, the cells that patch a probe and give the wrong answer, a word the feedback says)
+    pytest.param(
+        "05.segment_update",
+        ("import course_lib.grading.lessons.lesson05 as _L5\n"
+         "_L5.detached_probe = lambda fn, args: [False, False]",
+         "def segment_update(K_mem, V_mem, k, v, mem_len):  # WRONG: no stop-gradient\n"
+         "    return torch.cat([K_mem, k], 2)[:, :, -mem_len:], torch.cat([V_mem, v], 2)[:, :, -mem_len:]"),
+        "detach", id="the_stop_gradient_probe_in_the_kernel-a_memory_without_detach"),
+    pytest.param(
+        "06.reconstruction_loss",
+        ("import course_lib.grading.lessons.lesson06 as _L6\n"
+         "_L6.gradient_probe = lambda fn, args, needs_grad: {'requires_grad': True, 'reached': [3, 4]}\n"
+         "import course_lib.grading.compare as _C\n_C.grads = lambda *a, **k: None",
+         "import torch.nn.functional as F\nfrom course_lib import attention_reference\n"
+         "def reconstruction_loss(q, old_k, old_v, comp_k, comp_v):  # WRONG: gradients reach q and old pairs\n"
+         "    return F.mse_loss(attention_reference(q, comp_k, comp_v), attention_reference(q, old_k, old_v))"),
+        "q", id="the_gradient_probe-a_reconstruction_loss_that_leaks_into_q"),
+    pytest.param(
+        "07.gate",
+        ("def _right(out_a, out_b, w):\n"
+         "    g = torch.sigmoid(w)[None, :, None, None]\n"
+         "    return g * out_a + (1 - g) * out_b\n"
+         "import course_lib.grading.compare as _C\n_orig = _C.grads\n"
+         "_C.grads = lambda fn, inputs, weight: _orig(_right, inputs, weight)",
+         "def gate(out_a, out_b, w):  # WRONG: the gate is detached, so w never learns\n"
+         "    g = torch.sigmoid(w).detach()[None, :, None, None]\n"
+         "    return g * out_a + (1 - g) * out_b"),
+        "", id="compare_grads-a_gate_that_is_not_learned"),
+]
 
 
 @pytest.mark.slow
 @needs_bwrap
-def test_B10_patching_the_gradient_probe_does_not_pass_a_reconstruction_loss_that_leaks_into_q(tmp_path):
-    item = graded_item(
-        tmp_path, "06.reconstruction_loss",
-        "import course_lib.grading.lessons.lesson06 as _L6\n"
-        "_L6.gradient_probe = lambda fn, args, needs_grad: {'requires_grad': True, 'reached': [3, 4]}\n"
-        "import course_lib.grading.compare as _C\n_C.grads = lambda *a, **k: None",
-        "import torch.nn.functional as F\nfrom course_lib import attention_reference\n"
-        "def reconstruction_loss(q, old_k, old_v, comp_k, comp_v):  # WRONG: gradients reach q and old pairs\n"
-        "    return F.mse_loss(attention_reference(q, comp_k, comp_v), attention_reference(q, old_k, old_v))",
-    )
-    assert item.score < 2
-    assert "q" in item.feedback
-
-
-@pytest.mark.slow
-@needs_bwrap
-def test_B10_patching_compare_grads_does_not_pass_a_gate_that_is_not_learned(tmp_path):
-    item = graded_item(
-        tmp_path, "07.gate",
-        "def _right(out_a, out_b, w):\n"
-        "    g = torch.sigmoid(w)[None, :, None, None]\n"
-        "    return g * out_a + (1 - g) * out_b\n"
-        "import course_lib.grading.compare as _C\n_orig = _C.grads\n"
-        "_C.grads = lambda fn, inputs, weight: _orig(_right, inputs, weight)",
-        "def gate(out_a, out_b, w):  # WRONG: the gate is detached, so w never learns\n"
-        "    g = torch.sigmoid(w).detach()[None, :, None, None]\n"
-        "    return g * out_a + (1 - g) * out_b",
-    )
+@pytest.mark.parametrize("exercise_id,cells,said", PATCHED_PROBES)
+def test_B10_patching_a_probe_does_not_pass_the_wrong_answer_it_would_hide(tmp_path, exercise_id, cells, said):
+    item = graded_item(tmp_path, exercise_id, *cells)
     assert item.score < 2, item.feedback
+    assert said in item.feedback
 
 
 @pytest.mark.slow
