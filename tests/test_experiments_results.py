@@ -98,3 +98,36 @@ def test_runs_in_workers_come_back_in_order_and_jobs_must_be_a_count():
             list(map_runs(_square, [1], jobs=bad))
     assert default_jobs("cuda", 12) == 1  # a GPU is shared better from one process
     assert 1 <= default_jobs("cpu", 12) <= 4 and default_jobs("cpu", 1) == 1
+
+
+def test_a_run_rewriting_its_own_result_files_is_not_dirty_but_a_code_change_is(tmp_path):
+    """A run that rewrites docs/results (or a picture in docs/) as it goes still ran committed code;
+    an edit to the library is an uncommitted change. Tried on a checkout of this course_lib."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    clone = tmp_path / "checkout"
+    shutil.copytree(results.ROOT / "course_lib", clone / "course_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    (clone / "docs" / "results").mkdir(parents=True)
+    (clone / "docs" / "results" / "run.json").write_text("{}")
+    (clone / "docs" / "run.png").write_bytes(b"a picture")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(clone)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "x"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    ask = [sys.executable, "-c", "from course_lib.experiments.results import commit; print(commit()[1])"]
+
+    def dirty():  # the checkout's course_lib, not the installed one
+        return subprocess.run(ask, cwd=clone, capture_output=True, text=True, check=True,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(clone)}
+                              ).stdout.strip()
+
+    assert dirty() == "False"
+    (clone / "docs" / "results" / "run.json").write_text('{"rows": []}')
+    (clone / "docs" / "run.png").write_bytes(b"another picture")
+    assert dirty() == "False"
+    with open(clone / "course_lib" / "cost.py", "a") as f:
+        f.write("\n")
+    assert dirty() == "True"

@@ -83,11 +83,15 @@ def load_average() -> float | None:
 
 
 def commit() -> tuple[str | None, bool]:
-    """``(commit, dirty)`` of the checkout the course runs from; ``(None, False)`` outside one."""
+    """``(commit, dirty)`` of the checkout the course runs from; ``(None, False)`` outside one.
+
+    ``dirty``: tracked files differ from the commit, other than the runs' own outputs (the result
+    files under ``docs/results`` and the pictures in ``docs/``), which a run rewrites as it goes."""
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)docs/results", ":(exclude,glob)docs/*.png"],
                                 capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None, False
