@@ -67,8 +67,8 @@ gpu-check: env
 
 # The course's website in _build/site/html (view: python -m http.server -d _build/site/html 8000): Jupyter Book 2
 # over the executed notebooks, nothing executed (course_lib/tools/site.py). Its theme, MyST's book theme, is built
-# from its source in site/theme with packages from the npm registry, once (`make site-theme`); needs Node.js >= 18.
-THEME := site/theme
+# from its source in site/vendor/myst-theme with packages from the npm registry, once (`make site-theme`); needs Node.js >= 18.
+THEME := site/vendor/myst-theme
 site: env site-theme
 	$(PY) -m course_lib.tools.site
 

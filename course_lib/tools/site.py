@@ -18,7 +18,7 @@ The notebooks' stored outputs are the source of truth. An ipywidgets output has 
 state (``make notebooks`` clears it), so on the site it becomes the explorer's screenshot from
 ``docs/`` (when there is one) and a sentence saying the live explorer needs a kernel.
 
-The theme is MyST's book theme built from its source in ``site/theme`` (mystmd would otherwise
+The theme is MyST's book theme built from its source in ``site/vendor/myst-theme`` (mystmd would otherwise
 download it from the internet on the first build): ``make site-theme`` installs its packages from
 the npm registry (``npm ci``) and builds it once; it needs Node.js >= 18 and npm.
 
@@ -48,7 +48,7 @@ from course_lib.tools import lesson_map
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "site"
-THEME = SITE / "theme"
+THEME = SITE / "vendor" / "myst-theme"  # third-party source, vendored: see its README.md and LICENSE
 OUT = ROOT / "_build" / "site"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 # a widget class named in a cell -> its screenshot in docs/ (python -m course_lib.tools.screenshots)
@@ -244,7 +244,7 @@ def build(out: Path = OUT, root: Path = ROOT, quiet: bool = False, timeout_s: fl
     if shutil.which("node") is None:
         raise RuntimeError("Node.js >= 18 is not on PATH: Jupyter Book 2 runs on it (apt-get install nodejs npm)")
     if not theme_ready():
-        raise RuntimeError("the site's theme is not built: run `make site-theme` (npm ci + build in site/theme)")
+        raise RuntimeError("the site's theme is not built: run `make site-theme` (npm ci + build in site/vendor/myst-theme)")
     out = Path(out)
     src, html = out / "src", out / "html"
     start = time.monotonic()
