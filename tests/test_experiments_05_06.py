@@ -309,3 +309,16 @@ def test_resuming_the_shipped_text_file_keeps_its_rows_and_adds_only_the_new_des
     old = [r for r in rows if r["design"] not in ("kivi2", "h2o")]
     key = lambda r: (r["design"], r["seed"])  # noqa: E731
     assert sorted(old, key=key) == sorted(shipped["rows"], key=key) and len(rows) == len(shipped["rows"]) + 6
+
+
+def test_resuming_a_file_made_with_another_python_refuses_its_corpus_differs(tmp_path, monkeypatch):
+    import json
+
+    out = tmp_path / "text.json"
+    result = json.loads(lesson06.RESULT.read_text())
+    result["machine"]["python"] = "2.7.18"  # the standard library's source, the corpus, of another Python
+    out.write_text(json.dumps(result))
+    monkeypatch.setattr(lesson06, "train_text", lambda *a: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit):
+        lesson06.main(["text", "--resume", "--designs", "kivi2", "--jobs", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result  # the file as it was

@@ -62,6 +62,7 @@ import argparse
 import functools
 import json
 import math
+import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -356,6 +357,11 @@ def _add_text_args(p):
     p.add_argument("--out", default=str(RESULT), help="result JSON (default docs/results/lesson06_text.json)")
 
 
+def _minor(version: str | None) -> str | None:
+    """``"3.11.7" -> "3.11"``."""
+    return None if not version else ".".join(version.split(".")[:2])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.experiments.lesson06",
                                      description=__doc__.split("\n")[0])
@@ -384,6 +390,11 @@ def main(argv=None) -> int:
     done = []
     if args.resume and out.is_file():
         old = read_result(out)
+        made, here = _minor(old.get("machine", {}).get("python")), _minor(platform.python_version())
+        if made is not None and made != here:  # the corpus is the running Python's own source
+            parser.error(f"--resume: {out} was made with Python {made} and this is Python {here}; the text task's "
+                         f"corpus (the standard library's source) differs between Python versions, so its rows and "
+                         f"these would not compare: resume with Python {made}, or write a new --out")
         if old["setup"] == json.loads(json.dumps(asdict(s))):
             done = old["rows"]  # every row of the same setup is kept; only the missing runs are made
     order = list(DESIGNS)
