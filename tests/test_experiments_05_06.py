@@ -274,8 +274,12 @@ def test_the_text_command_runs_lesson11s_caches_beside_the_window(tmp_path):
     out = tmp_path / "caches.json"
     names = ["window", *lesson06.CACHES]
     assert lesson06.main(["text", "--quick", "--designs", ",".join(names), "--jobs", "1", "--out", str(out)]) == 0
-    rows = {r["design"]: r for r in read_result(out)["rows"]}
-    assert list(rows) == names
+    result = read_result(out)
+    rows = {r["design"]: r for r in result["rows"]}
+    assert list(rows) == names and result["command"].endswith(f"--designs {','.join(names)}")
+    assert lesson06.main(["text", "--quick", "--designs", "kivi2", "--jobs", "1", "--out", str(out), "--resume"]) == 0
+    assert read_result(out)["command"].endswith(f"--designs {','.join(names)}")  # still what made the file
+    assert read_result(out)["rows"] == result["rows"]
     for name in lesson06.CACHES:
         assert rows[name]["label"] == lesson06.DESIGNS[name] and rows[name]["spec"] == lesson06.design_spec(
             name, lesson06.TEXT_QUICK) and rows[name]["bpc"] > 0
@@ -309,6 +313,8 @@ def test_resuming_the_shipped_text_file_keeps_its_rows_and_adds_only_the_new_des
     old = [r for r in rows if r["design"] not in ("kivi2", "h2o")]
     key = lambda r: (r["design"], r["seed"])  # noqa: E731
     assert sorted(old, key=key) == sorted(shipped["rows"], key=key) and len(rows) == len(shipped["rows"]) + 6
+    held = ",".join(d for d in lesson06.DESIGNS if d not in ("kivi4", "latent", "kivi4_all"))  # what the file holds
+    assert read_result(out)["command"] == f"python -m course_lib.experiments.lesson06 text --designs {held}"
 
 
 def test_resuming_a_file_made_with_another_python_refuses_its_corpus_differs(tmp_path, monkeypatch):

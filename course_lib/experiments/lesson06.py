@@ -383,9 +383,16 @@ def main(argv=None) -> int:
     for flag in ("steps", "seeds"):
         if getattr(args, flag) is not None:
             command += f" --{flag} {getattr(args, flag)}"
-    if designs is not None and not args.resume:  # a resumed file is the whole command's, made in parts
-        command += f" --designs {args.designs}"
-    print(f"{command}: {s}", flush=True)
+    print(f"{command}{f' --designs {args.designs}' if designs else ''}: {s}", flush=True)
+
+    def command_for(rows):
+        """The command that makes the file as it is (made in parts when resumed): ``--designs`` names the
+        designs of its rows, in the order of :data:`DESIGNS`, unless it holds them all."""
+        held = [d for d in DESIGNS if any(r["design"] == d for r in rows)]
+        if len(held) == len(DESIGNS) or not (held or designs):
+            return command
+        return command + f" --designs {','.join(held or designs)}"
+
     out = Path(args.out)
     done = []
     if args.resume and out.is_file():
@@ -402,7 +409,7 @@ def main(argv=None) -> int:
 
     def save(rows):
         rows = sorted(rows, key=lambda r: (r["seed"], order.index(r["design"])))
-        write_result(out, command=command, rows=rows, seeds=s.seeds, setup=asdict(s),
+        write_result(out, command=command_for(rows), rows=rows, seeds=s.seeds, setup=asdict(s),
                      seconds=sum(r["seconds"] for r in rows),
                      workers=f"{args.jobs} worker process(es) of 1 thread",
                      last_invocation="python -m course_lib.experiments.lesson06 " + " ".join(argv or sys.argv[1:]),
