@@ -34,7 +34,8 @@ from pathlib import Path
 from . import GradingError
 
 __all__ = ["collect", "student_id", "grade_submission", "status_of", "grade_class", "ClassRun", "Submission",
-           "GRADED", "STATUSES", "default_jobs"]
+           "GRADED", "STATUSES", "default_jobs", "longest_first",
+           "progress", "progress_entries", "progress_table"]
 
 GRADED = "graded"
 # every status a row can have, and what it means (the --help and docs/grading.md list them)
@@ -277,6 +278,7 @@ def grade_class(paths: Iterable[str], *, jobs: int | None = None, gradebook: str
             run.skipped.append(sub.path)
         else:
             todo.append(sub)
+    todo = longest_first(todo)
     names = feedback_names(submissions) if feedback is not None else {}
     fresh: dict[str, dict] = {}
 
@@ -307,6 +309,16 @@ def grade_class(paths: Iterable[str], *, jobs: int | None = None, gradebook: str
         if row is not None:
             run.rows.append(row)
     return run
+
+
+def longest_first(todo: list[Submission]) -> list[Submission]:
+    """``todo`` in the order to start them: the longest expected grade first (the capstone's,
+    :func:`~course_lib.grading.grader.cli.expected_seconds` of the lesson in its file name), else
+    in path order, so that a long grade started last does not leave the other workers idle at
+    the end of the run."""
+    from .cli import expected_seconds
+
+    return sorted(todo, key=lambda sub: -expected_seconds(_lessons_named([sub.path])))
 
 
 def _lessons_named(files: list[str]) -> list[str]:
@@ -484,9 +496,15 @@ def progress(folder="exercises", *, jobs: int | None = None, dask=None, options:
     folder = Path(folder)
     if not folder.is_dir():
         raise GradingError(f"folder {str(folder)!r} does not exist (expected the exercises/ folder of a checkout)")
-    run = grade_class([str(folder)], jobs=jobs, dask=dask, options=options, progress=show_bar)
+    return progress_entries(grade_class([str(folder)], jobs=jobs, dask=dask, options=options, progress=show_bar))
+
+
+def progress_entries(run: ClassRun) -> list[dict]:
+    """:func:`progress`'s entries of the submissions graded in ``run``, sorted by lesson."""
     found = []
     for row in run.rows:
+        if row["path"] not in run.results:  # skipped (already in a gradebook): no report here
+            continue
         report = run.results[row["path"]].get("report") or {}
         exercises = []
         for item in report.get("exercises", []):

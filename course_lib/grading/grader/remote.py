@@ -465,6 +465,7 @@ class Session:
         if len(args) < 2 or not isinstance(args[0], RemoteCallable) or not isinstance(args[1], (list, tuple)):
             raise TypeError("a probe is called as probe(answer, [its arguments], ...)")
         fn, fn_args = args[0], list(args[1])
+        self._start_prober()
         exported = self.request({"op": "export", "target": fn._handle})
         request = {"probe": [factory.__module__, factory.__qualname__], "function": exported,
                    "args": self._encode(args[1:]), "kwargs": self._encode(dict(kwargs)),
@@ -477,6 +478,17 @@ class Session:
         return self._decode(response.get("value"))
 
     # plumbing
+    def _start_prober(self) -> None:
+        """Start the probe interpreter if it is not running, off the current check's clock: its
+        start (importing torch and every lesson, seconds on a busy machine) is the grader's time,
+        not the answer's, so it moves the check's deadline (never the whole grade's) by as long."""
+        if self.prober.running:
+            return
+        start = time.monotonic()
+        self.prober.start()
+        if self.deadline is not None:
+            self.deadline += time.monotonic() - start
+
     def _remaining(self) -> float:
         """Seconds left for the current check (0: no limit); the grade's own deadline caps it."""
         ends = [d for d in (self.deadline, self.hard_deadline) if d is not None]
@@ -591,7 +603,13 @@ class ProbeWorker:
         self.argv, self.env, self.cwd = list(argv), dict(env), cwd
         self.process = None
 
-    def _start(self) -> None:
+    @property
+    def running(self) -> bool:
+        """Whether the interpreter is started and has not ended."""
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        """Start the interpreter and wait for it to be ready (up to :attr:`STARTUP_S`)."""
         import subprocess
 
         self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -603,8 +621,8 @@ class ProbeWorker:
             raise RemoteError("ProbeFailed", "the grader's probe interpreter did not start")
 
     def run(self, request: dict, timeout: float) -> dict:
-        if self.process is None or self.process.poll() is not None:
-            self._start()
+        if not self.running:
+            self.start()
         buffer = io.BytesIO()
         torch.save(request, buffer)
         data = buffer.getvalue()
