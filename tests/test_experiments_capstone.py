@@ -236,3 +236,11 @@ def test_the_command_writes_each_seed_as_it_finishes(tmp_path, monkeypatch):
         capstone.main(["--design", "H2O 31, recent 15", "--seeds", "0,1,2", "--out", str(cut), "--steps", "2"])
     run = results.read_result(cut)
     assert run["partial"] is True and run["seeds"] == [0] and [r["seed"] for r in run["rows"]] == [0]
+    monkeypatch.setattr(capstone, "train_recall", train)
+    given.clear()
+    args = ["--design", "H2O 31, recent 15", "--seeds", "0,1", "--out", str(cut), "--steps", "2", "--resume"]
+    assert capstone.main(args) == 0  # the cut run resumed: seed 0 kept as it was, seed 1 made
+    again = results.read_result(cut)
+    assert again["rows"][0] == run["rows"][0] and again["seeds"] == [0, 1] and "partial" not in again
+    assert capstone.main(args) == 0 and results.read_result(cut)["rows"] == again["rows"]  # nothing left to run
+    assert len(given) == 1  # only the first resume trained (seed 1)

@@ -530,6 +530,7 @@ def main(argv=None) -> int:
     """Recall of one of :data:`DESIGNS` after the grade's training run, on several seeds, with its
     learning curves, as a result file (:func:`course_lib.experiments.results.write_result`)."""
     import argparse
+    import json
     import shlex
     from pathlib import Path
 
@@ -541,6 +542,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--steps", type=int, default=None,
                         help=f"training steps (default the grade's {SETUP.steps}: fewer only to check or time a run)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds already in --out (same design, spec and setup) and run the rest")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     t0, c0 = time.perf_counter(), time.process_time()
@@ -550,14 +553,26 @@ def main(argv=None) -> int:
                f"--seeds {','.join(map(str, seeds))} --out {args.out}"
                + ("" if args.steps is None else f" --steps {args.steps}"))
 
-    def save(rows, partial=True):  # after every seed, so a run cut short keeps the seeds it finished
+    kept, before = [], {"seconds": 0.0, "cpu_seconds": 0.0}
+    if args.resume and args.out.is_file():  # rows of a run cut short, made by the same command
+        old = results.read_result(args.out)
+        same = (old.get("design"), old.get("spec"), old["setup"]) == (
+            args.design, *json.loads(json.dumps([RUNNABLE[args.design], setup])))
+        if same:
+            kept = [r for r in old["rows"] if r["seed"] in seeds]
+            before = {k: old.get(k) or 0.0 for k in before}
+    todo = [seed for seed in seeds if seed not in {r["seed"] for r in kept}]
+
+    def save(new, partial=True):  # after every seed, so a run cut short keeps the seeds it finished
+        rows = sorted(kept + new, key=lambda r: seeds.index(r["seed"]))
         extra = {"partial": True} if partial and len(rows) < len(seeds) else {}
         results.write_result(args.out, command=command, rows=rows, seeds=[r["seed"] for r in rows], setup=setup,
-                             seconds=time.perf_counter() - t0, design=args.design, spec=RUNNABLE[args.design],
-                             cpu_seconds=round(time.process_time() - c0, 1), **extra)
+                             seconds=before["seconds"] + time.perf_counter() - t0, design=args.design,
+                             spec=RUNNABLE[args.design],
+                             cpu_seconds=round(before["cpu_seconds"] + time.process_time() - c0, 1), **extra)
+        return rows
 
-    rows = run_seeds(args.design, seeds, run_setup, on_row=save)
-    save(rows, partial=False)
+    rows = save(run_seeds(args.design, todo, run_setup, on_row=save) if todo else [], partial=False)
     for row in rows:
         print(f"{args.design} seed {row['seed']}: recall {row['recall']:.0%} ({row['train_seconds']:.0f} s)")
     return 0
