@@ -49,8 +49,12 @@ Command (the shipped result ``docs/results/lesson06_text.json``)::
     python -m course_lib.experiments.lesson06 text --quick      # seconds: checks the pipeline
     python -m course_lib.experiments.lesson06 text --steps 150 --seeds 0 --designs window,xl,conv
     python -m course_lib.experiments.lesson06 text --resume --jobs 1   # finish an interrupted run
-    python -m course_lib.experiments.lesson06 text --designs window,kivi4,h2o,kivi2,latent,kivi4_all \
-        --jobs 16 --out docs/results/lesson11_text.json      # lesson 11's caches, the window beside them
+    python -m course_lib.experiments.lesson06 text --designs window,xl,mean,kivi4,h2o,kivi2,latent,kivi4_all \
+        --jobs 12 --resume --out docs/results/lesson11_text.json   # lesson 11's caches beside lesson 06's best
+
+(the corpus is the running Python's standard library, so lesson 11's caches run in a file of their
+own, with the window, Transformer-XL and the mean compressor again beside them on the same Python;
+``--resume`` refuses a file made with another Python.)
 
 ``--resume`` keeps every row of ``--out`` made with the same setup and runs only the missing
 design x seed pairs (each row records the ``commit`` it was made at).
