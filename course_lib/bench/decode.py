@@ -17,9 +17,11 @@ renders the README's table from it, so the README never carries a typed timing.
 The same run also times a hand-written decoding loop against ``generate`` (``--loop-tokens``,
 0 to skip; :func:`measure_loop`): ``model(tok, state)`` token by token under
 ``torch.inference_mode()`` takes the same one-token step as ``generate``, and its tokens/s over
-``generate``'s should stay near 1. A state the loop does not ``reserve`` is copied by a memory
-that holds slots at every token (copy-on-write, so that any state can be branched), which
-``generate`` avoids: the table shows the loop both ways.
+``generate``'s should stay near 1. A state the loop does not ``reserve`` stays branchable: a
+memory that holds slots writes it in place and keeps the few slots it overwrites, copying its
+buffer once per ``n_slots`` slots written rather than at every token
+(:mod:`course_lib.memory._slots`); ``generate`` reserves, keeping nothing. The table shows the
+loop both ways.
 """
 
 from __future__ import annotations

@@ -14,14 +14,24 @@ positions each slot stands for (oldest first), ``parts(state)`` how they group
 (``sinks``, ``CMem``, ``Mem``), and ``held(state)`` returns the pairs in that order.
 A :class:`RingMemory` keeps the last ``n_slots`` pairs in one ring (segment, kNN).
 
-Keeping states. ``forward`` never changes what an input state means: by default it writes
-the chunk into a copy of the buffer (copy-on-write), so every state can be kept, inspected
-and continued from. A decoding loop that only ever continues from the newest state calls
+Keeping states. ``forward`` never changes what an input state means: every state can be
+kept, inspected and continued from (branched). Without autograd, a forward from the newest
+state of a buffer writes the chunk in place and first keeps what it overwrites (the old
+pairs of the slots it writes, a few per token: ``SlotBuffer.keep``); an older state, when
+read or branched, is a copy of the buffer with those writes undone (``SlotBuffer.restored``),
+slot for slot what it held, so a branch computes bit for bit what a fresh replay computes.
+The kept pairs are this scheme's slack: once a buffer has kept ``n_slots`` of them, the next
+forward writes into a fresh copy instead (one copy of the buffer per ``n_slots`` slots
+written, like a Python list's growth: amortised, not per token), so an old state holds at
+most about twice the buffer's bytes. With autograd on (training) a forward writes into a copy
+and freezes the buffer it read (the graph may have saved it).
+
+A decoding loop that only ever continues from the newest state may call
 ``state = memory.reserve(state, n_tokens)`` first: the reserved state owns its buffer, and
-forwards from it write in place (no allocation per step; ``state.buffer.k.data_ptr()``
-stays the same). Such a stream of states is single-use: only its newest state can be
-continued or read, an older one raises ``ValueError``; ``memory.snapshot(state)`` gives a
-copy that later forwards never touch.
+forwards from it write in place, keeping nothing (no allocation per step;
+``state.buffer.k.data_ptr()`` stays the same). Such a stream of states is single-use: only
+its newest state can be continued or read, an older one raises ``ValueError``;
+``memory.snapshot(state)`` gives a copy that later forwards never touch.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kv_cache import kv_cache_bytes
-from ._state import StateMeta, check_input, new_meta
+from ._state import BufferedStates, StateMeta, check_input, new_meta
 from .base import Memory
 
 __all__ = ["SlotBuffer", "SlotState", "SlotMemory", "RingMemory", "ring_ranges", "write_ring", "attend",
@@ -46,12 +56,19 @@ class SlotBuffer:
 
     ``mass [B, H, P]`` (optional) is the attention each slot has received (``most_used``).
     ``written`` is the length of the newest state that wrote into this buffer.
+
+    Undoing in-place writes (see the module docstring): ``undo`` lists, oldest first, what
+    each in-place write from an unreserved state overwrote, ``(length written from, d0, d1,
+    k, v, pos, mass)`` of slots ``d0:d1`` (``k, v`` ``None`` when only positions and mass
+    changed). ``kept`` counts the slots kept (the slack used); ``recording`` is on during such
+    a write; ``frozen``: never to be written in place again (an autograd graph may hold it).
     """
 
-    __slots__ = ("k", "v", "pos", "mass", "written")
+    __slots__ = ("k", "v", "pos", "mass", "written", "undo", "kept", "recording", "frozen")
 
     def __init__(self, k, v, pos, mass=None, written=0):
         self.k, self.v, self.pos, self.mass, self.written = k, v, pos, mass, written
+        self.undo, self.kept, self.recording, self.frozen = [], 0, False, False
 
     @classmethod
     def empty(cls, batch, heads, n_slots, head_dim, v_dim, *, device, dtype, mass=False) -> SlotBuffer:
@@ -72,6 +89,34 @@ class SlotBuffer:
         mass = None if self.mass is None else self.mass.clone()
         pos = None if self.pos is None else self.pos.clone()
         return SlotBuffer(self.k.clone(), self.v.clone(), pos, mass, written)
+
+    def keep(self, d0: int, d1: int, kv: bool = True) -> None:
+        """Before an in-place write into slots ``d0:d1``: keep what they hold (their pairs unless
+        ``kv=False``, their positions and mass), so that older states can be restored."""
+        if not self.recording:
+            return
+        k, v = (self.k[:, :, d0:d1].clone(), self.v[:, :, d0:d1].clone()) if kv else (None, None)
+        mass = None if self.mass is None else self.mass[:, :, d0:d1].clone()
+        self.undo.append((self.written, d0, d1, k, v, self.pos[d0:d1].clone(), mass))
+        self.kept += d1 - d0 if kv else 1 + (d1 - d0) // self.k.shape[-1]  # a position/mass row: ~1/D of a pair
+
+    def overwritten(self, length: int) -> bool:
+        """Whether a write from a state after ``length`` tokens or later changed this buffer since."""
+        return bool(self.undo) and self.undo[-1][0] >= length
+
+    def restored(self, length: int) -> SlotBuffer:
+        """A copy holding what the state after ``length`` tokens held: the later writes undone."""
+        out = self.clone(length)
+        for n, d0, d1, k, v, pos, mass in reversed(self.undo):
+            if n < length:
+                break
+            if k is not None:
+                out.k[:, :, d0:d1] = k
+                out.v[:, :, d0:d1] = v
+            out.pos[d0:d1] = pos
+            if mass is not None:
+                out.mass[:, :, d0:d1] = mass
+        return out
 
 
 def ring_ranges(offset: int, capacity: int, index: int, t: int):
@@ -94,6 +139,7 @@ def write_ring(buf: SlotBuffer, offset, capacity, index, k, v, first_pos, pos_st
     """Write ``k, v [B, H, t, D]`` (``t <= capacity``) at ring index ``index`` of ``buf``'s ring
     ``[offset, offset + capacity)``; item ``a`` stands for position ``first_pos + a * pos_step``."""
     for d0, d1, s0, s1 in ring_ranges(offset, capacity, index, k.shape[2]):
+        buf.keep(d0, d1)
         buf.k[:, :, d0:d1].copy_(k[:, :, s0:s1])
         buf.v[:, :, d0:d1].copy_(v[:, :, s0:s1])
         if d1 - d0 == 1:
@@ -146,7 +192,7 @@ def _live(x: torch.Tensor) -> bool:
     return x.requires_grad and torch.is_grad_enabled()
 
 
-class SlotMemory(Memory):
+class SlotMemory(BufferedStates, Memory):
     """A memory of key/value slots in one :class:`SlotBuffer` of ``n_slots`` slots.
 
     Subclasses implement ``n_slots``, ``slots(q, state)`` and ``update(state, k, v, mass=None)``.
@@ -258,36 +304,23 @@ class SlotMemory(Memory):
         return {"bytes": kv_cache_bytes(L, heads, d, held, bytes_per_value=b),
                 "flops": 4 * L * tau * d * (self.slots_read(held) + 1)}
 
-    def reserve(self, state, n_tokens: int = 0):
-        """A state that owns its buffer: forwards from it write in place (a decoding stream)."""
-        if state.inplace:
-            self._read(state)
-            return state
-        return dataclasses.replace(state, buffer=state.buffer.clone(state.length), inplace=True)
-
-    def snapshot(self, state):
-        """A copy of ``state`` that later forwards never write into (keep it, branch from it)."""
-        return dataclasses.replace(state, buffer=self._read(state).clone(state.length), inplace=False)
-
-    # -- copy-on-write -------------------------------------------------------------------
-    def _read(self, state) -> SlotBuffer:
-        buf = state.buffer
-        if state.inplace and buf.written != state.length:
-            raise ValueError(
-                f"this {type(self).__name__} state (after {state.length} tokens) is out of date: a later "
-                f"forward (at {buf.written} tokens) wrote over its buffer in place. States after "
-                "memory.reserve() form one decoding stream and only the newest can be used; keep "
-                "memory.snapshot(state) to branch or inspect later"
-            )
-        return buf
-
+    # -- copy-on-write (reading, reserve and snapshot: BufferedStates) ----------------------
     def _writable(self, state) -> SlotBuffer:
-        """The buffer to write the chunk into: in place for a reserved state, else a copy."""
+        """The buffer to write the chunk into: in place for a reserved state; in place, keeping what
+        is overwritten, for the newest state of its buffer without autograd while the slack lasts;
+        else a copy."""
         buf = self._read(state)
-        return buf if state.inplace else buf.clone(state.length)
+        if state.inplace:
+            return buf
+        if torch.is_grad_enabled():
+            buf.frozen = True  # this forward's graph may have saved the slots it read
+        elif not buf.frozen and buf.written == state.length and buf.kept < self.n_slots:
+            buf.recording = True
+            return buf
+        return buf.clone(state.length)
 
     def _successor(self, state, buf: SlotBuffer, length: int, **changes):
-        buf.written = length
+        buf.written, buf.recording = length, False
         return dataclasses.replace(state, buffer=buf, length=length, **changes)
 
     @staticmethod

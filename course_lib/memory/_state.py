@@ -7,6 +7,7 @@ state that does not fit the input with an error that says which of these differs
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from .._checks import check_positive_int, describe
 from .base import check_state, resolve
 
-__all__ = ["StateMeta", "new_meta", "meta_of", "check_input"]
+__all__ = ["StateMeta", "BufferedStates", "new_meta", "meta_of", "check_input"]
 
 
 @dataclass
@@ -65,3 +66,39 @@ def check_input(memory, q, k, v, state, state_type) -> None:
             f"q has {q.shape[1]} heads but k has {k.shape[1]}; {name} needs one key/value head per "
             "query head (repeat the key/value heads first, as MemoryLM does)"
         )
+
+
+class BufferedStates:
+    """Reading, reserving and snapshotting states that share one buffer (``state.buffer``,
+    ``state.length``, ``state.inplace``): the slot memories' and H2O's.
+
+    The buffer has ``written`` (the length of its newest state), ``clone(length)``, and
+    ``overwritten(length)`` / ``restored(length)`` (whether in-place writes since changed it, and
+    a copy with them undone; see :mod:`course_lib.memory._slots`).
+    """
+
+    def _read(self, state):
+        """The buffer that holds what ``state`` holds (``ValueError`` for a stale reserved state)."""
+        buf = state.buffer
+        if buf.written != state.length:
+            if state.inplace:
+                raise ValueError(
+                    f"this {type(self).__name__} state (after {state.length} tokens) is out of date: a later "
+                    f"forward (at {buf.written} tokens) wrote over its buffer in place. States after "
+                    "memory.reserve() form one decoding stream and only the newest can be used; keep "
+                    "memory.snapshot(state) to branch or inspect later"
+                )
+            if buf.overwritten(state.length):  # a newer state wrote in place: restore this one's copy once
+                buf = state.buffer = buf.restored(state.length)
+        return buf
+
+    def reserve(self, state, n_tokens: int = 0):
+        """A state that owns its buffer: forwards from it write in place (a decoding stream)."""
+        if state.inplace:
+            self._read(state)
+            return state
+        return dataclasses.replace(state, buffer=self._read(state).clone(state.length), inplace=True)
+
+    def snapshot(self, state):
+        """A copy of ``state`` that later forwards never write into (keep it, branch from it)."""
+        return dataclasses.replace(state, buffer=self._read(state).clone(state.length), inplace=False)

@@ -255,6 +255,7 @@ class CompressiveMemory(SlotMemory):
         if self.track_mass:
             if mass is None:
                 mass = k.new_zeros(*k.shape[:2], cm + m + t)
+            buf.keep(cm, cm + m, kv=False)
             buf.mass[:, :, cm:] += mass[:, :, cm:cm + m]
             chunk_mass = mass[:, :, cm + m:]
         n_pop = math.ceil((mlen + t - m) / c) * c if mlen + t > m else 0
@@ -280,6 +281,7 @@ class CompressiveMemory(SlotMemory):
             g = g0 + groups - keep
             write_ring(buf, 0, cm, g, ck[:, :, groups - keep:], cv[:, :, groups - keep:], g * c, c)
             for d0, d1 in ranges:
+                buf.keep(d0, d1, kv=False)
                 buf.pos[d0:d1] = -1
             popped = (pk, pv)
         first = max(n, start + n_pop)  # the chunk's positions that stay in Mem

@@ -32,7 +32,8 @@ by ``nbytes``) and the position each slot holds, ``pos [B, H, budget]`` (``-1`` 
 like the slot memories' positions, not counted). Heads and sequences evict differently, so positions
 are per head: the memory holds no shared slot layout (``holds_slots = False``, no ``spans``); its
 pairs are :meth:`HeavyHitterMemory.held` and :meth:`HeavyHitterMemory.kept_positions`. States are
-copy-on-write; after :meth:`~HeavyHitterMemory.reserve` they are written in place.
+copy-on-write (a forward gathers the kept slots into a new buffer); after
+:meth:`~HeavyHitterMemory.reserve` they are written in place.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import torch
 
 from .._checks import check_positive_int, describe
 from ..kv_cache import kv_cache_bytes
-from ._state import StateMeta, check_input, new_meta
+from ._state import BufferedStates, StateMeta, check_input, new_meta
 from .base import Memory
 
 __all__ = ["HeavyHitterMemory", "HeavyHitterState", "heavy_hitters"]
@@ -96,6 +97,10 @@ class _Buffer:
     def clone(self, written):
         return _Buffer(self.k.clone(), self.v.clone(), self.pos.clone(), self.acc.clone(), written)
 
+    def overwritten(self, length) -> bool:
+        """Never: a forward from an unreserved state writes a new buffer (``BufferedStates``)."""
+        return False
+
     def __repr__(self):
         return f"HeavyHitterBuffer(slots={self.k.shape[2]}, written={self.written})"
 
@@ -109,7 +114,7 @@ class HeavyHitterState(StateMeta):
     inplace: bool = False
 
 
-class HeavyHitterMemory(Memory):
+class HeavyHitterMemory(BufferedStates, Memory):
     """H2O: the ``recent`` newest pairs plus the ``budget - recent`` older ones with the largest
     accumulated attention, ``budget`` pairs in all (see the module docstring for the rule).
 
@@ -167,27 +172,6 @@ class HeavyHitterMemory(Memory):
         buf = state.buffer
         return sum(x.numel() * x.element_size() for x in (buf.k, buf.v, buf.acc))
 
-    # -- copy-on-write -------------------------------------------------------------------------
-    def _read(self, state) -> _Buffer:
-        buf = state.buffer
-        if state.inplace and buf.written != state.length:
-            raise ValueError(
-                f"this HeavyHitterMemory state (after {state.length} tokens) is out of date: a later forward "
-                f"(at {buf.written} tokens) wrote over its buffer in place. States after memory.reserve() form "
-                "one decoding stream and only the newest can be used; keep memory.snapshot(state) to branch")
-        return buf
-
-    def reserve(self, state, n_tokens: int = 0):
-        """A state that owns its buffer: forwards from it write in place (a decoding stream)."""
-        if state.inplace:
-            self._read(state)
-            return state
-        return dataclasses.replace(state, buffer=state.buffer.clone(state.length), inplace=True)
-
-    def snapshot(self, state):
-        """A copy of ``state`` that later forwards never write into."""
-        return dataclasses.replace(state, buffer=self._read(state).clone(state.length), inplace=False)
-
     # -- inspection ----------------------------------------------------------------------------
     def kept_positions(self, state) -> torch.Tensor:
         """``[B, H, n]``: the positions held, sorted, per sequence and head (``n = min(length, B_h)``)."""
@@ -217,12 +201,14 @@ class HeavyHitterMemory(Memory):
         scores = q @ keys.transpose(-2, -1) * q.shape[-1] ** -0.5  # [B, H, T, P + T]
         mask, kept_col, kept_pos, kept_acc = self._evict(scores.detach(), buf, n, t)
         out = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ values
-        new = buf if state.inplace else buf.clone(n)
-        new.k.copy_(keys.detach().gather(2, kept_col[..., None].expand(-1, -1, -1, keys.shape[-1])))
-        new.v.copy_(values.detach().gather(2, kept_col[..., None].expand(-1, -1, -1, values.shape[-1])))
-        new.pos.copy_(kept_pos)
-        new.acc.copy_(kept_acc)
-        new.written = n + t
+        kept_k = keys.detach().gather(2, kept_col[..., None].expand(-1, -1, -1, keys.shape[-1]))
+        kept_v = values.detach().gather(2, kept_col[..., None].expand(-1, -1, -1, values.shape[-1]))
+        if state.inplace:  # reserved: the same storage
+            for old, kept in ((buf.k, kept_k), (buf.v, kept_v), (buf.pos, kept_pos), (buf.acc, kept_acc)):
+                old.copy_(kept)
+            new, buf.written = buf, n + t
+        else:  # copy-on-write: the gathered slots are the new buffer (no copy of the old one first)
+            new = _Buffer(kept_k, kept_v, kept_pos, kept_acc, n + t)
         return out, dataclasses.replace(state, buffer=new, length=n + t)
 
     def _evict(self, scores, buf, n, t):

@@ -100,6 +100,7 @@ class WindowMemory(SlotMemory):
         k, v = k.detach(), v.detach()
         if n < s:  # positions n.. that are sinks go to slots n..S-1, once and for all
             m = min(s - n, t)
+            buf.keep(n, n + m)
             buf.k[:, :, n:n + m].copy_(k[:, :, :m])
             buf.v[:, :, n:n + m].copy_(v[:, :, :m])
             torch.arange(n, n + m, out=buf.pos[n:n + m])
