@@ -28,8 +28,14 @@ def how_made(result: dict, setup: str) -> str:
     ...                 "load_average": {"before": 0.5, "after": 1.5}}, "2 threads"))
     `python -m course_lib bench x` at commit 0123456 (x86_64, 4 logical CPUs, torch 2.5.1, 2 threads;
     load average 0.5-1.5 during the run; 12 s).
+    >>> print(how_made({"command": "c", "commit": "0123456789", "seconds": 1,
+    ...                 "machine": {"processor": "x86_64", "cpu_count": 16, "torch": "2.11.0", "gpu": "NVIDIA H200"}},
+    ...                "float32"))
+    `c` at commit 0123456 (NVIDIA H200, x86_64, 16 logical CPUs, torch 2.11.0, float32; 1 s).
     """
     m = result["machine"]
     where = f"{m.get('processor') or 'a CPU'}, {m.get('cpu_count')} logical CPUs, torch {m.get('torch')}"
+    if m.get("gpu"):  # a run on CUDA (results.machine names the GPU)
+        where = f"{m['gpu']}, {where}"
     return (f"`{result['command']}` at commit {commit_text(result)} ({where}, {setup}{load_text(result)}; "
             f"{result['seconds']:.0f} s).")

@@ -212,17 +212,15 @@ def format_loop_table(loops: dict, new_tokens: int, repeats: int) -> str:
 
 
 def decode_summary(result: dict) -> str:
-    """One sentence saying how the result file was made: command, commit, machine, load."""
-    m, load = result["machine"], result.get("load_average") or {}
-    where = f"{m.get('processor') or 'a CPU'}, {m.get('cpu_count')} logical CPUs, torch {m.get('torch')}"
-    loads = [v for v in (load.get("before"), load.get("after")) if v is not None]
-    busy = f"; load average {min(loads):.1f}-{max(loads):.1f} during the run" if loads else ""
-    commit = (result.get("commit") or "unknown")[:7] + (" with uncommitted changes" if result.get("dirty") else "")
+    """One sentence saying how the result file was made: command, commit, machine, load
+    (:func:`~course_lib.bench._made.how_made`, with this benchmark's sizes)."""
+    from ._made import how_made
+
     s = result["setup"]
-    return (f"`{result['command']}` at commit {commit} ({where}, {s['threads']} torch thread(s), {s['dtype']}, "
-            f"`MemoryLM(vocab {s['vocab']}, d_model {s['d_model']}, {s['layers']} layers, {s['heads']} heads)`, "
-            f"batch 1, {s['steps']} timed steps per entry, the fastest of {s.get('repeats', 1)} runs{busy}; "
-            f"{result['seconds']:.0f} s).")
+    return how_made(result, f"{s['threads']} torch thread(s), {s['dtype']}, "
+                            f"`MemoryLM(vocab {s['vocab']}, d_model {s['d_model']}, {s['layers']} layers, "
+                            f"{s['heads']} heads)`, batch 1, {s['steps']} timed steps per entry, the fastest of "
+                            f"{s.get('repeats', 1)} runs")
 
 
 def decode_table(result: dict) -> str:
