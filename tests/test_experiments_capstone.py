@@ -244,3 +244,21 @@ def test_the_command_writes_each_seed_as_it_finishes(tmp_path, monkeypatch):
     assert again["rows"][0] == run["rows"][0] and again["seeds"] == [0, 1] and "partial" not in again
     assert capstone.main(args) == 0 and results.read_result(cut)["rows"] == again["rows"]  # nothing left to run
     assert len(given) == 1  # only the first resume trained (seed 1)
+
+
+def test_plot_designs_draws_lesson09s_eleven_rows_each_distinct_with_the_legend_beside():
+    labels = [*capstone.DESIGNS, *capstone.CACHES]
+    assert len(labels) == 11  # more rows than matplotlib's ten colours
+    rows = [{"label": label, "bytes": [{"context": m, "nbytes": 1000 * (i + 1)} for m in (1024, 4096)],
+             "ms": [{"context": m, "ms_per_token": 1.0 + i} for m in (1024, 4096)]} for i, label in enumerate(labels)]
+    fig = capstone.plot_designs(rows)
+    ax_b, ax_t = fig.axes
+    for ax in (ax_b, ax_t):
+        drawn = [line for line in ax.get_lines() if line.get_label() in labels]
+        assert [line.get_label() for line in drawn] == labels
+        looks = {(line.get_color(), line.get_marker(), line.get_linestyle()) for line in drawn}
+        assert len(looks) == len(labels)  # no two rows alike
+    (legend,) = fig.legends
+    budget = f"budget {capstone.format_bytes(capstone.SETUP.budget)}"
+    assert [t.get_text() for t in legend.get_texts()] == [*labels, budget]
+    assert ax_b.get_legend() is None  # beside the panels, not over the lines

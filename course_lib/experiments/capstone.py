@@ -481,24 +481,26 @@ def measure_design(spec: dict, setup: Capstone = SETUP, *, recall: bool = True, 
 
 def plot_designs(rows: list[dict], setup: Capstone = SETUP):
     """Two panels: state bytes and ms/token against the context ``m`` (log axes), one line per
-    design, the budget as a dashed line. ``rows``: ``{"label", "bytes": [...], "ms": [...]}`` as
-    :func:`state_bytes` and :func:`decode_ms` return them. A pure function: returns a Figure."""
+    design, the budget as a dashed line, the legend to their right. ``rows``: ``{"label", "bytes": [...],
+    "ms": [...]}`` as :func:`state_bytes` and :func:`decode_ms` return them. A pure function: returns a
+    Figure. Rows past the tenth (matplotlib's ten colours) are drawn dotted with square markers, so no
+    two rows of lesson 09's eleven look alike."""
     from ..viz import Figure  # shows itself as a PNG in a notebook
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
     ax_b, ax_t = fig.subplots(1, 2)
-    for row in rows:
-        line, = ax_b.plot([r["context"] for r in row["bytes"]], [r["nbytes"] for r in row["bytes"]],
-                          marker="o", label=row["label"])
-        ax_t.plot([r["context"] for r in row["ms"]], [r["ms_per_token"] for r in row["ms"]], marker="o",
-                  color=line.get_color(), label=row["label"])
+    for i, row in enumerate(rows):
+        style = {"color": f"C{i % 10}", "marker": "os^"[i // 10 % 3], "linestyle": ("-", ":", "-.")[i // 10 % 3],
+                 "label": row["label"]}
+        ax_b.plot([r["context"] for r in row["bytes"]], [r["nbytes"] for r in row["bytes"]], **style)
+        ax_t.plot([r["context"] for r in row["ms"]], [r["ms_per_token"] for r in row["ms"]], **style)
     ax_b.axhline(setup.budget, color="red", linestyle="--", label=f"budget {format_bytes(setup.budget)}")
     ax_b.set(xscale="log", yscale="log", xlabel="context m (tokens)", ylabel="state bytes (all layers, batch 1)",
              title="bytes (streamed; stopped once 4x over the budget)")
     ax_t.set(xscale="log", xlabel="context m (tokens)", ylabel="ms per generated token (1 thread)",
              title="time per token")
     ax_t.set_ylim(bottom=0)
-    ax_b.legend(fontsize=8)
+    fig.legend(*ax_b.get_legend_handles_labels(), loc="outside right upper", fontsize=8)  # beside, not over, the lines
     for ax in (ax_b, ax_t):
         ax.grid(True, which="both", alpha=0.3)
     return fig
