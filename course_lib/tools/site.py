@@ -244,7 +244,8 @@ def build(out: Path = OUT, root: Path = ROOT, quiet: bool = False, timeout_s: fl
     if shutil.which("node") is None:
         raise RuntimeError("Node.js >= 18 is not on PATH: Jupyter Book 2 runs on it (apt-get install nodejs npm)")
     if not theme_ready():
-        raise RuntimeError("the site's theme is not built: run `make site-theme` (npm ci + build in site/vendor/myst-theme)")
+        raise RuntimeError("the site's theme is not built: run `make site-theme` "
+                           "(npm ci + build in site/vendor/myst-theme)")
     out = Path(out)
     src, html = out / "src", out / "html"
     start = time.monotonic()
