@@ -27,7 +27,8 @@ at equal carried bytes (the peak working memory of each is recorded beside it).
   - the growing ones, not held to the budget (their bytes after a held-out row are in the rows):
     ``latent`` (multi-head latent attention, rank ``r = 16`` and a rotary part ``d_R = 8``: 96 B a
     token and layer) and ``kivi4_all`` (a 4-bit cache of every pair: 144 B a token and layer, plus
-    up to 15 exact pairs).
+    up to 15 exact pairs), with ``full``, the float cache of every pair (512 B a token and layer),
+    beside them: what they shrink.
 
   Equal *carried* bytes (``nbytes``: 32 slots per head and layer; most-used also keeps the
   attention each slot received). Each row also gives ``peak_nbytes``, the peak working memory
@@ -49,7 +50,7 @@ Command (the shipped result ``docs/results/lesson06_text.json``)::
     python -m course_lib.experiments.lesson06 text --quick      # seconds: checks the pipeline
     python -m course_lib.experiments.lesson06 text --steps 150 --seeds 0 --designs window,xl,conv
     python -m course_lib.experiments.lesson06 text --resume --jobs 1   # finish an interrupted run
-    python -m course_lib.experiments.lesson06 text --designs window,xl,mean,kivi4,h2o,kivi2,latent,kivi4_all \
+    python -m course_lib.experiments.lesson06 text --designs window,xl,mean,kivi4,h2o,kivi2,latent,kivi4_all,full \
         --jobs 12 --resume --out docs/results/lesson11_text.json   # lesson 11's caches beside lesson 06's best
 
 (the corpus is the running Python's standard library, so lesson 11's caches run in a file of their
@@ -123,6 +124,8 @@ DESIGNS = {
     "kivi2": "KIVI 2-bit window n_c = 80 (15,744 B/layer)",
     "latent": "latent r = 16, d_R = 8 (grows 96 B/token/layer)",
     "kivi4_all": "KIVI 4-bit, every pair (grows 144 B/token/layer)",
+    # what the growing caches shrink: every pair in float32 (grows 512 B/token/layer)
+    "full": "full cache, every pair (grows 512 B/token/layer)",
 }
 
 #: lesson 11's designs among :data:`DESIGNS` -> their place in
@@ -158,6 +161,8 @@ def design_spec(name: str, s: TextSetup) -> dict:
         return {"name": "segment", "mem_len": s.slots}
     if name == "window_peak":  # the peak working memory of XL and compressive: s.slots carried + a segment
         return {"name": "window", "window": s.slots + s.segment_len}
+    if name == "full":  # every pair, uncompressed: what lesson 11's growing caches are measured against
+        return {"name": "full"}
     if name not in DESIGNS:
         raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {name!r}")
     if name in CACHES:
@@ -322,13 +327,34 @@ def paired(rows: list[dict], reference: str = "window") -> list[dict]:
     return out
 
 
+def text_table(result: dict, reference: str = "window") -> str:
+    """A Markdown table of a text result file: per design its carried and peak bytes (all layers,
+    after a held-out row), bits per character (mean ± sample s.d. over seeds) and its difference
+    from ``reference`` on the same seed (mean ± s.d., and on how many seeds it was worse). README
+    and lesson 11 render the shipped file with it, so their numbers cannot disagree."""
+    rows = result["rows"]
+    diff = {d["design"]: d for d in paired(rows, reference)}
+    first = {}
+    for r in rows:
+        first.setdefault(r["design"], r)
+    lines = ["| design | carried bytes | peak bytes | bits/char | minus the window, same seed | worse on |",
+             "|---|---|---|---|---|---|"]
+    for r in summarise(rows):
+        d, f = diff[r["design"]], first[r["design"]]
+        versus = "(the reference)" if r["design"] == reference else f"{d['diff']:+.3f} ± {d['std'] or 0:.3f}"
+        worse = "" if r["design"] == reference else f"{d['worse']} of {d['n']} seeds"
+        lines.append(f"| {r['label']} | {f['nbytes']:,} | {f['peak_nbytes']:,} | {r['bpc']:.3f} ± {r['std'] or 0:.3f} "
+                     f"| {versus} | {worse} |")
+    return "\n".join(lines)
+
+
 def plot_text(summary: list[dict], title: str = ""):
     """Bits per character per design, mean and one standard deviation over seeds (a pure function)."""
     from ..viz import Figure  # shows itself as a PNG in a notebook
 
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()
-    colours = {"window": "tab:blue", "window_peak": "tab:cyan", "xl": "tab:green",
+    colours = {"window": "tab:blue", "window_peak": "tab:cyan", "xl": "tab:green", "full": "tab:gray",
                **dict.fromkeys(CACHES, "tab:orange")}
     for y, r in enumerate(summary):  # points with error bars: no bar drawn from an arbitrary axis origin
         ax.errorbar(r["bpc"], y, xerr=r["std"] or 0, fmt="o", ms=7, capsize=4,
