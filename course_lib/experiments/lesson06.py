@@ -28,7 +28,10 @@ at equal carried bytes (the peak working memory of each is recorded beside it).
     ``latent`` (multi-head latent attention, rank ``r = 16`` and a rotary part ``d_R = 8``: 96 B a
     token and layer) and ``kivi4_all`` (a 4-bit cache of every pair: 144 B a token and layer, plus
     up to 15 exact pairs), with ``full``, the float cache of every pair (512 B a token and layer),
-    beside them: what they shrink.
+    beside them: what they shrink. And the capstone's reference design at the window's carried bytes
+    (lessons 07-10): ``window_delta``, a window of ``n_c = 16`` gated with a delta memory of
+    ``d_h x d_h = 32 x 32`` floats per head (DeltaNet's learned ``beta_t``: the bytes of 16 pairs),
+    and ``window_gated_delta``, lesson 10's gated delta rule in its place.
 
   Equal *carried* bytes (``nbytes``: 32 slots per head and layer; most-used also keeps the
   attention each slot received). Each row also gives ``peak_nbytes``, the peak working memory
@@ -50,8 +53,9 @@ Command (the shipped result ``docs/results/lesson06_text.json``)::
     python -m course_lib.experiments.lesson06 text --quick      # seconds: checks the pipeline
     python -m course_lib.experiments.lesson06 text --steps 150 --seeds 0 --designs window,xl,conv
     python -m course_lib.experiments.lesson06 text --resume --jobs 1   # finish an interrupted run
-    python -m course_lib.experiments.lesson06 text --designs window,xl,mean,kivi4,h2o,kivi2,latent,kivi4_all,full \
-        --jobs 12 --resume --out docs/results/lesson11_text.json   # lesson 11's caches beside lesson 06's best
+    python -m course_lib.experiments.lesson06 text --designs window,xl,mean,window_delta,window_gated_delta,\
+        kivi4,h2o,kivi2,latent,kivi4_all,full --jobs 12 --resume --out docs/results/lesson11_text.json
+        # (one line) lesson 11's caches beside lesson 06's best and the capstone's reference
 
 (the corpus is the running Python's standard library, so lesson 11's caches run in a file of their
 own, with the window, Transformer-XL and the mean compressor again beside them on the same Python;
@@ -124,6 +128,10 @@ DESIGNS = {
     "kivi2": "KIVI 2-bit window n_c = 80 (15,744 B/layer)",
     "latent": "latent r = 16, d_R = 8 (grows 96 B/token/layer)",
     "kivi4_all": "KIVI 4-bit, every pair (grows 144 B/token/layer)",
+    # the capstone's reference design at the same carried bytes (lessons 07-10): 16 pairs + a d_h x d_h delta
+    # matrix per head (DeltaNet's learned beta_t), and lesson 10's gated delta rule in its place
+    "window_delta": "window n_c = 16 + delta, learned beta",
+    "window_gated_delta": "window n_c = 16 + gated delta",
     # what the growing caches shrink: every pair in float32 (grows 512 B/token/layer)
     "full": "full cache, every pair (grows 512 B/token/layer)",
 }
@@ -163,6 +171,12 @@ def design_spec(name: str, s: TextSetup) -> dict:
         return {"name": "window", "window": s.slots + s.segment_len}
     if name == "full":  # every pair, uncompressed: what lesson 11's growing caches are measured against
         return {"name": "full"}
+    if name in ("window_delta", "window_gated_delta"):  # d_h^2 floats = the bytes of d_h / 2 pairs per head
+        d_h = s.d_model // s.n_heads
+        matrix = ({"name": "delta", "beta": "learned"} if name == "window_delta"
+                  else {"name": "gated_delta", "alpha": "learned", "beta": "learned"})
+        return {"name": "multi", "combine": "gate",
+                "memories": [{"name": "window", "window": s.slots - d_h // 2}, matrix]}
     if name not in DESIGNS:
         raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {name!r}")
     if name in CACHES:
@@ -176,7 +190,7 @@ def make_memory_for(name: str, s: TextSetup):
     """The memory of design ``name``: :func:`~course_lib.experiments.specs.build_memory` of its spec."""
     from .specs import build_memory
 
-    return build_memory(design_spec(name, s))
+    return build_memory(design_spec(name, s), n_heads=s.n_heads)  # a gated multi memory learns a gate per head
 
 
 def extra_loss(model, state):
