@@ -123,3 +123,89 @@ def test_bytes_are_the_budget_pairs_and_their_scores_whatever_the_length():
     _, state = run(memory, q, k, v, [50])
     assert memory.nbytes(state) == 2 * 8 * 9 * 4 and memory.fixed_size
     assert memory.label() == "H2O B_h = 8, n_r = 2"
+
+
+def _per_token_memory(q, k, v, budget, recent, sizes):
+    """The memory before its NumPy blocks (kept here as the reference): chunk by chunk, a masked softmax
+    over ``[held, chunk]`` after a loop of torch ops on ``[B, H, budget + 1]`` per full token.
+    Returns the outputs, the sorted positions held and their accumulated attention."""
+    b, h, _, d = q.shape
+    p = budget
+    held_k, held_v = k.new_zeros(b, h, p, d), v.new_zeros(b, h, p, v.shape[-1])
+    pos, acc = torch.full((b, h, p), -1, dtype=torch.long), q.new_zeros(b, h, p)
+    outs, n = [], 0
+    for t in sizes:
+        qc, kc, vc = (x[:, :, n:n + t] for x in (q, k, v))
+        keys, values = torch.cat([held_k, kc], 2), torch.cat([held_v, vc], 2)
+        scores = qc @ keys.transpose(-2, -1) * d ** -0.5
+        mask = torch.zeros(b, h, t, p + t, dtype=torch.bool)
+        col = torch.arange(p).expand(b, h, p).clone()
+        f = max(0, min(t, p - n))
+        if f:
+            mask[:, :, :f, :p] = pos[:, :, None, :] >= 0
+            mask[:, :, :f, p:p + f] = torch.ones(f, f, dtype=torch.bool).tril()
+            w = torch.softmax(scores[:, :, :f].masked_fill(~mask[:, :, :f], float("-inf")), -1).sum(2)
+            acc = acc + w[..., :p]
+            col[..., n:n + f], pos[..., n:n + f] = torch.arange(p, p + f), torch.arange(n, n + f)
+            acc[..., n:n + f] = w[..., p:p + f]
+        slot = torch.arange(p + 1)
+        for r in range(f, t):
+            i = n + r
+            cand_col = torch.cat([col, torch.full_like(col[..., :1], p + r)], -1)
+            cand_pos = torch.cat([pos, torch.full_like(pos[..., :1], i)], -1)
+            cand_acc = torch.cat([acc, acc.new_zeros(b, h, 1)], -1)
+            older = cand_pos <= i - recent
+            a = torch.where(older, cand_acc, torch.tensor(float("inf"), dtype=acc.dtype))
+            tie = older & (a == a.amin(-1, keepdim=True))
+            drop = torch.where(tie, cand_pos, -1).argmax(-1, keepdim=True)
+            seen = slot != drop
+            mask[:, :, r].scatter_(-1, cand_col, seen)
+            w = torch.softmax(scores[:, :, r].gather(-1, cand_col).masked_fill(~seen, float("-inf")), -1)
+            new_acc = cand_acc + w
+            replace = slot[:p] == drop
+            col, pos = torch.where(replace, p + r, col), torch.where(replace, i, pos)
+            acc = torch.where(replace, new_acc[..., p:], new_acc[..., :p])
+        outs.append(torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ values)
+        held_k = keys.gather(2, col[..., None].expand(-1, -1, -1, d))
+        held_v = values.gather(2, col[..., None].expand(-1, -1, -1, values.shape[-1]))
+        n += t
+    order = pos.argsort(-1)[..., p - min(n, p):]
+    return torch.cat(outs, 2), pos.gather(-1, order), acc.gather(-1, order)
+
+
+@pytest.mark.parametrize("budget,recent,dtype,scale", [
+    (31, 15, torch.float64, 1.0), (7, 3, torch.float64, 4.0), (9, 2, torch.float32, 2.0), (5, 0, torch.float64, 1.0),
+    (6, 6, torch.float64, 4.0), (1, 1, torch.float32, 1.0), (13, 12, torch.float64, 3.0)])
+@pytest.mark.parametrize("numpy_path", [True, False])
+def test_fast_eviction_keeps_what_the_per_token_loop_kept(budget, recent, dtype, scale, numpy_path, monkeypatch):
+    """The NumPy blocks (CPU float32/float64) and the torch loop (any other device or dtype, forced here)
+    against the previous per-token loop: the same positions held, exactly, in chunks of awkward
+    lengths, long ones too (past a block, and past the masked softmax of short chunks); ``scale``
+    sharpens the attention so that the heavy hitters change and blocks stop early."""
+    from course_lib.memory import heavy_hitter as module
+
+    if not numpy_path:
+        monkeypatch.setattr(module, "_NUMPY_DTYPES", ())
+    sizes = [3, 1, 70, 17, 1, 1, 100, 5]
+    q, k, v = (x.to(dtype) for x in qkv(budget * 7 + recent, 2, 3, sum(sizes), 5, dv=3))
+    q = q * scale
+    memory = HeavyHitterMemory(budget, recent)
+    want_out, want_pos, want_acc = _per_token_memory(q, k, v, budget, recent, sizes)
+    out, state = run(memory, q, k, v, sizes)
+    positions = memory.kept_positions(state)
+    assert torch.equal(positions, want_pos) and positions.dtype == torch.long
+    accumulated = state.buffer.acc.gather(-1, state.buffer.pos.argsort(-1))
+    assert accumulated.dtype == dtype
+    torch.testing.assert_close(accumulated, want_acc)
+    torch.testing.assert_close(out, want_out)
+
+
+def test_gradients_reach_q_k_v_through_a_long_full_chunk():
+    """A chunk past the masked softmax of short chunks (its queries' softmax over the columns they see)."""
+    q, k, v = (x.requires_grad_() for x in qkv(4, 1, 2, 90, 4))
+    out, _ = run(HeavyHitterMemory(6, 3), q, k, v, [90])
+    want = ref.heavy_hitter_reference(q, k, v, 6, 3)
+    torch.testing.assert_close(out, want)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), (q, k, v)),
+                    torch.autograd.grad(want.square().sum(), (q, k, v))):
+        torch.testing.assert_close(a, b)
