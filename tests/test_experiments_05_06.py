@@ -328,3 +328,26 @@ def test_resuming_a_file_made_with_another_python_refuses_its_corpus_differs(tmp
     with pytest.raises(SystemExit):
         lesson06.main(["text", "--resume", "--designs", "kivi2", "--jobs", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == result  # the file as it was
+
+
+def test_the_reference_designs_on_text_carry_the_windows_bytes_and_the_full_cache_grows():
+    s = lesson06.TEXT_FULL  # d_h = 32: a 32 x 32 delta matrix per head holds the bytes of 16 pairs
+    x = torch.zeros(1, 40, dtype=torch.long)
+    carried = {}
+    for name in ("window", "window_delta", "window_gated_delta", "full"):
+        model = MemoryLM(16, s.d_model, 1, s.n_heads, lesson06.make_memory_for(name, s))
+        _, state = model(x)
+        carried[name] = model.state_nbytes(state)
+    assert carried["window_delta"] == carried["window_gated_delta"] == carried["window"]
+    assert carried["full"] == 40 * 2 * s.d_model * 4  # every pair of the 40 tokens, float32
+    assert lesson06.design_spec("window_delta", s)["memories"][0] == {"name": "window", "window": 16}
+
+
+def test_the_text_table_shows_each_design_against_the_window_on_the_same_seed():
+    rows = [{"design": d, "label": f"the {d}", "seed": s, "bpc": b, "nbytes": n, "peak_nbytes": p}
+            for d, s, b, n, p in [("window", 0, 2.0, 10, 10), ("window", 1, 3.0, 10, 10),
+                                  ("h2o", 0, 2.5, 12, 12), ("h2o", 1, 2.9, 12, 12)]]
+    table = lesson06.text_table({"rows": rows}).splitlines()
+    assert table[0].startswith("| design | carried bytes | peak bytes | bits/char")
+    assert table[2] == "| the window | 10 | 10 | 2.500 ± 0.707 | (the reference) |  |"
+    assert table[3] == "| the h2o | 12 | 12 | 2.700 ± 0.283 | +0.200 ± 0.424 | 1 of 2 seeds |"
