@@ -36,7 +36,7 @@ def test_the_row_of_the_grades_seed_is_the_grades_own_training_run():
 
 @pytest.mark.parametrize("name", ["capstone_delta_beta1", "capstone_delta_learned", "capstone_window",
                                   "capstone_gated_delta", "capstone_decay", "capstone_linear",
-                                  "capstone_compressive"])
+                                  "capstone_compressive", "capstone_kivi4", "capstone_kivi2", "capstone_h2o"])
 def test_the_shipped_capstone_runs_follow_the_schema_on_three_seeds(name):
     run = results.read_result(name)
     assert len(run["seeds"]) >= 3 and [r["seed"] for r in run["rows"]] == run["seeds"]

@@ -38,9 +38,10 @@ a shared one)::
     python -m course_lib.experiments.capstone --design "window 16 + gated delta" --seeds 0,1,2 \
         --out docs/results/capstone_gated_delta.json
 
-Lesson 11's caches sized to the budget (:data:`CACHES`) run the same way, one ``--design`` each
-(e.g. ``--design "H2O 31, recent 15" --out docs/results/capstone_h2o.json``); no result file of
-theirs ships yet, so lesson 09 shows their bytes and ms per token, not their recall.
+Lesson 11's caches sized to the budget (:data:`CACHES`) run the same way, one ``--design`` each,
+shipped as ``capstone_kivi4.json``, ``capstone_kivi2.json`` and ``capstone_h2o.json`` (e.g.
+``--design "H2O 31, recent 15" --seeds 0,1,2 --out docs/results/capstone_h2o.json``); lesson 09
+reads their recall beside the reference's.
 
 Each writes a result file (:func:`course_lib.experiments.results.write_result`), rewritten after every
 seed (``"partial": true`` until the last), with one row per seed: the recall after ``SETUP.steps``
