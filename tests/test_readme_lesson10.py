@@ -65,3 +65,25 @@ def test_the_readme_sentences_about_compressed_caches_hold_for_the_shipped_run()
     assert min(recall.seed_values(r, q2, 64)) > max(below)
     assert all(min(recall.seed_values(r, h2o, g)) > max(recall.seed_values(fixed, window, g)) for g in (64, 256, 1024))
     assert all(recall.summary(r)[label][4096]["mean"] < 0.10 for label in recall.summary(r))
+
+
+def test_the_readme_text_table_of_lesson_11s_caches_is_the_one_rendered_from_its_result_file():
+    from course_lib.experiments.lesson06 import text_table
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- lesson 11 text table: rendered from docs/results/lesson11_text.json -->\n")
+    end = readme.index("<!-- end of lesson 11 text table -->")
+    assert readme[start:end].split("\n", 1)[1].strip() == text_table(load_result(RESULTS / "lesson11_text.json"))
+
+
+def test_the_readme_sentences_about_text_and_the_capstones_caches_hold_for_the_shipped_runs():
+    from course_lib.experiments import results
+
+    rows = load_result(RESULTS / "lesson11_text.json")["rows"]
+    bpc = {(r["design"], r["seed"]): r["bpc"] for r in rows}
+    assert all(bpc[d, s] > bpc["window", s] for d, s in bpc if d != "window")  # the window, every seed
+    recall_of = {n: [r["recall"] for r in results.read_result(f"capstone_{n}")["rows"]]
+                 for n in ("kivi4", "kivi2", "h2o", "window", "delta_learned")}
+    assert not any(results.exceeds_spread(recall_of[k], recall_of["window"]) for k in ("kivi4", "kivi2"))
+    windows = recall_of["window"] + recall_of["kivi4"] + recall_of["kivi2"]
+    assert min(recall_of["h2o"]) > max(windows) and max(recall_of["h2o"]) < min(recall_of["delta_learned"])
