@@ -63,3 +63,11 @@ def test_the_shipped_cost_file_has_every_design_at_every_context():
     assert sorted({r["label"] for r in cost["rows"]}) == sorted(labels)
     contexts = {r["context"] for r in cost["rows"]}
     assert max(contexts) >= 4096 and all(sum(r["label"] == x for r in cost["rows"]) == len(contexts) for x in labels)
+
+
+@pytest.mark.parametrize("args, code", [(["cost", "--help"], 0), (["cost", "--bogus"], 2)])
+def test_the_cost_command_parses_its_options_before_timing_anything(args, code, monkeypatch):
+    monkeypatch.setattr(lesson11, "run_cost", lambda **kw: pytest.fail("timed despite " + " ".join(args)))
+    with pytest.raises(SystemExit) as exit_:
+        lesson11.main(args)
+    assert exit_.value.code == code

@@ -164,9 +164,17 @@ def main(argv=None) -> int:
 
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["cost"]:
+        import argparse
+
+        parser = argparse.ArgumentParser(
+            prog="python -m course_lib.experiments.lesson11 cost",
+            description="bytes and ms per decoded token against the context, untrained models, one thread")
+        parser.add_argument("--out", default=str(COST_RESULT), help=f"result JSON (default {COST_RESULT})")
+        out = parser.parse_args(given[1:]).out  # --help or an unknown option exits here, before any timing
         torch.set_num_threads(1)
-        out = given[given.index("--out") + 1] if "--out" in given else COST_RESULT
-        result = run_cost(out=out, command="python -m course_lib.experiments.lesson11 " + " ".join(given))
+        command = "python -m course_lib.experiments.lesson11 cost" + ("" if out == str(COST_RESULT) else
+                                                                   f" --out {out}")
+        result = run_cost(out=out, command=command)
         for r in result["rows"]:
             print(f"{r['label']:<56} m={r['context']:>5}  {r['ms_per_token']:7.3f} ms/token  {r['nbytes']:>9} B")
         print(f"wrote {out}")
